@@ -1,0 +1,46 @@
+"""Argument checks shared by every public constructor.
+
+Each check raises ``ValueError``/``TypeError`` with a message that names the argument, the value received
+and what is allowed, so a bad YAML value is caught when the object is built.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+
+def check_choice(arg: str, value: Any, allowed: Iterable[str]) -> str:
+    """Return ``value`` lower-cased if it is one of ``allowed`` (case-insensitive), else raise."""
+    allowed = list(allowed)
+    if not isinstance(value, str):
+        raise TypeError(f"`{arg}` must be a string, one of {allowed}; got {value!r} ({type(value).__name__})")
+    lowered = value.lower()
+    if lowered not in allowed:
+        raise ValueError(f"`{arg}` must be one of {allowed}; got {value!r}")
+    return lowered
+
+
+def check_int(arg: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an int (not a bool) >= ``minimum``, else raise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        kind = "an int or None" if allow_none else "an int"
+        raise TypeError(f"`{arg}` must be {kind}; got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{arg}` must be >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_fraction(arg: str, value: Any, upper_inclusive: bool = False) -> float:
+    """Return ``value`` as float if it lies in [0, 1) (or [0, 1] when ``upper_inclusive``), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{arg}` must be a float; got {value!r} ({type(value).__name__})")
+    value = float(value)
+    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"`{arg}` must be in {interval}; got {value!r}")
+    return value
