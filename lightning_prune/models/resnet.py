@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
 
@@ -24,8 +27,9 @@ def _fetch_state_dict(w) -> dict:
     except Exception as err:  # URLError, socket errors, hash mismatch: all mean "no usable weights here"
         raise RuntimeError(
             f"could not fetch the pretrained weights {w} from {w.url} ({type(err).__name__}: {err}). "
-            "This machine may have no network access: download the file elsewhere and place it in the torch "
-            "hub cache (`torch.hub.get_dir()`/checkpoints), or pass `weights=None` to start from scratch"
+            f"This machine may have no network access: download the file elsewhere and place it at "
+            f"{os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(w.url))!r}, "
+            "or pass `weights=None` to start from scratch"
         ) from err
 
 

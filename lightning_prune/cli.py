@@ -1,0 +1,54 @@
+"""``lightning-prune``: LightningCLI over ``ImageClassifier`` and the data modules.
+
+    lightning-prune fit -c examples/configs/lenet_digits.yaml
+    lightning-prune fit -c examples/configs/lenet_digits_unstructured.yaml --trainer.max_epochs=5
+    lightning-prune report lightning_logs/version_0      # PNG plots of a CSVLogger run
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's subcommands; the data module is chosen
+by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offline digits. A top-level
+``optimizer:`` / ``lr_scheduler:`` block replaces the model's default Adam, the LightningCLI way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_prune.models.classifier import ImageClassifier
+
+
+class PruneCLI(LightningCLI):
+    """LightningCLI with the digits data as the default data module."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"data": {"class_path": "lightning_prune.data.DigitsDataModule"}})
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line, e.g. ``["fit", "-c", "cfg.yaml"]``."""
+    return PruneCLI(
+        ImageClassifier,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: ``report`` renders plots, everything else goes to LightningCLI."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "report":
+        from lightning_prune.report import main as report_main
+
+        return report_main(argv[1:])
+    cli_main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
