@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +54,7 @@ __all__ = [
     "layer_sparsity",
     "measure",
     "prunable_layers",
+    "saved_buffers",
     "size_mb",
     "sparsity",
     "sparsity_all",
@@ -112,6 +112,19 @@ def effective_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Te
                 value = masked
             full = strip_wrappers(f"{mod_name}.{p_name}" if mod_name else p_name)
             yield full, value, p.element_size()
+
+
+def saved_buffers(model: nn.Module) -> Iterator[torch.Tensor]:
+    """The persistent buffers a ``state_dict`` holds (BatchNorm statistics, ...), without pruning masks."""
+    seen: set[int] = set()
+    for module in model.modules():
+        for b_name, buf in module._buffers.items():
+            if buf is None or id(buf) in seen or b_name in module._non_persistent_buffers_set:
+                continue
+            if b_name.endswith("_mask") and b_name[: -len("_mask")] + "_orig" in module._parameters:
+                continue
+            seen.add(id(buf))
+            yield buf
 
 
 def prunable_layers(model: nn.Module, types: Sequence[type[nn.Module]] | None = None) -> list[tuple[str, nn.Module]]:
@@ -258,14 +271,13 @@ def use_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
 
     def hook(name: str):
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            w = effective_weight(module)
-            if isinstance(module, nn.modules.conv._ConvTranspose):
-                x = inputs[0]
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
                 # each input element meets out_channels / groups x kernel weights: uses = input elements / C_in
-                n = x.numel() // module.in_channels
+                n = inputs[0].numel() // module.in_channels
             else:
                 out = output[0] if isinstance(output, (tuple, list)) else output
-                n = out.numel() // w.shape[0] if w.dim() else 0
+                w = module._parameters.get("weight_orig", module._parameters.get("weight"))
+                n = out.numel() // w.shape[0] if w is not None and w.dim() else 0
             uses[name] = uses.get(name, 0) + int(n)
 
         return fn
@@ -416,16 +428,15 @@ def measure(
     params = params_nonzero = 0
     dense_bytes = 0
     compressed_bytes = 0
-    for _, value, es in effective_named_parameters(model):
+    nnz_by_param: dict[str, int] = {}
+    for p_name, value, es in effective_named_parameters(model):
+        nz = _nnz(value)
+        nnz_by_param[p_name] = nz
         params += value.numel()
-        params_nonzero += _nnz(value)
+        params_nonzero += nz
         dense_bytes += value.numel() * es
-        compressed_bytes += entry_nbytes(value)
-    for b_name, buf in model.named_buffers():
-        if b_name.endswith("_mask") and b_name.rsplit(".", 1)[-1][: -len("_mask")] + "_orig" in dict(
-            model.get_submodule(b_name.rsplit(".", 1)[0] if "." in b_name else "")._parameters
-        ):
-            continue  # pruning masks are folded into their weight, not saved
+        compressed_bytes += entry_nbytes(value, nonzero=nz)
+    for buf in saved_buffers(model):
         compressed_bytes += entry_nbytes(buf)
 
     layers = prunable_layers(model, types)
@@ -434,7 +445,9 @@ def measure(
     nnz_by_layer: dict[str, int] = {}
     for name, module in layers:
         w = effective_weight(module)
-        nz = _nnz(w)
+        nz = nnz_by_param.get(f"{name}.weight" if name else "weight")
+        if nz is None:  # a weight shared with another module, reported under the first name
+            nz = _nnz(w)
         nnz_by_layer[name] = nz
         total += w.numel()
         zeros += w.numel() - nz
@@ -462,9 +475,3 @@ def measure(
         layer_sparsity=per_layer,
     )
 
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-_ = math  # reserved for future use
