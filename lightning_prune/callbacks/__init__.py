@@ -1,3 +1,5 @@
 """Lightning callbacks (thin glue over the pure-PyTorch core)."""
 
-__all__: list[str] = []
+from lightning_prune.callbacks.unstructured import UnstructuredPruning
+
+__all__: list[str] = ["UnstructuredPruning"]

@@ -1,0 +1,356 @@
+"""``UnstructuredPruning``: iterative magnitude pruning of single weights on a schedule, with exact resume."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_prune import masks as M
+from lightning_prune._validation import check_choice, check_fraction, check_int
+from lightning_prune.schedules import Schedule, count_for
+from lightning_prune.selection import compile_patterns
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+def _check_bool(arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{arg}` must be a bool (true/false); got {value!r} ({type(value).__name__})")
+    return value
+
+
+class UnstructuredPruning(Callback):
+    """Prune single weights (magnitude or random) to an absolute sparsity on a schedule.
+
+    At the **start** of each pruning epoch the selected weights are pruned to exactly the scheduled target:
+    ``round(target * total)`` of them are zero afterwards (``scope="global"``), or ``round(target * numel)`` of
+    each tensor (``scope="layerwise"``). Targets are absolute, so earlier events count towards later ones and
+    pruned weights never grow back. Masks are applied through ``torch.nn.utils.prune`` (``module.weight_mask``
+    and ``module.weight_orig`` exist during training, and pruned weights stay exactly zero through every
+    optimizer step); at the end of ``fit`` the pruning is made permanent (plain ``weight`` tensors with zeros).
+
+    Checkpoints hold a plain model ``state_dict`` (``weight`` with zeros, no ``weight_orig``/``weight_mask``),
+    which loads with ``strict=True`` into an unpruned model of the same class; the masks (bit-packed) and the
+    schedule progress are this callback's state, so ``trainer.fit(ckpt_path=...)`` resumes exactly.
+
+    After each event it logs ``pruning/sparsity`` (the fraction of the selected weights that are pruned) and
+    ``pruning/target`` (the scheduled target); both are logged at the start of every epoch from then on.
+
+    Args:
+        amount: final sparsity in [0, 1) of the selected weights, reached by ``schedule`` between
+            ``start_epoch`` and ``end_epoch``; or explicit milestones ``{epoch: target}`` (absolute targets that
+            never decrease), in which case ``schedule``/``start_epoch``/``end_epoch``/``every_n_epochs`` are
+            not used.
+        norm: ``"l1"`` (``|w|``), ``"l2"`` (``w**2``; for single weights it ranks exactly like l1) or
+            ``"random"`` (a seeded baseline).
+        scope: ``"global"`` ranks all selected weights together; ``"layerwise"`` prunes each tensor to the
+            target.
+        schedule: ``"constant"`` (everything at the first event), ``"linear"``, ``"cubic"`` (Zhu & Gupta 2017)
+            or ``"geometric"`` (the same share of the remaining weights at every event).
+        start_epoch: epoch of the first event.
+        end_epoch: epoch of the last event (it reaches ``amount``). Default: half-way through training,
+            ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``), which leaves the
+            second half of the run to fine-tune at the final sparsity.
+        every_n_epochs: epochs between events.
+        modules: names or regexes (full match against ``pl_module.named_modules()`` names, e.g.
+            ``"model.fc1"`` or ``"model\\.conv.*"``) of the modules to prune; default: all.
+        exclude: names or regexes of modules never to prune (e.g. the classifier, ``"model.fc3"``).
+        module_types: class names of the modules to prune (a class or one of its bases).
+            Default: every ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d`` and ``Linear``.
+        prune_bias: prune biases too (default: weights only).
+        max_layer_sparsity: global scope only: no single tensor is pruned beyond this fraction, a guard
+            against layer collapse (``None``: no cap).
+        make_pruning_permanent: remove the ``torch.nn.utils.prune`` reparametrisation at the end of ``fit``.
+        rewind_epoch: lottery-ticket rewinding: save the selected weights at the start of this epoch (0 = the
+            initialisation) and, after every later event, reset the surviving weights to those values.
+            Must not be after the first event. ``None`` (default): no rewinding.
+        seed: seed of ``norm="random"`` (the same on every rank, so all ranks draw the same masks).
+        verbose: print a one-line summary (rank zero) at every event.
+
+    Raises:
+        ValueError: a value out of range or not among the allowed choices (the message names the argument);
+            at ``setup``: a pattern in ``modules``/``exclude`` matching no module, nothing to prune, or a
+            ``max_layer_sparsity`` that makes ``amount`` unreachable.
+        TypeError: a value of the wrong type.
+
+    Example::
+
+        >>> from lightning_prune import ImageClassifier
+        >>> cb = UnstructuredPruning(amount=0.9, schedule="cubic", start_epoch=0, end_epoch=4)
+        >>> {epoch: round(target, 4) for epoch, target in cb.targets(max_epochs=10).items()}
+        {0: 0.4392, 1: 0.7056, 2: 0.8424, 3: 0.8928, 4: 0.9}
+        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[cb])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        amount: float | dict[int, float],
+        norm: Literal["l1", "l2", "random"] = "l1",
+        scope: Literal["global", "layerwise"] = "global",
+        schedule: Literal["constant", "linear", "cubic", "geometric"] = "cubic",
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        every_n_epochs: int = 1,
+        modules: list[str] | None = None,
+        exclude: list[str] | None = None,
+        module_types: list[str] | None = None,
+        prune_bias: bool = False,
+        max_layer_sparsity: float | None = None,
+        make_pruning_permanent: bool = True,
+        rewind_epoch: int | None = None,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self._sched = Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount")
+        self.norm = check_choice("norm", norm, M.NORMS)
+        self.scope = check_choice("scope", scope, M.SCOPES)
+        self.modules = compile_patterns("modules", modules)
+        self.exclude = compile_patterns("exclude", exclude)
+        if module_types is None:
+            module_types = list(M.DEFAULT_MODULE_TYPES)
+        if isinstance(module_types, str):
+            module_types = [module_types]
+        if not isinstance(module_types, Sequence) or not module_types or not all(
+            isinstance(t, str) and t for t in module_types
+        ):
+            raise TypeError(
+                f"`module_types` must be a non-empty list of class names such as ['Conv2d', 'Linear']; "
+                f"got {module_types!r}"
+            )
+        self.module_types = list(module_types)
+        self.prune_bias = _check_bool("prune_bias", prune_bias)
+        if max_layer_sparsity is not None:
+            max_layer_sparsity = check_fraction("max_layer_sparsity", max_layer_sparsity, upper_inclusive=True)
+            if max_layer_sparsity <= 0.0:
+                raise ValueError(f"`max_layer_sparsity` must be in (0, 1] or None; got {max_layer_sparsity!r}")
+            if self.scope != "global":
+                raise ValueError(
+                    f"`max_layer_sparsity` applies to scope='global' only (layerwise prunes every tensor to the "
+                    f"target); got max_layer_sparsity={max_layer_sparsity!r} with scope={self.scope!r}"
+                )
+        self.max_layer_sparsity = max_layer_sparsity
+        self.make_pruning_permanent = _check_bool("make_pruning_permanent", make_pruning_permanent)
+        self.rewind_epoch = check_int("rewind_epoch", rewind_epoch, minimum=0, allow_none=True)
+        first_event = min(self._sched.milestones) if self._sched.milestones else self._sched.start_epoch
+        if self.rewind_epoch is not None and self.rewind_epoch > first_event:
+            raise ValueError(
+                f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); "
+                f"got {self.rewind_epoch}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"`seed` must be an int; got {seed!r} ({type(seed).__name__})")
+        self.seed = int(seed)
+        self.verbose = _check_bool("verbose", verbose)
+        self._amount_repr = dict(self._sched.milestones) if self._sched.milestones else self._sched.amount
+
+        # run-time state (set at setup / events / restore)
+        self._pl_module: pl.LightningModule | None = None
+        self._fitting = False
+        self._targets: list[M.Target] = []
+        self._schedule_map: dict[int, float] = {}
+        self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
+        self._last_event_epoch = -1
+        self._history: list[dict[str, Any]] = []
+        self._rewind: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------ public API
+    @property
+    def amount(self) -> float | dict[int, float]:
+        return self._amount_repr
+
+    def targets(self, max_epochs: int | None = None) -> dict[int, float]:
+        """``{epoch: absolute target}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None)."""
+        return self._sched.resolve(max_epochs)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per event so far: epoch, target, sparsity, pruned and total counts."""
+        return list(self._history)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            amount=self._amount_repr,
+            norm=self.norm,
+            scope=self.scope,
+            schedule=self._sched.schedule,
+            start_epoch=self._sched.start_epoch,
+            end_epoch=self._sched.end_epoch,
+            every_n_epochs=self._sched.every_n_epochs,
+        )
+
+    # ------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"
+        if not self._fitting:
+            return
+        targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
+        schedule_map = self._sched.resolve(trainer.max_epochs)
+        if self.max_layer_sparsity is not None:
+            sizes = [M._get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
+            room = sum(int(self.max_layer_sparsity * s + 1e-9) for s in sizes)
+            need = count_for(max(schedule_map.values()), sum(sizes))
+            if need > room:
+                raise ValueError(
+                    f"`max_layer_sparsity`={self.max_layer_sparsity} lets at most {room} of {sum(sizes)} selected "
+                    f"weights be pruned, fewer than `amount`={self._amount_repr} needs ({need})"
+                )
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and max(schedule_map) >= max_epochs:
+            late = [e for e in schedule_map if e >= max_epochs]
+            rank_zero_warn(
+                f"UnstructuredPruning: pruning events at epochs {late} fall after the last epoch "
+                f"(max_epochs={max_epochs}); the final target {max(schedule_map.values())} will not be reached"
+            )
+        self._pl_module = pl_module
+        self._targets = targets
+        self._schedule_map = schedule_map
+        # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
+        self._packed, self._last_event_epoch, self._history, self._rewind = {}, -1, [], None
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.rewind_epoch is not None and epoch == self.rewind_epoch and self._rewind is None:
+            weights = M.current_weights(pl_module, self._targets)
+            self._rewind = {M.target_key(t): w.detach().cpu().clone() for t, w in zip(self._targets, weights)}
+        due = [e for e in self._schedule_map if e <= epoch]
+        if due and max(due) > self._last_event_epoch:
+            self._prune(trainer, pl_module, self._schedule_map[max(due)], epoch, max(due))
+        if self._last_event_epoch >= 0:
+            pl_module.log("pruning/sparsity", self._sparsity(), on_step=False, on_epoch=True, batch_size=1)
+            pl_module.log(
+                "pruning/target", self._schedule_map[self._last_event_epoch], on_step=False, on_epoch=True, batch_size=1
+            )
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # drop the autograd history the prune forward hook left on `module.weight` (deepcopy refuses it)
+        M.refresh_weights(pl_module, self._targets)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.make_pruning_permanent and self._targets:
+            M.make_permanent(pl_module, self._targets)
+            if self._packed:
+                rank_zero_info(
+                    f"UnstructuredPruning: pruning made permanent (sparsity {self._sparsity():.4f} of "
+                    f"{self._total()} selected weights)"
+                )
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The modules' state_dict hooks already write plain `weight`s; this catches any path that bypassed them.
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            return
+        for t in self._targets:
+            key = M.target_key(t)
+            k_orig, k_mask = key + "_orig", key + "_mask"
+            if k_orig in state and k_mask in state:
+                state[key] = (state.pop(k_orig) * state.pop(k_mask)).detach()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "targets": [M.target_key(t) for t in self._targets],
+            "masks": dict(self._packed),
+            "last_event_epoch": self._last_event_epoch,
+            "schedule": dict(self._schedule_map),
+            "history": [dict(h) for h in self._history],
+            "rewind": dict(self._rewind) if self._rewind is not None else None,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        masks = state_dict.get("masks") or {}
+        stored_schedule = state_dict.get("schedule") or {}
+        if stored_schedule:
+            stored_schedule = {int(k): float(v) for k, v in stored_schedule.items()}
+            if self._schedule_map and stored_schedule != self._schedule_map:
+                rank_zero_warn(
+                    "UnstructuredPruning: the checkpoint's schedule differs from the one these arguments give "
+                    f"({stored_schedule} vs {self._schedule_map}); continuing the checkpoint's schedule"
+                )
+            self._schedule_map = stored_schedule
+        self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
+        self._history = [dict(h) for h in state_dict.get("history", [])]
+        rewind = state_dict.get("rewind")
+        self._rewind = dict(rewind) if rewind is not None else None
+        self._packed = dict(masks)
+        if not (self._fitting and self._pl_module is not None and masks):
+            return
+        keys = [M.target_key(t) for t in self._targets]
+        if set(masks) != set(keys):
+            raise ValueError(
+                "UnstructuredPruning: the checkpoint holds masks for "
+                f"{sorted(masks)}, but `modules`/`exclude`/`module_types`/`prune_bias` select {keys}"
+            )
+        # The model weights (plain, zeros where pruned) are loaded by now, and the optimizer is not yet built:
+        # re-apply the masks so that training continues on exactly the same reparametrised model.
+        device_of = [M._get_param(self._pl_module.get_submodule(n), p).device for n, p in self._targets]
+        loaded = [M.unpack_mask(masks[k], dev) for k, dev in zip(keys, device_of)]
+        M.apply_masks(self._pl_module, self._targets, loaded)
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _total(self) -> int:
+        return sum(int(torch.tensor(p["shape"]).prod()) if p["shape"] else 1 for p in self._packed.values())
+
+    def _sparsity(self) -> float:
+        return M.mask_sparsity(M.unpack_mask(p) for p in self._packed.values())
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        targets = self._targets
+        weights = M.current_weights(pl_module, targets)
+        prev = M.get_masks(pl_module, targets)
+        generator = None
+        if self.norm == "random":
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + event)
+        masks = M.compute_masks(
+            weights, target, self.norm, self.scope, prev, self.max_layer_sparsity, generator=generator
+        )
+        packed = [M.pack_mask(m) for m in masks]
+        if trainer.world_size > 1:  # identical on every rank by construction; make it so by rule, too
+            packed = trainer.strategy.broadcast(packed, src=0)
+            masks = [M.unpack_mask(p, w.device) for p, w in zip(packed, weights)]
+        M.apply_masks(pl_module, targets, masks)
+        params = [M._get_param(pl_module.get_submodule(n), p) for n, p in targets]
+        for optimizer in trainer.optimizers:
+            for param, mask in zip(params, masks):
+                M.zero_optimizer_state(optimizer, param, mask)
+        if self._rewind is not None:
+            with torch.no_grad():
+                for t, param, mask in zip(targets, params, masks):
+                    saved = self._rewind[M.target_key(t)].to(device=param.device, dtype=param.dtype)
+                    param.copy_(saved * mask.to(param.dtype))
+            M.refresh_weights(pl_module, targets)
+        self._packed = {M.target_key(t): p for t, p in zip(targets, packed)}
+        self._last_event_epoch = event
+        pruned = sum(int((~m).sum()) for m in masks)
+        total = sum(m.numel() for m in masks)
+        self._history.append(
+            {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
+        )
+        if self.verbose:
+            per_layer = ", ".join(
+                f"{M.target_key(t)} {float((~m).sum()) / m.numel():.3f}" for t, m in zip(targets, masks)
+            )
+            rank_zero_info(
+                f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned "
+                f"(sparsity {pruned / total:.4f}, target {target:.4f}, {self.norm}, {self.scope}); {per_layer}"
+            )
