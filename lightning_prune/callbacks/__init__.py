@@ -1,5 +1,6 @@
 """Lightning callbacks (thin glue over the pure-PyTorch core)."""
 
+from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
-__all__: list[str] = ["UnstructuredPruning"]
+__all__: list[str] = ["PruningMetrics", "UnstructuredPruning"]

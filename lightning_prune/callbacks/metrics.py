@@ -1,0 +1,215 @@
+"""``PruningMetrics``: sparsity, parameters, MACs and size to every logger, and a before/after table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_prune._validation import check_int
+from lightning_prune.measure import MacsCache, ModelStats, measure
+
+log = logging.getLogger(__name__)
+
+#: prefix of every logged name
+PREFIX = "pruning/"
+
+_TABLE_ROWS = (
+    ("MACs (M)", "macs", 1e-6, "{:.4f}"),
+    ("MACs non-zero (M)", "macs_nonzero", 1e-6, "{:.4f}"),
+    ("Params (M)", "params", 1e-6, "{:.4f}"),
+    ("Params non-zero (M)", "params_nonzero", 1e-6, "{:.4f}"),
+    ("Size dense (MB)", "size_mb", 1.0, "{:.4f}"),
+    ("Size compressed (MB)", "size_mb_compressed", 1.0, "{:.4f}"),
+    ("Sparsity conv/linear (%)", "sparsity", 100.0, "{:.2f}"),
+    ("Sparsity all params (%)", "sparsity_all", 100.0, "{:.2f}"),
+)
+
+
+def _check_bool(arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{arg}` must be a bool (true or false); got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_shape(arg: str, value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise TypeError(f"`{arg}` must be a list of positive ints (batch first, e.g. [1, 3, 32, 32]) or None; got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(
+                f"`{arg}` must be a list of positive ints (batch first, e.g. [1, 3, 32, 32]) or None; got {value!r}"
+            )
+        out.append(int(v))
+    return out
+
+
+class PruningMetrics(Callback):
+    """Log what pruning did to the model at the end of every ``every_n_epochs``-th training epoch, through
+    ``pl_module.log`` (so every logger gets it, and ``ModelCheckpoint``/``EarlyStopping`` can monitor it).
+
+    Logged names (see ``docs/metrics.md``):
+
+    - ``pruning/sparsity``: fraction of zeros over the prunable weights (conv and linear weights, as the seed
+      measures); ``pruning/sparsity_all``: over every parameter (biases, norm layers included);
+      ``pruning/sparsity/<module>``: per conv/linear layer when ``per_layer``.
+    - ``pruning/params``, ``pruning/params_nonzero``: parameter counts.
+    - ``pruning/macs``: multiply-accumulates of the conv and linear layers of the dense architecture (what
+      dense kernels execute; falls after channel pruning, not after unstructured pruning; LeNet: 416,520,
+      where torch-pruning's counter adds elementwise ops and says 423,038); ``pruning/macs_nonzero``: those
+      whose weight is non-zero (falls after unstructured pruning).
+    - ``pruning/size_mb``: dense parameter bytes / 2**20; ``pruning/size_mb_compressed``: payload of
+      :func:`lightning_prune.save_compressed` (parameters and buffers, non-zeros plus bitmask or indices).
+
+    Masks of ``torch.nn.utils.prune`` (used by this library's callbacks and by Lightning's ``ModelPruning``)
+    are read where active. The forward pass that MACs need runs only when the architecture changed (parameter
+    shapes), under ``torch.no_grad`` in eval mode, leaving gradients, BatchNorm statistics, train/eval mode and
+    RNG state as they were. Every rank measures the same (synchronised) model, so in DDP the values are
+    identical across ranks and the loggers, which write on rank zero, record them once.
+
+    Args:
+        per_layer: also log ``pruning/sparsity/<module>`` for each conv/linear layer.
+        every_n_epochs: log at the end of every n-th training epoch (epochs ``n-1, 2n-1, ...``, 0-based).
+        input_shape: shape of the example input for MACs, batch first (e.g. ``[1, 3, 32, 32]``); by default
+            ``pl_module.example_input_array``. Without either, MACs are not logged (with a warning).
+        summary: at the end of fit, print (rank zero) a table of the figures at the start of fit and at the
+            last logged epoch.
+
+    Raises:
+        TypeError: if ``per_layer`` or ``summary`` is not a bool, ``every_n_epochs`` not an int, or
+            ``input_shape`` not a list.
+        ValueError: if ``every_n_epochs`` < 1 or ``input_shape`` holds a non-positive entry.
+
+    Example::
+
+        >>> from lightning_prune import PruningMetrics
+        >>> PruningMetrics(per_layer=False, every_n_epochs=2).every_n_epochs
+        2
+    """
+
+    def __init__(
+        self,
+        per_layer: bool = True,
+        every_n_epochs: int = 1,
+        input_shape: list[int] | None = None,
+        summary: bool = True,
+    ) -> None:
+        per_layer = _check_bool("per_layer", per_layer)
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)  # type: ignore[assignment]
+        input_shape = _check_shape("input_shape", input_shape)
+        summary = _check_bool("summary", summary)
+        self.per_layer = per_layer
+        self.every_n_epochs = every_n_epochs
+        self.input_shape = input_shape
+        self.summary = summary
+        self.cache = MacsCache()
+        self.first: dict[str, float] = {}
+        self.first_epoch: int | None = None
+        self.last: dict[str, float] = {}
+        self.last_epoch: int | None = None
+        self._warned_no_input = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            per_layer=self.per_layer, every_n_epochs=self.every_n_epochs, input_shape=self.input_shape
+        )
+
+    # ---------------------------------------------------------------------------------------------------
+    def example_inputs(self, pl_module: pl.LightningModule) -> Any:
+        """The input used to count MACs: ``torch.zeros(input_shape)`` or ``pl_module.example_input_array``."""
+        if self.input_shape is not None:
+            return torch.zeros(self.input_shape)
+        return getattr(pl_module, "example_input_array", None)
+
+    def compute(self, pl_module: pl.LightningModule) -> ModelStats:
+        """Measure ``pl_module`` now (MACs from the cache when the architecture is unchanged)."""
+        inputs = self.example_inputs(pl_module)
+        if inputs is None and not self._warned_no_input:
+            self._warned_no_input = True
+            rank_zero_warn(
+                "PruningMetrics: no `input_shape` given and `pl_module.example_input_array` is not set, so"
+                " pruning/macs and pruning/macs_nonzero are not logged. Pass e.g. input_shape=[1, 3, 32, 32]."
+            )
+        return measure(pl_module, inputs, cache=self.cache)
+
+    def should_log(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ---------------------------------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.summary and not self.first:
+            self.first = self.compute(pl_module).as_dict(per_layer=False)
+            self.first_epoch = trainer.current_epoch
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.should_log(trainer):
+            return
+        stats = self.compute(pl_module)
+        device = pl_module.device
+        # float64 keeps MAC and parameter counts exact in the logs (float32 has 24 bits); MPS lacks it
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        for name, value in stats.as_dict(prefix=PREFIX, per_layer=self.per_layer).items():
+            pl_module.log(name, torch.tensor(value, dtype=dtype, device=device), on_step=False, on_epoch=True)
+        self.last = stats.as_dict(per_layer=False)
+        self.last_epoch = trainer.current_epoch
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.summary:
+            return
+        if not self.last:
+            self.last = self.compute(pl_module).as_dict(per_layer=False)
+            self.last_epoch = trainer.current_epoch
+        rank_zero_info(self.summary_table())
+
+    def summary_table(self) -> str:
+        """The start-of-fit vs last-epoch table (Markdown) printed at the end of fit."""
+        first_label = "start of fit" if self.first_epoch in (None, 0) else f"start (epoch {self.first_epoch})"
+        last_label = f"epoch {self.last_epoch}" if self.last_epoch is not None else "end"
+        lines = [
+            "PruningMetrics summary",
+            f"| metric | {first_label} | {last_label} | ratio |",
+            "|---|---|---|---|",
+        ]
+        for label, key, scale, fmt in _TABLE_ROWS:
+            if key not in self.last and key not in self.first:
+                continue
+            a, b = self.first.get(key), self.last.get(key)
+            ratio = f"{b / a:.3f}" if a and b is not None and not key.startswith("sparsity") else ""
+            sa = fmt.format(a * scale) if a is not None else "-"
+            sb = fmt.format(b * scale) if b is not None else "-"
+            lines.append(f"| {label} | {sa} | {sb} | {ratio} |")
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "first": dict(self.first),
+            "first_epoch": self.first_epoch,
+            "last": dict(self.last),
+            "last_epoch": self.last_epoch,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first = {k: float(v) for k, v in state_dict.get("first", {}).items()}
+        self.first_epoch = state_dict.get("first_epoch")
+        self.last = {k: float(v) for k, v in state_dict.get("last", {}).items()}
+        self.last_epoch = state_dict.get("last_epoch")
+
+
+__all__ = ["PREFIX", "PruningMetrics"]
