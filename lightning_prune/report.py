@@ -1,0 +1,210 @@
+"""Plots of a pruning run from its CSVLogger output: ``lightning-prune report <run dir or metrics.csv>``.
+
+Reads the ``pruning/*`` series that :class:`~lightning_prune.PruningMetrics` logs, plus the validation
+accuracy (``val/acc`` by default), and writes two PNG files:
+
+- ``pruning_over_epochs.png``: sparsity (%), MACs (millions, dense and non-zero) and size (MB, dense and
+  compressed) per epoch, each panel with the validation accuracy (%) on a second axis;
+- ``layer_sparsity.png``: per-layer sparsity (%) at the last logged epoch, as a bar chart.
+
+Example::
+
+    >>> from lightning_prune.report import main
+    >>> main(["lightning_logs/version_0", "--out", "plots"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["find_metrics_csv", "main", "read_epoch_metrics", "render_report"]
+
+_ACC_FALLBACKS = ("val/acc", "val_acc", "val/accuracy", "val_accuracy")
+
+
+def find_metrics_csv(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a file, else the newest ``metrics.csv`` below the directory ``path``.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        found = sorted(p.rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
+        if found:
+            return found[-1]
+        raise FileNotFoundError(f"`path` {str(p)!r}: no metrics.csv below this directory (is it a CSVLogger run?)")
+    raise FileNotFoundError(f"`path` {str(p)!r} does not exist")
+
+
+def read_epoch_metrics(csv_path: str | os.PathLike) -> dict[int, dict[str, float]]:
+    """``{epoch: {column: value}}`` from a CSVLogger ``metrics.csv``; for each epoch and column the last
+    non-empty value (CSVLogger writes training and validation metrics on separate rows)."""
+    epochs: dict[int, dict[str, float]] = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            raw_epoch = row.get("epoch")
+            if raw_epoch in (None, ""):
+                continue
+            epoch = int(float(raw_epoch))
+            slot = epochs.setdefault(epoch, {})
+            for key, value in row.items():
+                if key in ("epoch", "step") or value in (None, ""):
+                    continue
+                try:
+                    slot[key] = float(value)
+                except ValueError:
+                    continue
+    return dict(sorted(epochs.items()))
+
+
+def _series(epochs: dict[int, dict[str, float]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for epoch, values in epochs.items():
+        v = values.get(key)
+        if v is not None and not math.isnan(v):
+            xs.append(epoch)
+            ys.append(v)
+    return xs, ys
+
+
+def render_report(
+    path: str | os.PathLike, out_dir: str | os.PathLike | None = None, acc_key: str | None = None
+) -> list[Path]:
+    """Write the report's PNG files and return their paths.
+
+    Args:
+        path: a CSVLogger run directory (or a parent of one) or its ``metrics.csv``.
+        out_dir: where to write; by default next to ``metrics.csv``.
+        acc_key: the accuracy column; by default the first of ``val/acc``, ``val_acc``, ``val/accuracy``.
+
+    Raises:
+        FileNotFoundError: if no ``metrics.csv`` is found.
+        ValueError: if the file holds no ``pruning/*`` series (no PruningMetrics in that run).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    csv_path = find_metrics_csv(path)
+    epochs = read_epoch_metrics(csv_path)
+    columns = {k for values in epochs.values() for k in values}
+    if not any(c.startswith("pruning/") for c in columns):
+        raise ValueError(
+            f"`path` {str(csv_path)!r} has no pruning/* columns; add lightning_prune.PruningMetrics() to the"
+            f" Trainer's callbacks (columns found: {sorted(columns)})"
+        )
+    if acc_key is None:
+        acc_key = next((k for k in _ACC_FALLBACKS if k in columns), None)
+    out = Path(out_dir) if out_dir is not None else csv_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    acc_x, acc_y = _series(epochs, acc_key) if acc_key else ([], [])
+    panels = [
+        ("Sparsity", "sparsity (% of weights that are zero)", 100.0,
+         [("pruning/sparsity", "conv/linear weights"), ("pruning/sparsity_all", "all parameters")]),
+        ("MACs", "MACs per forward pass (millions)", 1e-6,
+         [("pruning/macs", "dense (executed by dense kernels)"), ("pruning/macs_nonzero", "non-zero weights only")]),
+        ("Model size", "size (MB, 2^20 bytes)", 1.0,
+         [("pruning/size_mb", "dense"), ("pruning/size_mb_compressed", "compressed sparse")]),
+    ]
+    panels = [p for p in panels if any(k in columns for k, _ in p[3])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.8), squeeze=False)
+    for ax, (title, ylabel, scale, keys) in zip(axes[0], panels):
+        for key, label in keys:
+            xs, ys = _series(epochs, key)
+            if xs:
+                ax.plot(xs, [y * scale for y in ys], marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if title == "Sparsity":
+            ax.set_ylim(0, 100)
+        else:
+            ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if acc_x:
+            twin = ax.twinx()
+            (line,) = twin.plot(acc_x, [a * 100 for a in acc_y], color="black", linestyle="--", marker="x")
+            twin.set_ylabel(f"validation accuracy (%, {acc_key})")
+            twin.set_ylim(0, 100)
+            handles.append(line)
+            labels.append(f"{acc_key} (right axis)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small")
+    fig.suptitle(f"Pruning run: {csv_path.parent.name}")
+    fig.tight_layout()
+    target = out / "pruning_over_epochs.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    written.append(target)
+
+    prefix = "pruning/sparsity/"
+    layer_keys = [c for c in sorted(columns) if c.startswith(prefix)]
+    if layer_keys:
+        last_epoch = max(e for e, values in epochs.items() if any(k in values for k in layer_keys))
+        last = epochs[last_epoch]
+        # keep the order of first appearance in the CSV header (model order), not alphabetical
+        with open(csv_path, newline="") as f:
+            header = next(csv.reader(f))
+        ordered = [c for c in header if c in layer_keys]
+        names = [c[len(prefix):] for c in ordered]
+        values = [last.get(c, float("nan")) * 100 for c in ordered]
+        fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.32 * len(names) + 1.2)))
+        ax.barh(range(len(names)), values, color="tab:blue")
+        ax.set_yticks(range(len(names)), names, fontsize="small")
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("sparsity (% of weights that are zero)")
+        ax.set_ylabel("layer")
+        ax.set_title(f"Per-layer sparsity at epoch {last_epoch}")
+        ax.grid(True, axis="x", alpha=0.3)
+        for i, v in enumerate(values):
+            if not math.isnan(v):
+                inside = v > 85
+                ax.text(v - 1 if inside else v + 1, i, f"{v:.1f}%", va="center", ha="right" if inside else "left",
+                        color="white" if inside else "black", fontsize="x-small")
+        fig.tight_layout()
+        target = out / "layer_sparsity.png"
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        written.append(target)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``lightning-prune report PATH [--out DIR] [--acc-key NAME]``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-prune report",
+        description="Render PNG plots (sparsity, MACs, size over epochs with val accuracy; per-layer sparsity)"
+        " from a CSVLogger run of a Trainer with lightning_prune.PruningMetrics.",
+    )
+    parser.add_argument("path", help="CSVLogger run directory (e.g. lightning_logs/version_0) or its metrics.csv")
+    parser.add_argument("--out", default=None, help="output directory (default: next to metrics.csv)")
+    parser.add_argument("--acc-key", default=None, help="accuracy column (default: val/acc)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        written = render_report(args.path, args.out, args.acc_key)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lightning-prune report: error: {err}", file=sys.stderr)
+        return 1
+    for p in written:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
