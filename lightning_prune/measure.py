@@ -246,9 +246,11 @@ def architecture_key(model: nn.Module, example_inputs: Any = None) -> tuple:
     items: list[Any] = []
     for name, module in model.named_modules():
         params = tuple(
-            (p_name[: -len("_orig")] if p_name.endswith("_orig") else p_name, tuple(p.shape))
-            for p_name, p in module._parameters.items()
-            if p is not None
+            sorted(
+                (p_name[: -len("_orig")] if p_name.endswith("_orig") else p_name, tuple(p.shape))
+                for p_name, p in module._parameters.items()
+                if p is not None
+            )
         )
         conv = ()
         if isinstance(module, nn.modules.conv._ConvNd):

@@ -1,6 +1,7 @@
 """Lightning callbacks (thin glue over the pure-PyTorch core)."""
 
+from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
 from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
-__all__: list[str] = ["PruningMetrics", "UnstructuredPruning"]
+__all__: list[str] = ["ChannelPrunedCheckpointMixin", "ChannelPruning", "PruningMetrics", "UnstructuredPruning"]

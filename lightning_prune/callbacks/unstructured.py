@@ -230,10 +230,10 @@ class UnstructuredPruning(Callback):
         if due and max(due) > self._last_event_epoch:
             self._prune(trainer, pl_module, self._schedule_map[max(due)], epoch, max(due))
         if self._last_event_epoch >= 0:
-            pl_module.log("pruning/sparsity", self._sparsity(), on_step=False, on_epoch=True, batch_size=1)
-            pl_module.log(
-                "pruning/target", self._schedule_map[self._last_event_epoch], on_step=False, on_epoch=True, batch_size=1
-            )
+            # the same on every rank; sync_dist only spares users Lightning's distributed-logging warning
+            kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": trainer.world_size > 1}
+            pl_module.log("pruning/sparsity", self._sparsity(), **kw)
+            pl_module.log("pruning/target", self._schedule_map[self._last_event_epoch], **kw)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

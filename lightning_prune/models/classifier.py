@@ -106,6 +106,17 @@ class ImageClassifier(pl.LightningModule):
         self.model.load_state_dict(state, strict=True)
         log.info("initialised model weights from %s", path)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Reshape the model to a channel-pruned checkpoint before Lightning loads its weights (a no-op for an
+        unpruned one), so ``load_from_checkpoint`` and ``trainer.fit(ckpt_path=...)`` work after
+        ``ChannelPruning``."""
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            from lightning_prune import structure
+
+            structure.reshape_to_state_dict(self, state)
+        super().on_load_checkpoint(checkpoint)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

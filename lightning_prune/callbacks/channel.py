@@ -1,0 +1,442 @@
+"""``ChannelPruning``: remove channels with torch-pruning (DepGraph) at epoch starts while training goes on."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torch_pruning.pruner.importance import Importance
+from typing_extensions import override
+
+from lightning_prune import optim as O
+from lightning_prune import structure as S
+from lightning_prune._validation import check_int
+from lightning_prune.schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+def _check_bool(arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{arg}` must be True or False; got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _move(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and dtype is not None:
+            return obj.to(device=device, dtype=dtype)
+        return obj.to(device=device)
+    if isinstance(obj, Mapping):
+        return {k: _move(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_move(v, device, dtype) for v in obj)
+    return obj
+
+
+def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    for p in module.parameters():
+        return p.device, (p.dtype if p.is_floating_point() else None)
+    return torch.device("cpu"), None
+
+
+def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
+    return f"MACs {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G, params {params0 / 1e6:.2f} M -> {params1 / 1e6:.2f} M"
+
+
+class ChannelPruning(Callback):
+    """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
+
+    At the **start** of each pruning epoch the LightningModule's coupled layers lose the least important
+    channels until ``pruning_ratio`` of the original channels are gone (an absolute target, relative to the
+    unpruned model); the epoch's training and validation follow. After every event the run is as healthy as
+    before: optimizers hold the new parameters with their state (momentum, Adam moments, steps) sliced to the
+    surviving channels, LR schedulers keep their state, ``requires_grad`` flags and train/eval modes are as
+    they were, and under DDP every rank removes the same channels and the model is re-wrapped so gradients of
+    the new parameters are synchronised.
+
+    The pruned architecture goes into checkpoints as plain data, and the model's tensor shapes are in its
+    ``state_dict``: ``trainer.fit(ckpt_path=...)`` with this callback reshapes the fresh model before the
+    weights load (any LightningModule), ``ImageClassifier.load_from_checkpoint(path)`` returns the pruned
+    model, and users' own modules load a checkpoint with :class:`ChannelPrunedCheckpointMixin` or
+    :func:`lightning_prune.structure.load_channel_pruned`.
+
+    Layer names (``ignored_layers``, ``pruning_ratio_dict``) are those of ``pl_module.named_modules()``, e.g.
+    ``"model.fc"`` for ``ImageClassifier``; a full-match regex works too (``"model\\.layer4\\..*"``).
+
+    Args:
+        pruning_ratio: fraction of the original channels removed by the last event, in [0, 1), or explicit
+            milestones ``{epoch: ratio}``.
+        importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (gradients are computed on
+            ``taylor_batches`` training batches before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
+            ``"random"``, the seed's ``"group_norm"`` (= ``"l2"``), or a torch-pruning ``Importance`` object
+            (``class_path`` in YAML).
+        schedule: ``"constant"``, ``"linear"``, ``"cubic"`` or ``"geometric"``, as in ``UnstructuredPruning``.
+        start_epoch: first pruning epoch.
+        end_epoch: last pruning epoch; default: half-way from ``start_epoch`` to the end of training.
+        every_n_epochs: epochs between events.
+        global_pruning: rank channels across all layers instead of within each layer.
+        round_to: keep channel counts multiples of this (e.g. 8).
+        ignored_layers: module names or regexes whose output channels are never removed.
+        pruning_ratio_dict: ``{module name or regex: ratio}`` for layers pruned to another final ratio (scaled
+            by the schedule's progress like the main ratio).
+        max_pruning_ratio: no layer loses more than this fraction of its original channels.
+        isomorphic: rank groups of identical structure together (torch-pruning's isomorphic pruning).
+        input_shape: shape of the tracing input, e.g. ``[1, 3, 32, 32]``; used when the module has no
+            ``example_input_array``. Without either, the first training batch is used.
+        ignore_output_layer: ignore the layer(s) producing the model's output (the classifier), as the seed
+            does by hand.
+        taylor_batches: training batches whose gradients feed ``"taylor"`` importance.
+        verbose: print a rank-zero summary line after each event.
+
+    Raises:
+        ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
+            no module, every layer ignored, a tracing input that does not fit the model, or an unsupported
+            strategy / compiled model.
+        TypeError: a value of the wrong type.
+
+    Example::
+
+        >>> from lightning_prune import ChannelPruning
+        >>> cb = ChannelPruning(pruning_ratio=0.5, importance="l2", schedule="linear", start_epoch=0, end_epoch=2)
+        >>> cb.targets()
+        {0: 0.16666666666666666, 1: 0.3333333333333333, 2: 0.5}
+    """
+
+    def __init__(
+        self,
+        pruning_ratio: float | dict[int, float] = 0.5,
+        importance: str | Importance = "l2",
+        schedule: Literal["constant", "linear", "cubic", "geometric"] = "linear",
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        every_n_epochs: int = 1,
+        global_pruning: bool = False,
+        round_to: int | None = None,
+        ignored_layers: list[str] | None = None,
+        pruning_ratio_dict: dict[str, float] | None = None,
+        max_pruning_ratio: float = 1.0,
+        isomorphic: bool = False,
+        input_shape: list[int] | None = None,
+        ignore_output_layer: bool = True,
+        taylor_batches: int = 4,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self._sched = Schedule(pruning_ratio, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="pruning_ratio")
+        self._ratio_repr = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
+        _check_bool("global_pruning", global_pruning)
+        _check_bool("isomorphic", isomorphic)
+        _check_bool("ignore_output_layer", ignore_output_layer)
+        _check_bool("verbose", verbose)
+        self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
+        if input_shape is not None:
+            if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
+                raise TypeError(f"`input_shape` must be a list of ints such as [1, 3, 32, 32]; got {input_shape!r}")
+            for s in input_shape:
+                if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+                    raise ValueError(f"`input_shape` must be a list of positive ints such as [1, 3, 32, 32]; got {input_shape!r}")
+            input_shape = [int(s) for s in input_shape]
+        self.input_shape = input_shape
+        self.core = S.ChannelPruner(
+            importance=importance,
+            global_pruning=global_pruning,
+            round_to=round_to,
+            ignored_layers=ignored_layers,
+            pruning_ratio_dict=pruning_ratio_dict,
+            max_pruning_ratio=max_pruning_ratio,
+            isomorphic=isomorphic,
+            ignore_output_layers=ignore_output_layer,
+        )
+        self.importance = self.core.importance_name
+        self.verbose = verbose
+        self._schedule_map: dict[int, float] = {}
+        self._last_event_epoch = -1
+        self._current_target = 0.0
+        self._history: list[dict[str, Any]] = []
+        self._architecture: dict[str, Any] = {}
+        self._baseline: dict[str, int] = {}  # macs/params of the unpruned model
+        self._current: dict[str, int] = {}
+        self._prepared = False
+        self._fitting = False
+        self._patched: pl.LightningModule | None = None
+
+    # ------------------------------------------------------------------------------------------ public API
+    @property
+    def pruning_ratio(self) -> float | dict[int, float]:
+        return self._ratio_repr
+
+    def targets(self, max_epochs: int | None = None) -> dict[int, float]:
+        """``{epoch: absolute ratio}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None)."""
+        return self._sched.resolve(max_epochs)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per event: epoch, target, channels removed, params and MACs after it."""
+        return list(self._history)
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The pruned architecture after the latest event, as plain data (see ``structure.architecture``)."""
+        return dict(self._architecture)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            pruning_ratio=self._ratio_repr,
+            importance=self.importance,
+            schedule=self._sched.schedule,
+            start_epoch=self._sched.start_epoch,
+            end_epoch=self._sched.end_epoch,
+            every_n_epochs=self._sched.every_n_epochs,
+        )
+
+    # ------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._install_reshape_hook(pl_module)
+        self._fitting = stage == "fit"
+        if not self._fitting:
+            return
+        self._check_supported(trainer, pl_module)
+        if S.needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
+            raise ValueError(
+                f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
+                "automatic optimization; this LightningModule uses manual optimization"
+            )
+        self._schedule_map = self._sched.resolve(trainer.max_epochs)
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and max(self._schedule_map) >= max_epochs:
+            late = [e for e in self._schedule_map if e >= max_epochs]
+            rank_zero_warn(
+                f"ChannelPruning: pruning events at epochs {late} fall after the last epoch "
+                f"(max_epochs={max_epochs}); the final ratio {max(self._schedule_map.values())} will not be reached"
+            )
+        # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
+        self._last_event_epoch, self._current_target, self._history = -1, 0.0, []
+        self._baseline, self._current = {}, {}
+        self.core.original_channels, self.core.ignored_names, self.core.history = {}, None, []
+        self._prepared = False
+        inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
+        if inputs is not None:
+            self._prepare(pl_module, inputs)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._patched is not None and "on_load_checkpoint" in vars(self._patched):
+            del self._patched.on_load_checkpoint
+        self._patched = None
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        due = [e for e in self._schedule_map if e <= epoch]
+        if due and max(due) > self._last_event_epoch:
+            event = max(due)
+            self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
+        if self._last_event_epoch >= 0 and self._current:
+            pl_module.log("pruning/params", float(self._current["params"]), on_step=False, on_epoch=True, batch_size=1)
+            pl_module.log("pruning/macs", float(self._current["macs"]), on_step=False, on_epoch=True, batch_size=1)
+            pl_module.log("pruning/channel_ratio", self._current_target, on_step=False, on_epoch=True, batch_size=1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "core": self.core.state_dict(),
+            "last_event_epoch": self._last_event_epoch,
+            "current_target": float(self._current_target),
+            "schedule": {int(k): float(v) for k, v in self._schedule_map.items()},
+            "history": [dict(h) for h in self._history],
+            "architecture": self._architecture,
+            "baseline": dict(self._baseline),
+            "current": dict(self._current),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        stored = state_dict.get("schedule") or {}
+        if stored:
+            stored = {int(k): float(v) for k, v in stored.items()}
+            if self._schedule_map and stored != self._schedule_map:
+                rank_zero_warn(
+                    "ChannelPruning: the checkpoint's schedule differs from the one these arguments give "
+                    f"({stored} vs {self._schedule_map}); continuing the checkpoint's schedule"
+                )
+            self._schedule_map = stored
+        core = state_dict.get("core")
+        if core:
+            self.core.load_state_dict(core)
+            self._prepared = bool(self.core.original_channels)
+        self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
+        self._current_target = float(state_dict.get("current_target", 0.0))
+        self._history = [dict(h) for h in state_dict.get("history", [])]
+        self._architecture = dict(state_dict.get("architecture") or {})
+        self._baseline = dict(state_dict.get("baseline") or {})
+        self._current = dict(state_dict.get("current") or {})
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _install_reshape_hook(self, pl_module: pl.LightningModule) -> None:
+        """Make the module's ``on_load_checkpoint`` (the first hook that sees a checkpoint, before the weights
+        load) reshape the model to the checkpoint's shapes, so resuming a pruned run works for any module."""
+        if "on_load_checkpoint" in vars(pl_module):
+            return
+        original = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            state = checkpoint.get("state_dict")
+            if isinstance(state, Mapping):
+                S.reshape_to_state_dict(pl_module, state)
+            original(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+        self._patched = pl_module
+
+    def _check_supported(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+        strategy = trainer.strategy
+        ok = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
+        if not ok:
+            raise ValueError(
+                f"ChannelPruning supports single-device and DDP training only; the Trainer's strategy is "
+                f"{type(strategy).__name__}, whose sharded/wrapped parameters torch-pruning cannot reshape. "
+                "Use strategy='auto', 'ddp' or 'ddp_spawn'"
+            )
+        compiled = getattr(pl_module, "_compiler_ctx", None) is not None or any(
+            type(m).__name__ == "OptimizedModule" for m in pl_module.modules()
+        )
+        if compiled:
+            raise ValueError(
+                "ChannelPruning cannot prune a torch.compile'd model (the compiled graph keeps the old shapes); "
+                "prune without torch.compile, and compile the pruned model afterwards"
+            )
+
+    def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_batch: bool = True) -> Any:
+        device, dtype = _device_dtype(pl_module)
+        x = getattr(pl_module, "example_input_array", None)
+        if x is not None:
+            return _move(x, device, dtype)
+        if self.input_shape is not None:
+            return torch.zeros(self.input_shape, device=device, dtype=dtype or torch.float32)
+        if not allow_batch:
+            return None
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise ValueError(
+                "ChannelPruning needs a tracing input: set `example_input_array` on the LightningModule, pass "
+                "`input_shape`, or give the Trainer a training dataloader"
+            )
+        batch = next(iter(loader))
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if isinstance(x, Mapping):
+            raise ValueError("ChannelPruning cannot take a tracing input from a dict batch; pass `input_shape`")
+        return _move(x[:1], device, dtype)
+
+    def _prepare(self, pl_module: pl.LightningModule, inputs: Any) -> None:
+        self.core.prepare(pl_module, inputs)
+        self._prepared = True
+
+    def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
+        from lightning_prune.measure import count_macs, count_params
+
+        return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
+
+    def _compute_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fill ``.grad`` from a few training batches (for Taylor importance), without logging or stepping."""
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise ValueError("`importance`='taylor' needs training batches to compute gradients; none available")
+        pl_module.zero_grad(set_to_none=True)
+        pl_module.log = lambda *a, **k: None  # type: ignore[method-assign]
+        pl_module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+        try:
+            with S.preserved_modes(pl_module), torch.enable_grad():
+                pl_module.eval()  # no BatchNorm statistics or dropout from this pass
+                for i, batch in enumerate(loader):
+                    if i >= self.taylor_batches:
+                        break
+                    batch = trainer.strategy.batch_to_device(batch)
+                    with trainer.precision_plugin.train_step_context():
+                        out = pl_module.training_step(batch, i)
+                    loss = out["loss"] if isinstance(out, Mapping) else out
+                    if loss is None:
+                        continue
+                    loss.backward()
+        finally:
+            del pl_module.log
+            del pl_module.log_dict
+
+    def _rewrap_ddp(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.strategies import DDPStrategy
+        from torch.nn.parallel import DistributedDataParallel
+
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+            strategy.model = pl_module
+            strategy.configure_ddp()
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        inputs = self._example_inputs(trainer, pl_module)
+        if not self._prepared:
+            self._prepare(pl_module, inputs)
+        if not self._baseline:
+            self._baseline = self._measure(pl_module, inputs)
+        final = max(self._schedule_map.values()) if self._schedule_map else target
+        scale = target / final if final > 0 else 1.0
+        if S.needs_gradients(self.core.importance):
+            self._compute_gradients(trainer, pl_module)
+        plan = self.core.plan(pl_module, inputs, target, scale)
+        if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
+            plan = trainer.strategy.broadcast(plan, src=0)
+        result = self.core.apply(pl_module, plan, inputs)
+        O.rebind_optimizers(trainer.optimizers, result.changes)
+        self._rewrap_ddp(trainer, pl_module)
+        missing = O.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
+        if missing and trainer.optimizers:
+            rank_zero_warn(f"ChannelPruning: {len(missing)} trainable parameters are in no optimizer after pruning")
+        self._current = self._measure(pl_module, inputs)
+        self._architecture = S.architecture(pl_module)
+        self._last_event_epoch = event
+        self._current_target = float(target)
+        self._history.append(
+            {
+                "epoch": int(epoch),
+                "target": float(target),
+                "channels_removed": int(result.channels_removed),
+                "params": self._current["params"],
+                "macs": self._current["macs"],
+            }
+        )
+        if self.verbose:
+            rank_zero_info(
+                f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), "
+                + _fmt_summary(self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"])
+            )
+
+
+class ChannelPrunedCheckpointMixin:
+    """Mixin for your own LightningModule: load channel-pruned checkpoints into a fresh (unpruned) instance.
+
+    Its ``on_load_checkpoint`` reshapes the module to the checkpoint's tensor shapes before Lightning loads the
+    weights, so ``YourModule.load_from_checkpoint(path)`` and ``trainer.fit/validate/test(ckpt_path=...)``
+    work. Put it first among the bases: ``class MyModule(ChannelPrunedCheckpointMixin, pl.LightningModule)``.
+    """
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if isinstance(state, Mapping):
+            S.reshape_to_state_dict(self, state)  # type: ignore[arg-type]
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+
+__all__ = ["ChannelPrunedCheckpointMixin", "ChannelPruning"]

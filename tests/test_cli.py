@@ -1,0 +1,59 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_prune.cli import cli_main, main
+from lightning_prune.data import DigitsDataModule
+
+CONFIGS = sorted((Path(__file__).parents[1] / "examples" / "configs").glob("*.yaml"))
+
+
+def test_there_are_example_configs():
+    assert any(p.name == "lenet_digits.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_example_config_fits(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "-c", str(config), "--trainer.fast_dev_run=true"])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step >= 1
+
+
+def test_default_data_is_digits_and_optimizer_is_configurable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model:\n  model: lenet\n"
+        "optimizer:\n  class_path: torch.optim.SGD\n  init_args:\n    lr: 0.05\n    momentum: 0.9\n"
+        "lr_scheduler:\n  class_path: torch.optim.lr_scheduler.StepLR\n  init_args:\n    step_size: 1\n    gamma: 0.5\n"
+        "trainer:\n  max_epochs: 2\n  limit_train_batches: 2\n  limit_val_batches: 1\n  logger: false\n"
+        "  enable_progress_bar: false\n  enable_checkpointing: false\n"
+    )
+    cli = cli_main(["fit", "-c", str(cfg)])
+    assert isinstance(cli.datamodule, DigitsDataModule)
+    (opt,) = cli.trainer.optimizers
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)  # StepLR stepped after each epoch
+
+
+def test_validate_and_test_subcommands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.logger=false"]
+    assert cli_main(["validate", *args]).trainer.state.finished
+    assert cli_main(["test", *args]).trainer.state.finished
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "lightning_prune.cli", "fit", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--model.model" in out.stdout and "--trainer.callbacks" in out.stdout
+
+
+def test_unknown_model_in_config_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"`model` must be one of \['lenet', 'resnet18', 'resnet18_cifar'\] or an nn.Module; got 'vgg'"):
+        main(["fit", "--model.model=vgg", "--trainer.fast_dev_run=true"])
