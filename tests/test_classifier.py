@@ -110,3 +110,18 @@ def test_init_from_checkpoint_of_another_architecture_fails(tmp_path):
     torch.save(state, tmp_path / "w.pt")
     with pytest.raises(RuntimeError, match='Missing key.*"fc3.bias"'):
         ImageClassifier("lenet", num_classes=10, init_from_checkpoint=str(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize(
+    "accelerator",
+    ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])],
+)
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fits_on_each_accelerator_and_precision(tmp_path, accelerator, precision):
+    model = ImageClassifier("lenet", in_channels=3)
+    trainer = fast_trainer(
+        tmp_path, accelerator=accelerator, devices=1, precision=precision, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=8, num_channels=3))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert next(model.parameters()).device.type == ("cuda" if accelerator == "gpu" else "cpu")
