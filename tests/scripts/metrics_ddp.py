@@ -1,0 +1,46 @@
+"""PruningMetrics under DDP on 2 CPU processes; each rank saves the pruning/* values it logged.
+
+Usage: python metrics_ddp.py OUT_DIR (writes OUT_DIR/rank0.pt, OUT_DIR/rank1.pt and a CSVLogger run).
+"""
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.utils.prune as prune
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_prune import ImageClassifier, PruningMetrics
+from lightning_prune.data import DigitsDataModule
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier("lenet")
+    net = model.model
+    weights = [(m, "weight") for m in (net.conv1, net.conv2, net.fc1, net.fc2, net.fc3)]
+    prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=0.5)
+    trainer = pl.Trainer(
+        default_root_dir=out,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=CSVLogger(out),
+        callbacks=[PruningMetrics()],
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pruning/")}
+    torch.save(values, out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
