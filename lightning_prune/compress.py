@@ -10,7 +10,7 @@ index list over the zeros). The file is a plain ``torch.save`` of dicts, ints, s
 with ``torch.load(weights_only=True)``.
 
 The *payload* is the bytes of the tensors stored (values, bitmasks, indices, dense tensors). The file adds a
-little container overhead (zip headers, key names, shapes), a few hundred bytes plus tens of bytes per tensor.
+little container overhead (zip headers, key names, shapes): a few hundred bytes per stored tensor.
 :func:`compressed_nbytes` returns the payload without encoding or writing anything.
 
 Example::
@@ -230,7 +230,7 @@ def save_compressed(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
 
     Example::
 
-        >>> import tempfile, os
+        >>> import os, tempfile
         >>> from lightning_prune.models import LeNet
         >>> path = os.path.join(tempfile.mkdtemp(), "lenet.pt")
         >>> save_compressed(LeNet(), path) == 61706 * 4
