@@ -1,0 +1,318 @@
+"""ChannelPruning in real Trainer runs: the seed, optimizer health, resume, checkpoints, DDP, bf16, errors."""
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch_pruning as tp
+import torchvision
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_params
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import LeNet
+from lightning_prune.structure import architecture
+
+
+def _trainer(tmp_path, max_epochs=2, callbacks=(), **kw):
+    args = dict(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+class UserModule(pl.LightningModule):
+    """A user's own module: LeNet features, SGD with momentum and a StepLR, no example_input_array."""
+
+    def __init__(self, freeze_first: bool = False) -> None:
+        super().__init__()
+        self.net = LeNet()
+        if freeze_first:
+            self.net.conv1.requires_grad_(False)
+        self.epoch_losses: list[float] = []
+        self._sum = 0.0
+        self._n = 0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self._sum += loss.item()
+        self._n += 1
+        return loss
+
+    def on_train_epoch_end(self):
+        self.epoch_losses.append(self._sum / max(self._n, 1))
+        self._sum, self._n = 0.0, 0
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD((p for p in self.parameters() if p.requires_grad), lr=0.05, momentum=0.9)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+
+class MixinModule(ChannelPrunedCheckpointMixin, UserModule):
+    pass
+
+
+class Probe(Callback):
+    """Runs after ChannelPruning's epoch-start hook and records the run's health."""
+
+    def __init__(self) -> None:
+        self.rows = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        held = {id(p) for g in opt.param_groups for p in g["params"]}
+        trainable = [p for p in pl_module.parameters() if p.requires_grad]
+        self.rows.append(
+            {
+                "all_in_optimizer": all(id(p) in held for p in trainable),
+                "nothing_stale": len(held) == len(trainable),
+                "state_shapes_ok": all(
+                    v.shape == p.shape
+                    for p, st in opt.state.items()
+                    for v in st.values()
+                    if isinstance(v, torch.Tensor) and v.dim() > 0
+                ),
+                "training": pl_module.training and all(m.training for m in pl_module.modules()),
+                "frozen": [n for n, p in pl_module.named_parameters() if not p.requires_grad],
+                "lr": opt.param_groups[0]["lr"],
+                "conv2": pl_module.net.conv2.out_channels if hasattr(pl_module, "net") else None,
+            }
+        )
+
+
+# -------------------------------------------------------------------------------------------------- the seed
+class TPCounts(Callback):
+    def __init__(self) -> None:
+        self.counts = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        macs, params = tp.utils.count_ops_and_params(pl_module.model, torch.zeros(1, 3, 32, 32))
+        self.counts.append((round(macs / 1e9, 4), round(params / 1e6, 4)))
+
+
+def test_seed_reproduced_through_the_callback(tmp_path):
+    """torchvision resnet18 at 1x3x32x32, l2, round_to=8, classifier ignored automatically: the seed's table."""
+    model = ImageClassifier(torchvision.models.resnet18(), num_classes=1000, in_channels=3, input_size=(32, 32))
+    counts = TPCounts()
+    cb = ChannelPruning(pruning_ratio={0: 0.5, 1: 0.75}, importance="l2", round_to=8, verbose=False)
+    trainer = _trainer(tmp_path, 2, [cb, counts], limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model, DigitsDataModule(batch_size=4, num_channels=3))
+    assert counts.counts == [(0.0102, 3.0559), (0.0029, 0.8311)]
+    assert model.model.fc.out_features == 1000
+    assert [h["target"] for h in cb.history] == [0.5, 0.75]
+
+
+# -------------------------------------------------------------------------------------------------- health
+def test_optimizer_modes_frozen_flags_scheduler_and_loss(tmp_path):
+    pl.seed_everything(0)
+    module = UserModule(freeze_first=True)
+    probe = Probe()
+    cb = ChannelPruning(0.5, schedule="linear", start_epoch=1, end_epoch=2, input_shape=[1, 1, 32, 32], verbose=False)
+    trainer = _trainer(tmp_path, 5, [cb, probe], limit_train_batches=8)
+    trainer.fit(module, DigitsDataModule(batch_size=32))
+    assert [r["conv2"] for r in probe.rows] == [16, 12, 8, 8, 8]
+    for r in probe.rows:
+        assert r["all_in_optimizer"] and r["nothing_stale"] and r["state_shapes_ok"] and r["training"], r
+        assert r["frozen"] == ["net.conv1.weight", "net.conv1.bias"]
+    assert [r["lr"] for r in probe.rows] == pytest.approx([0.05 * 0.5**i for i in range(5)])  # StepLR kept its state
+    assert module.net.conv1.out_channels == 6  # torch-pruning leaves frozen layers' channels alone
+    losses = module.epoch_losses
+    assert losses[4] < losses[2] and losses[3] < losses[2], losses  # training goes on after the last event
+
+
+def test_logs_and_first_batch_tracing(tmp_path):
+    module = UserModule()  # no example_input_array, no input_shape: the first training batch is the input
+    cb = ChannelPruning(0.5, start_epoch=0, end_epoch=0, verbose=False)
+    trainer = _trainer(tmp_path, 1, [cb], logger=pl.loggers.CSVLogger(tmp_path))
+    trainer.fit(module, DigitsDataModule(batch_size=16))
+    m = trainer.callback_metrics
+    assert m["pruning/params"].item() == count_params(module) == cb.history[0]["params"]
+    assert m["pruning/channel_ratio"].item() == 0.5
+    lines = Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()
+    assert {"pruning/params", "pruning/macs", "pruning/channel_ratio"} <= set(lines[0].split(","))
+
+
+def test_summary_line(tmp_path, caplog):
+    module = ImageClassifier("lenet")
+    with caplog.at_level("INFO"):
+        _trainer(tmp_path, 1, [ChannelPruning(0.5)], limit_train_batches=1, limit_val_batches=0).fit(
+            module, DigitsDataModule(batch_size=8)
+        )
+    assert "MACs 0.0004 G -> 0.0001 G, params 0.06 M -> 0.02 M" in caplog.text
+
+
+def test_fast_dev_run_with_default_end_epoch(tmp_path):
+    module = ImageClassifier("lenet")
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[ChannelPruning(0.5)], enable_progress_bar=False,
+                         enable_model_summary=False, logger=False, default_root_dir=tmp_path)
+    trainer.fit(module, DigitsDataModule(batch_size=8))
+    assert module.model.conv2.out_channels == 8
+
+
+def test_taylor_with_bf16_mixed(tmp_path):
+    pl.seed_everything(0)
+    module = ImageClassifier("lenet")
+    cb = ChannelPruning({0: 0.25, 1: 0.5}, importance="taylor", taylor_batches=2, verbose=False)
+    trainer = _trainer(tmp_path, 2, [cb], precision="bf16-mixed", logger=pl.loggers.CSVLogger(tmp_path))
+    trainer.fit(module, DigitsDataModule(batch_size=16))
+    assert module.model.conv2.out_channels == 8 and module.model.fc1.out_features == 60
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    # the gradient pass logged nothing of its own: train/loss is the epoch's loss, logged once per epoch
+    rows = [r for r in Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()[1:] if r]
+    assert len(rows) == 4
+
+
+# -------------------------------------------------------------------------------------------------- checkpoints
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.filterwarnings("ignore:.*fall after the last epoch")
+def test_resume_mid_schedule_is_exact_for_a_users_own_module(tmp_path):
+    dm = lambda: DigitsDataModule(batch_size=32, shuffle=False)  # noqa: E731
+    make_cb = lambda: ChannelPruning(0.6, importance="l1", start_epoch=0, end_epoch=2, input_shape=[1, 1, 32, 32], verbose=False)  # noqa: E731
+
+    pl.seed_everything(0)
+    full = UserModule()
+    _trainer(tmp_path / "a", 4, [make_cb()], deterministic=True).fit(full, dm())
+
+    pl.seed_everything(0)
+    first = UserModule()
+    t1 = _trainer(tmp_path / "b", 2, [make_cb()], deterministic=True)
+    t1.fit(first, dm())
+    ckpt = tmp_path / "mid.ckpt"
+    t1.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)  # plain data only
+    key = next(k for k in saved["callbacks"] if k.startswith("ChannelPruning"))
+    assert saved["callbacks"][key]["architecture"]["net.conv2"]["out_channels"] == int(16 * (1 - 0.4))  # 2 of 3 events
+    assert saved["callbacks"][key]["core"]["original_channels"]["net.conv2"] == [16, 6]
+
+    resumed = UserModule()  # fresh, unpruned: the callback reshapes it before the weights load
+    cb = make_cb()
+    _trainer(tmp_path / "c", 4, [cb], deterministic=True).fit(resumed, dm(), ckpt_path=ckpt)
+    assert architecture(resumed) == architecture(full)
+    a, b = _state(full), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert [h["epoch"] for h in cb.history] == [0, 1, 2]
+    assert resumed.net.conv2.out_channels == int(16 * 0.4)
+
+
+def test_load_from_checkpoint_image_classifier_and_mixin(tmp_path):
+    module = ImageClassifier("lenet")
+    t = _trainer(tmp_path, 1, [ChannelPruning(0.5, verbose=False)], limit_val_batches=0)
+    t.fit(module, DigitsDataModule(batch_size=16))
+    t.save_checkpoint(tmp_path / "ic.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "ic.ckpt")
+    assert architecture(loaded.model) == architecture(module.model)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(loaded.eval()(x), module.eval()(x))
+
+    user = MixinModule()
+    t = _trainer(tmp_path, 1, [ChannelPruning(0.5, input_shape=[1, 1, 32, 32], verbose=False)], limit_val_batches=0)
+    t.fit(user, DigitsDataModule(batch_size=16))
+    t.save_checkpoint(tmp_path / "user.ckpt")
+    again = MixinModule.load_from_checkpoint(tmp_path / "user.ckpt")
+    assert again.net.conv2.out_channels == 8 and torch.equal(again.net.fc1.weight, user.net.fc1.weight)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # without the mixin, the shapes do not fit
+        UserModule.load_from_checkpoint(tmp_path / "user.ckpt")
+
+
+# -------------------------------------------------------------------------------------------------- DDP
+def test_ddp_two_processes_identical_architecture_and_weights(tmp_path):
+    script = Path(__file__).parent / "scripts" / "channel_ddp.py"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["architecture"] == r1["architecture"]
+    assert r0["architecture"]["model.conv2"]["out_channels"] == 8
+    for k, v in r0["weights"].items():
+        assert torch.equal(v, r1["weights"][k]), k  # DDP kept all-reducing the new parameters' gradients
+    for row in r0["checks"] + r1["checks"]:
+        assert row == {"optimizer_holds_model_params": True, "training": True}
+
+
+# -------------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"pruning_ratio": 1.0}, ValueError, r"`pruning_ratio` must be in \[0, 1\); got 1.0"),
+        ({"pruning_ratio": -0.1}, ValueError, r"`pruning_ratio` must be in \[0, 1\)"),
+        ({"pruning_ratio": "half"}, TypeError, "`pruning_ratio` must be a float"),
+        ({"pruning_ratio": {2: 0.5, 1: 0.7}}, ValueError, "milestone epochs must be increasing"),
+        ({"pruning_ratio": {0: 0.5, 1: 0.3}}, ValueError, "milestone targets must not decrease"),
+        ({"importance": "l3"}, ValueError, r"`importance` must be one of \['l1', 'l2'"),
+        ({"importance": 2}, TypeError, "`importance` must be one of"),
+        ({"schedule": "exp"}, ValueError, "`schedule` must be one of"),
+        ({"round_to": 0}, ValueError, "`round_to` must be >= 1; got 0"),
+        ({"start_epoch": 3, "end_epoch": 1}, ValueError, "`end_epoch` must be >= `start_epoch`=3; got 1"),
+        ({"every_n_epochs": 0}, ValueError, "`every_n_epochs` must be >= 1"),
+        ({"max_pruning_ratio": 0.0}, ValueError, r"`max_pruning_ratio` must be in \(0, 1\]"),
+        ({"input_shape": "1x3x32x32"}, TypeError, "`input_shape` must be a list of ints"),
+        ({"input_shape": [1, 0, 32]}, ValueError, "`input_shape` must be a list of positive ints"),
+        ({"taylor_batches": 0}, ValueError, "`taylor_batches` must be >= 1"),
+        ({"global_pruning": "yes"}, TypeError, "`global_pruning` must be True or False"),
+        ({"ignored_layers": ["(fc"]}, ValueError, "`ignored_layers` entry '\\(fc' is not a valid regular expression"),
+        ({"pruning_ratio_dict": {"model.fc1": 1.2}}, ValueError, r"`pruning_ratio_dict\['model.fc1'\]` must be in"),
+    ],
+)
+def test_constructor_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ChannelPruning(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, module, match",
+    [
+        ({"ignored_layers": ["model.fc9"]}, "ic", r"`ignored_layers` pattern\(s\) \['model.fc9'\] match no module"),
+        ({"pruning_ratio_dict": {"fc1": 0.5}}, "ic", r"`pruning_ratio_dict` pattern\(s\) \['fc1'\] match no module.*'model.fc1'"),
+        ({"ignored_layers": ["model\\..*"]}, "ic", "nothing left to prune: every prunable layer is ignored"),
+        ({"input_shape": [1, 3, 32, 32]}, "user", r"tracing input \(shapes \[\(1, 3, 32, 32\)\]\) does not fit the model"),
+    ],
+)
+def test_setup_errors_leave_the_model_untouched(tmp_path, kwargs, module, match):
+    m = ImageClassifier("lenet") if module == "ic" else UserModule()
+    before = _state(m)
+    with pytest.raises(ValueError, match=match):
+        _trainer(tmp_path, 1, [ChannelPruning(0.5, **kwargs)]).fit(m, DigitsDataModule(batch_size=8))
+    after = _state(m)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unsupported_strategy_and_compiled_model_refused():
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    cb = ChannelPruning(0.5)
+    module = ImageClassifier("lenet")
+    for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
+        fake = types.SimpleNamespace(strategy=strategy, max_epochs=2)
+        with pytest.raises(ValueError, match=f"single-device and DDP training only.*{type(strategy).__name__}"):
+            cb.setup(fake, module, "fit")
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    module.model.fc3 = torch.compile(module.model.fc3)
+    fake = types.SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")), max_epochs=2)
+    with pytest.raises(ValueError, match="cannot prune a torch.compile'd model"):
+        cb.setup(fake, module, "fit")
