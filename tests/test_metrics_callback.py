@@ -238,3 +238,28 @@ def test_ddp_logs_identical_values_once(tmp_path):
     rows = [r for r in _read_csv(csv_files[0]) if r["pruning/macs"]]
     assert [int(r["epoch"]) for r in rows] == [0, 1]  # one row per epoch: logged once
     assert float(rows[-1]["pruning/macs_nonzero"]) == rank0["pruning/macs_nonzero"]
+
+
+def test_with_channel_pruning_macs_follow_the_new_architecture(tmp_path):
+    from lightning_prune.callbacks import ChannelPruning
+
+    metrics = PruningMetrics(per_layer=False, summary=False)
+    pruning = ChannelPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1)
+    trainer = _trainer(tmp_path, [pruning, metrics], logger=CSVLogger(tmp_path), max_epochs=3)
+    model = ImageClassifier("lenet")
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    net = model.model
+    c1, c2, h1, h2 = net.conv1.out_channels, net.conv2.out_channels, net.fc1.out_features, net.fc2.out_features
+    assert c1 < 6 and h1 < 120  # channels were removed
+    by_hand = 28 * 28 * c1 * 25 + 10 * 10 * c2 * c1 * 25 + c2 * 25 * h1 + h1 * h2 + h2 * 10
+    rows = [r for r in _read_csv(Path(trainer.logger.log_dir) / "metrics.csv") if r["pruning/macs"]]
+    assert [float(r["pruning/macs"]) for r in rows] == [LENET_MACS, by_hand, by_hand]
+    assert float(rows[-1]["pruning/params"]) == sum(p.numel() for p in model.parameters())
+    assert (metrics.cache.misses, metrics.cache.hits) == (2, 1)
+
+
+def test_bf16_mixed_precision(tmp_path):
+    trainer = _trainer(tmp_path, [PruningMetrics(summary=False)], max_epochs=1, precision="bf16-mixed")
+    trainer.fit(SmallNet())
+    assert trainer.callback_metrics["pruning/macs"].item() == SMALLNET_MACS
+    assert trainer.callback_metrics["pruning/size_mb"].item() == pytest.approx((8 * 27 + 8 + 16 + 288 * 4 + 4) * 4 / 2**20)
