@@ -183,6 +183,15 @@ def test_without_example_input_warns_and_skips_macs(tmp_path):
     assert trainer.callback_metrics["pruning/params"].item() == 8 * 27 + 8 + 16 + 288 * 4 + 4
 
 
+def test_a_failing_forward_warns_and_skips_macs(tmp_path):
+    metrics = PruningMetrics(input_shape=[1, 5, 8, 8], summary=False)  # 5 channels: the conv expects 3
+    trainer = _trainer(tmp_path, [metrics], max_epochs=2)
+    with pytest.warns(UserWarning, match=r"the forward pass for MACs failed \(RuntimeError: .*Pass `input_shape`"):
+        trainer.fit(SmallNet())
+    assert "pruning/macs" not in trainer.callback_metrics
+    assert trainer.callback_metrics["pruning/sparsity"].item() == 0.0
+
+
 def _fit_state(tmp_path, callbacks) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     pl.seed_everything(7, verbose=False)
     model = SmallNet()

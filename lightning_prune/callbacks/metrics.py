@@ -117,6 +117,7 @@ class PruningMetrics(Callback):
         self.last: dict[str, float] = {}
         self.last_epoch: int | None = None
         self._warned_no_input = False
+        self._forward_failed = False
 
     @property
     @override
@@ -141,7 +142,17 @@ class PruningMetrics(Callback):
                 "PruningMetrics: no `input_shape` given and `pl_module.example_input_array` is not set, so"
                 " pruning/macs and pruning/macs_nonzero are not logged. Pass e.g. input_shape=[1, 3, 32, 32]."
             )
-        return measure(pl_module, inputs, cache=self.cache)
+        if inputs is not None and not self._forward_failed:
+            try:
+                return measure(pl_module, inputs, cache=self.cache)
+            except Exception as err:  # a forward that does not take this input must not stop training
+                self._forward_failed = True
+                rank_zero_warn(
+                    f"PruningMetrics: the forward pass for MACs failed ({type(err).__name__}: {err}); pruning/macs"
+                    " and pruning/macs_nonzero are not logged. Pass `input_shape` (batch first) that the model's"
+                    " forward accepts."
+                )
+        return measure(pl_module, None)
 
     def should_log(self, trainer: pl.Trainer) -> bool:
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
