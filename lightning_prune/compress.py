@@ -62,6 +62,9 @@ _SPARSE_OK = {
 }
 
 
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _index_dtype(n: int) -> torch.dtype:
     """The smallest integer dtype that holds every position of a tensor of ``n`` elements."""
     if n <= 2**8:
@@ -101,7 +104,9 @@ def _plan(t: torch.Tensor, nonzero: int | None = None) -> tuple[str, str | None,
     pos_kind, pos_bytes = ("bitmask", _bitmask_bytes(n)) if _bitmask_bytes(n) <= nz * ib else ("indices", nz * ib)
     neg_kind, neg_bytes = None, 0
     if t.is_floating_point() and nz < n:
-        n_neg = int(_negative_zeros(t.detach().reshape(-1)).sum().item())
+        # -0.0 is the only value that equals 0 with a non-zero bit pattern: one fast count on the raw bits
+        bits = t.detach().reshape(-1).view(_INT_OF_SIZE[t.element_size()])
+        n_neg = int(torch.count_nonzero(bits).item()) - nz
         if n_neg:
             neg_kind, neg_bytes = (
                 ("bitmask", _bitmask_bytes(n - nz)) if _bitmask_bytes(n - nz) <= n_neg * ib else ("indices", n_neg * ib)

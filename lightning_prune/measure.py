@@ -91,6 +91,14 @@ def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
     return getattr(module, name).detach()
 
 
+def effective_numel(module: nn.Module, name: str = "weight") -> int:
+    """Number of entries of ``module.<name>`` (of ``<name>_orig`` under torch.nn.utils.prune)."""
+    p = module._parameters.get(name + "_orig")
+    if p is None:
+        p = getattr(module, name)
+    return p.numel()
+
+
 def effective_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, int]]:
     """Yield ``(name, effective value, bytes per element)`` for every parameter of ``model``, once each.
 
@@ -441,19 +449,21 @@ def measure(
     for buf in saved_buffers(model):
         compressed_bytes += entry_nbytes(buf)
 
-    layers = prunable_layers(model, types)
-    per_layer: dict[str, float] = {}
-    total = zeros = 0
-    nnz_by_layer: dict[str, int] = {}
-    for name, module in layers:
-        w = effective_weight(module)
+    # non-zero counts come from the pass above (one masked copy per parameter, no second pass)
+    def layer_counts(name: str, module: nn.Module) -> tuple[int, int]:
+        numel = effective_numel(module)
         nz = nnz_by_param.get(f"{name}.weight" if name else "weight")
         if nz is None:  # a weight shared with another module, reported under the first name
-            nz = _nnz(w)
-        nnz_by_layer[name] = nz
-        total += w.numel()
-        zeros += w.numel() - nz
-        per_layer[name] = 1.0 - nz / w.numel() if w.numel() else 0.0
+            nz = _nnz(effective_weight(module))
+        return numel, nz
+
+    per_layer: dict[str, float] = {}
+    total = zeros = 0
+    for name, module in prunable_layers(model, types):
+        numel, nz = layer_counts(name, module)
+        total += numel
+        zeros += numel - nz
+        per_layer[name] = 1.0 - nz / numel if numel else 0.0
 
     macs = macs_nonzero = None
     if example_inputs is not None:
@@ -461,9 +471,9 @@ def measure(
         all_layers = dict(prunable_layers(model))
         macs = macs_nonzero = 0
         for name, n in uses.items():
-            w = effective_weight(all_layers[name])
-            macs += n * w.numel()
-            macs_nonzero += n * (nnz_by_layer[name] if name in nnz_by_layer else _nnz(w))
+            numel, nz = layer_counts(name, all_layers[name])
+            macs += n * numel
+            macs_nonzero += n * nz
 
     return ModelStats(
         params=params,
