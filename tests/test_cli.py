@@ -57,3 +57,23 @@ def test_unknown_model_in_config_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"`model` must be one of \['lenet', 'resnet18', 'resnet18_cifar'\] or an nn.Module; got 'vgg'"):
         main(["fit", "--model.model=vgg", "--trainer.fast_dev_run=true"])
+
+
+def test_report_subcommand_renders_plots_of_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model:\n  model: lenet\n"
+        "trainer:\n  max_epochs: 2\n  limit_train_batches: 2\n  limit_val_batches: 1\n"
+        "  enable_progress_bar: false\n  enable_checkpointing: false\n"
+        "  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n    init_args:\n      save_dir: logs\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_prune.UnstructuredPruning\n      init_args:\n        amount: 0.5\n"
+        "    - class_path: lightning_prune.PruningMetrics\n"
+    )
+    cli = cli_main(["fit", "-c", str(cfg)])
+    run_dir = cli.trainer.logger.log_dir
+    assert main(["report", run_dir, "--out", "plots"]) == 0
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    assert main(["report", str(tmp_path / "no_such_run")]) != 0
