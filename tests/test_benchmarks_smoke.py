@@ -1,0 +1,29 @@
+"""Smoke test of the benchmark scripts (the benchmarks themselves are not part of the suite).
+
+Every script must import (a renamed API breaks them at import or first use), and the cheapest one runs its
+``--quick`` mode end to end. One subprocess does both: the scripts silence loggers and warnings globally,
+which must not leak into the other tests.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = ["common", "quality", "channel_quality", "overhead", "speedup", "size", "resume", "run_all"]
+
+
+def test_benchmark_scripts_import_and_size_quick_reports_compression():
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r}); "
+        + "; ".join(f"import {s}" for s in SCRIPTS)
+        + "; sys.exit(size.main(['--quick']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=BENCH.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| LeNet | 90%"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    dense, bound, ours = float(cells[2]), float(cells[3]), float(cells[4])
+    # 90% zeros: the compressed file must be far below the dense one and near the bound
+    assert ours < 0.2 * dense
+    assert 0.7 * bound < ours < 1.3 * bound
