@@ -9,6 +9,8 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_tmp_cwd(tmp_path, monkeypatch):
+    """Seed torch, and run each test in its own temp dir so nothing (logs, checkpoints) lands in the repo."""
     torch.manual_seed(0)
+    monkeypatch.chdir(tmp_path)
     yield

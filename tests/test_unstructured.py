@@ -367,7 +367,12 @@ def test_fast_dev_run_with_default_end_epoch(tmp_path):
     model = ImageClassifier("lenet")
     cb = UnstructuredPruning(amount=0.9)
     pl.Trainer(
-        fast_dev_run=True, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, callbacks=[cb]
+        fast_dev_run=True,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+        default_root_dir=tmp_path,
     ).fit(model, _data())
     assert [h["pruned"] for h in cb.history] == [_count(0.9, LENET_TOTAL)]
 
