@@ -22,6 +22,13 @@ def check_choice(arg: str, value: Any, allowed: Iterable[str]) -> str:
     return lowered
 
 
+def check_bool(arg: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, else raise (YAML's true/false)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{arg}` must be a bool (true/false); got {value!r} ({type(value).__name__})")
+    return value
+
+
 def check_int(arg: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
     """Return ``value`` if it is an int (not a bool) >= ``minimum``, else raise."""
     if value is None and allow_none:

@@ -537,7 +537,6 @@ class ChannelPruner:
         Returns:
             ``[[root module name, True, [indices]], ...]``: plain data, the same on every rank once broadcast.
         """
-        tp = _tp()
         target = check_fraction("target", target)
         scale = 1.0 if scale is None else float(scale)
         if self.ignored_names is None or not self.original_channels:

@@ -273,7 +273,7 @@ def test_ddp_two_processes_identical_architecture_and_weights(tmp_path):
         ({"input_shape": "1x3x32x32"}, TypeError, "`input_shape` must be a list of ints"),
         ({"input_shape": [1, 0, 32]}, ValueError, "`input_shape` must be a list of positive ints"),
         ({"taylor_batches": 0}, ValueError, "`taylor_batches` must be >= 1"),
-        ({"global_pruning": "yes"}, TypeError, "`global_pruning` must be True or False"),
+        ({"global_pruning": "yes"}, TypeError, r"`global_pruning` must be a bool \(true/false\); got 'yes'"),
         ({"ignored_layers": ["(fc"]}, ValueError, "`ignored_layers` entry '\\(fc' is not a valid regular expression"),
         ({"pruning_ratio_dict": {"model.fc1": 1.2}}, ValueError, r"`pruning_ratio_dict\['model.fc1'\]` must be in"),
     ],

@@ -80,8 +80,8 @@ SMALLNET_MACS = 36 * 8 * 27 + 288 * 4
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"per_layer": "yes"}, TypeError, r"`per_layer` must be a bool \(true or false\); got 'yes' \(str\)"),
-        ({"summary": 1}, TypeError, r"`summary` must be a bool \(true or false\); got 1 \(int\)"),
+        ({"per_layer": "yes"}, TypeError, r"`per_layer` must be a bool \(true/false\); got 'yes' \(str\)"),
+        ({"summary": 1}, TypeError, r"`summary` must be a bool \(true/false\); got 1 \(int\)"),
         ({"every_n_epochs": 0}, ValueError, r"`every_n_epochs` must be >= 1; got 0"),
         ({"every_n_epochs": 1.5}, TypeError, r"`every_n_epochs` must be an int; got 1.5"),
         ({"input_shape": "1x3x32x32"}, TypeError, r"`input_shape` must be a list of positive ints .* got '1x3x32x32'"),

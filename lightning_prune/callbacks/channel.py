@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch_pruning.pruner.importance import Importance
@@ -17,18 +16,14 @@ from typing_extensions import override
 
 from lightning_prune import optim as O
 from lightning_prune import structure as S
-from lightning_prune._validation import check_int
+from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune._validation import check_bool, check_int
 from lightning_prune.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 
-
-def _check_bool(arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{arg}` must be True or False; got {value!r} ({type(value).__name__})")
-    return value
 
 
 def _move(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -53,7 +48,7 @@ def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
     return f"MACs {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G, params {params0 / 1e6:.2f} M -> {params1 / 1e6:.2f} M"
 
 
-class ChannelPruning(Callback):
+class ChannelPruning(ScheduledPruning):
     """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
 
     At the **start** of each pruning epoch the LightningModule's coupled layers lose the least important
@@ -131,13 +126,14 @@ class ChannelPruning(Callback):
         taylor_batches: int = 4,
         verbose: bool = True,
     ) -> None:
-        super().__init__()
-        self._sched = Schedule(pruning_ratio, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="pruning_ratio")
+        super().__init__(
+            Schedule(pruning_ratio, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="pruning_ratio")
+        )
         self._ratio_repr = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
-        _check_bool("global_pruning", global_pruning)
-        _check_bool("isomorphic", isomorphic)
-        _check_bool("ignore_output_layer", ignore_output_layer)
-        _check_bool("verbose", verbose)
+        check_bool("global_pruning", global_pruning)
+        check_bool("isomorphic", isomorphic)
+        check_bool("ignore_output_layer", ignore_output_layer)
+        check_bool("verbose", verbose)
         self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
         if input_shape is not None:
             if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
@@ -159,10 +155,7 @@ class ChannelPruning(Callback):
         )
         self.importance = self.core.importance_name
         self.verbose = verbose
-        self._schedule_map: dict[int, float] = {}
-        self._last_event_epoch = -1
         self._current_target = 0.0
-        self._history: list[dict[str, Any]] = []
         self._architecture: dict[str, Any] = {}
         self._baseline: dict[str, int] = {}  # macs/params of the unpruned model
         self._current: dict[str, int] = {}
@@ -175,15 +168,6 @@ class ChannelPruning(Callback):
     def pruning_ratio(self) -> float | dict[int, float]:
         return self._ratio_repr
 
-    def targets(self, max_epochs: int | None = None) -> dict[int, float]:
-        """``{epoch: absolute ratio}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None)."""
-        return self._sched.resolve(max_epochs)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per event: epoch, target, channels removed, params and MACs after it."""
-        return list(self._history)
-
     @property
     def architecture(self) -> dict[str, Any]:
         """The pruned architecture after the latest event, as plain data (see ``structure.architecture``)."""
@@ -191,14 +175,7 @@ class ChannelPruning(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            pruning_ratio=self._ratio_repr,
-            importance=self.importance,
-            schedule=self._sched.schedule,
-            start_epoch=self._sched.start_epoch,
-            end_epoch=self._sched.end_epoch,
-            every_n_epochs=self._sched.every_n_epochs,
-        )
+        return self._schedule_state_key(pruning_ratio=self._ratio_repr, importance=self.importance)
 
     # ------------------------------------------------------------------------------------------ hooks
     @override
@@ -213,16 +190,9 @@ class ChannelPruning(Callback):
                 f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
                 "automatic optimization; this LightningModule uses manual optimization"
             )
-        self._schedule_map = self._sched.resolve(trainer.max_epochs)
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and max(self._schedule_map) >= max_epochs:
-            late = [e for e in self._schedule_map if e >= max_epochs]
-            rank_zero_warn(
-                f"ChannelPruning: pruning events at epochs {late} fall after the last epoch "
-                f"(max_epochs={max_epochs}); the final ratio {max(self._schedule_map.values())} will not be reached"
-            )
         # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
-        self._last_event_epoch, self._current_target, self._history = -1, 0.0, []
+        self._start_schedule(trainer)
+        self._current_target = 0.0
         self._baseline, self._current = {}, {}
         self.core.original_channels, self.core.ignored_names, self.core.history = {}, None, []
         self._prepared = False
@@ -239,9 +209,8 @@ class ChannelPruning(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        due = [e for e in self._schedule_map if e <= epoch]
-        if due and max(due) > self._last_event_epoch:
-            event = max(due)
+        event = self._due_event(epoch)
+        if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         if self._last_event_epoch >= 0 and self._current:
             pl_module.log("pruning/params", float(self._current["params"]), on_step=False, on_epoch=True, batch_size=1)
@@ -253,10 +222,8 @@ class ChannelPruning(Callback):
         return {
             "version": _STATE_VERSION,
             "core": self.core.state_dict(),
-            "last_event_epoch": self._last_event_epoch,
+            **self._schedule_state(),
             "current_target": float(self._current_target),
-            "schedule": {int(k): float(v) for k, v in self._schedule_map.items()},
-            "history": [dict(h) for h in self._history],
             "architecture": self._architecture,
             "baseline": dict(self._baseline),
             "current": dict(self._current),
@@ -264,22 +231,12 @@ class ChannelPruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        stored = state_dict.get("schedule") or {}
-        if stored:
-            stored = {int(k): float(v) for k, v in stored.items()}
-            if self._schedule_map and stored != self._schedule_map:
-                rank_zero_warn(
-                    "ChannelPruning: the checkpoint's schedule differs from the one these arguments give "
-                    f"({stored} vs {self._schedule_map}); continuing the checkpoint's schedule"
-                )
-            self._schedule_map = stored
+        self._load_schedule_state(state_dict)
         core = state_dict.get("core")
         if core:
             self.core.load_state_dict(core)
             self._prepared = bool(self.core.original_channels)
-        self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
         self._current_target = float(state_dict.get("current_target", 0.0))
-        self._history = [dict(h) for h in state_dict.get("history", [])]
         self._architecture = dict(state_dict.get("architecture") or {})
         self._baseline = dict(state_dict.get("baseline") or {})
         self._current = dict(state_dict.get("current") or {})

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_prune._validation import check_int
+from lightning_prune._validation import check_bool, check_int
 from lightning_prune.measure import MacsCache, ModelStats, measure
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,6 @@ _TABLE_ROWS = (
     ("Sparsity all params (%)", "sparsity_all", 100.0, "{:.2f}"),
 )
 
-
-def _check_bool(arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{arg}` must be a bool (true or false); got {value!r} ({type(value).__name__})")
-    return value
 
 
 def _check_shape(arg: str, value: Any) -> list[int] | None:
@@ -103,10 +98,10 @@ class PruningMetrics(Callback):
         input_shape: list[int] | None = None,
         summary: bool = True,
     ) -> None:
-        per_layer = _check_bool("per_layer", per_layer)
+        per_layer = check_bool("per_layer", per_layer)
         every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)  # type: ignore[assignment]
         input_shape = _check_shape("input_shape", input_shape)
-        summary = _check_bool("summary", summary)
+        summary = check_bool("summary", summary)
         self.per_layer = per_layer
         self.every_n_epochs = every_n_epochs
         self.input_shape = input_shape

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prune import masks as M
-from lightning_prune._validation import check_choice, check_fraction, check_int
+from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.schedules import Schedule, count_for
 from lightning_prune.selection import compile_patterns
 
@@ -23,13 +23,8 @@ log = logging.getLogger(__name__)
 _STATE_VERSION = 1
 
 
-def _check_bool(arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{arg}` must be a bool (true/false); got {value!r} ({type(value).__name__})")
-    return value
 
-
-class UnstructuredPruning(Callback):
+class UnstructuredPruning(ScheduledPruning):
     """Prune single weights (magnitude or random) to an absolute sparsity on a schedule.
 
     At the **start** of each pruning epoch the selected weights are pruned to exactly the scheduled target:
@@ -111,8 +106,7 @@ class UnstructuredPruning(Callback):
         seed: int = 0,
         verbose: bool = True,
     ) -> None:
-        super().__init__()
-        self._sched = Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount")
+        super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
         self.norm = check_choice("norm", norm, M.NORMS)
         self.scope = check_choice("scope", scope, M.SCOPES)
         self.modules = compile_patterns("modules", modules)
@@ -129,7 +123,7 @@ class UnstructuredPruning(Callback):
                 f"got {module_types!r}"
             )
         self.module_types = list(module_types)
-        self.prune_bias = _check_bool("prune_bias", prune_bias)
+        self.prune_bias = check_bool("prune_bias", prune_bias)
         if max_layer_sparsity is not None:
             max_layer_sparsity = check_fraction("max_layer_sparsity", max_layer_sparsity, upper_inclusive=True)
             if max_layer_sparsity <= 0.0:
@@ -140,7 +134,7 @@ class UnstructuredPruning(Callback):
                     f"target); got max_layer_sparsity={max_layer_sparsity!r} with scope={self.scope!r}"
                 )
         self.max_layer_sparsity = max_layer_sparsity
-        self.make_pruning_permanent = _check_bool("make_pruning_permanent", make_pruning_permanent)
+        self.make_pruning_permanent = check_bool("make_pruning_permanent", make_pruning_permanent)
         self.rewind_epoch = check_int("rewind_epoch", rewind_epoch, minimum=0, allow_none=True)
         first_event = min(self._sched.milestones) if self._sched.milestones else self._sched.start_epoch
         if self.rewind_epoch is not None and self.rewind_epoch > first_event:
@@ -151,17 +145,14 @@ class UnstructuredPruning(Callback):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"`seed` must be an int; got {seed!r} ({type(seed).__name__})")
         self.seed = int(seed)
-        self.verbose = _check_bool("verbose", verbose)
+        self.verbose = check_bool("verbose", verbose)
         self._amount_repr = dict(self._sched.milestones) if self._sched.milestones else self._sched.amount
 
         # run-time state (set at setup / events / restore)
         self._pl_module: pl.LightningModule | None = None
         self._fitting = False
         self._targets: list[M.Target] = []
-        self._schedule_map: dict[int, float] = {}
         self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
-        self._last_event_epoch = -1
-        self._history: list[dict[str, Any]] = []
         self._rewind: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ public API
@@ -169,26 +160,9 @@ class UnstructuredPruning(Callback):
     def amount(self) -> float | dict[int, float]:
         return self._amount_repr
 
-    def targets(self, max_epochs: int | None = None) -> dict[int, float]:
-        """``{epoch: absolute target}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None)."""
-        return self._sched.resolve(max_epochs)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per event so far: epoch, target, sparsity, pruned and total counts."""
-        return list(self._history)
-
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            amount=self._amount_repr,
-            norm=self.norm,
-            scope=self.scope,
-            schedule=self._sched.schedule,
-            start_epoch=self._sched.start_epoch,
-            end_epoch=self._sched.end_epoch,
-            every_n_epochs=self._sched.every_n_epochs,
-        )
+        return self._schedule_state_key(amount=self._amount_repr, norm=self.norm, scope=self.scope)
 
     # ------------------------------------------------------------------------------------------ hooks
     @override
@@ -197,7 +171,7 @@ class UnstructuredPruning(Callback):
         if not self._fitting:
             return
         targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
-        schedule_map = self._sched.resolve(trainer.max_epochs)
+        schedule_map = self._sched.resolve(trainer.max_epochs)  # validated here, before anything changes
         if self.max_layer_sparsity is not None:
             sizes = [M._get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
             room = sum(int(self.max_layer_sparsity * s + 1e-9) for s in sizes)
@@ -207,18 +181,11 @@ class UnstructuredPruning(Callback):
                     f"`max_layer_sparsity`={self.max_layer_sparsity} lets at most {room} of {sum(sizes)} selected "
                     f"weights be pruned, fewer than `amount`={self._amount_repr} needs ({need})"
                 )
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and max(schedule_map) >= max_epochs:
-            late = [e for e in schedule_map if e >= max_epochs]
-            rank_zero_warn(
-                f"UnstructuredPruning: pruning events at epochs {late} fall after the last epoch "
-                f"(max_epochs={max_epochs}); the final target {max(schedule_map.values())} will not be reached"
-            )
         self._pl_module = pl_module
         self._targets = targets
-        self._schedule_map = schedule_map
         # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
-        self._packed, self._last_event_epoch, self._history, self._rewind = {}, -1, [], None
+        self._start_schedule(trainer)
+        self._packed, self._rewind = {}, None
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -226,9 +193,9 @@ class UnstructuredPruning(Callback):
         if self.rewind_epoch is not None and epoch == self.rewind_epoch and self._rewind is None:
             weights = M.current_weights(pl_module, self._targets)
             self._rewind = {M.target_key(t): w.detach().cpu().clone() for t, w in zip(self._targets, weights)}
-        due = [e for e in self._schedule_map if e <= epoch]
-        if due and max(due) > self._last_event_epoch:
-            self._prune(trainer, pl_module, self._schedule_map[max(due)], epoch, max(due))
+        event = self._due_event(epoch)
+        if event is not None:
+            self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         if self._last_event_epoch >= 0:
             # the same on every rank; sync_dist only spares users Lightning's distributed-logging warning
             kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": trainer.world_size > 1}
@@ -262,7 +229,8 @@ class UnstructuredPruning(Callback):
             key = M.target_key(t)
             k_orig, k_mask = key + "_orig", key + "_mask"
             if k_orig in state and k_mask in state:
-                state[key] = (state.pop(k_orig) * state.pop(k_mask)).detach()
+                orig, mask = state.pop(k_orig), state.pop(k_mask)
+                state[key] = torch.where(mask.bool(), orig, torch.zeros_like(orig)).detach()  # +0.0, never -0.0
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -270,26 +238,14 @@ class UnstructuredPruning(Callback):
             "version": _STATE_VERSION,
             "targets": [M.target_key(t) for t in self._targets],
             "masks": dict(self._packed),
-            "last_event_epoch": self._last_event_epoch,
-            "schedule": dict(self._schedule_map),
-            "history": [dict(h) for h in self._history],
+            **self._schedule_state(),
             "rewind": dict(self._rewind) if self._rewind is not None else None,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         masks = state_dict.get("masks") or {}
-        stored_schedule = state_dict.get("schedule") or {}
-        if stored_schedule:
-            stored_schedule = {int(k): float(v) for k, v in stored_schedule.items()}
-            if self._schedule_map and stored_schedule != self._schedule_map:
-                rank_zero_warn(
-                    "UnstructuredPruning: the checkpoint's schedule differs from the one these arguments give "
-                    f"({stored_schedule} vs {self._schedule_map}); continuing the checkpoint's schedule"
-                )
-            self._schedule_map = stored_schedule
-        self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
-        self._history = [dict(h) for h in state_dict.get("history", [])]
+        self._load_schedule_state(state_dict)
         rewind = state_dict.get("rewind")
         self._rewind = dict(rewind) if rewind is not None else None
         self._packed = dict(masks)
