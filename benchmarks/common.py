@@ -81,6 +81,18 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "cpu": cpu, "load_1min": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads()}
 
 
+def library_version() -> str:
+    """Which lightning_prune was measured: ``LP_BENCH_LIBRARY`` if set, else the git commit (+ dirty flag)."""
+    if os.environ.get("LP_BENCH_LIBRARY"):
+        return os.environ["LP_BENCH_LIBRARY"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "lightning_prune"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
 def header(title: str, command: str, started: float) -> str:
     m, v = machine(), versions()
     return (
@@ -90,7 +102,7 @@ def header(title: str, command: str, started: float) -> str:
         f"machine: {m['cores']} cores ({m['cpu']}), torch threads {m['threads']}, "
         f"1-min load average at the end {m['load_1min']} (load at the start: {START_LOAD});  \n"
         f"torch {v['torch']}, torchvision {v['torchvision']}, lightning {v['lightning']}, "
-        f"torch-pruning {v['torch-pruning']}, python {v['python']}.\n"
+        f"torch-pruning {v['torch-pruning']}, python {v['python']}; lightning_prune {library_version()}.\n"
     )
 
 

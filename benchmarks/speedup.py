@@ -10,7 +10,7 @@ speedup = dense latency / pruned latency; ideal = dense MACs / pruned MACs (``co
 
 Then what narrows the gap, at ratio 0.5, each applied to the dense and the pruned model alike:
 ``channels_last`` memory format; ``torch.jit.trace`` + ``torch.jit.freeze`` (``optimize_for_inference``);
-``torch.compile`` (inductor; compile time excluded); ``torch.export`` + ``.module()``; and ``round_to``
+``torch.compile`` (inductor; compile time excluded; 32x32 batch 64 only, compiling takes minutes here); ``torch.export`` + ``.module()``; and ``round_to``
 (8/16) with ``global_pruning=True`` (uniform ratios already give multiples of 16 on ResNet-18, so
 ``round_to`` only matters when the widths come out uneven).
 
@@ -127,7 +127,7 @@ def tricks_table(quick: bool, compile_: bool) -> str:
         except Exception as e:  # noqa: BLE001
             print(f"torch.export failed: {type(e).__name__}: {e}"[:300])
         compile_note = ""
-        if compile_:
+        if compile_ and arch == "cifar":  # compiling costs minutes per model here: one setting only
             try:
                 t0 = time.perf_counter()
                 cd, ch = torch.compile(copy.deepcopy(dense)), torch.compile(copy.deepcopy(half))
