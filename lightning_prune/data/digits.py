@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_prune._validation import check_choice, check_int
+from lightning_prune.data._base import SplitDataModule
 
 
 def _check_split(arg: str, value: float) -> float:
@@ -28,7 +28,7 @@ def load_digits_tensors(num_channels: int = 1, image_size: int = 32) -> tuple[to
     return x, y
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's 1,797 real 8x8 handwritten digits, resized to 32x32, with a fixed seeded split.
 
     No download: the data ships with scikit-learn, so this is the default for the CLI configs and the tests.
@@ -75,7 +75,6 @@ class DigitsDataModule(pl.LightningDataModule):
         self.shuffle = bool(shuffle)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
         self.save_hyperparameters()
-        self.train_set = self.val_set = self.test_set = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -89,17 +88,3 @@ class DigitsDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
         self.test_set = TensorDataset(x[test_idx], y[test_idx])
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)

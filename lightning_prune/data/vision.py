@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, MNIST
 
 from lightning_prune._validation import check_int
+from lightning_prune.data._base import SplitDataModule
 
 
 def _grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,7 @@ class _CIFAR10Unchecked(CIFAR10):
     meta = {**CIFAR10.meta, "md5": None}
 
 
-class _TorchvisionDataModule(pl.LightningDataModule):
+class _TorchvisionDataModule(SplitDataModule):
     """Shared logic: a seeded train/val split of the training set, the test set as test and predict data."""
 
     name = ""
@@ -45,9 +45,6 @@ class _TorchvisionDataModule(pl.LightningDataModule):
         self.seed = check_int("seed", seed)
         self.shuffle = bool(shuffle)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.test_set: Dataset | None = None
 
     def _dataset(self, train: bool, download: bool) -> Dataset:
         raise NotImplementedError
@@ -81,20 +78,6 @@ class _TorchvisionDataModule(pl.LightningDataModule):
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = self._load(False, False)
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
 
 
 class MNISTDataModule(_TorchvisionDataModule):
