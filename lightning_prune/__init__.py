@@ -5,7 +5,8 @@ from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.compress import compressed_nbytes, load_compressed, save_compressed
 from lightning_prune.masks import apply_masks, compute_masks, find_prunable, make_permanent
-from lightning_prune.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero, measure
+from lightning_prune.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero
+from lightning_prune.measure import measure as measure_model  # keeps `lightning_prune.measure` the module
 from lightning_prune.models.classifier import ImageClassifier
 from lightning_prune.schedules import Schedule, build_schedule
 from lightning_prune.structure import ChannelPruner, load_channel_pruned, reshape_to_state_dict
@@ -26,7 +27,7 @@ __all__ = [
     "count_params",
     "count_params_nonzero",
     "load_compressed",
-    "measure",
+    "measure_model",
     "save_compressed",
     "UnstructuredPruning",
     "apply_masks",

@@ -125,3 +125,16 @@ def test_fits_on_each_accelerator_and_precision(tmp_path, accelerator, precision
     trainer.fit(model, DigitsDataModule(batch_size=8, num_channels=3))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert next(model.parameters()).device.type == ("cuda" if accelerator == "gpu" else "cpu")
+
+
+def test_fine_tuned_checkpoint_loads_without_the_checkpoint_it_started_from(tmp_path):
+    trained = ImageClassifier("lenet")
+    torch.save(trained.model.state_dict(), tmp_path / "start.pt")
+    tuned = ImageClassifier("lenet", init_from_checkpoint=str(tmp_path / "start.pt"))
+    trainer = fast_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(tuned, DigitsDataModule(batch_size=16))
+    trainer.save_checkpoint(tmp_path / "tuned.ckpt")
+    (tmp_path / "start.pt").unlink()
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "tuned.ckpt")
+    assert torch.equal(loaded.model.fc1.weight, tuned.model.fc1.weight)
+    assert not torch.equal(loaded.model.fc1.weight, trained.model.fc1.weight)  # fine-tuning changed it

@@ -224,3 +224,13 @@ def test_measure_without_inputs_and_stats_dict():
     assert flat["pruning/params"] == 61_706
     assert flat["pruning/sparsity/conv1"] == 0.0
     assert "pruning/sparsity/conv1" not in stats.as_dict(prefix="pruning/", per_layer=False)
+
+
+def test_measure_module_stays_reachable_from_the_package():
+    import types
+
+    import lightning_prune
+    import lightning_prune.measure as measure_module
+
+    assert isinstance(lightning_prune.measure, types.ModuleType) and lightning_prune.measure is measure_module
+    assert lightning_prune.measure_model is measure_module.measure

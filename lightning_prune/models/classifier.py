@@ -71,7 +71,10 @@ class ImageClassifier(pl.LightningModule):
         init_from_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        # init_from_checkpoint is a one-off initialisation, not part of the model's identity: a checkpoint of the
+        # fine-tuned run must load (load_from_checkpoint) without the file it started from
+        ignore = ["init_from_checkpoint"] + (["model"] if isinstance(model, nn.Module) else [])
+        self.save_hyperparameters(ignore=ignore)
         check_int("num_classes", num_classes, minimum=2)
         check_int("in_channels", in_channels, minimum=1)
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
