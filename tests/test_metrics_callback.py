@@ -272,3 +272,34 @@ def test_bf16_mixed_precision(tmp_path):
     trainer.fit(SmallNet())
     assert trainer.callback_metrics["pruning/macs"].item() == SMALLNET_MACS
     assert trainer.callback_metrics["pruning/size_mb"].item() == pytest.approx((8 * 27 + 8 + 16 + 288 * 4 + 4) * 4 / 2**20)
+
+
+@pytest.mark.parametrize("with_metrics", [True, False], ids=["with_PruningMetrics", "alone"])
+def test_one_owner_per_key_with_the_pruning_callbacks(tmp_path, with_metrics):
+    """UnstructuredPruning logs pruning/sparsity over its own selection only when no PruningMetrics is there;
+    with PruningMetrics the key is PruningMetrics' (conv/linear weights) and never flips between two values."""
+    from lightning_prune import UnstructuredPruning
+
+    logger = CSVLogger(tmp_path, name="run")
+    pruner = UnstructuredPruning(amount=0.5, end_epoch=0, exclude=["model.fc3"], verbose=False)
+    callbacks = [pruner, PruningMetrics(per_layer=False, summary=False)] if with_metrics else [pruner]
+    logged = []
+
+    class Recording(ImageClassifier):
+        def log(self, name, value, *args, **kwargs):
+            if name == "pruning/sparsity":
+                logged.append(round(float(value), 6))
+            return super().log(name, value, *args, **kwargs)
+
+    model = Recording("lenet")
+    trainer = _trainer(tmp_path, callbacks, logger=logger, max_epochs=2)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    rows = [r for r in _read_csv(Path(logger.log_dir) / "metrics.csv") if r.get("pruning/sparsity")]
+    values = {round(float(r["pruning/sparsity"]), 6) for r in rows} | set(logged)
+    selection = 0.5  # exact count over conv1..fc2
+    fc3 = model.model.fc3.weight
+    conv_linear = 1 - sum(int((m.weight != 0).sum()) for m in model.model.children()) / 61_470
+    assert len(values) == 1 and int((fc3 == 0).sum()) == 0
+    assert values == {round(conv_linear if with_metrics else selection, 6)}
+    assert conv_linear < selection - 1e-3  # the two definitions really differ here, so the test can tell
+    assert all(float(r["pruning/target"]) == 0.5 for r in _read_csv(Path(logger.log_dir) / "metrics.csv") if r.get("pruning/target"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -86,3 +87,21 @@ class ScheduledPruning(Callback):
             self._schedule_map = stored
         self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
         self._history = [dict(h) for h in state_dict.get("history", [])]
+
+    @staticmethod
+    def _log_epoch(
+        trainer: pl.Trainer, pl_module: pl.LightningModule, own: dict[str, float], model: dict[str, float]
+    ) -> None:
+        """Log this callback's own figures (``own``, e.g. the scheduled target) and the model's figures
+        (``model``: ``pruning/sparsity``, ``pruning/params``, ...) unless a ``PruningMetrics`` callback is in the
+        Trainer: then it owns those keys, so one key never carries two values from two callbacks."""
+        from lightning_prune.callbacks.metrics import PruningMetrics
+
+        figures = dict(own)
+        if not any(isinstance(cb, PruningMetrics) for cb in trainer.callbacks):
+            figures.update(model)
+        # float64 keeps counts such as MACs exact; the values are the same on every rank (sync_dist only spares
+        # users Lightning's distributed-logging warning)
+        kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": trainer.world_size > 1}
+        for key, value in figures.items():
+            pl_module.log(key, torch.tensor(float(value), dtype=torch.float64), **kw)

@@ -40,6 +40,7 @@ class UnstructuredPruning(ScheduledPruning):
 
     After each event it logs ``pruning/sparsity`` (the fraction of the selected weights that are pruned) and
     ``pruning/target`` (the scheduled target); both are logged at the start of every epoch from then on.
+    With a ``PruningMetrics`` callback in the Trainer, ``pruning/sparsity`` is left to it (one owner per key).
 
     Args:
         amount: final sparsity in [0, 1) of the selected weights, reached by ``schedule`` between
@@ -197,10 +198,8 @@ class UnstructuredPruning(ScheduledPruning):
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         if self._last_event_epoch >= 0:
-            # the same on every rank; sync_dist only spares users Lightning's distributed-logging warning
-            kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": trainer.world_size > 1}
-            pl_module.log("pruning/sparsity", self._sparsity(), **kw)
-            pl_module.log("pruning/target", self._schedule_map[self._last_event_epoch], **kw)
+            target = self._schedule_map[self._last_event_epoch]
+            self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._sparsity()})
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
