@@ -52,24 +52,93 @@ def _tp():
     return tp
 
 
+def _importance_from_spec(spec: Mapping[str, Any]) -> Any:
+    """Instantiate ``{"class_path": "pkg.mod.SomeImportance", "init_args": {...}}`` (jsonargparse's form)."""
+    import importlib
+
+    tp = _tp()
+    extra = sorted(set(spec) - {"class_path", "init_args"})
+    if extra:
+        raise ValueError(
+            f"`importance` as a dict takes only `class_path` and `init_args`; got unexpected key(s) {extra} in {dict(spec)!r}"
+        )
+    path = spec.get("class_path")
+    if not isinstance(path, str) or not path:
+        raise TypeError(
+            "`importance` as a dict needs `class_path`, the dotted path of a torch_pruning Importance class such as "
+            f"'torch_pruning.pruner.importance.GroupMagnitudeImportance'; got {path!r}"
+        )
+    init_args = spec.get("init_args") or {}
+    if not isinstance(init_args, Mapping):
+        raise TypeError(f"`importance` `init_args` must be a dict of keyword arguments; got {init_args!r}")
+    if "." in path:
+        # import the longest importable module prefix, then follow attributes (``torch_pruning.importance`` is
+        # an attribute of ``torch_pruning``, not a module of its own)
+        parts = path.split(".")
+        obj, err = None, None
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError as e:
+                err = err or e
+                continue
+            try:
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr)
+            except AttributeError as e:
+                err, obj = e, None
+            break
+        if obj is None:
+            raise ValueError(f"`importance` class_path {path!r} cannot be imported: {err}")
+        cls = obj
+    else:  # a bare class name of torch-pruning's importance module
+        cls = getattr(tp.importance, path, None)
+        if cls is None:
+            raise ValueError(
+                f"`importance` class_path {path!r} is not a class of torch_pruning.pruner.importance; "
+                "give a dotted path such as 'torch_pruning.pruner.importance.GroupMagnitudeImportance'"
+            )
+    if not (isinstance(cls, type) and issubclass(cls, tp.importance.Importance)):
+        raise TypeError(
+            f"`importance` class_path {path!r} must name a subclass of torch_pruning's Importance; got {cls!r}"
+        )
+    try:
+        return cls(**dict(init_args))
+    except TypeError as err:
+        raise ValueError(f"`importance` {path!r} rejected init_args {dict(init_args)!r}: {err}") from None
+
+
 def build_importance(importance: Any) -> Any:
-    """A torch-pruning ``Importance`` from a name in :data:`IMPORTANCES`, or ``importance`` itself if it is one.
+    """A torch-pruning ``Importance`` from a name in :data:`IMPORTANCES`, a ``class_path`` dict, or an object.
 
     ``l1``/``l2`` (and the alias ``group_norm``) are group magnitudes with ``p=1``/``p=2``, i.e. the seed's
-    ``GroupNormImportance(p=2)``, now ``GroupMagnitudeImportance``.
+    ``GroupNormImportance(p=2)``, now ``GroupMagnitudeImportance``. A dict
+    ``{"class_path": "torch_pruning.pruner.importance.GroupMagnitudeImportance", "init_args": {"p": 1}}`` (what a
+    YAML ``class_path`` block gives) is instantiated here, so classes whose defaults YAML cannot express (lists of
+    classes) work too; a bare class name is looked up in ``torch_pruning.pruner.importance``. An ``Importance``
+    object is returned as is.
 
     Raises:
-        ValueError: an unknown name.
-        TypeError: neither a string nor a torch-pruning ``Importance``.
+        ValueError: an unknown name, a ``class_path`` that cannot be imported, or ``init_args`` the class rejects.
+        TypeError: neither a string, a dict nor a torch-pruning ``Importance``; a ``class_path`` naming something
+            that is not an ``Importance`` subclass.
+
+    Example::
+
+        >>> type(build_importance({"class_path": "torch_pruning.pruner.importance.GroupMagnitudeImportance",
+        ...                        "init_args": {"p": 1}})).__name__
+        'GroupMagnitudeImportance'
     """
     tp = _tp()
     imp = tp.importance
     if isinstance(importance, imp.Importance):
         return importance
+    if isinstance(importance, Mapping):
+        return _importance_from_spec(importance)
     if not isinstance(importance, str):
         raise TypeError(
-            f"`importance` must be one of {list(IMPORTANCES)} or a torch_pruning Importance object; "
-            f"got {importance!r} ({type(importance).__name__})"
+            f"`importance` must be one of {list(IMPORTANCES)}, a {{class_path, init_args}} dict or a torch_pruning "
+            f"Importance object; got {importance!r} ({type(importance).__name__})"
         )
     name = check_choice("importance", importance, IMPORTANCES)
     if name == "l1":
@@ -85,6 +154,41 @@ def build_importance(importance: Any) -> Any:
     if name == "bn_scale":
         return imp.BNScaleImportance()
     return imp.RandomImportance()
+
+
+def importance_name(importance: Any) -> str:
+    """A short, stable name for ``importance`` (as given to :func:`build_importance`), e.g. for a ``state_key``."""
+    if isinstance(importance, str):
+        return importance
+    if isinstance(importance, Mapping):
+        path = importance.get("class_path")
+        return str(path).rpartition(".")[2] if path else "importance"
+    return type(importance).__name__
+
+
+def masked_modules(model: nn.Module) -> list[str]:
+    """Names of the modules carrying an active ``torch.nn.utils.prune`` reparametrisation.
+
+    Such a module holds ``weight_orig``/``weight_mask`` and a forward pre-hook that recomputes ``weight``; channel
+    pruning would replace ``weight`` under the hook and break the next forward. Make the pruning permanent first
+    (``torch.nn.utils.prune.remove``).
+
+    Example::
+
+        >>> from torch.nn.utils import prune
+        >>> from lightning_prune.models import LeNet
+        >>> net = LeNet()
+        >>> _ = prune.l1_unstructured(net.conv2, "weight", amount=0.5)
+        >>> masked_modules(net)
+        ['conv2']
+    """
+    from torch.nn.utils.prune import BasePruningMethod
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if any(isinstance(hook, BasePruningMethod) for hook in module._forward_pre_hooks.values())
+    ]
 
 
 def needs_gradients(importance: Any) -> bool:
@@ -360,7 +464,8 @@ class ChannelPruner:
 
     Args:
         importance: ``"l1"``, ``"l2"``, ``"taylor"``, ``"lamp"``, ``"fpgm"``, ``"bn_scale"``, ``"random"``, the
-            alias ``"group_norm"`` (= ``"l2"``), or a torch-pruning ``Importance`` object.
+            alias ``"group_norm"`` (= ``"l2"``), a ``{"class_path": ..., "init_args": {...}}`` dict naming a
+            torch-pruning ``Importance`` class, or an ``Importance`` object.
         global_pruning: rank channels over all layers together instead of layer by layer.
         round_to: keep channel counts multiples of this (e.g. 8 for hardware-friendly widths).
         ignored_layers: module names or regexes never pruned (their outputs keep their width).
@@ -387,7 +492,7 @@ class ChannelPruner:
         ignore_output_layers: bool = True,
     ) -> None:
         self.importance = build_importance(importance)
-        self.importance_name = importance if isinstance(importance, str) else type(importance).__name__
+        self.importance_name = importance_name(importance)
         self.global_pruning = bool(global_pruning)
         self.round_to = check_int("round_to", round_to, minimum=1, allow_none=True)
         self.ignored_patterns = compile_patterns("ignored_layers", ignored_layers)
@@ -713,7 +818,9 @@ __all__ = [
     "build_importance",
     "example_inputs_like",
     "find_output_layers",
+    "importance_name",
     "load_channel_pruned",
+    "masked_modules",
     "needs_gradients",
     "preserved_modes",
     "reshape_to_state_dict",

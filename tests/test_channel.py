@@ -1,5 +1,6 @@
 """ChannelPruning in real Trainer runs: the seed, optimizer health, resume, checkpoints, DDP, bf16, errors."""
 
+import io
 import os
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import torch_pruning as tp
 import torchvision
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.nn.utils import prune
 
 from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_params
+from lightning_prune.callbacks.unstructured import UnstructuredPruning
+from lightning_prune.cli import cli_main
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import LeNet
-from lightning_prune.structure import architecture
+from lightning_prune.structure import architecture, masked_modules
 
 
 def _trainer(tmp_path, max_epochs=2, callbacks=(), **kw):
@@ -299,6 +303,133 @@ def test_setup_errors_leave_the_model_untouched(tmp_path, kwargs, module, match)
         _trainer(tmp_path, 1, [ChannelPruning(0.5, **kwargs)]).fit(m, DigitsDataModule(batch_size=8))
     after = _state(m)
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "on_load_checkpoint" not in vars(m)  # no reshape hook (a local closure) left behind
+    torch.save(m, io.BytesIO())  # the module still pickles
+
+
+# -------------------------------------------------------------------------------------------------- with masks
+def _masked_model():
+    m = ImageClassifier("lenet")
+    prune.l1_unstructured(m.model.conv2, "weight", amount=0.5)
+    prune.l1_unstructured(m.model.fc1, "weight", amount=0.5)
+    return m
+
+
+def test_setup_refuses_a_model_with_prune_masks(tmp_path):
+    m = _masked_model()
+    before = _state(m)
+    cb = ChannelPruning(0.5, verbose=False)
+    with pytest.raises(ValueError, match=r"active torch.nn.utils.prune masks .* on modules \['model.conv2', 'model.fc1'\].*"
+                       r"torch.nn.utils.prune.remove.*make_pruning_permanent=True"):
+        _trainer(tmp_path, 1, [cb]).fit(m, DigitsDataModule(batch_size=8))
+    after = _state(m)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert m.model.conv2.out_channels == 16 and "on_load_checkpoint" not in vars(m)
+    assert cb.history == []
+    for mod in (m.model.conv2, m.model.fc1):  # made permanent, the same model is accepted
+        prune.remove(mod, "weight")
+    _trainer(tmp_path, 1, [cb], limit_train_batches=1, limit_val_batches=0).fit(m, DigitsDataModule(batch_size=8))
+    assert m.model.conv2.out_channels == 8
+
+
+@pytest.mark.parametrize("channel_first", [True, False])  # the callbacks' order does not matter
+def test_setup_refuses_unstructured_events_not_after_the_channel_events(tmp_path, channel_first):
+    m = ImageClassifier("lenet")
+    before = _state(m)
+    u = UnstructuredPruning(amount=0.5, schedule="linear", start_epoch=0, end_epoch=1, verbose=False)
+    c = ChannelPruning(0.5, start_epoch=1, end_epoch=1, verbose=False)
+    match = (r"ChannelPruning's events are \{1: 0.5\}, UnstructuredPruning's are \{0: 0.25, 1: 0.5\}.*"
+             r"all channel events must come before the first unstructured event")
+    with pytest.raises(ValueError, match=match):
+        _trainer(tmp_path, 3, [c, u] if channel_first else [u, c]).fit(m, DigitsDataModule(batch_size=8))
+    after = _state(m)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert "on_load_checkpoint" not in vars(m)
+    # the same epoch for both is refused too
+    u2 = UnstructuredPruning(amount=0.5, schedule="constant", start_epoch=1, end_epoch=1, verbose=False)
+    with pytest.raises(ValueError, match=r"UnstructuredPruning's are \{1: 0.5\}"):
+        _trainer(tmp_path, 3, [c, u2]).fit(m, DigitsDataModule(batch_size=8))
+    assert m.model.conv2.out_channels == 16 and masked_modules(m) == []
+
+
+def test_channel_events_before_unstructured_events_work(tmp_path):
+    pl.seed_everything(0)
+    m = ImageClassifier("lenet")
+    u = UnstructuredPruning(amount=0.5, schedule="constant", start_epoch=1, end_epoch=1, exclude=["model.fc3"], verbose=False)
+    c = ChannelPruning(0.5, schedule="constant", start_epoch=0, end_epoch=0, verbose=False)
+    _trainer(tmp_path, 2, [u, c], limit_train_batches=2).fit(m, DigitsDataModule(batch_size=16))
+    assert m.model.conv2.out_channels == 8 and m.model.fc1.out_features == 60
+    assert masked_modules(m) == []  # made permanent at the end of fit
+    weights = [m.model.conv1.weight, m.model.conv2.weight, m.model.fc1.weight, m.model.fc2.weight]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
+    assert total == u.history[0]["total"] and abs(zeros / total - 0.5) < 1e-3  # sparsity of the pruned model
+    assert [h["epoch"] for h in c.history] == [0] and [h["epoch"] for h in u.history] == [1]
+
+
+class _MaskAtEpoch(Callback):
+    """Adds a torch.nn.utils.prune mask by hand at the start of `epoch` (before ChannelPruning's hook) and
+    snapshots the model and the optimizer right after."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.snapshot = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch != self.epoch:
+            return
+        prune.l1_unstructured(pl_module.net.conv2, "weight", amount=0.3)
+        opt = trainer.optimizers[0]
+        self.snapshot = {
+            "state": _state(pl_module),
+            "params": [id(p) for g in opt.param_groups for p in g["params"]],
+            "opt_state": {id(p): {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)} for p, st in opt.state.items()},
+            "modes": [mod.training for mod in pl_module.modules()],
+        }
+
+
+def test_masks_added_during_the_run_are_refused_at_the_event_with_nothing_changed(tmp_path):
+    pl.seed_everything(0)
+    module = UserModule()
+    masker = _MaskAtEpoch(1)
+    cb = ChannelPruning({0: 0.25, 1: 0.5}, input_shape=[1, 1, 32, 32], verbose=False)
+    trainer = _trainer(tmp_path, 3, [masker, cb], limit_train_batches=2)
+    with pytest.raises(RuntimeError, match=r"epoch 1: the model has active torch.nn.utils.prune masks on modules "
+                       r"\['net.conv2'\].*nothing was pruned"):
+        trainer.fit(module, DigitsDataModule(batch_size=16))
+    snap = masker.snapshot
+    after = _state(module)
+    assert snap["state"].keys() == after.keys() and all(torch.equal(snap["state"][k], after[k]) for k in after)
+    opt = trainer.optimizers[0]
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == snap["params"]
+    assert snap["opt_state"] and {id(p) for p in opt.state} == set(snap["opt_state"])
+    for p, st in opt.state.items():
+        assert all(torch.equal(st[k], v) for k, v in snap["opt_state"][id(p)].items())
+    assert [mod.training for mod in module.modules()] == snap["modes"]
+    assert module.net.conv2.out_channels == 12 and [h["epoch"] for h in cb.history] == [0]  # only epoch 0's event
+    assert "on_load_checkpoint" not in vars(module)
+    module(torch.zeros(2, 1, 32, 32))  # still a working model
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def test_cli_importance_by_class_path(tmp_path, monkeypatch):
+    """GroupMagnitudeImportance's `target_types` default (a list of classes) is not YAML: the callback builds it."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "chan.yaml"
+    cfg.write_text(
+        "model:\n  model: lenet\n"
+        "data:\n  class_path: lightning_prune.data.DigitsDataModule\n  init_args: {batch_size: 16}\n"
+        "trainer:\n  accelerator: cpu\n  enable_progress_bar: false\n  enable_model_summary: false\n"
+        "  callbacks:\n    - class_path: lightning_prune.ChannelPruning\n      init_args:\n"
+        "        pruning_ratio: 0.5\n        verbose: false\n        importance:\n"
+        "          class_path: torch_pruning.pruner.importance.GroupMagnitudeImportance\n          init_args: {p: 1}\n"
+    )
+    cli = cli_main(["fit", "-c", str(cfg), "--trainer.fast_dev_run=true"])
+    assert cli.trainer.state.finished
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ChannelPruning)]
+    assert type(cb.core.importance) is tp.importance.GroupMagnitudeImportance and cb.core.importance.p == 1
+    assert cb.importance == "GroupMagnitudeImportance"
+    assert cli.model.model.conv2.out_channels == 8
 
 
 def test_unsupported_strategy_and_compiled_model_refused():

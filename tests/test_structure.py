@@ -16,6 +16,7 @@ from lightning_prune.structure import (
     build_importance,
     find_output_layers,
     load_channel_pruned,
+    masked_modules,
     reshape_to_state_dict,
 )
 
@@ -211,6 +212,65 @@ def test_build_importance_names_and_objects():
         build_importance("l3")
     with pytest.raises(TypeError, match="`importance` must be one of .* got 3"):
         build_importance(3)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "torch_pruning.pruner.importance.GroupMagnitudeImportance",
+        "torch_pruning.importance.GroupMagnitudeImportance",  # an attribute path, not a module path
+        "GroupMagnitudeImportance",  # a bare name of torch-pruning's importance module
+    ],
+)
+def test_build_importance_from_class_path_dict(path):
+    imp = build_importance({"class_path": path, "init_args": {"p": 1}})
+    assert type(imp) is tp.importance.GroupMagnitudeImportance and imp.p == 1
+    taylor = build_importance({"class_path": "torch_pruning.pruner.importance.GroupTaylorImportance"})
+    assert type(taylor) is tp.importance.GroupTaylorImportance
+    # the same channels as the object built in Python
+    a, b = LeNet(), LeNet()
+    b.load_state_dict(a.state_dict())
+    x = torch.zeros(1, 1, 32, 32)
+    ChannelPruner({"class_path": path, "init_args": {"p": 1}}).step(a, x, 0.5)
+    ChannelPruner(tp.importance.GroupMagnitudeImportance(p=1)).step(b, x, 0.5)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert ChannelPruner({"class_path": path}).importance_name == "GroupMagnitudeImportance"
+
+
+@pytest.mark.parametrize(
+    "spec, exc, match",
+    [
+        ({"class_path": "torch_pruning.pruner.importance.Nope"}, ValueError, r"class_path '.*Nope' cannot be imported"),
+        ({"class_path": "no_such_package.Imp"}, ValueError, "cannot be imported: No module named 'no_such_package'"),
+        ({"class_path": "Nope"}, ValueError, "'Nope' is not a class of torch_pruning.pruner.importance"),
+        ({"class_path": "torch.nn.Linear"}, TypeError, "'torch.nn.Linear' must name a subclass of torch_pruning's Importance"),
+        ({"class_path": 3}, TypeError, "`importance` as a dict needs `class_path`"),
+        ({"init_args": {"p": 1}}, TypeError, "`importance` as a dict needs `class_path`"),
+        ({"class_path": "GroupMagnitudeImportance", "init_args": [1]}, TypeError, "`init_args` must be a dict"),
+        ({"class_path": "GroupMagnitudeImportance", "init_args": {"q": 1}}, ValueError, r"rejected init_args \{'q': 1\}"),
+        ({"class_path": "GroupMagnitudeImportance", "args": {}}, ValueError, r"unexpected key\(s\) \['args'\]"),
+    ],
+)
+def test_build_importance_class_path_errors(spec, exc, match):
+    with pytest.raises(exc, match=match):
+        build_importance(spec)
+
+
+def test_masked_modules_finds_active_prune_reparametrisations():
+    from torch.nn.utils import prune
+
+    net = LeNet()
+    assert masked_modules(net) == []
+    net.conv1.register_forward_pre_hook(lambda m, args: None)  # other hooks do not count
+    prune.l1_unstructured(net.conv2, "weight", amount=0.5)
+    prune.random_unstructured(net.fc1, "bias", amount=0.5)
+    assert masked_modules(net) == ["conv2", "fc1"]
+    wrapped = nn.Sequential(net)
+    assert masked_modules(wrapped) == ["0.conv2", "0.fc1"]
+    prune.remove(net.conv2, "weight")  # made permanent: a plain parameter again
+    assert masked_modules(net) == ["fc1"]
+    prune.remove(net.fc1, "bias")
+    assert masked_modules(net) == []
 
 
 # ---------------------------------------------------------------------------------------------------- health

@@ -11,7 +11,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch_pruning.pruner.importance import Importance
 from typing_extensions import override
 
 from lightning_prune import optim as O
@@ -73,8 +72,10 @@ class ChannelPruning(ScheduledPruning):
             milestones ``{epoch: ratio}``.
         importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (gradients are computed on
             ``taylor_batches`` training batches before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
-            ``"random"``, the seed's ``"group_norm"`` (= ``"l2"``), or a torch-pruning ``Importance`` object
-            (``class_path`` in YAML).
+            ``"random"``, the seed's ``"group_norm"`` (= ``"l2"``), a torch-pruning ``Importance`` class as
+            ``{"class_path": "torch_pruning.pruner.importance.GroupMagnitudeImportance", "init_args": {"p": 1}}``
+            (a ``class_path`` block in YAML; instantiated by the callback), or, from Python, an ``Importance``
+            object.
         schedule: ``"constant"``, ``"linear"``, ``"cubic"`` or ``"geometric"``, as in ``UnstructuredPruning``.
         start_epoch: first pruning epoch.
         end_epoch: last pruning epoch; default: half-way from ``start_epoch`` to the end of training.
@@ -95,9 +96,12 @@ class ChannelPruning(ScheduledPruning):
 
     Raises:
         ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
-            no module, every layer ignored, a tracing input that does not fit the model, or an unsupported
-            strategy / compiled model.
+            no module, every layer ignored, a tracing input that does not fit the model, an unsupported
+            strategy / compiled model, a model that already carries ``torch.nn.utils.prune`` masks, or an
+            ``UnstructuredPruning`` callback whose first event is not after the last channel event.
         TypeError: a value of the wrong type.
+        RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run (nothing
+            is changed).
 
     Example::
 
@@ -110,7 +114,7 @@ class ChannelPruning(ScheduledPruning):
     def __init__(
         self,
         pruning_ratio: float | dict[int, float] = 0.5,
-        importance: str | Importance = "l2",
+        importance: str | dict[str, Any] = "l2",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "linear",
         start_epoch: int = 0,
         end_epoch: int | None = None,
@@ -180,11 +184,12 @@ class ChannelPruning(ScheduledPruning):
     # ------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._install_reshape_hook(pl_module)
         self._fitting = stage == "fit"
         if not self._fitting:
+            self._install_reshape_hook(pl_module)
             return
         self._check_supported(trainer, pl_module)
+        self._check_no_masks(trainer, pl_module)
         if S.needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
             raise ValueError(
                 f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
@@ -199,12 +204,16 @@ class ChannelPruning(ScheduledPruning):
         inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
         if inputs is not None:
             self._prepare(pl_module, inputs)
+        # last, once every check passed: a refused setup leaves the module as it was (teardown does not run then)
+        self._install_reshape_hook(pl_module)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._patched is not None and "on_load_checkpoint" in vars(self._patched):
-            del self._patched.on_load_checkpoint
-        self._patched = None
+        self._remove_reshape_hook()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_reshape_hook()
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -213,9 +222,8 @@ class ChannelPruning(ScheduledPruning):
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         if self._last_event_epoch >= 0 and self._current:
-            pl_module.log("pruning/params", float(self._current["params"]), on_step=False, on_epoch=True, batch_size=1)
-            pl_module.log("pruning/macs", float(self._current["macs"]), on_step=False, on_epoch=True, batch_size=1)
-            pl_module.log("pruning/channel_ratio", self._current_target, on_step=False, on_epoch=True, batch_size=1)
+            model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
+            self._log_epoch(trainer, pl_module, {"pruning/channel_ratio": self._current_target}, model)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -257,6 +265,45 @@ class ChannelPruning(ScheduledPruning):
 
         pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
         self._patched = pl_module
+
+    def _remove_reshape_hook(self) -> None:
+        if self._patched is not None and "on_load_checkpoint" in vars(self._patched):
+            del self._patched.on_load_checkpoint
+        self._patched = None
+
+    def _check_no_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse, before anything changes, a model with ``torch.nn.utils.prune`` masks, or an
+        ``UnstructuredPruning`` schedule that would add masks before (or at) the last channel event."""
+        masked = S.masked_modules(pl_module)
+        if masked:
+            raise ValueError(
+                f"ChannelPruning cannot remove channels of a model with active torch.nn.utils.prune masks "
+                f"(weight_orig/weight_mask and a forward pre-hook) on modules {masked}: torch-pruning would replace "
+                "the masked weights and break the next forward. Make the pruning permanent first, e.g. "
+                "torch.nn.utils.prune.remove(module, 'weight') for each of them, or "
+                "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
+            )
+        from lightning_prune.callbacks.unstructured import UnstructuredPruning
+
+        channel_events = self._sched.resolve(trainer.max_epochs)
+        last_channel = max(channel_events)
+        for cb in trainer.callbacks:
+            if not isinstance(cb, UnstructuredPruning):
+                continue
+            try:
+                unstructured_events = cb.targets(trainer.max_epochs)
+            except (ValueError, TypeError):  # that callback refuses its own schedule in its setup
+                continue
+            if unstructured_events and min(unstructured_events) <= last_channel:
+                raise ValueError(
+                    "ChannelPruning and UnstructuredPruning cannot interleave: UnstructuredPruning's masks "
+                    "(torch.nn.utils.prune) are active until the end of fit, and removing channels of a masked "
+                    f"layer breaks the run. ChannelPruning's events are {channel_events}, UnstructuredPruning's "
+                    f"are {unstructured_events} (epoch: target); all channel events must come before the first "
+                    f"unstructured event (epoch {min(unstructured_events)} <= last channel event {last_channel}). "
+                    "Move UnstructuredPruning's start_epoch after ChannelPruning's end_epoch, or run them one after "
+                    "the other"
+                )
 
     def _check_supported(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
@@ -343,6 +390,15 @@ class ChannelPruning(ScheduledPruning):
             strategy.configure_ddp()
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        masked = S.masked_modules(pl_module)  # e.g. added by hand or by another callback during the run
+        if masked:
+            raise RuntimeError(
+                f"ChannelPruning: epoch {epoch}: the model has active torch.nn.utils.prune masks on modules "
+                f"{masked}; removing their channels would break the next forward, so nothing was pruned and the "
+                "model and optimizers are unchanged. Make the pruning permanent before a channel event "
+                "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
+                "unstructured pruning"
+            )
         inputs = self._example_inputs(trainer, pl_module)
         if not self._prepared:
             self._prepare(pl_module, inputs)
