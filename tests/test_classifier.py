@@ -138,3 +138,20 @@ def test_fine_tuned_checkpoint_loads_without_the_checkpoint_it_started_from(tmp_
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "tuned.ckpt")
     assert torch.equal(loaded.model.fc1.weight, tuned.model.fc1.weight)
     assert not torch.equal(loaded.model.fc1.weight, trained.model.fc1.weight)  # fine-tuning changed it
+
+
+def test_val_acc_is_plain_top1_accuracy(tmp_path):
+    """Not torchmetrics' default macro average: the share of correctly classified images."""
+    model = ImageClassifier("lenet")
+    dm = DigitsDataModule(batch_size=64)
+    trainer = fast_trainer(tmp_path, limit_train_batches=3)
+    trainer.fit(model, dm)
+    (result,) = trainer.validate(model, dm, verbose=False)
+    x, y = dm.val_set.tensors
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    expected = (pred == y).float().mean().item()
+    per_class = torch.stack([(pred[y == c] == c).float().mean() for c in range(10)]).mean().item()
+    assert abs(expected - per_class) > 1e-4  # the two averages differ on this split, so the test can tell
+    assert result["val/acc"] == pytest.approx(expected, abs=1e-6)

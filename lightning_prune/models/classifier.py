@@ -95,8 +95,8 @@ class ImageClassifier(pl.LightningModule):
                 raise ValueError(f"`input_size` must be (height, width) with positive ints; got {input_size!r}")
             self.example_input_array = torch.zeros(1, in_channels, *size)
         self.num_classes = num_classes
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         if init_from_checkpoint:
             self.init_weights_from(init_from_checkpoint)
 
