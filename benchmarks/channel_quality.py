@@ -74,8 +74,8 @@ def run_seed(seed: int, epochs: int, batches: int | float, size: int, ratios: li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 epochs of 1 batch, one ratio, no files")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batches", type=int, default=8, help="training batches of 64 per epoch (the full split has 17)")
     p.add_argument("--size", type=int, default=16, help="image size (the digits are 8x8 upsampled)")
     args = p.parse_args(argv)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         return 0
     cmd = "python benchmarks/channel_quality.py" + (
-        "" if (args.seeds, args.epochs, args.batches, args.size) == (2, 3, 8, 16)
+        "" if (args.seeds, args.epochs, args.batches, args.size) == (3, 5, 8, 16)
         else f" --seeds {args.seeds} --epochs {args.epochs} --batches {args.batches} --size {args.size}"
     )
     text = (
