@@ -7,7 +7,7 @@ and what is allowed, so a bad YAML value is caught when the object is built.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -51,3 +51,15 @@ def check_fraction(arg: str, value: Any, upper_inclusive: bool = False) -> float
         interval = "[0, 1]" if upper_inclusive else "[0, 1)"
         raise ValueError(f"`{arg}` must be in {interval}; got {value!r}")
     return value
+
+
+def check_shape(arg: str, value: Any) -> list[int] | None:
+    """Return ``value`` as a list of positive ints (an input shape, batch first), or None; else raise."""
+    if value is None:
+        return None
+    allowed = "a list of positive ints (batch first, e.g. [1, 3, 32, 32]) or None"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise TypeError(f"`{arg}` must be {allowed}; got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in value):
+        raise ValueError(f"`{arg}` must be {allowed}; got {value!r}")
+    return [int(v) for v in value]

@@ -274,7 +274,7 @@ def test_ddp_two_processes_identical_architecture_and_weights(tmp_path):
         ({"start_epoch": 3, "end_epoch": 1}, ValueError, "`end_epoch` must be >= `start_epoch`=3; got 1"),
         ({"every_n_epochs": 0}, ValueError, "`every_n_epochs` must be >= 1"),
         ({"max_pruning_ratio": 0.0}, ValueError, r"`max_pruning_ratio` must be in \(0, 1\]"),
-        ({"input_shape": "1x3x32x32"}, TypeError, "`input_shape` must be a list of ints"),
+        ({"input_shape": "1x3x32x32"}, TypeError, "`input_shape` must be a list of positive ints"),
         ({"input_shape": [1, 0, 32]}, ValueError, "`input_shape` must be a list of positive ints"),
         ({"taylor_batches": 0}, ValueError, "`taylor_batches` must be >= 1"),
         ({"global_pruning": "yes"}, TypeError, r"`global_pruning` must be a bool \(true/false\); got 'yes'"),

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -16,7 +15,7 @@ from typing_extensions import override
 from lightning_prune import optim as O
 from lightning_prune import structure as S
 from lightning_prune.callbacks._scheduled import ScheduledPruning
-from lightning_prune._validation import check_bool, check_int
+from lightning_prune._validation import check_bool, check_int, check_shape
 from lightning_prune.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -139,14 +138,7 @@ class ChannelPruning(ScheduledPruning):
         check_bool("ignore_output_layer", ignore_output_layer)
         check_bool("verbose", verbose)
         self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
-        if input_shape is not None:
-            if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape:
-                raise TypeError(f"`input_shape` must be a list of ints such as [1, 3, 32, 32]; got {input_shape!r}")
-            for s in input_shape:
-                if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-                    raise ValueError(f"`input_shape` must be a list of positive ints such as [1, 3, 32, 32]; got {input_shape!r}")
-            input_shape = [int(s) for s in input_shape]
-        self.input_shape = input_shape
+        self.input_shape = check_shape("input_shape", input_shape)
         self.core = S.ChannelPruner(
             importance=importance,
             global_pruning=global_pruning,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_prune._validation import check_bool, check_int
+from lightning_prune._validation import check_bool, check_int, check_shape
 from lightning_prune.measure import MacsCache, ModelStats, measure
 
 log = logging.getLogger(__name__)
@@ -32,20 +31,6 @@ _TABLE_ROWS = (
 )
 
 
-
-def _check_shape(arg: str, value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise TypeError(f"`{arg}` must be a list of positive ints (batch first, e.g. [1, 3, 32, 32]) or None; got {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(
-                f"`{arg}` must be a list of positive ints (batch first, e.g. [1, 3, 32, 32]) or None; got {value!r}"
-            )
-        out.append(int(v))
-    return out
 
 
 class PruningMetrics(Callback):
@@ -100,7 +85,7 @@ class PruningMetrics(Callback):
     ) -> None:
         per_layer = check_bool("per_layer", per_layer)
         every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)  # type: ignore[assignment]
-        input_shape = _check_shape("input_shape", input_shape)
+        input_shape = check_shape("input_shape", input_shape)
         summary = check_bool("summary", summary)
         self.per_layer = per_layer
         self.every_n_epochs = every_n_epochs
