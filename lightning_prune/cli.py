@@ -42,6 +42,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: ``report`` renders plots, everything else goes to LightningCLI."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "lightning-prune report PATH [--out DIR]: PNG plots of a CSVLogger run (sparsity and MACs over epochs with "
+            "val accuracy, per-layer sparsity); `lightning-prune report --help` for its options.\n"
+        )
     if argv and argv[0] == "report":
         from lightning_prune.report import main as report_main
 

@@ -77,3 +77,11 @@ def test_report_subcommand_renders_plots_of_a_run(tmp_path, monkeypatch):
     pngs = sorted((tmp_path / "plots").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     assert main(["report", str(tmp_path / "no_such_run")]) != 0
+
+
+def test_top_level_help_mentions_report(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "lightning-prune report PATH" in out and "fit" in out and "predict" in out
