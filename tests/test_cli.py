@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -85,3 +86,40 @@ def test_top_level_help_mentions_report(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "lightning-prune report PATH" in out and "fit" in out and "predict" in out
+
+
+class UserNet(pl.LightningModule):
+    """A user's own module, driven by the user's own LightningCLI."""
+
+    def __init__(self, hidden: int = 32, lr: float = 0.01) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def test_callbacks_drop_into_a_users_own_lightningcli(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    cfg = tmp_path / "user.yaml"
+    cfg.write_text(
+        "model:\n  hidden: 16\n"
+        "data:\n  batch_size: 32\n"
+        "trainer:\n  max_epochs: 3\n  limit_train_batches: 2\n  limit_val_batches: 0\n  logger: false\n"
+        "  enable_progress_bar: false\n  enable_checkpointing: false\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_prune.UnstructuredPruning\n"
+        "      init_args: {amount: 0.75, scope: layerwise, schedule: linear, end_epoch: 1}\n"
+        "    - class_path: lightning_prune.PruningMetrics\n      init_args: {per_layer: false}\n"
+    )
+    cli = LightningCLI(UserNet, DigitsDataModule, args=["fit", "-c", str(cfg)], save_config_kwargs={"overwrite": True})
+    weights = [m.weight for m in cli.model.net if isinstance(m, torch.nn.Linear)]
+    for w in weights:  # layer-wise: each tensor at exactly round(0.75 * numel) zeros
+        assert int((w == 0).sum()) == round(0.75 * w.numel())
+    assert float(cli.trainer.callback_metrics["pruning/sparsity"]) == pytest.approx(0.75, abs=1e-3)
