@@ -41,6 +41,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: ``report`` renders plots, everything else goes to LightningCLI."""
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_prune.report import main as report_main
 
         return report_main(argv[1:])
-    cli_main(argv)
+    # LightningCLI reads sys.argv itself; passing it as `args` too makes it warn about both being given
+    cli_main(None if from_command_line else argv)
     return 0
 
 

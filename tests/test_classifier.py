@@ -155,3 +155,13 @@ def test_val_acc_is_plain_top1_accuracy(tmp_path):
     per_class = torch.stack([(pred[y == c] == c).float().mean() for c in range(10)]).mean().item()
     assert abs(expected - per_class) > 1e-4  # the two averages differ on this split, so the test can tell
     assert result["val/acc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_wrapped_module_gives_its_own_channels_and_classes():
+    from torchvision.models import resnet18 as tv_resnet18
+
+    m = ImageClassifier(tv_resnet18(num_classes=100), input_size=[32, 32])  # defaults say 1 channel, 10 classes
+    assert tuple(m.example_input_array.shape) == (1, 3, 32, 32) and m.num_classes == 100
+    m.eval()
+    assert m(m.example_input_array).shape == (1, 100)
+    assert m.val_acc.num_classes == 100

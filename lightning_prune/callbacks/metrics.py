@@ -58,7 +58,8 @@ class PruningMetrics(Callback):
 
     Args:
         per_layer: also log ``pruning/sparsity/<module>`` for each conv/linear layer.
-        every_n_epochs: log at the end of every n-th training epoch (epochs ``n-1, 2n-1, ...``, 0-based).
+        every_n_epochs: log at the end of every n-th training epoch (epochs ``n-1, 2n-1, ...``, 0-based). A
+            ``ModelCheckpoint``/``EarlyStopping`` monitoring a ``pruning/*`` key needs the same period.
         input_shape: shape of the example input for MACs, batch first (e.g. ``[1, 3, 32, 32]``); by default
             ``pl_module.example_input_array``. Without either, MACs are not logged (with a warning).
         summary: at the end of fit, print (rank zero) a table of the figures at the start of fit and at the

@@ -34,14 +34,29 @@ def load_model_state(path: str | os.PathLike, map_location: str | torch.device =
     return state
 
 
+def _module_io(model: nn.Module, num_classes: int, in_channels: int) -> tuple[int, int]:
+    """A wrapped module's class count and input channels: its own attributes, else its last Linear layer's
+    outputs and its first convolution's inputs, else the arguments given."""
+    layers = list(model.modules())
+    if not hasattr(model, "num_classes"):
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        num_classes = linears[-1].out_features if linears else num_classes
+    if not hasattr(model, "in_channels"):
+        convs = [m for m in layers if isinstance(m, nn.modules.conv._ConvNd)]
+        in_channels = convs[0].in_channels if convs else in_channels
+    return int(getattr(model, "num_classes", num_classes)), int(getattr(model, "in_channels", in_channels))
+
+
 class ImageClassifier(pl.LightningModule):
     """Image classification with cross-entropy, ready for the pruning callbacks.
 
     Args:
         model: ``"lenet"``, ``"resnet18"``, ``"resnet18_cifar"``, or an ``nn.Module`` (in YAML, a
             ``class_path``/``init_args`` block).
-        num_classes: number of classes (ignored when ``model`` is a module).
-        in_channels: input channels (ignored when ``model`` is a module).
+        num_classes: number of classes. For an ``nn.Module`` it is read from the module (its ``num_classes``,
+            else the ``out_features`` of its last Linear layer) when it has one.
+        in_channels: input channels. For an ``nn.Module`` it is read from the module (its ``in_channels``,
+            else the ``in_channels`` of its first convolution) when it has one.
         weights: torchvision weights name for the ResNets, e.g. ``"IMAGENET1K_V1"``.
         input_size: input height and width for ``example_input_array``; defaults to the named model's
             (32x32 for LeNet and the CIFAR ResNet, 224x224 for torchvision's), or ``model.input_size``.
@@ -82,8 +97,7 @@ class ImageClassifier(pl.LightningModule):
         if isinstance(model, nn.Module):
             self.model = model
             size = input_size or getattr(model, "input_size", None)
-            num_classes = getattr(model, "num_classes", num_classes)
-            in_channels = getattr(model, "in_channels", in_channels)
+            num_classes, in_channels = _module_io(model, num_classes, in_channels)
         elif isinstance(model, str):
             self.model = build_model(model, num_classes=num_classes, in_channels=in_channels, weights=weights)
             size = input_size or INPUT_SIZES[model.lower()]
