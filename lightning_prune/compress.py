@@ -272,7 +272,8 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     becomes the non-zero pattern of the stored tensor.
 
     Args:
-        model: a model of the same architecture.
+        model: a model of the same architecture; a channel-pruned file first reshapes a fresh model's layers
+            to the stored shapes (:func:`lightning_prune.structure.reshape_to_state_dict`).
         path: the file.
         strict: passed to ``load_state_dict``.
 
@@ -286,5 +287,8 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
             value = sd.pop(key)
             sd[key + "_orig"] = value
             sd[key + "_mask"] = (value != 0).to(target[key + "_mask"].dtype)
+    from lightning_prune.structure import reshape_to_state_dict  # local: keeps compress importable on its own
+
+    reshape_to_state_dict(model, sd)  # a no-op unless the file holds a channel-pruned architecture
     model.load_state_dict(sd, strict=strict)
     return model

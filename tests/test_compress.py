@@ -153,3 +153,21 @@ def test_errors(tmp_path):
     with pytest.raises(TypeError, match="`model_or_state_dict` entry 'x' must be a tensor; got int"):
         save_compressed({"x": 3}, tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_channel_pruned_file_loads_into_a_fresh_model(tmp_path):
+    from torch import nn as _nn
+
+    from lightning_prune.compress import load_compressed, save_compressed
+    from lightning_prune.models import LeNet
+
+    small = LeNet()
+    small.conv2 = _nn.Conv2d(6, 8, 5)  # 8 of conv2's 16 filters removed, and fc1's inputs with them
+    small.fc1 = _nn.Linear(8 * 5 * 5, 120)
+    with torch.no_grad():
+        small.fc1.weight[:, ::3] = 0  # some zeros too
+    save_compressed(small, tmp_path / "small.pt")
+    fresh = load_compressed(LeNet(), tmp_path / "small.pt")
+    assert fresh.conv2.out_channels == 8 and fresh.fc1.in_features == 200
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(fresh(x), small(x))
