@@ -52,7 +52,8 @@ class ImageClassifier(pl.LightningModule):
 
     Args:
         model: ``"lenet"``, ``"resnet18"``, ``"resnet18_cifar"``, or an ``nn.Module`` (in YAML, a
-            ``class_path``/``init_args`` block).
+            ``class_path``/``init_args`` block). A module object is not saved as a hyperparameter: load such a
+            run's checkpoint with ``ImageClassifier.load_from_checkpoint(path, model=<a fresh module>)``.
         num_classes: number of classes. For an ``nn.Module`` it is read from the module (its ``num_classes``,
             else the ``out_features`` of its last Linear layer) when it has one.
         in_channels: input channels. For an ``nn.Module`` it is read from the module (its ``in_channels``,
