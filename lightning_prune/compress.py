@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.structure import reshape_to_state_dict
+
 __all__ = [
     "FORMAT",
     "compressed_nbytes",
@@ -287,8 +289,6 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
             value = sd.pop(key)
             sd[key + "_orig"] = value
             sd[key + "_mask"] = (value != 0).to(target[key + "_mask"].dtype)
-    from lightning_prune.structure import reshape_to_state_dict  # local: keeps compress importable on its own
-
     reshape_to_state_dict(model, sd)  # a no-op unless the file holds a channel-pruned architecture
     model.load_state_dict(sd, strict=strict)
     return model

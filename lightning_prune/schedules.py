@@ -134,15 +134,6 @@ class Schedule:
         end = self.end_epoch if self.end_epoch is not None else default_end_epoch(self.start_epoch, max_epochs)
         return build_schedule(self.amount, self.schedule, self.start_epoch, end, self.every_n_epochs)
 
-    def target_at(self, epoch: int, max_epochs: int | None = None) -> float | None:
-        """Target of the event at ``epoch``, or None when ``epoch`` has no event."""
-        return self.resolve(max_epochs).get(epoch)
-
-    def target_reached_by(self, epoch: int, max_epochs: int | None = None) -> float:
-        """Target of the latest event at or before ``epoch`` (0.0 before the first)."""
-        past = [t for e, t in self.resolve(max_epochs).items() if e <= epoch]
-        return past[-1] if past else 0.0
-
 
 def count_for(target: float, total: int) -> int:
     """Number of elements a target fraction of ``total`` stands for: ``round(target * total)``."""

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune._validation import check_int
 from lightning_prune.models import INPUT_SIZES, build_model
+from lightning_prune.structure import reshape_to_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,7 @@ class ImageClassifier(pl.LightningModule):
     def init_weights_from(self, path: str | os.PathLike) -> None:
         """Load the model weights of an earlier checkpoint (reshaping a channel-pruned architecture first)."""
         state = load_model_state(path)
-        from lightning_prune import structure  # local import: structure needs torch-pruning only when used
-
-        structure.reshape_to_state_dict(self.model, state)
+        reshape_to_state_dict(self.model, state)
         self.model.load_state_dict(state, strict=True)
         log.info("initialised model weights from %s", path)
 
@@ -130,9 +129,7 @@ class ImageClassifier(pl.LightningModule):
         ``ChannelPruning``."""
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
-            from lightning_prune import structure
-
-            structure.reshape_to_state_dict(self, state)
+            reshape_to_state_dict(self, state)
         super().on_load_checkpoint(checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
