@@ -37,8 +37,8 @@ REPO = BENCH_DIR.parent
 DEFINITIONS = """\
 Definitions used in every table:
 - sparsity: fraction of zeros over the `weight` of every Conv and Linear layer (biases and norm layers
-  excluded), as `lightning_prune.measure.sparsity` computes it;
-- MACs: `lightning_prune.measure.count_macs`, multiply-accumulates of the conv and linear layers for one
+  excluded), as `lightning_prune.core.measure.sparsity` computes it;
+- MACs: `lightning_prune.core.measure.count_macs`, multiply-accumulates of the conv and linear layers for one
   forward pass of one image (torch-pruning's `count_ops_and_params` would report more: it adds
   elementwise and pooling operations);
 - params: all parameters (`count_params`);

@@ -41,7 +41,7 @@ def run_one(seed: int, method: str, sparsity: float, epochs: int, start: int, en
 
     from lightning_prune import ImageClassifier, UnstructuredPruning
     from lightning_prune.data import DigitsDataModule
-    from lightning_prune.measure import sparsity as measure_sparsity
+    from lightning_prune.core.measure import sparsity as measure_sparsity
 
     common.quiet()
     pl.seed_everything(seed, verbose=False)

@@ -63,7 +63,7 @@ def run(method: str, seed: int, epochs: int, start: int, end: int, crash: int | 
 
     from lightning_prune import ImageClassifier
     from lightning_prune.data import DigitsDataModule
-    from lightning_prune.measure import sparsity
+    from lightning_prune.core.measure import sparsity
 
     common.quiet()
     pl.seed_everything(seed, verbose=False)

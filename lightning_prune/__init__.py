@@ -1,39 +1,68 @@
-"""lightning_prune: neural-network pruning as a one-line addition to a PyTorch Lightning run."""
+"""lightning_prune: neural-network pruning as a one-line addition to a PyTorch Lightning run.
 
-from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
-from lightning_prune.callbacks.metrics import PruningMetrics
-from lightning_prune.callbacks.unstructured import UnstructuredPruning
-from lightning_prune.compress import compressed_nbytes, load_compressed, save_compressed
-from lightning_prune.masks import apply_masks, compute_masks, find_prunable, make_permanent
-from lightning_prune.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero
-from lightning_prune.measure import measure as measure_model  # keeps `lightning_prune.measure` the module
-from lightning_prune.models.classifier import ImageClassifier
-from lightning_prune.schedules import Schedule, build_schedule
-from lightning_prune.structure import ChannelPruner, load_channel_pruned, reshape_to_state_dict
+Public names resolve lazily (PEP 562), so ``import lightning_prune`` loads neither Lightning nor
+torchvision until a name that needs them is used; ``lightning_prune.core`` never loads them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ChannelPruning",
-    "ChannelPrunedCheckpointMixin",
-    "ChannelPruner",
-    "load_channel_pruned",
-    "reshape_to_state_dict",
-    "ImageClassifier",
-    "PruningMetrics",
-    "compressed_nbytes",
-    "count_macs",
-    "count_macs_nonzero",
-    "count_params",
-    "count_params_nonzero",
-    "load_compressed",
-    "measure_model",
-    "save_compressed",
-    "UnstructuredPruning",
-    "apply_masks",
-    "compute_masks",
-    "find_prunable",
-    "make_permanent",
-    "Schedule",
-    "build_schedule",
-]
+# public name -> (module, attribute in that module)
+_LAZY: dict[str, tuple[str, str]] = {
+    "ChannelPruning": ("lightning_prune.callbacks.channel", "ChannelPruning"),
+    "ChannelPrunedCheckpointMixin": ("lightning_prune.callbacks.channel", "ChannelPrunedCheckpointMixin"),
+    "PruningMetrics": ("lightning_prune.callbacks.metrics", "PruningMetrics"),
+    "UnstructuredPruning": ("lightning_prune.callbacks.unstructured", "UnstructuredPruning"),
+    "ImageClassifier": ("lightning_prune.models.classifier", "ImageClassifier"),
+    "ChannelPruner": ("lightning_prune.core.structure", "ChannelPruner"),
+    "load_channel_pruned": ("lightning_prune.core.structure", "load_channel_pruned"),
+    "reshape_to_state_dict": ("lightning_prune.core.structure", "reshape_to_state_dict"),
+    "compressed_nbytes": ("lightning_prune.core.compress", "compressed_nbytes"),
+    "load_compressed": ("lightning_prune.core.compress", "load_compressed"),
+    "save_compressed": ("lightning_prune.core.compress", "save_compressed"),
+    "apply_masks": ("lightning_prune.core.masks", "apply_masks"),
+    "compute_masks": ("lightning_prune.core.masks", "compute_masks"),
+    "find_prunable": ("lightning_prune.core.masks", "find_prunable"),
+    "make_permanent": ("lightning_prune.core.masks", "make_permanent"),
+    "count_macs": ("lightning_prune.core.measure", "count_macs"),
+    "count_macs_nonzero": ("lightning_prune.core.measure", "count_macs_nonzero"),
+    "count_params": ("lightning_prune.core.measure", "count_params"),
+    "count_params_nonzero": ("lightning_prune.core.measure", "count_params_nonzero"),
+    # `lightning_prune.measure` stays the module; the function is `measure_model`
+    "measure_model": ("lightning_prune.core.measure", "measure"),
+    "Schedule": ("lightning_prune.core.schedules", "Schedule"),
+    "build_schedule": ("lightning_prune.core.schedules", "build_schedule"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'lightning_prune' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # static tools see the eager imports
+    from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
+    from lightning_prune.callbacks.metrics import PruningMetrics
+    from lightning_prune.callbacks.unstructured import UnstructuredPruning
+    from lightning_prune.core.compress import compressed_nbytes, load_compressed, save_compressed
+    from lightning_prune.core.masks import apply_masks, compute_masks, find_prunable, make_permanent
+    from lightning_prune.core.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero
+    from lightning_prune.core.measure import measure as measure_model
+    from lightning_prune.core.schedules import Schedule, build_schedule
+    from lightning_prune.core.structure import ChannelPruner, load_channel_pruned, reshape_to_state_dict
+    from lightning_prune.models.classifier import ImageClassifier

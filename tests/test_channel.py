@@ -21,7 +21,7 @@ from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.cli import cli_main
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import LeNet
-from lightning_prune.structure import architecture, masked_modules
+from lightning_prune.core.structure import architecture, masked_modules
 
 
 def _trainer(tmp_path, max_epochs=2, callbacks=(), **kw):

@@ -1,4 +1,4 @@
-"""lightning_prune.compress: bit-exact round trips, the per-tensor encoding choice, and the payload size."""
+"""lightning_prune.core.compress: bit-exact round trips, the per-tensor encoding choice, and the payload size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import nn
 
-from lightning_prune.compress import (
+from lightning_prune.core.compress import (
     compressed_nbytes,
     encode_entry,
     entry_nbytes,
@@ -18,7 +18,7 @@ from lightning_prune.compress import (
     plain_state_dict,
     save_compressed,
 )
-from lightning_prune.measure import measure
+from lightning_prune.core.measure import measure
 from lightning_prune.models import LeNet
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -158,7 +158,7 @@ def test_errors(tmp_path):
 def test_channel_pruned_file_loads_into_a_fresh_model(tmp_path):
     from torch import nn as _nn
 
-    from lightning_prune.compress import load_compressed, save_compressed
+    from lightning_prune.core.compress import load_compressed, save_compressed
     from lightning_prune.models import LeNet
 
     small = LeNet()

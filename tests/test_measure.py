@@ -1,4 +1,4 @@
-"""lightning_prune.measure against hand-computed values and torch's own FLOP counter."""
+"""lightning_prune.core.measure against hand-computed values and torch's own FLOP counter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.utils.prune as prune
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.measure import (
+from lightning_prune.core.measure import (
     MB,
     MacsCache,
     architecture_key,
@@ -230,7 +230,7 @@ def test_measure_module_stays_reachable_from_the_package():
     import types
 
     import lightning_prune
-    import lightning_prune.measure as measure_module
+    import lightning_prune.core.measure as measure_module
 
-    assert isinstance(lightning_prune.measure, types.ModuleType) and lightning_prune.measure is measure_module
+    assert isinstance(lightning_prune.core.measure, types.ModuleType) and lightning_prune.core.measure is measure_module
     assert lightning_prune.measure_model is measure_module.measure

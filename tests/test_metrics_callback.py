@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ImageClassifier, PruningMetrics
 from lightning_prune.data import DigitsDataModule
-from lightning_prune.measure import measure
+from lightning_prune.core.measure import measure
 
 LENET_MACS = 416_520
 SCRIPTS = Path(__file__).parent / "scripts"

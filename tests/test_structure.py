@@ -1,4 +1,4 @@
-"""The channel pruning core (lightning_prune.structure): no Trainer here."""
+"""The channel pruning core (lightning_prune.core.structure): no Trainer here."""
 
 import copy
 import io
@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from lightning_prune.models import LeNet
-from lightning_prune.structure import (
+from lightning_prune.core.structure import (
     ChannelPruner,
     architecture,
     build_importance,

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ImageClassifier, UnstructuredPruning
-from lightning_prune import masks as M
+from lightning_prune.core import masks as M
 from lightning_prune.data import DigitsDataModule
 
 LENET_TOTAL = 61_470  # conv1 150 + conv2 2,400 + fc1 48,000 + fc2 10,080 + fc3 840 weights

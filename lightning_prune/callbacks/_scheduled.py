@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_prune.schedules import Schedule
+from lightning_prune.core.schedules import Schedule
 
 
 class ScheduledPruning(Callback):

@@ -12,11 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune import optim as O
-from lightning_prune import structure as S
+from lightning_prune.core import optim as O
+from lightning_prune.core import structure as S
 from lightning_prune.callbacks._scheduled import ScheduledPruning
-from lightning_prune._validation import check_bool, check_int, check_shape
-from lightning_prune.schedules import Schedule
+from lightning_prune.core._validation import check_bool, check_int, check_shape
+from lightning_prune.core.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ChannelPruning(ScheduledPruning):
     ``state_dict``: ``trainer.fit(ckpt_path=...)`` with this callback reshapes the fresh model before the
     weights load (any LightningModule), ``ImageClassifier.load_from_checkpoint(path)`` returns the pruned
     model, and users' own modules load a checkpoint with :class:`ChannelPrunedCheckpointMixin` or
-    :func:`lightning_prune.structure.load_channel_pruned`.
+    :func:`lightning_prune.core.structure.load_channel_pruned`.
 
     Layer names (``ignored_layers``, ``pruning_ratio_dict``) are those of ``pl_module.named_modules()``, e.g.
     ``"model.fc"`` for ``ImageClassifier``; a full-match regex works too (``"model\\.layer4\\..*"``).
@@ -343,7 +343,7 @@ class ChannelPruning(ScheduledPruning):
         self._prepared = True
 
     def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
-        from lightning_prune.measure import count_macs, count_params
+        from lightning_prune.core.measure import count_macs, count_params
 
         return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
 

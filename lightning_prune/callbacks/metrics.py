@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_prune._validation import check_bool, check_int, check_shape
-from lightning_prune.measure import MacsCache, ModelStats, measure
+from lightning_prune.core._validation import check_bool, check_int, check_shape
+from lightning_prune.core.measure import MacsCache, ModelStats, measure
 
 log = logging.getLogger(__name__)
 

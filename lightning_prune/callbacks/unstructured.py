@@ -12,11 +12,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_prune import masks as M
+from lightning_prune.core import masks as M
 from lightning_prune.callbacks._scheduled import ScheduledPruning
-from lightning_prune._validation import check_bool, check_choice, check_fraction, check_int
-from lightning_prune.schedules import Schedule, count_for
-from lightning_prune.selection import compile_patterns
+from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
+from lightning_prune.core.schedules import Schedule, count_for
+from lightning_prune.core.selection import compile_patterns
 
 log = logging.getLogger(__name__)
 

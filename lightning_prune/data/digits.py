@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from lightning_prune._validation import check_choice, check_int
+from lightning_prune.core._validation import check_choice, check_int
 from lightning_prune.data._base import SplitDataModule
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, MNIST
 
-from lightning_prune._validation import check_int
+from lightning_prune.core._validation import check_int
 from lightning_prune.data._base import SplitDataModule
 
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_prune._validation import check_int
+from lightning_prune.core._validation import check_int
 from lightning_prune.models import INPUT_SIZES, build_model
-from lightning_prune.structure import reshape_to_state_dict
+from lightning_prune.core.structure import reshape_to_state_dict
 
 log = logging.getLogger(__name__)
 

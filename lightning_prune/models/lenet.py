@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune._validation import check_int
+from lightning_prune.core._validation import check_int
 
 
 class LeNet(nn.Module):

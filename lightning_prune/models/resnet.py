@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
 
-from lightning_prune._validation import check_int
+from lightning_prune.core._validation import check_int
 
 
 def _load_weights(weights: str):

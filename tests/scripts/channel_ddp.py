@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_prune import ChannelPruning, ImageClassifier
 from lightning_prune.data import DigitsDataModule
-from lightning_prune.structure import architecture
+from lightning_prune.core.structure import architecture
 
 
 class Record(Callback):

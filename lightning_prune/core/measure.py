@@ -1,0 +1,489 @@
+"""Measure what pruning did to a model: sparsity, parameter counts, MACs and size (dense and compressed).
+
+Pure PyTorch (no Lightning import). Works on a plain model, on one pruned with ``torch.nn.utils.prune``
+(``weight_orig`` / ``weight_mask`` active: the mask is read, never the possibly stale ``weight``
+attribute), and on one whose channels were removed (shapes changed).
+
+Definitions used throughout:
+
+- A weight is *zero* when its value equals 0 (``+0.0`` and ``-0.0`` alike) or its pruning mask is 0.
+- *Prunable weights* are the ``weight`` of every convolution (``nn.Conv1d/2d/3d``,
+  ``nn.ConvTranspose1d/2d/3d``) and ``nn.Linear`` module: what the seed prunes and measures.
+- *MACs* (multiply-accumulates) are those of the convolution and linear modules only, for the dense
+  architecture: ``output elements x in_channels / groups x kernel size`` for a convolution, ``output elements
+  x in_features`` for a linear layer, ``input elements x out_channels / groups x kernel size`` for a
+  transposed convolution. Biases, activations, pooling, normalisation and additions are not counted.
+  For the seed's LeNet at ``1x1x32x32`` this gives 416,520; torch-pruning's
+  ``tp.utils.count_ops_and_params`` reports 423,038 because it also counts some elementwise and pooling
+  operations (and deep-copies the model, which is slow). Layers called through ``torch.nn.functional``
+  rather than as modules are not seen by the hooks and not counted.
+- *Non-zero MACs* are the MACs whose weight is non-zero: ``positions x nnz(weight)``, where ``positions``
+  is the number of times each weight is used in the forward pass (batch x output positions). This is
+  what a sparse kernel would execute; dense kernels still execute ``macs``.
+- Sizes are in MB = 2**20 bytes (MiB), as torchsummary reports them.
+
+Example::
+
+    >>> from lightning_prune.models import LeNet
+    >>> model = LeNet()
+    >>> count_params(model), count_macs(model, torch.zeros(1, 1, 32, 32))
+    (61706, 416520)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.core.selection import strip_wrappers
+
+__all__ = [
+    "MB",
+    "MacsCache",
+    "ModelStats",
+    "architecture_key",
+    "count_macs",
+    "count_macs_nonzero",
+    "count_params",
+    "count_params_nonzero",
+    "effective_named_parameters",
+    "layer_sparsity",
+    "measure",
+    "prunable_layers",
+    "saved_buffers",
+    "size_mb",
+    "sparsity",
+    "sparsity_all",
+    "use_counts",
+]
+
+#: bytes in one MB as reported here (MiB, like torchsummary)
+MB = float(2**20)
+
+_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Effective (masked) parameters
+# --------------------------------------------------------------------------------------------------------
+def _masked(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The effective value of ``module.<name>`` when torch.nn.utils.prune is active on it, else None.
+
+    Pruned entries come back as ``+0.0`` (``torch.where``), not as the ``-0.0`` that ``orig * mask`` gives
+    for negative weights.
+    """
+    orig = module._parameters.get(name + "_orig")
+    mask = module._buffers.get(name + "_mask")
+    if orig is None or mask is None:
+        return None
+    return torch.where(mask.to(torch.bool), orig.detach(), torch.zeros((), dtype=orig.dtype, device=orig.device))
+
+
+def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>`` as the forward pass will see it: ``orig`` with the pruning mask applied if any."""
+    masked = _masked(module, name)
+    if masked is not None:
+        return masked
+    return getattr(module, name).detach()
+
+
+def effective_numel(module: nn.Module, name: str = "weight") -> int:
+    """Number of entries of ``module.<name>`` (of ``<name>_orig`` under torch.nn.utils.prune)."""
+    p = module._parameters.get(name + "_orig")
+    if p is None:
+        p = getattr(module, name)
+    return p.numel()
+
+
+def effective_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, int]]:
+    """Yield ``(name, effective value, bytes per element)`` for every parameter of ``model``, once each.
+
+    A parameter under torch.nn.utils.prune (``<name>_orig`` with a ``<name>_mask`` buffer) is reported under
+    its plain name (``conv1.weight``) with the mask applied. Shared parameters are reported once. Names
+    lose the ``module.`` / ``_orig_mod.`` prefixes of DDP and torch.compile wrappers.
+    """
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            value: torch.Tensor = p.detach()
+            if p_name.endswith("_orig") and p_name[: -len("_orig")] + "_mask" in module._buffers:
+                p_name = p_name[: -len("_orig")]
+                masked = _masked(module, p_name)
+                assert masked is not None
+                value = masked
+            full = strip_wrappers(f"{mod_name}.{p_name}" if mod_name else p_name)
+            yield full, value, p.element_size()
+
+
+def saved_buffers(model: nn.Module) -> Iterator[torch.Tensor]:
+    """The persistent buffers a ``state_dict`` holds (BatchNorm statistics, ...), without pruning masks."""
+    seen: set[int] = set()
+    for module in model.modules():
+        for b_name, buf in module._buffers.items():
+            if buf is None or id(buf) in seen or b_name in module._non_persistent_buffers_set:
+                continue
+            if b_name.endswith("_mask") and b_name[: -len("_mask")] + "_orig" in module._parameters:
+                continue
+            seen.add(id(buf))
+            yield buf
+
+
+def prunable_layers(model: nn.Module, types: Sequence[type[nn.Module]] | None = None) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs whose ``weight`` counts as prunable: convolutions and linear layers by
+    default, or the module classes in ``types``. Names lose DDP / torch.compile prefixes."""
+    types_t = tuple(types) if types is not None else _PRUNABLE_TYPES
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, types_t) and (
+            isinstance(module._parameters.get("weight"), torch.Tensor)
+            or isinstance(module._parameters.get("weight_orig"), torch.Tensor)
+        ):
+            out.append((strip_wrappers(name), module))
+    return out
+
+
+def _nnz(t: torch.Tensor) -> int:
+    return int(torch.count_nonzero(t).item()) if t.numel() else 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parameters and sparsity
+# --------------------------------------------------------------------------------------------------------
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared ones once; a pruned ``weight_orig`` counts as its ``weight``).
+
+    Example::
+
+        >>> from lightning_prune.models import LeNet
+        >>> count_params(LeNet())
+        61706
+    """
+    return sum(v.numel() for _, v, _ in effective_named_parameters(model))
+
+
+def count_params_nonzero(model: nn.Module) -> int:
+    """Number of parameters that are non-zero after applying any pruning masks."""
+    return sum(_nnz(v) for _, v, _ in effective_named_parameters(model))
+
+
+def size_mb(model: nn.Module) -> float:
+    """Dense size of the parameters in MB (2**20 bytes): what the weights occupy in memory or in a plain
+    ``state_dict`` file, zeros included. Pruning masks and buffers are not counted."""
+    return sum(v.numel() * es for _, v, es in effective_named_parameters(model)) / MB
+
+
+def layer_sparsity(model: nn.Module, types: Sequence[type[nn.Module]] | None = None) -> dict[str, float]:
+    """Fraction of zero entries in the weight of each prunable layer, by module name."""
+    out = {}
+    for name, module in prunable_layers(model, types):
+        w = effective_weight(module)
+        out[name] = 1.0 - _nnz(w) / w.numel() if w.numel() else 0.0
+    return out
+
+
+def sparsity(model: nn.Module, types: Sequence[type[nn.Module]] | None = None) -> float:
+    """Fraction of zero entries over all prunable weights together (conv and linear weights by default):
+    ``1 - non-zero / total``, as the seed computes its global sparsity."""
+    total = zeros = 0
+    for _, module in prunable_layers(model, types):
+        w = effective_weight(module)
+        total += w.numel()
+        zeros += w.numel() - _nnz(w)
+    return zeros / total if total else 0.0
+
+
+def sparsity_all(model: nn.Module) -> float:
+    """Fraction of zero entries over every parameter (biases and norm layers included)."""
+    total = count_params(model)
+    return 1.0 - count_params_nonzero(model) / total if total else 0.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# MACs
+# --------------------------------------------------------------------------------------------------------
+def _as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return None, None
+
+
+def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if device is not None:
+            obj = obj.to(device)
+        if dtype is not None and obj.is_floating_point():
+            obj = obj.to(dtype)
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _move(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_move(v, device, dtype) for v in obj)
+    return obj
+
+
+def _input_signature(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return ("T", tuple(obj.shape))
+    if isinstance(obj, Mapping):
+        return tuple((k, _input_signature(v)) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0])))
+    if isinstance(obj, (list, tuple)):
+        return tuple(_input_signature(v) for v in obj)
+    return repr(obj)
+
+
+def architecture_key(model: nn.Module, example_inputs: Any = None) -> tuple:
+    """A hashable key that changes when the architecture changes: module types, parameter shapes (pruning
+    reparametrisations folded to their plain names), convolution hyper-parameters, and the input shapes.
+    Unstructured pruning (zeros, masks) leaves it unchanged; removing channels changes it."""
+    items: list[Any] = []
+    for name, module in model.named_modules():
+        params = tuple(
+            sorted(
+                (p_name[: -len("_orig")] if p_name.endswith("_orig") else p_name, tuple(p.shape))
+                for p_name, p in module._parameters.items()
+                if p is not None
+            )
+        )
+        conv = ()
+        if isinstance(module, nn.modules.conv._ConvNd):
+            conv = (module.stride, module.padding, module.dilation, module.groups, module.output_padding)
+        if params or conv:
+            items.append((strip_wrappers(name), type(module).__name__, params, conv))
+    return (tuple(items), _input_signature(example_inputs))
+
+
+def use_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
+    """How many times each weight entry of each conv / linear module is used in one forward pass of
+    ``example_inputs`` (batch x output positions), by module name. ``dense MACs = uses x weight.numel()``.
+
+    The forward pass runs under ``torch.no_grad`` in eval mode (so BatchNorm running statistics and dropout
+    are untouched), on the model's device and dtype, with the RNG state saved and restored; each module's
+    train/eval flag and every buffer are put back afterwards. A module called several times adds up.
+    """
+    uses: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                # each input element meets out_channels / groups x kernel weights: uses = input elements / C_in
+                n = inputs[0].numel() // module.in_channels
+            else:
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                w = module._parameters.get("weight_orig", module._parameters.get("weight"))
+                n = out.numel() // w.shape[0] if w is not None and w.dim() else 0
+            uses[name] = uses.get(name, 0) + int(n)
+
+        return fn
+
+    for name, module in prunable_layers(model):
+        handles.append(module.register_forward_hook(hook(name)))
+
+    device, dtype = _model_device_dtype(model)
+    args, kwargs = _as_args(_move(example_inputs, device, dtype))
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    fork_devices = [device] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork_devices), torch.no_grad():
+            model.eval()
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return uses
+
+
+def count_macs(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-accumulates of the conv and linear modules of the dense architecture for one forward pass
+    of ``example_inputs`` (a tensor, a tuple of positional inputs, or a dict of keyword inputs; the batch
+    size counts). See the module docstring for what is counted.
+
+    Example::
+
+        >>> from lightning_prune.models import LeNet
+        >>> count_macs(LeNet(), torch.zeros(1, 1, 32, 32))
+        416520
+    """
+    layers = dict(prunable_layers(model))
+    uses = use_counts(model, example_inputs)
+    return sum(n * effective_weight(layers[name]).numel() for name, n in uses.items())
+
+
+def count_macs_nonzero(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-accumulates whose weight is non-zero (after pruning masks): ``uses x nnz(weight)`` summed
+    over the conv and linear modules."""
+    layers = dict(prunable_layers(model))
+    uses = use_counts(model, example_inputs)
+    return sum(n * _nnz(effective_weight(layers[name])) for name, n in uses.items())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Everything at once, with a cache of the forward pass
+# --------------------------------------------------------------------------------------------------------
+class MacsCache:
+    """Remembers :func:`use_counts` per architecture, so the forward pass runs only when the architecture
+    (see :func:`architecture_key`) or the input shapes changed. ``hits`` and ``misses`` count look-ups.
+
+    Example::
+
+        >>> from lightning_prune.models import LeNet
+        >>> cache, model, x = MacsCache(), LeNet(), torch.zeros(1, 1, 32, 32)
+        >>> _ = cache.use_counts(model, x); _ = cache.use_counts(model, x)
+        >>> cache.misses, cache.hits
+        (1, 1)
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple, dict[str, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def use_counts(self, model: nn.Module, example_inputs: Any) -> dict[str, int]:
+        key = architecture_key(model, example_inputs)
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        uses = use_counts(model, example_inputs)
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = uses
+        return uses
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+@dataclass
+class ModelStats:
+    """All figures of one measurement (see :func:`measure`)."""
+
+    params: int
+    params_nonzero: int
+    sparsity: float  #: over prunable (conv / linear) weights
+    sparsity_all: float  #: over every parameter
+    size_mb: float  #: dense parameter bytes / 2**20
+    size_mb_compressed: float  #: payload of :func:`lightning_prune.save_compressed` / 2**20
+    macs: int | None = None  #: dense conv / linear MACs (None without example inputs)
+    macs_nonzero: int | None = None
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, prefix: str = "", per_layer: bool = True) -> dict[str, float]:
+        """Flat ``{name: value}`` (``pruning/sparsity/<layer>`` style keys with ``prefix="pruning/"``)."""
+        out: dict[str, float] = {
+            f"{prefix}sparsity": self.sparsity,
+            f"{prefix}sparsity_all": self.sparsity_all,
+            f"{prefix}params": float(self.params),
+            f"{prefix}params_nonzero": float(self.params_nonzero),
+            f"{prefix}size_mb": self.size_mb,
+            f"{prefix}size_mb_compressed": self.size_mb_compressed,
+        }
+        if self.macs is not None:
+            out[f"{prefix}macs"] = float(self.macs)
+            out[f"{prefix}macs_nonzero"] = float(self.macs_nonzero or 0)
+        if per_layer:
+            for name, value in self.layer_sparsity.items():
+                out[f"{prefix}sparsity/{name}"] = value
+        return out
+
+
+def measure(
+    model: nn.Module,
+    example_inputs: Any = None,
+    cache: MacsCache | None = None,
+    types: Sequence[type[nn.Module]] | None = None,
+) -> ModelStats:
+    """Measure everything in one pass over the parameters (plus a forward pass for MACs when
+    ``example_inputs`` is given and ``cache`` has not seen this architecture).
+
+    Args:
+        model: the model, plain, under torch.nn.utils.prune, or with channels removed.
+        example_inputs: inputs for one forward pass (tensor, tuple, or dict); ``None`` skips MACs.
+        cache: a :class:`MacsCache` to reuse the forward pass between calls.
+        types: module classes whose ``weight`` is prunable (default: convolutions and ``nn.Linear``).
+
+    Example::
+
+        >>> from lightning_prune.models import LeNet
+        >>> stats = measure(LeNet(), torch.zeros(1, 1, 32, 32))
+        >>> stats.params, stats.macs, stats.sparsity
+        (61706, 416520, 0.0)
+    """
+    from lightning_prune.core.compress import entry_nbytes  # local: compress imports this module
+
+    params = params_nonzero = 0
+    dense_bytes = 0
+    compressed_bytes = 0
+    nnz_by_param: dict[str, int] = {}
+    for p_name, value, es in effective_named_parameters(model):
+        nz = _nnz(value)
+        nnz_by_param[p_name] = nz
+        params += value.numel()
+        params_nonzero += nz
+        dense_bytes += value.numel() * es
+        compressed_bytes += entry_nbytes(value, nonzero=nz)
+    for buf in saved_buffers(model):
+        compressed_bytes += entry_nbytes(buf)
+
+    # non-zero counts come from the pass above (one masked copy per parameter, no second pass)
+    def layer_counts(name: str, module: nn.Module) -> tuple[int, int]:
+        numel = effective_numel(module)
+        nz = nnz_by_param.get(f"{name}.weight" if name else "weight")
+        if nz is None:  # a weight shared with another module, reported under the first name
+            nz = _nnz(effective_weight(module))
+        return numel, nz
+
+    per_layer: dict[str, float] = {}
+    total = zeros = 0
+    for name, module in prunable_layers(model, types):
+        numel, nz = layer_counts(name, module)
+        total += numel
+        zeros += numel - nz
+        per_layer[name] = 1.0 - nz / numel if numel else 0.0
+
+    macs = macs_nonzero = None
+    if example_inputs is not None:
+        uses = cache.use_counts(model, example_inputs) if cache is not None else use_counts(model, example_inputs)
+        all_layers = dict(prunable_layers(model))
+        macs = macs_nonzero = 0
+        for name, n in uses.items():
+            numel, nz = layer_counts(name, all_layers[name])
+            macs += n * numel
+            macs_nonzero += n * nz
+
+    return ModelStats(
+        params=params,
+        params_nonzero=params_nonzero,
+        sparsity=zeros / total if total else 0.0,
+        sparsity_all=1.0 - params_nonzero / params if params else 0.0,
+        size_mb=dense_bytes / MB,
+        size_mb_compressed=compressed_bytes / MB,
+        macs=macs,
+        macs_nonzero=macs_nonzero,
+        layer_sparsity=per_layer,
+    )
+

@@ -1,0 +1,140 @@
+"""Sparsity schedules: which epochs prune, and the absolute target at each.
+
+Pure functions, no torch. Both pruning callbacks use them, so ``UnstructuredPruning(amount=...)`` and
+``ChannelPruning(pruning_ratio=...)`` follow the same rules:
+
+* targets are **absolute** (fraction of the original weights / channels removed), never "fraction of what
+  remains";
+* events fall on ``start_epoch, start_epoch + every_n_epochs, ...`` up to ``end_epoch``; at event ``i`` of
+  ``n`` (1-based) the target is ``amount * shape(i / n)``;
+* or the user gives explicit milestones ``{epoch: target}``.
+
+Example::
+
+    >>> build_schedule(0.9, "cubic", start_epoch=0, end_epoch=2)
+    {0: 0.6333333333333333, 1: 0.8666666666666666, 2: 0.9}
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Literal
+
+from lightning_prune.core._validation import check_choice, check_fraction, check_int
+
+ScheduleName = Literal["constant", "linear", "cubic", "geometric"]
+SCHEDULES: tuple[str, ...] = ("constant", "linear", "cubic", "geometric")
+
+
+def schedule_fraction(schedule: str, t: float, amount: float) -> float:
+    """Target at progress ``t`` in (0, 1] of a schedule that ends at ``amount``."""
+    if schedule == "constant":
+        return amount
+    if schedule == "linear":
+        return amount * t
+    if schedule == "cubic":  # Zhu & Gupta (2017): fast early, slow near the end
+        return amount * (1.0 - (1.0 - t) ** 3)
+    if schedule == "geometric":  # the same fraction of the remaining weights at every event
+        return 1.0 - (1.0 - amount) ** t
+    raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}; got {schedule!r}")
+
+
+def event_epochs(start_epoch: int, end_epoch: int, every_n_epochs: int = 1) -> list[int]:
+    """Epochs at whose start a pruning event happens."""
+    return list(range(start_epoch, end_epoch + 1, every_n_epochs))
+
+
+def default_end_epoch(start_epoch: int, max_epochs: int | None) -> int:
+    """The documented default for ``end_epoch``: half-way from ``start_epoch`` to the end of training.
+
+    With ``max_epochs=10`` and ``start_epoch=0`` the events fall on epochs 0..4 and epochs 5..9 fine-tune
+    the final sparsity (the last event is followed by ``max_epochs - end_epoch`` epochs of training).
+    """
+    if max_epochs is None or max_epochs < 0:
+        raise ValueError(
+            "`end_epoch` is None and the Trainer has no finite `max_epochs` to derive it from; "
+            "pass `end_epoch` explicitly"
+        )
+    if max_epochs <= start_epoch:
+        raise ValueError(f"`start_epoch`={start_epoch} is not before the Trainer's `max_epochs`={max_epochs}")
+    return start_epoch + max(0, (max_epochs - start_epoch) // 2 - 1)
+
+
+def build_schedule(
+    amount: float, schedule: str, start_epoch: int, end_epoch: int, every_n_epochs: int = 1
+) -> dict[int, float]:
+    """Map each event epoch to its absolute target; the last event reaches ``amount`` exactly."""
+    epochs = event_epochs(start_epoch, end_epoch, every_n_epochs)
+    n = len(epochs)
+    targets = {}
+    for i, epoch in enumerate(epochs, start=1):
+        targets[epoch] = amount if i == n else schedule_fraction(schedule, i / n, amount)
+    return targets
+
+
+def validate_milestones(arg: str, milestones: Mapping) -> dict[int, float]:
+    """Check ``{epoch: target}``: int epochs >= 0, targets in [0, 1) that never decrease."""
+    if not milestones:
+        raise ValueError(f"`{arg}` milestones must not be empty; got {dict(milestones)!r}")
+    out: dict[int, float] = {}
+    for epoch, target in milestones.items():
+        if isinstance(epoch, str) and epoch.strip().lstrip("-").isdigit():  # YAML/JSON keys may be strings
+            epoch = int(epoch)
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+            raise TypeError(f"`{arg}` milestone epochs must be ints; got {epoch!r} ({type(epoch).__name__})")
+        if epoch < 0:
+            raise ValueError(f"`{arg}` milestone epochs must be >= 0; got {epoch!r}")
+        out[int(epoch)] = check_fraction(f"{arg}[{epoch}]", target)
+    epochs = list(out)
+    if epochs != sorted(epochs):
+        raise ValueError(f"`{arg}` milestone epochs must be increasing; got {epochs}")
+    values = [out[e] for e in epochs]
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"`{arg}` milestone targets must not decrease (pruned weights do not grow back); got {values}")
+    return out
+
+
+class Schedule:
+    """Validated schedule arguments, resolved to ``{epoch: target}`` once ``max_epochs`` is known.
+
+    Shared by the pruning callbacks so they validate and schedule identically. ``amount`` is either a float
+    (the final target, reached by ``schedule`` between ``start_epoch`` and ``end_epoch``) or a mapping of
+    explicit milestones ``{epoch: target}``, in which case the other arguments are ignored.
+    """
+
+    def __init__(
+        self,
+        amount: float | Mapping[int, float],
+        schedule: str = "cubic",
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        every_n_epochs: int = 1,
+        amount_arg: str = "amount",
+    ) -> None:
+        self.amount_arg = amount_arg
+        if isinstance(amount, Mapping):
+            self.milestones: dict[int, float] | None = validate_milestones(amount_arg, amount)
+            self.amount = max(self.milestones.values())
+        else:
+            self.milestones = None
+            self.amount = check_fraction(amount_arg, amount)
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        self.start_epoch = check_int("start_epoch", start_epoch, minimum=0)
+        self.end_epoch = check_int("end_epoch", end_epoch, minimum=0, allow_none=True)
+        if self.end_epoch is not None and self.end_epoch < self.start_epoch:
+            raise ValueError(f"`end_epoch` must be >= `start_epoch`={self.start_epoch}; got {self.end_epoch}")
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
+
+    def resolve(self, max_epochs: int | None = None) -> dict[int, float]:
+        """``{epoch: absolute target}`` for every event."""
+        if self.milestones is not None:
+            return dict(self.milestones)
+        end = self.end_epoch if self.end_epoch is not None else default_end_epoch(self.start_epoch, max_epochs)
+        return build_schedule(self.amount, self.schedule, self.start_epoch, end, self.every_n_epochs)
+
+
+def count_for(target: float, total: int) -> int:
+    """Number of elements a target fraction of ``total`` stands for: ``round(target * total)``."""
+    return int(math.floor(target * total + 0.5))

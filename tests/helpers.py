@@ -1,0 +1,67 @@
+"""Shared test helpers: one Trainer factory and the tiny user modules the tests train.
+
+Import as ``from helpers import make_trainer`` (pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_prune.models import LeNet
+
+
+def make_trainer(tmp_path, max_epochs: int = 2, callbacks=(), **overrides: Any) -> pl.Trainer:
+    """A quiet CPU Trainer on a tiny budget: 3 train batches, 1 val batch, no logger or checkpoints."""
+    opts: dict[str, Any] = dict(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
+    opts.update(overrides)
+    return pl.Trainer(**opts)
+
+
+class UserClassifier(pl.LightningModule):
+    """A user's own module: the network under ``self.backbone``, SGD with momentum, no example input.
+
+    With ``build_in_configure_model=True`` the network is created in ``configure_model``, as Lightning
+    recommends for large models.
+    """
+
+    def __init__(self, net: nn.Module | None = None, build_in_configure_model: bool = False, lr: float = 0.05):
+        super().__init__()
+        self._net = net
+        self.lr = lr
+        self.backbone: nn.Module | None = None
+        if not build_in_configure_model:
+            self.backbone = net if net is not None else LeNet()
+
+    def configure_model(self) -> None:
+        if self.backbone is None:
+            self.backbone = self._net if self._net is not None else LeNet()
+
+    def forward(self, x):
+        return self.backbone(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
