@@ -9,10 +9,11 @@ Conventions, as in ``torch.nn.utils.prune``: a mask is ``True``/``1`` where the 
 the previously pruned ones count towards the target).
 
 Ranking: ``l1`` scores ``|w|``, ``l2`` scores ``w**2``. For single weights these rank identically (squaring is
-monotonic in ``|w|``); scores are computed in float64, where the square of a float32 is exact, so the two
-norms select the very same weights (they differ only for groups of weights, e.g. channels). ``random`` is a
-baseline that scores with a seeded generator. Ties are broken deterministically by position (a stable sort
-over the weights in the order given, flattened row-major).
+monotonic in ``|w|``, and exact in float64 for float32 inputs), so the two norms select the very same weights
+(they differ only for groups of weights, e.g. channels). ``random`` is a baseline that scores with a seeded
+generator. Ties are broken deterministically by position (the weights in the order given, flattened
+row-major), as a stable sort would; the selection itself (:mod:`lightning_prune.core.select`) is a radix
+select in linear time and a few chunks of memory, not a sort.
 
 Example::
 
@@ -40,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from lightning_prune.core.schedules import count_for
+from lightning_prune.core.select import select_masks
 from lightning_prune.core.selection import check_patterns_match, matches_any, type_matches
 
 NORMS: tuple[str, ...] = ("l1", "l2", "random")
@@ -126,28 +127,6 @@ def is_pruned(module: nn.Module, pname: str = "weight") -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = None) -> Tensor:
-    """Importance of each weight as a flat float64 tensor: ``|w|`` (l1), ``w**2`` (l2), or uniform noise (random).
-
-    ``generator`` (a CPU generator) drives ``random``; give every rank the same seed for identical masks.
-    """
-    w = weight.detach().reshape(-1)
-    if norm == "l1":
-        return w.double().abs()
-    if norm == "l2":
-        return w.double().square()  # exact for float32/bf16/fp16 inputs, so it ranks exactly like l1
-    if norm == "random":
-        return torch.rand(w.numel(), generator=generator, dtype=torch.float64).to(w.device)
-    raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}")
-
-
-def _smallest(scores: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` smallest scores; ties go to the lower index (stable sort)."""
-    if k <= 0:
-        return torch.zeros(0, dtype=torch.long, device=scores.device)
-    return torch.sort(scores, stable=True).indices[:k]
-
-
 def compute_masks(
     weights: Sequence[Tensor],
     target: float,
@@ -158,6 +137,11 @@ def compute_masks(
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
     """Boolean keep-masks that prune exactly the scheduled share of ``weights``.
+
+    The selection (:func:`lightning_prune.core.select.select_masks`) runs in linear time and a few chunks of
+    extra memory: a radix select over the scores' bits finds the threshold, instead of sorting every score.
+    Ties go to the lower position (the weights in the order given, flattened row-major), as a stable sort of
+    the scores would break them.
 
     Args:
         weights: the tensors to prune (their current effective values; pruned entries are ignored).
@@ -177,56 +161,24 @@ def compute_masks(
     Raises:
         ValueError: bad ``norm``/``scope``/``target``, or the cap makes the global target unreachable.
     """
+    if norm not in NORMS:
+        raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}")
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {list(SCOPES)}; got {scope!r}")
     if not 0.0 <= float(target) <= 1.0:
         raise ValueError(f"`target` must be in [0, 1]; got {target!r}")
     weights = list(weights)
-    prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
-    if len(prev) != len(weights):
-        raise ValueError(f"`prev_masks` has {len(prev)} entries for {len(weights)} weights")
-    flat_scores = []
-    prev_pruned = []
-    for w, m in zip(weights, prev):
-        s = score(w, norm, generator)
-        if m is not None:
-            pruned = ~m.reshape(-1).to(device=s.device, dtype=torch.bool)
-            s = s.masked_fill(pruned, -math.inf)  # already pruned: first in line, and they stay pruned
-            prev_pruned.append(int(pruned.sum()))
-        else:
-            prev_pruned.append(0)
-        flat_scores.append(s)
-
-    keep_flat: list[Tensor] = []
-    if scope == "layerwise":
-        for s, n_prev in zip(flat_scores, prev_pruned):
-            k = max(count_for(target, s.numel()), n_prev)
-            keep = torch.ones_like(s, dtype=torch.bool)
-            keep[_smallest(s, k)] = False
-            keep_flat.append(keep)
-    else:
-        sizes = [s.numel() for s in flat_scores]
-        total = sum(sizes)
-        k = max(count_for(target, total), sum(prev_pruned))
-        if max_layer_sparsity is not None:
-            capped = []
-            for s, n_prev in zip(flat_scores, prev_pruned):
-                limit = max(int(math.floor(max_layer_sparsity * s.numel() + 1e-9)), n_prev)
-                s = s.clone()
-                s[torch.sort(s, stable=True).indices[limit:]] = math.inf  # beyond the cap: never chosen
-                capped.append(s)
-            room = sum(min(c, max(int(math.floor(max_layer_sparsity * c + 1e-9)), p)) for c, p in zip(sizes, prev_pruned))
-            if k > room:
-                raise ValueError(
-                    f"`max_layer_sparsity`={max_layer_sparsity} allows at most {room} of {total} weights "
-                    f"({room / total:.4f}) to be pruned, fewer than the target {target} ({k} weights)"
-                )
-            flat_scores = capped
-        scores = torch.cat([s.to(flat_scores[0].device) for s in flat_scores]) if flat_scores else torch.zeros(0)
-        keep_all = torch.ones_like(scores, dtype=torch.bool)
-        keep_all[_smallest(scores, k)] = False
-        keep_flat = list(torch.split(keep_all, sizes))
-    return [keep.reshape(w.shape).to(w.device) for keep, w in zip(keep_flat, weights)]
+    if prev_masks is not None and len(prev_masks) != len(weights):
+        raise ValueError(f"`prev_masks` has {len(prev_masks)} entries for {len(weights)} weights")
+    return select_masks(
+        weights,
+        norm=norm,
+        scope=scope,
+        prev_masks=prev_masks,
+        max_layer_sparsity=max_layer_sparsity if scope == "global" else None,
+        generator=generator,
+        target=float(target),
+    )
 
 
 def mask_sparsity(masks: Iterable[Tensor]) -> float:
