@@ -59,10 +59,10 @@ def test_round_trip_is_bit_exact(tmp_path, amount, permanent):
     payload = save_compressed(model, path)
     assert payload == compressed_nbytes(model)
     assert payload == pytest.approx(measure(model).size_mb_compressed * 2**20)
-    # loads with weights_only=True, and the container overhead is small
+    # loads with weights_only=True; the deflated file is smaller than the payload (plus a small container)
     raw = torch.load(path, weights_only=True)
-    assert raw["payload_bytes"] == payload
-    assert 0 < os.path.getsize(path) - payload < 6000
+    assert raw["payload_bytes"] == payload and raw["version"] == 2
+    assert os.path.getsize(path) < payload + 4000
     fresh = load_compressed(LeNet(), path)
     _assert_bit_equal(fresh.state_dict(), plain_state_dict(model))
     if permanent and amount > 0:
@@ -144,6 +144,38 @@ def test_size_at_90_percent_sparsity_is_well_under_20_percent_of_dense():
     # by hand: ~10% non-zero 4-byte values + 1 bit per entry = 0.525 of 4 bytes, ~13% (biases stay dense)
     assert ratio < 0.15
     assert ratio > 0.10
+
+
+def test_reads_a_version_1_file_written_by_the_old_writer():
+    # tests/data/compressed_v1.pt: written by the version-1 `save_compressed` (raw payload, bitmasks least
+    # significant bit first) from compressed_v1_expected.pt; it holds bitmask, index and dense entries,
+    # negative zeros, float16 and a 0-d int64
+    data = os.path.join(os.path.dirname(__file__), "data")
+    raw = torch.load(os.path.join(data, "compressed_v1.pt"), weights_only=True)
+    assert raw["version"] == 1
+    assert {e["encoding"] for e in raw["entries"].values()} == {"bitmask", "indices", "dense"}
+    expected = torch.load(os.path.join(data, "compressed_v1_expected.pt"), weights_only=True)
+    _assert_bit_equal(load_compressed_state_dict(os.path.join(data, "compressed_v1.pt")), expected)
+
+
+def test_version_2_is_smaller_than_gzip_of_the_dense_file(tmp_path):
+    import gzip
+    import io
+
+    model = _pruned_lenet(0.8, permanent=True)
+    save_compressed(model, tmp_path / "m.pt")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    assert os.path.getsize(tmp_path / "m.pt") < len(gzip.compress(buf.getvalue(), compresslevel=9))
+
+
+def test_unknown_version_is_refused(tmp_path):
+    save_compressed(LeNet(), tmp_path / "m.pt")
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    raw["version"] = 3
+    torch.save(raw, tmp_path / "v3.pt")
+    with pytest.raises(ValueError, match="format version 3; this lightning_prune reads 1 and 2"):
+        load_compressed_state_dict(tmp_path / "v3.pt")
 
 
 def test_errors(tmp_path):

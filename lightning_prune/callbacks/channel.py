@@ -15,6 +15,8 @@ from typing_extensions import override
 from lightning_prune.core import optim as O
 from lightning_prune.core import structure as S
 from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.core._inputs import device_dtype as _device_dtype
+from lightning_prune.core._inputs import move as _move
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.schedules import Schedule
 
@@ -22,24 +24,6 @@ log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 
-
-
-def _move(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and dtype is not None:
-            return obj.to(device=device, dtype=dtype)
-        return obj.to(device=device)
-    if isinstance(obj, Mapping):
-        return {k: _move(v, device, dtype) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device, dtype) for v in obj)
-    return obj
-
-
-def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype | None]:
-    for p in module.parameters():
-        return p.device, (p.dtype if p.is_floating_point() else None)
-    return torch.device("cpu"), None
 
 
 def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:

@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lightning_prune.core import masks as M
 from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.core.reparam import effective
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.core.schedules import Schedule, count_for
 from lightning_prune.core.selection import compile_patterns
@@ -229,7 +230,7 @@ class UnstructuredPruning(ScheduledPruning):
             k_orig, k_mask = key + "_orig", key + "_mask"
             if k_orig in state and k_mask in state:
                 orig, mask = state.pop(k_orig), state.pop(k_mask)
-                state[key] = torch.where(mask.bool(), orig, torch.zeros_like(orig)).detach()  # +0.0, never -0.0
+                state[key] = effective(orig, mask).detach()  # +0.0, never -0.0
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -41,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from lightning_prune.core.bitpack import pack_mask, unpack_mask  # noqa: F401  (re-exported)
+from lightning_prune.core.reparam import effective, effective_weight, is_pruned, pruned_names
 from lightning_prune.core.select import select_masks
 from lightning_prune.core.selection import check_patterns_match, matches_any, type_matches
 
@@ -121,11 +122,6 @@ def _get_param(module: nn.Module, pname: str) -> Tensor | None:
     return p if isinstance(p, Tensor) else None
 
 
-def is_pruned(module: nn.Module, pname: str = "weight") -> bool:
-    """True when ``module.<pname>`` is reparametrised by ``torch.nn.utils.prune``."""
-    return pname + "_orig" in module._parameters and pname + "_mask" in module._buffers
-
-
 # ----------------------------------------------------------------------------------------------- scoring
 def compute_masks(
     weights: Sequence[Tensor],
@@ -193,14 +189,7 @@ def mask_sparsity(masks: Iterable[Tensor]) -> float:
 # ----------------------------------------------------------------------------------------------- applying
 def current_weights(model: nn.Module, targets: Sequence[Target]) -> list[Tensor]:
     """The effective (masked) values of each target, detached: ``weight_orig * weight_mask`` when pruned."""
-    out = []
-    for module_name, pname in targets:
-        module = model.get_submodule(module_name)
-        if is_pruned(module, pname):
-            out.append((module._parameters[pname + "_orig"] * module._buffers[pname + "_mask"]).detach())
-        else:
-            out.append(getattr(module, pname).detach())
-    return out
+    return [effective_weight(model.get_submodule(module_name), pname) for module_name, pname in targets]
 
 
 def get_masks(model: nn.Module, targets: Sequence[Target]) -> list[Tensor | None]:
@@ -226,33 +215,37 @@ def _reorder(module: nn.Module, order: list[str]) -> None:
     params.update(new)
 
 
-def _pruned_names(module: nn.Module) -> list[str]:
-    return [n[: -len("_orig")] for n in module._parameters if n.endswith("_orig") and is_pruned(module, n[:-5])]
-
-
 def _plain_state_dict_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook: write ``weight`` (zeros where pruned) instead of ``weight_orig``/``weight_mask``."""
+    """state_dict post-hook: write ``weight`` (zeros where pruned) instead of ``weight_orig``/``weight_mask``.
+
+    Linear in the module's own entries: they and its children's are the last ones in ``state_dict`` when its
+    hook runs, so only that tail is taken off and put back (``weight`` where ``weight_orig`` stood), never the
+    whole dict (which made ``state_dict()`` quadratic in the number of pruned modules).
+    """
     swaps = {}
-    for pname in _pruned_names(module):
+    for pname in pruned_names(module):
         k_orig, k_mask = prefix + pname + "_orig", prefix + pname + "_mask"
         if k_orig in state_dict and k_mask in state_dict:
-            swaps[k_orig] = (prefix + pname, (state_dict[k_orig] * state_dict[k_mask]).detach(), k_mask)
+            swaps[k_orig] = (prefix + pname, effective(state_dict[k_orig], state_dict[k_mask]).detach(), k_mask)
     if not swaps:
         return
     drop = {v[2] for v in swaps.values()}
-    items = []
-    for k, v in state_dict.items():
+    tail = []
+    pending = set(swaps) | drop
+    while pending:  # pop from the end until every key to replace or drop is off
+        k, v = state_dict.popitem()
+        pending.discard(k)
+        tail.append((k, v))
+    for k, v in reversed(tail):
         if k in swaps:
-            items.append((swaps[k][0], swaps[k][1]))
+            state_dict[swaps[k][0]] = swaps[k][1]
         elif k not in drop:
-            items.append((k, v))
-    state_dict.clear()
-    state_dict.update(items)
+            state_dict[k] = v
 
 
 def _plain_load_pre_hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     """load_state_dict pre-hook: accept a plain ``weight`` into a pruned module (keeping its current mask)."""
-    for pname in _pruned_names(module):
+    for pname in pruned_names(module):
         k, k_orig, k_mask = prefix + pname, prefix + pname + "_orig", prefix + pname + "_mask"
         if k in state_dict and k_orig not in state_dict:
             state_dict[k_orig] = state_dict.pop(k)
@@ -321,7 +314,7 @@ def refresh_weights(model: nn.Module, targets: Sequence[Target]) -> None:
         for module_name, pname in targets:
             module = model.get_submodule(module_name)
             if is_pruned(module, pname):
-                setattr(module, pname, module._parameters[pname + "_orig"] * module._buffers[pname + "_mask"])
+                setattr(module, pname, effective(module._parameters[pname + "_orig"], module._buffers[pname + "_mask"]))
 
 
 def zero_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, keep: Tensor) -> None:
@@ -348,33 +341,5 @@ def make_permanent(model: nn.Module, targets: Sequence[Target]) -> None:
         order = [pname if n == pname + "_orig" else n for n in module._parameters]
         prune.remove(module, pname)
         _reorder(module, order)
-        if not _pruned_names(module):
+        if not pruned_names(module):
             _remove_hooks(module)
-
-
-# ----------------------------------------------------------------------------------------------- packing
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-
-
-def pack_mask(mask: Tensor) -> dict[str, Any]:
-    """A keep-mask as plain data, 1 bit per weight: ``{"shape": [...], "bits": uint8 tensor}`` on CPU.
-
-    Loads with ``torch.load(weights_only=True)``. Bits are packed big-endian per byte (like ``numpy.packbits``).
-    """
-    flat = mask.detach().reshape(-1).to(device="cpu", dtype=torch.bool)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, torch.zeros(pad, dtype=torch.bool)])
-    bits = (flat.view(-1, 8).to(torch.uint8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
-    return {"shape": [int(s) for s in mask.shape], "bits": bits}
-
-
-def unpack_mask(packed: dict[str, Any], device: torch.device | str | None = None) -> Tensor:
-    """Inverse of :func:`pack_mask`: the bool keep-mask."""
-    shape = [int(s) for s in packed["shape"]]
-    n = math.prod(shape)
-    bits = packed["bits"].to("cpu", torch.uint8)
-    flat = (bits.unsqueeze(1) & _BIT_WEIGHTS).ne(0).reshape(-1)[:n]
-    if flat.numel() != n:
-        raise ValueError(f"packed mask holds {flat.numel()} bits, its shape {shape} needs {n}")
-    return flat.reshape(shape).to(device) if device is not None else flat.reshape(shape)

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.core._inputs import as_args, device_dtype, move
+from lightning_prune.core.reparam import effective_weight, is_pruned
 from lightning_prune.core.selection import strip_wrappers
 
 __all__ = [
@@ -70,27 +72,6 @@ _PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Line
 # --------------------------------------------------------------------------------------------------------
 # Effective (masked) parameters
 # --------------------------------------------------------------------------------------------------------
-def _masked(module: nn.Module, name: str) -> torch.Tensor | None:
-    """The effective value of ``module.<name>`` when torch.nn.utils.prune is active on it, else None.
-
-    Pruned entries come back as ``+0.0`` (``torch.where``), not as the ``-0.0`` that ``orig * mask`` gives
-    for negative weights.
-    """
-    orig = module._parameters.get(name + "_orig")
-    mask = module._buffers.get(name + "_mask")
-    if orig is None or mask is None:
-        return None
-    return torch.where(mask.to(torch.bool), orig.detach(), torch.zeros((), dtype=orig.dtype, device=orig.device))
-
-
-def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """``module.<name>`` as the forward pass will see it: ``orig`` with the pruning mask applied if any."""
-    masked = _masked(module, name)
-    if masked is not None:
-        return masked
-    return getattr(module, name).detach()
-
-
 def effective_numel(module: nn.Module, name: str = "weight") -> int:
     """Number of entries of ``module.<name>`` (of ``<name>_orig`` under torch.nn.utils.prune)."""
     p = module._parameters.get(name + "_orig")
@@ -113,11 +94,9 @@ def effective_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Te
                 continue
             seen.add(id(p))
             value: torch.Tensor = p.detach()
-            if p_name.endswith("_orig") and p_name[: -len("_orig")] + "_mask" in module._buffers:
+            if p_name.endswith("_orig") and is_pruned(module, p_name[: -len("_orig")]):
                 p_name = p_name[: -len("_orig")]
-                masked = _masked(module, p_name)
-                assert masked is not None
-                value = masked
+                value = effective_weight(module, p_name)
             full = strip_wrappers(f"{mod_name}.{p_name}" if mod_name else p_name)
             yield full, value, p.element_size()
 
@@ -208,35 +187,6 @@ def sparsity_all(model: nn.Module) -> float:
 # --------------------------------------------------------------------------------------------------------
 # MACs
 # --------------------------------------------------------------------------------------------------------
-def _as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
-
-
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return None, None
-
-
-def _move(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if device is not None:
-            obj = obj.to(device)
-        if dtype is not None and obj.is_floating_point():
-            obj = obj.to(dtype)
-        return obj
-    if isinstance(obj, Mapping):
-        return {k: _move(v, device, dtype) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device, dtype) for v in obj)
-    return obj
-
-
 def _input_signature(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return ("T", tuple(obj.shape))
@@ -295,8 +245,8 @@ def use_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     for name, module in prunable_layers(model):
         handles.append(module.register_forward_hook(hook(name)))
 
-    device, dtype = _model_device_dtype(model)
-    args, kwargs = _as_args(_move(example_inputs, device, dtype))
+    device, dtype = device_dtype(model)
+    args, kwargs = as_args(move(example_inputs, device, dtype))
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     fork_devices = [device] if device is not None and device.type == "cuda" else []

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.core._inputs import forward as _forward
+from lightning_prune.core._inputs import zeros_input
 from lightning_prune.core._validation import check_choice, check_fraction, check_int
 from lightning_prune.core.selection import check_patterns_match, compile_patterns, matches_any
 
@@ -218,14 +220,6 @@ def _flatten_tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for v in obj for t in _flatten_tensors(v)]
     return []
-
-
-def _forward(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (list, tuple)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 @contextlib.contextmanager
@@ -804,10 +798,7 @@ class ChannelPruner:
 
 def example_inputs_like(shape: Iterable[int], model: nn.Module) -> torch.Tensor:
     """Zeros of ``shape`` on the model's device, in its floating dtype."""
-    p = next(iter(model.parameters()), None)
-    device = p.device if p is not None else torch.device("cpu")
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    return torch.zeros(tuple(int(s) for s in shape), device=device, dtype=dtype)
+    return zeros_input(shape, model)
 
 
 __all__ = [

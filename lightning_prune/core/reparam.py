@@ -1,0 +1,35 @@
+"""The ``torch.nn.utils.prune`` reparametrisation, read in one place: is a tensor pruned, and its effective value.
+
+A pruned ``module.<name>`` is a ``<name>_orig`` parameter, a ``<name>_mask`` buffer (1 = kept) and a forward
+pre-hook that recomputes ``<name>``. Its effective value here is ``torch.where(mask, orig, +0.0)``: the same
+as ``orig * mask`` except that pruned entries are ``+0.0`` (never ``-0.0``, nor NaN for an infinite ``orig``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["effective", "effective_weight", "is_pruned", "pruned_names"]
+
+
+def is_pruned(module: nn.Module, name: str = "weight") -> bool:
+    """True when ``module.<name>`` is reparametrised by ``torch.nn.utils.prune``."""
+    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
+
+
+def pruned_names(module: nn.Module) -> list[str]:
+    """Names of the module's pruned tensors (``["weight"]``, ...), in parameter order."""
+    return [n[: -len("_orig")] for n in module._parameters if n.endswith("_orig") and is_pruned(module, n[:-5])]
+
+
+def effective(orig: Tensor, mask: Tensor) -> Tensor:
+    """``orig`` with the pruned entries (``mask`` 0/False) set to ``+0.0``."""
+    return torch.where(mask.to(torch.bool), orig, torch.zeros((), dtype=orig.dtype, device=orig.device))
+
+
+def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    """``module.<name>`` as the forward pass sees it, detached: the mask applied when pruned."""
+    if is_pruned(module, name):
+        return effective(module._parameters[name + "_orig"].detach(), module._buffers[name + "_mask"])
+    return getattr(module, name).detach()
