@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.core.schedules import Schedule
 
 
@@ -95,8 +96,6 @@ class ScheduledPruning(Callback):
         """Log this callback's own figures (``own``, e.g. the scheduled target) and the model's figures
         (``model``: ``pruning/sparsity``, ``pruning/params``, ...) unless a ``PruningMetrics`` callback is in the
         Trainer: then it owns those keys, so one key never carries two values from two callbacks."""
-        from lightning_prune.callbacks.metrics import PruningMetrics
-
         figures = dict(own)
         if not any(isinstance(cb, PruningMetrics) for cb in trainer.callbacks):
             figures.update(model)

@@ -15,9 +15,11 @@ from typing_extensions import override
 from lightning_prune.core import optim as O
 from lightning_prune.core import structure as S
 from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core._inputs import device_dtype as _device_dtype
 from lightning_prune.core._inputs import move as _move
 from lightning_prune.core._validation import check_bool, check_int, check_shape
+from lightning_prune.core.measure import count_macs, count_params
 from lightning_prune.core.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -259,7 +261,6 @@ class ChannelPruning(ScheduledPruning):
                 "torch.nn.utils.prune.remove(module, 'weight') for each of them, or "
                 "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
             )
-        from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
         channel_events = self._sched.resolve(trainer.max_epochs)
         last_channel = max(channel_events)
@@ -327,8 +328,6 @@ class ChannelPruning(ScheduledPruning):
         self._prepared = True
 
     def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
-        from lightning_prune.core.measure import count_macs, count_params
-
         return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
 
     def _compute_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

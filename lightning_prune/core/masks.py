@@ -223,10 +223,12 @@ def _plain_state_dict_hook(module: nn.Module, state_dict: dict, prefix: str, loc
     whole dict (which made ``state_dict()`` quadratic in the number of pruned modules).
     """
     swaps = {}
-    for pname in pruned_names(module):
-        k_orig, k_mask = prefix + pname + "_orig", prefix + pname + "_mask"
-        if k_orig in state_dict and k_mask in state_dict:
-            swaps[k_orig] = (prefix + pname, effective(state_dict[k_orig], state_dict[k_mask]).detach(), k_mask)
+    for name in module._parameters:  # lean: this runs once per pruned module at every state_dict()
+        if name.endswith("_orig"):
+            k_orig, k_mask = prefix + name, prefix + name[:-5] + "_mask"
+            if k_orig in state_dict and k_mask in state_dict:
+                value = effective(state_dict[k_orig], state_dict[k_mask])
+                swaps[k_orig] = (prefix + name[:-5], value.detach() if value.requires_grad else value, k_mask)
     if not swaps:
         return
     drop = {v[2] for v in swaps.values()}
