@@ -3,12 +3,13 @@
 :func:`select_masks` prunes exactly ``k`` weights: the ``k`` smallest scores, ties broken by position (the
 weights in the order given, each flattened row-major), which is the order a stable sort of all scores would
 give. Instead of sorting, it finds the ``k``-th smallest score with a radix select over the scores' bit
-patterns (a non-negative float orders like its bits read as an integer): a histogram of the top 15-16 bits,
-then of the next 16 bits of the bucket that holds the ``k``-th score, and so on, streaming the weights in
+patterns (a non-negative float orders like its bits read as an integer): a histogram of the top bits, then
+of the next bits within the bucket that holds the ``k``-th score, and so on, streaming the weights in
 fixed-size chunks and recomputing the scores in every pass. A last pass writes the masks. Time is linear in
-the number of weights (2 histogram passes for float32/float16/bfloat16 weights under ``l1``/``l2``, 4 for
-float64 scores), and the extra memory is a few chunks, whatever the number of weights; only the returned
-masks (1 byte per weight) grow with the model.
+the number of weights (2 histogram passes of 16-bit digits for float32/float16/bfloat16 weights under
+``l1``/``l2``, 4 for float64 scores; 11-bit digits and one or two more passes below 2**24 weights, where a
+65,536-bin histogram would weigh more than the weights' share), and the extra memory is a few chunks and a
+histogram, whatever the number of weights; only the returned masks (1 byte per weight) grow with the model.
 
 Scores: ``l1`` and ``l2`` rank single weights identically (``w**2`` is monotonic in ``|w|``), so for
 float32/float16/bfloat16 weights both use the bits of ``|w|`` as a float32. With a float64 weight among them,
@@ -36,7 +37,7 @@ from lightning_prune.core.schedules import count_for
 __all__ = ["CHUNK", "select_masks"]
 
 #: elements per chunk: the memory of a pass is a few chunks of keys (int32/int64) and bools
-CHUNK = 1 << 16
+CHUNK = 1 << 14
 
 _PRUNED = -1  # key of a weight already pruned: always pruned
 _SKIP = -2  # key of a weight beyond its layer's cap: never pruned
@@ -60,7 +61,9 @@ class _Keys:
         self.device = self.flat[0].device if self.flat else torch.device("cpu")
         self.narrow = norm in ("l1", "l2") and all(w.dtype in _F32_EXACT for w in self.flat)
         self.bits = 31 if self.narrow else 63
-        self.dtype = torch.int32 if self.narrow else torch.int64
+        # radix digit: 16 bits (65,536-bin histograms, 1.5 MB of int64 counts in flight) when that is small
+        # next to the weights, else 11 bits (one more pass, 2,048 bins)
+        self.digit = 16 if sum(w.numel() for w in self.flat) >= 1 << 24 else 11
         # random: the generator's state before each tensor, so any tensor's draws can be replayed
         self.generator = generator if generator is not None else torch.default_generator
         # (only the first tensor's and the latest: passes restart at a tensor's start or at the first)
@@ -138,7 +141,7 @@ def _kth(keys: _Keys, tensors: range, k: int) -> tuple[int, int]:
     to ``t`` are among the ``k`` smallest (the first ``r`` of them by position)."""
     prefix, high = 0, keys.bits  # the keys' bits at and above `high` are known to equal `prefix`
     while high > 0:
-        shift = high - (high % 16 or 16)  # 31 bits: 15 + 16; 63 bits: 15 + 16 + 16 + 16
+        shift = high - (high % keys.digit or keys.digit)  # 16-bit digits: 31 bits = 15 + 16, 63 = 15 + 3 * 16
         width = high - shift
         hist = torch.zeros(1 << width, dtype=torch.int64, device=keys.device)
         for key, _ in keys.chunks(tensors):
