@@ -4,13 +4,17 @@ For LeNet and ResNet-18 (CIFAR variant), the conv/linear weights are pruned to e
 magnitude (``lightning_prune.core.masks``: the same masks ``UnstructuredPruning`` computes; sizes do not depend on
 training, only on the number and layout of zeros), then saved as:
 - dense: ``torch.save(model.state_dict())`` (what a plain checkpoint holds: zeros stored as floats);
-- ours: ``lightning_prune.save_compressed`` (file size; and the payload ``compressed_nbytes``);
+- ours: ``lightning_prune.save_compressed`` (file size, format version 2: the encoded tensors deflated; and
+  the payload ``compressed_nbytes``, the encoded tensors before deflating);
 - gzip -9 of the dense file (a generic compressor) and of our file;
 - torch sparse CSR/COO: ``torch.save`` of each pruned weight as ``to_sparse_csr()`` / ``to_sparse()``
   (int64 indices), other tensors dense.
 The bound: every non-zero value at its dtype's size plus 1 bit per entry of each tensor, i.e.
 ``sum(nnz * 4 + numel / 8)`` over parameters and buffers, but never more than a tensor's dense bytes (a dense
 tensor needs no bitmask); the non-zero count includes the unpruned biases and BatchNorm tensors.
+
+Our file must be smaller than ``gzip -9`` of the dense file at every point: the script exits with status 1
+otherwise.
 
 Run: ``python benchmarks/size.py`` (``--quick`` for a smoke run).
 """
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         models = {"LeNet": models["LeNet"]}
         sparsities = [0.9]
     rows = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as d:
         for name, build in models.items():
             base = measure_one(name, build, 0.0, Path(d))
@@ -97,28 +102,34 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([
                     name, f"{int(100 * s)}%", kib(base["dense"]), kib(r["bound"]), kib(r["ours"]),
                     f"{r['ours'] / base['dense']:.3f}", f"{r['ours'] / r['bound']:.3f}", kib(r["payload"]),
-                    kib(r["gzip"]), kib(r["ours_gz"]), kib(r["csr"]), kib(r["coo"]),
+                    kib(r["gzip"]), f"{r['ours'] / r['gzip']:.3f}", kib(r["ours_gz"]), kib(r["csr"]), kib(r["coo"]),
                 ])
+                if r["ours"] >= r["gzip"]:
+                    failures.append(f"{name} at {s}: ours {r['ours']} >= gzip -9 dense {r['gzip']} bytes")
     table = common.md_table(
         ["model", "sparsity", "dense file (KiB)", "bound (KiB)", "ours file (KiB)", "ours / dense", "ours / bound",
-         "ours payload (KiB)", "gzip -9 dense (KiB)", "gzip -9 ours (KiB)", "torch CSR (KiB)", "torch COO (KiB)"],
+         "ours payload (KiB)", "gzip -9 dense (KiB)", "ours / gzip -9 dense", "gzip -9 ours (KiB)", "torch CSR (KiB)",
+         "torch COO (KiB)"],
         rows,
     )
     print(table)
+    for f in failures:
+        print("larger than gzip:", f, file=sys.stderr)
     if args.quick:
-        return 0
+        return 1 if failures else 0
     text = (
         common.header("4. Size: compressed checkpoints", "python benchmarks/size.py", started)
         + "\nGlobal L1 magnitude masks over the conv/linear weights of a freshly initialised model (seed 0; the "
         "sizes depend only on how many zeros there are and where). dense file = `torch.save(state_dict)`; "
         "bound = non-zero values (4 bytes) + 1 bit per entry, per tensor, capped at the tensor's dense size, over "
-        "parameters and buffers; ours = `save_compressed` file (payload = `compressed_nbytes`, the tensors "
-        "without the container); gzip -9 dense / ours = the dense file / our file compressed with gzip level 9; torch CSR/COO = `torch.save` with each "
+        "parameters and buffers; ours = `save_compressed` file, format version 2 (the encoded tensors split into "
+        "byte planes and deflated; payload = `compressed_nbytes`, the encoded tensors before deflating, without the "
+        "container); gzip -9 dense / ours = the dense file / our file compressed with gzip level 9; torch CSR/COO = `torch.save` with each "
         "pruned weight as `to_sparse_csr()` (2-D) / `to_sparse()`. KiB = 1024 bytes.\n\n" + table + "\n"
     )
     common.write_part("size", text)
     print(f"took {time.time() - started:.0f} s")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
