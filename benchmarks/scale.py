@@ -2,7 +2,7 @@
 
 1. A global L1 event at 50% over weights spread across 1,000 tensors (``Linear(in, 100)`` layers of
    n / 1,000 weights each): time and peak extra memory of
-   - before: the selection as it was (float64 scores, one global stable sort; ``tests/helpers.py``
+   - before: the selection as it was (float64 scores, one global stable sort; ``tests/reference_select.py``
      ``reference_masks``, the oracle of the selection tests) + ``apply_masks``;
    - after: ``compute_masks`` (radix select over the scores' bits, streamed in chunks) + ``apply_masks``;
    - torch: ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured, amount=0.5)``.
@@ -63,7 +63,7 @@ def worker(args: dict) -> None:
     torch.set_num_threads(1)
     from torch.nn.utils import prune
 
-    from helpers import reference_masks
+    from reference_select import reference_masks
     from lightning_prune.core.masks import apply_masks, compute_masks, current_weights, find_prunable
 
     n, variant = int(args["n"]), args["variant"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import reference_masks
+from reference_select import reference_masks
 from lightning_prune.core import select as S
 from lightning_prune.core.masks import compute_masks
 from lightning_prune.core.schedules import count_for
