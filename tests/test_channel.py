@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import prune
 
+from helpers import make_trainer
 from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_params
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.cli import cli_main
@@ -25,20 +26,7 @@ from lightning_prune.core.structure import architecture, masked_modules
 
 
 def _trainer(tmp_path, max_epochs=2, callbacks=(), **kw):
-    args = dict(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-    )
-    args.update(kw)
-    return pl.Trainer(**args)
+    return make_trainer(tmp_path, max_epochs, callbacks, **kw)
 
 
 class UserModule(pl.LightningModule):

@@ -4,23 +4,15 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
+from helpers import make_trainer
 from lightning_prune import ImageClassifier
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import LeNet
 
 
 def fast_trainer(tmp_path, **kwargs):
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    """``make_trainer`` for one epoch over every batch (these tests train on the data)."""
+    return make_trainer(tmp_path, **{"max_epochs": 1, "limit_train_batches": None, "limit_val_batches": None, **kwargs})
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import make_trainer
 from lightning_prune import ImageClassifier, PruningMetrics
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.core.measure import measure
@@ -25,19 +26,8 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def _trainer(tmp_path, callbacks, logger=False, max_epochs=2, **kw) -> pl.Trainer:
-    kw.setdefault("limit_train_batches", 2)
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        limit_val_batches=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=logger,
-        callbacks=callbacks,
-        **kw,
-    )
+    """``make_trainer`` with this file's logger argument and 2 training batches."""
+    return make_trainer(tmp_path, max_epochs, callbacks, **{"logger": logger, "limit_train_batches": 2, **kw})
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

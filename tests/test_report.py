@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
+from helpers import make_trainer
 from lightning_prune import ImageClassifier, PruningMetrics
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.report import find_metrics_csv, main, read_epoch_metrics, render_report
@@ -80,18 +80,7 @@ def test_main_writes_both_pngs(tmp_path, capsys):
 
 
 def test_report_from_a_real_csvlogger_run(tmp_path):
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        accelerator="cpu",
-        limit_train_batches=2,
-        limit_val_batches=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=CSVLogger(tmp_path),
-        callbacks=[PruningMetrics(summary=False)],
-    )
+    trainer = make_trainer(tmp_path, 2, [PruningMetrics(summary=False)], limit_train_batches=2, logger=CSVLogger(tmp_path))
     trainer.fit(ImageClassifier("lenet"), DigitsDataModule(batch_size=32))
     written = render_report(Path(trainer.logger.log_dir) / "metrics.csv")
     assert [p.name for p in written] == ["pruning_over_epochs.png", "layer_sparsity.png"]

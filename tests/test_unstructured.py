@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import make_trainer
 from lightning_prune import ImageClassifier, UnstructuredPruning
 from lightning_prune.core import masks as M
 from lightning_prune.data import DigitsDataModule
@@ -28,22 +29,8 @@ def _count(target, total):
 
 
 def _trainer(tmp_path, max_epochs, callbacks, **kwargs):
-    opts = dict(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-    )
-    opts.update(kwargs)
-    return pl.Trainer(**opts)
+    """``make_trainer``, deterministic and without the sanity check (resume tests compare weights exactly)."""
+    return make_trainer(tmp_path, max_epochs, callbacks, **{"num_sanity_val_steps": 0, "deterministic": True, **kwargs})
 
 
 def _data():

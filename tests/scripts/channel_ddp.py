@@ -16,6 +16,9 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_prune import ChannelPruning, ImageClassifier
 from lightning_prune.data import DigitsDataModule
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from helpers import make_trainer  # noqa: E402
 from lightning_prune.core.structure import architecture
 
 
@@ -39,19 +42,8 @@ def main(out_dir: str) -> None:
     pl.seed_everything(0)
     model = ImageClassifier("lenet", lr=1e-2)
     record = Record()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=3,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[ChannelPruning(pruning_ratio={0: 0.3, 1: 0.5}, importance="taylor", taylor_batches=1), record],
-    )
+    callbacks = [ChannelPruning(pruning_ratio={0: 0.3, 1: 0.5}, importance="taylor", taylor_batches=1), record]
+    trainer = make_trainer(out_dir, 3, callbacks, devices=2, strategy="ddp")
     trainer.fit(model, DigitsDataModule(batch_size=32, shuffle=True))
     torch.save(
         {

@@ -3,6 +3,7 @@
 Usage: python metrics_ddp.py OUT_DIR (writes OUT_DIR/rank0.pt, OUT_DIR/rank1.pt and a CSVLogger run).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_prune import ImageClassifier, PruningMetrics
 from lightning_prune.data import DigitsDataModule
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from helpers import make_trainer  # noqa: E402
+
 
 def main() -> None:
     out = Path(sys.argv[1])
@@ -23,20 +27,7 @@ def main() -> None:
     net = model.model
     weights = [(m, "weight") for m in (net.conv1, net.conv2, net.fc1, net.fc2, net.fc3)]
     prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=0.5)
-    trainer = pl.Trainer(
-        default_root_dir=out,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=CSVLogger(out),
-        callbacks=[PruningMetrics()],
-    )
+    trainer = make_trainer(out, 2, [PruningMetrics()], devices=2, strategy="ddp", limit_train_batches=2, logger=CSVLogger(out))
     trainer.fit(model, DigitsDataModule(batch_size=32))
     values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pruning/")}
     torch.save(values, out / f"rank{trainer.global_rank}.pt")

@@ -13,6 +13,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning_prune import ImageClassifier, UnstructuredPruning
 from lightning_prune.data import DigitsDataModule
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from helpers import make_trainer  # noqa: E402
+
 
 class RecordMasks(Callback):
     def __init__(self) -> None:
@@ -29,19 +32,8 @@ def main(out_dir: str) -> None:
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
     record = RecordMasks()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[UnstructuredPruning(amount={0: 0.5, 1: 0.8}, norm="l1"), record],
-    )
+    callbacks = [UnstructuredPruning(amount={0: 0.5, 1: 0.8}, norm="l1"), record]
+    trainer = make_trainer(out_dir, 2, callbacks, devices=2, strategy="ddp")
     trainer.fit(model, DigitsDataModule(batch_size=32, shuffle=False))
     torch.save(
         {"masks": record.masks, "weights": {k: v.clone() for k, v in model.state_dict().items()}},
