@@ -302,7 +302,8 @@ def apply_masks(model: nn.Module, targets: Sequence[Target], masks: Sequence[Ten
         orig = module._parameters[pname + "_orig"]
         with torch.no_grad():
             orig.masked_fill_(~keep, 0.0)
-    refresh_weights(model, targets)
+            # what refresh_weights does, here while the module is at hand
+            setattr(module, pname, effective(orig, module._buffers[pname + "_mask"]))
 
 
 def refresh_weights(model: nn.Module, targets: Sequence[Target]) -> None:
