@@ -11,7 +11,11 @@ by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offl
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,6 +28,40 @@ class PruneCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "lightning_prune.data.DigitsDataModule"}})
+        # the digits give 23-45 training batches an epoch: log the training loss more than once an epoch
+        # (and spare Lightning's "fewer batches than the logging interval" warning)
+        parser.set_defaults({"trainer.log_every_n_steps": 10})
+
+
+#: third-party warnings a plain run prints that say nothing about the user's run (regexes of the message);
+#: silenced by the console entry point only, never by the library
+THIRD_PARTY_WARNINGS: tuple[str, ...] = (
+    # lightning 2.6's _pytree helper calls an API torch 2.14 deprecated
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+#: Lightning's advertisements for its cloud packages, printed at INFO level on every fit
+_TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_TIP_PREFIX)
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Silence :data:`THIRD_PARTY_WARNINGS` and Lightning's tips while the block runs (the console entry point
+    wraps every subcommand in it); warnings from lightning_prune and the user's run still show."""
+    tips = _DropTips()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            for message in THIRD_PARTY_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        logger.removeFilter(tips)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
@@ -48,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             "lightning-prune report PATH [--out DIR]: PNG plots of a CSVLogger run (sparsity and MACs over epochs with "
             "val accuracy, per-layer sparsity); `lightning-prune report --help` for its options.\n"
         )
-    if argv and argv[0] == "report":
-        from lightning_prune.report import main as report_main
+    with quiet_third_party():
+        if argv and argv[0] == "report":
+            from lightning_prune.report import main as report_main
 
-        return report_main(argv[1:])
-    # LightningCLI reads sys.argv itself; passing it as `args` too makes it warn about both being given
-    cli_main(None if from_command_line else argv)
+            return report_main(argv[1:])
+        # LightningCLI reads sys.argv itself; passing it as `args` too makes it warn about both being given
+        cli_main(None if from_command_line else argv)
     return 0
 
 
