@@ -1,8 +1,10 @@
 """``lightning-prune``: LightningCLI over ``ImageClassifier`` and the data modules.
 
-    lightning-prune fit -c examples/configs/lenet_digits.yaml
+    lightning-prune fit -c examples/configs/lenet_digits_prune.yaml      # the main job: prunes LeNet on digits
+    lightning-prune fit -c examples/configs/lenet_digits.yaml            # the dense baseline
     lightning-prune fit -c examples/configs/lenet_digits_unstructured.yaml --trainer.max_epochs=5
     lightning-prune report lightning_logs/version_0      # PNG plots of a CSVLogger run
+    lightning-prune sensitivity -c CONFIG --ckpt_path CKPT --speedup 2   # which layers can take pruning
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's subcommands; the data module is chosen
 by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offline digits. A top-level
@@ -85,8 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "lightning-prune report PATH [--out DIR]: PNG plots of a CSVLogger run (sparsity and MACs over epochs with "
             "val accuracy, per-layer sparsity); `lightning-prune report --help` for its options.\n"
+            "lightning-prune sensitivity -c CONFIG --ckpt_path CKPT [--speedup 2]: prune each layer alone at "
+            "0.1..0.9, measure validation accuracy, write a CSV table, a PNG plot and suggested per-layer ratios; "
+            "`lightning-prune sensitivity --help` for its options.\n"
         )
     with quiet_third_party():
+        if argv and argv[0] == "sensitivity":
+            from lightning_prune.sensitivity import main as sensitivity_main
+
+            return sensitivity_main(argv[1:])
         if argv and argv[0] == "report":
             from lightning_prune.report import main as report_main
 
