@@ -77,12 +77,14 @@ def test_scan_writes_table_plot_and_snippet(trained, tmp_path, kind):
         assert 0 < snippet["callback"]["init_args"]["amount"] < 1
 
 
-def test_scan_a_users_own_module(trained):
+def test_scan_a_users_own_module_with_a_progress_bar(trained, capsys):
     model, loader = trained
     module = UserClassifier()  # its own LeNet under `backbone`
     module.backbone.load_state_dict(model.state_dict())
-    result = sensitivity_scan(module, accuracy(loader, max_batches=1), torch.zeros(1, 1, 32, 32), ratios=[0.5], progress=False)
+    result = sensitivity_scan(module, accuracy(loader, max_batches=1), torch.zeros(1, 1, 32, 32), ratios=[0.5])
     assert result.layers == ["backbone.conv1", "backbone.conv2", "backbone.fc1", "backbone.fc2"]
+    err = capsys.readouterr().err  # tqdm writes to stderr
+    assert "sensitivity (channel)" in err and "4/4" in err
 
 
 def test_scan_rejects_bad_arguments(trained):

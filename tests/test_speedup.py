@@ -170,3 +170,21 @@ def test_speedup_resume_is_exact(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert cb.resolved_ratios == full_cb.resolved_ratios
     assert abs(cb.history[-1]["speedup"] / 3.0 - 1) <= 0.03
+
+
+def test_speedup_from_a_yaml_config(tmp_path):
+    from lightning_prune.cli import cli_main
+
+    cfg = tmp_path / "speedup.yaml"
+    cfg.write_text(
+        "model:\n  model: lenet\n"
+        "trainer:\n  max_epochs: 1\n  limit_train_batches: 1\n  limit_val_batches: 1\n  logger: false\n"
+        "  enable_progress_bar: false\n  enable_checkpointing: false\n"
+        "  callbacks:\n    - class_path: lightning_prune.ChannelPruning\n"
+        "      init_args: {speedup: 2.0, start_epoch: 0, end_epoch: 0, verbose: false}\n"
+    )
+    cli = cli_main(["fit", "-c", str(cfg)])
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ChannelPruning)]
+    assert cb.speedup == 2.0 and cb.pruning_ratio is None
+    assert abs(cb.history[-1]["speedup"] / 2.0 - 1) <= 0.03
+    assert cb.history[-1]["speedup"] == pytest.approx(_macs(ImageClassifier("lenet").model) / _macs(cli.model.model))
