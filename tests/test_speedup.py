@@ -45,8 +45,9 @@ def test_search_reaches_the_target_on_torchvision_resnet18(speedup):
 
 @pytest.mark.parametrize(
     "options",
-    [{"global_pruning": True}, {"round_to": 8}, {"ignored_layers": ["0"], "max_pruning_ratio": 0.6}],
-    ids=["global", "round_to", "ignored+cap"],
+    [{"global_pruning": True}, {"round_to": 8}, {"ignored_layers": ["0"], "max_pruning_ratio": 0.6},
+     {"pruning_ratio_dict": {"3": 0.25}}],
+    ids=["global", "round_to", "ignored+cap", "ratio_dict"],
 )
 def test_search_honours_the_planner_options(options):
     model, x = small_cnn(), torch.zeros(1, 1, 32, 32)
@@ -59,6 +60,8 @@ def test_search_honours_the_planner_options(options):
     if "ignored_layers" in options:
         assert model[0].out_channels == 32
         assert model[3].out_channels >= 48 * 0.4 and model[6].out_channels >= 64 * 0.4
+    if "pruning_ratio_dict" in options:  # that layer keeps its own ratio; the others make up the rest
+        assert model[3].out_channels == 36
 
 
 def test_search_reports_an_unreachable_target():
