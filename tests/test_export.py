@@ -2,6 +2,7 @@
 in onnxruntime and torch, and the `lightning-prune export` subcommand end to end."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -13,8 +14,12 @@ from lightning_prune.core.export import ExportMismatchError, load_exported
 from lightning_prune.data import DigitsDataModule
 from helpers import UserClassifier, make_trainer
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+try:  # the `export` extra (part of the `test` extra); torchscript and pt2 need nothing beyond torch
+    import onnx
+    import onnxruntime as ort
+except ImportError:  # pragma: no cover
+    onnx = ort = None
+needs_onnx = pytest.mark.skipif(onnx is None, reason='needs pip install "lightning_prune[export]"')
 
 FORMATS = {"onnx": "m.onnx", "torchscript": "m.ts", "pt2": "m.pt2"}
 X = torch.zeros(1, 1, 32, 32)
@@ -49,7 +54,7 @@ def _reference(module, x):
         return m(x)
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "torchscript", "pt2"])
 @pytest.mark.parametrize("kind", ["channel-classifier", "channel-user", "unstructured-classifier", "unstructured-user"])
 def test_every_format_of_a_pruned_model_runs_and_matches(pruned, kind, fmt, tmp_path):
     module = pruned[kind]
@@ -71,6 +76,7 @@ def test_every_format_of_a_pruned_model_runs_and_matches(pruned, kind, fmt, tmp_
         assert net.conv1.out_channels == 3  # pruned from 6
 
 
+@needs_onnx
 @pytest.mark.parametrize("kind", ["channel-user", "unstructured-classifier"])
 def test_onnx_file_holds_the_pruned_weights_and_runs_in_onnxruntime(pruned, kind, tmp_path):
     module = pruned[kind]
@@ -145,7 +151,15 @@ def test_arguments_are_validated(kwargs, error, match, tmp_path):
         export(args.pop("model"), args.pop("path"), **args)
 
 
+def test_onnx_without_the_export_extra_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    with pytest.raises(ImportError, match=r'format=\'onnx\' needs the onnx and onnxscript packages: pip install '
+                                          r'"lightning_prune\[export\]"'):
+        export(nn.Linear(3, 2), tmp_path / "m.onnx", example_input=torch.randn(1, 3))
+
+
 # ------------------------------------------------------------------------------------------ CLI
+@needs_onnx
 def test_cli_export_of_a_channel_pruned_run(tmp_path, monkeypatch):
     from lightning_prune.cli import cli_main, main
 
