@@ -371,5 +371,6 @@ class UnstructuredPruning(ScheduledPruning):
             )
             rank_zero_info(
                 f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned "
-                f"(sparsity {pruned / total:.4f}, target {target:.4f}, {self.norm}, {self.scope}); {per_layer}"
+                f"(sparsity {pruned / total:.4f}, target {target:.4f}, {self.norm}, {self.scope}"
+                f"{', pattern ' + self.pattern if self.pattern else ''}); {per_layer}"
             )
