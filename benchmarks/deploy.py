@@ -15,6 +15,7 @@ Run: ``python benchmarks/deploy.py`` (``--quick`` for a smoke run: 32x32, batch 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -106,6 +107,17 @@ def table(quick: bool, workdir: Path) -> str:
     )
 
 
+def load_note() -> str:
+    load, cores = max(common.START_LOAD, os.getloadavg()[0]), os.cpu_count() or 1
+    if load <= 0.75 * cores:
+        return ""
+    return (
+        f"\nThe machine was busy (1-minute load up to {load:.1f} on {cores} cores): absolute latencies are inflated "
+        "and noisy (compare part 3's eager dense figures, taken on a quieter machine); the ratios come from one "
+        "interleaved run and are the figures to read.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 32x32 batch 1, 1 repeat, no files")
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"onnxruntime {onnxruntime.__version__}.\n"
         + "\n" + __doc__.split("\n\n", 1)[1].split("Run:")[0]
         + "\n" + text_table + "\n"
+        + load_note()
     )
     common.write_part("deploy", text)
     print(f"took {time.time() - started:.0f} s")
