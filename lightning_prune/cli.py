@@ -47,14 +47,15 @@ class ExportCLI(PruneCLI):
         parser.add_argument("--atol", type=float, default=1e-4, help="largest difference the check allows")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        # `args` is always given here (sys.argv minus "export"): parse it without LightningCLI's args-and-argv warning
+        self.config = parser.parse_args(args)
         # The checkpoint's hyperparameters become the model defaults; model flags and `-c` files still override.
         hparams = _checkpoint_hparams(self.config.get("ckpt_path"))
         known = {k.split(".", 1)[1] for k in parser.get_defaults().keys() if k.startswith("model.")}
         defaults = {f"model.{k}": v for k, v in hparams.items() if k in known}
         if defaults:
             parser.set_defaults(defaults)
-            super().parse_arguments(parser, args)
+            self.config = parser.parse_args(args)
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)

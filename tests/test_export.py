@@ -209,3 +209,6 @@ def test_cli_export_errors(tmp_path, monkeypatch, capsys):
     assert "no checkpoint file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", "--out", "m.onnx"])  # --ckpt_path is required
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--help"])
+    assert exit_info.value.code == 0 and "--ckpt_path CKPT_PATH" in capsys.readouterr().out
