@@ -25,7 +25,7 @@ report gives PASS / FAIL / SKIP per check, the figures, and the last lines of ev
    (``lightning_prune.core.masks``) at 1e8 and 1e9 weights, and of one channel event on ResNet-50.
 7. N:M: a 2:4 semi-structured Linear (``torch.sparse.to_sparse_semi_structured``, fp16) vs dense.
 
-A global time budget (``--budget-s``, 480 s on CUDA, 110 s with ``--quick``) skips what would not fit: checks
+A global time budget (``--budget-s``, 450 s on CUDA, 110 s with ``--quick``) skips what would not fit: checks
 are run cheapest and most important first (the compile part of the latency check last), and each reports what
 it skipped. ``--only 2,4`` reruns a subset. The exit code is 1 if any check FAILED.
 
@@ -698,7 +698,7 @@ def check_latency(s: Settings, c: Check) -> None:
                                    f"{t['dense'] / t['pruned']:.2f}", "-", "-", "-"]
     # compiled: one compile per model for batch 1 and one (automatic dynamic shapes) shared by the larger batches
     backend = "eager" if s.quick else "inductor"
-    need = {"resnet18": 60.0, "resnet50": 120.0} if not s.quick else {"resnet18": 5.0, "resnet50": 5.0}
+    need = {"resnet18": 60.0, "resnet50": 150.0} if not s.quick else {"resnet18": 5.0, "resnet50": 5.0}
     compile_s: dict[str, float] = {}
     for arch in archs:
         with c.case(f"{arch} torch.compile"):
@@ -928,12 +928,17 @@ CHECKS: dict[int, tuple[Callable[[Settings, Check], None], float, float]] = {
 
 
 def device_line(s: Settings) -> str:
-    if s.cuda:
-        p = torch.cuda.get_device_properties(s.device)
-        return (f"{torch.cuda.get_device_name(s.device)} (compute capability {p.major}.{p.minor}, "
-                f"{p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
-                f"NCCL {'.'.join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else 'n/a'}")
-    return f"CPU only ({common.machine()['cpu']})"
+    if not s.cuda:
+        return f"CPU only ({common.machine()['cpu']})"
+    p = torch.cuda.get_device_properties(s.device)
+    try:
+        v = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    except Exception:  # noqa: BLE001 - a build without NCCL
+        nccl = "n/a"
+    return (f"{torch.cuda.get_device_name(s.device)} (compute capability {p.major}.{p.minor}, "
+            f"{p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"NCCL {nccl}, cuSPARSELt {torch.backends.cusparselt.version()}")
 
 
 def render(s: Settings, checks: list[Check], command: str) -> str:
@@ -964,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes (for a CPU smoke run)")
     p.add_argument("--out", default=None, help=f"report path (default: {DEFAULT_OUT.relative_to(common.REPO)} for a "
                    "full CUDA run, which also rebuilds RESULTS.md; nothing for other runs)")
-    p.add_argument("--budget-s", type=float, default=None, help="global time budget (default 480, quick 110)")
+    p.add_argument("--budget-s", type=float, default=None, help="global time budget (default 450, quick 110)")
     p.add_argument("--only", default=None, help="comma-separated check numbers, e.g. 2,4")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -972,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     common.quiet()
     s = Settings(torch.device("cuda:0" if args.device == "cuda" else "cpu"), args.quick,
-                 args.budget_s if args.budget_s is not None else (110.0 if args.quick else 480.0))
+                 args.budget_s if args.budget_s is not None else (110.0 if args.quick else 450.0))
     if s.cuda:
         torch.cuda.set_device(s.device)
     only = [int(x) for x in args.only.split(",")] if args.only else RUN_ORDER
