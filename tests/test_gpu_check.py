@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
@@ -48,3 +49,36 @@ def test_gpu_check_quick_on_cpu_passes_every_check(tmp_path):
     assert "Summary: 6 PASS, 0 FAIL, 1 SKIP." in report
     assert proc.returncode == 0, proc.stderr[-3000:]
 
+
+
+def test_gpu_check_reports_a_failure_and_goes_on(monkeypatch, capsys):
+    """A check that raises, a case that fails inside a check and a check over the budget are each reported (with
+    the traceback's last lines) while the other checks and cases still run."""
+    added = [k for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONWARNINGS") if k not in os.environ]
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    try:
+        import gpu_check as g
+    finally:  # benchmarks/common.py sets these for its own subprocesses: keep them out of the other tests
+        for k in added:
+            os.environ.pop(k, None)
+    s = g.Settings(torch.device("cpu"), True, 1e6)
+
+    def broken(s, c):
+        raise RuntimeError("boom in the check")
+
+    def mixed(s, c):
+        with c.case("bad case"):
+            raise ValueError("boom in a case")
+        with c.case("good case"):
+            c.add("the good case ran")
+        with c.case("cpu case"):
+            raise g.Skip("needs CUDA")
+
+    ran = []
+    checks = [g.run_check(1, broken, s, 0), g.run_check(2, mixed, s, 0), g.run_check(3, lambda s, c: ran.append(3), s, 2e6)]
+    assert [c.status for c in checks] == ["FAIL", "FAIL", "SKIP"] and ran == []
+    out = g.render(s, checks, "cmd")
+    assert "RuntimeError: boom in the check" in out and "ValueError: boom in a case" in out
+    assert "the good case ran" in out and "- SKIP cpu case: needs CUDA" in out
+    assert "- SKIP all: time budget" in out
+    assert "Summary: 0 PASS, 2 FAIL, 1 SKIP." in out and "| 2. callbacks x precision | FAIL | 0 | bad case |" in out
