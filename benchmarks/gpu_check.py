@@ -830,28 +830,24 @@ def check_memory(s: Settings, c: Check) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # 7. N:M 2:4
 # ---------------------------------------------------------------------------------------------------------------
-def nm_mask_function() -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
-    """lightning_prune's N:M keep-mask function if the library has one, else None (the check builds it inline)."""
-    import importlib
-
-    for module, names in (("lightning_prune.core.nm", ("nm_mask", "nm_masks", "compute_nm_mask")),
-                          ("lightning_prune.core.masks", ("nm_mask", "nm_masks", "compute_nm_mask"))):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        for name in names:
-            fn = getattr(mod, name, None)
-            if callable(fn):
-                return (lambda w, fn=fn: fn(w, 2, 4)), f"`{module}.{name}`"
-    return None, "none in lightning_prune yet: built inline (top-2 |w| of every 4 consecutive input weights)"
+def nm_module() -> Any:
+    """``lightning_prune.core.nm`` (N:M masks, semi-structured conversion) where the library has it, else None."""
+    try:
+        from lightning_prune.core import nm
+    except ImportError:
+        return None
+    return nm
 
 
-def inline_2_4_mask(w: torch.Tensor) -> torch.Tensor:
+def mask_2_4(w: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """A 2:4 keep-mask of a Linear weight (groups of 4 along the input dimension) and where it came from."""
+    nm = nm_module()
+    if nm is not None and hasattr(nm, "compute_nm_masks"):
+        return nm.compute_nm_masks([w.detach()], [1], n=2, m=4)[0], "`lightning_prune.core.nm.compute_nm_masks`"
     groups = w.detach().abs().reshape(-1, 4)
     keep = torch.zeros_like(groups, dtype=torch.bool)
     keep.scatter_(1, groups.topk(2, dim=1).indices, True)
-    return keep.view_as(w)
+    return keep.view_as(w), "built inline (top-2 |w| of every 4 consecutive input weights): lightning_prune has no N:M module yet"
 
 
 def semi_structured_row(s: Settings, lin: torch.nn.Linear, keep: torch.Tensor, tokens: int, backend: str) -> list[Any]:
@@ -869,14 +865,21 @@ def semi_structured_row(s: Settings, lin: torch.nn.Linear, keep: torch.Tensor, t
     out_f, in_f = lin.weight.shape
     masked = nn.Linear(in_f, out_f, bias=False, device=s.device, dtype=s.dtype).eval()
     sparse = nn.Linear(in_f, out_f, bias=False, device=s.device, dtype=s.dtype).eval()
+    nm = nm_module()
     forced = SparseSemiStructuredTensor._FORCE_CUTLASS
     SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
     try:
         with torch.no_grad():
             masked.weight.copy_(lin.weight * keep)
-            sparse.weight = nn.Parameter(to_sparse_semi_structured(masked.weight.detach().clone()), requires_grad=False)
+            sparse.weight.copy_(masked.weight)
+            if nm is not None and hasattr(nm, "to_semi_structured"):  # the library's conversion
+                converted = nm.to_semi_structured(nn.Sequential(sparse))
+                assert converted == ["0"], f"to_semi_structured converted {converted}, not the 2:4 Linear"
+            else:
+                sparse.weight = nn.Parameter(to_sparse_semi_structured(masked.weight.detach().clone()), requires_grad=False)
     finally:
         SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+    assert isinstance(sparse.weight.data, SparseSemiStructuredTensor), type(sparse.weight.data)
     x = torch.randn(tokens, in_f, device=s.device, dtype=s.dtype)
     with torch.no_grad():
         ref, got = masked(x), sparse(x)
@@ -890,9 +893,10 @@ def semi_structured_row(s: Settings, lin: torch.nn.Linear, keep: torch.Tensor, t
 def check_nm(s: Settings, c: Check) -> None:
     from torch import nn
 
-    fn, source = nm_mask_function()
-    mask_fn = fn or inline_2_4_mask
-    c.add(f"2:4 mask: {source}.")
+    nm = nm_module()
+    conversion = ("`lightning_prune.core.nm.to_semi_structured`" if nm is not None and hasattr(nm, "to_semi_structured")
+                  else "`torch.sparse.to_sparse_semi_structured` (lightning_prune has no conversion yet)")
+    sources: set[str] = set()
     shapes = [(256, 256)] if s.quick else [(4096, 4096), (8192, 8192)]
     tokens = [8] if s.quick else [32, 4096]
     rows = []
@@ -900,18 +904,21 @@ def check_nm(s: Settings, c: Check) -> None:
         lin = nn.Linear(in_f, out_f, bias=False, device=s.device, dtype=s.dtype).eval()
         keep: torch.Tensor | None = None
         with c.case(f"2:4 mask {out_f}x{in_f}"):
-            keep = mask_fn(lin.weight).to(torch.bool)
-            assert keep.shape == lin.weight.shape
-            per_group = keep.reshape(-1, 4).sum(1)
+            k, source = mask_2_4(lin.weight)
+            sources.add(source)
+            assert k.shape == lin.weight.shape, (tuple(k.shape), tuple(lin.weight.shape))
+            per_group = k.to(torch.bool).reshape(-1, 4).sum(1)
             assert bool((per_group == 2).all()), f"groups keep {per_group.unique().tolist()} of 4, not 2"
+            keep = k.to(torch.bool)
         for t in tokens:
             for backend in ("cusparselt", "cutlass"):
                 with c.case(f"semi-structured {backend} {out_f}x{in_f}, {t} tokens"):
                     if keep is None:
                         raise AssertionError("no 2:4 mask (its case failed)")
                     rows.append(semi_structured_row(s, lin, keep, t, backend))
+    c.add(f"2:4 mask: {', '.join(sorted(sources)) or '-'}; conversion: {conversion}.")
     c.add(f"`nn.Linear` without bias, {str(s.dtype).replace('torch.', '')}; dense = the unpruned layer; 2:4 = the "
-          "masked weight as `to_sparse_semi_structured` (backend cuSPARSELt, the default, or CUTLASS through "
+          "masked weight as a semi-structured sparse tensor (backend cuSPARSELt, the default, or CUTLASS through "
           "`SparseSemiStructuredTensor._FORCE_CUTLASS`); milliseconds, medians of interleaved synchronised runs.")
     c.table(["weight", "tokens", "backend", "dense ms", "2:4 ms", "speedup", "rel. error vs masked dense"], rows)
 
