@@ -64,8 +64,10 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-# tests/helpers.py holds the user-style LightningModule the test suite trains (network under `backbone`)
+# tests/helpers.py holds the user-style LightningModule the test suite trains (network under `backbone`); the
+# repository itself goes first, so the lightning_prune checked is this tree's, whatever is installed
 sys.path.insert(0, str(common.REPO / "tests"))
+sys.path.insert(0, str(common.REPO))
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_OUT = common.RESULTS_DIR / "gpu.md"
