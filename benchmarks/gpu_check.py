@@ -42,7 +42,6 @@ import copy
 import datetime
 import functools
 import gc
-import json
 import os
 import re
 import resource
@@ -584,7 +583,7 @@ def adam_fit(s: Settings, flavour: str) -> dict[str, Any]:
     import lightning.pytorch as pl
     from helpers import UserClassifier
 
-    from lightning_prune import ChannelPruning
+    from lightning_prune import ChannelPruning, count_params
     from lightning_prune.models import build_model
 
     channels = 3 if s.channel_model != "lenet" else 1
@@ -637,8 +636,6 @@ def adam_fit(s: Settings, flavour: str) -> dict[str, Any]:
     assert probe.after_event, "the probe never ran after the event"
     assert len(losses.losses) == 6 and all(map(torch.isfinite, torch.tensor(losses.losses))), f"losses {losses.losses}"
     assert probe.changed > 0.9, f"only {probe.changed:.0%} of the parameters changed after the event"
-    from lightning_prune import count_params
-
     return {"params": count_params(model.backbone), "changed": probe.changed, "loss": losses.losses[-1]}
 
 
