@@ -6,8 +6,8 @@
    halved (``ImageClassifier(init_from_checkpoint=...)`` starts from the trained weights with a fresh
    trainer state); ``PruningMetrics`` prints the before/after table. The checkpoint holds the pruned shapes.
 3. Load the pruned checkpoint (``ImageClassifier.load_from_checkpoint`` rebuilds the small network) and
-   export it with ``torch.export`` (a ``.pt2`` program; ``lightning_prune.export`` adds ONNX and more); the
-   exported file is reloaded and checked against the model.
+   export it with ``lightning_prune.export`` as a ``torch.export`` program (``.pt2``; ``format="onnx"`` with
+   the ``export`` extra gives ONNX); the exported file is reloaded and checked against the model.
 
     python examples/finetune_prune_export.py --out runs/fpe              # about a minute on a CPU
     python examples/finetune_prune_export.py --out runs/fpe --quick      # 2 batches an epoch (the tests)
@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from lightning_prune import ChannelPruning, ImageClassifier, PruningMetrics, count_macs, count_params
+from lightning_prune import ChannelPruning, ImageClassifier, PruningMetrics, count_macs, count_params, export
 from lightning_prune.data import DigitsDataModule
 
 
@@ -30,15 +30,6 @@ def _trainer(out: Path, epochs: int, quick: bool, callbacks=()) -> pl.Trainer:
     return pl.Trainer(max_epochs=epochs, accelerator="cpu", callbacks=list(callbacks), logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=out, deterministic=True, **budget)  # fmt: skip
-
-
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> torch.nn.Module:
-    """``torch.export`` to a ``.pt2`` file; returns the reloaded program as a module."""
-    batch = torch.export.Dim("batch", min=1)
-    sample = example.expand(2, *example.shape[1:])  # a batch of 1 would be specialised: trace with 2
-    program = torch.export.export(model.eval(), (sample,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
-    return torch.export.load(str(path)).module()
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -76,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 3. load the small model back and export it
     small = ImageClassifier.load_from_checkpoint(pruned_ckpt, init_from_checkpoint=None, weights_only=True).model.eval()
     macs, params = count_macs(small, example), count_params(small)
-    target = out / "pruned_lenet.pt2"
-    loaded = export(small, example, target)
+    target = export(small, out / "pruned_lenet.pt2", format="pt2", example_input=example)  # checks the file too
+    loaded = torch.export.load(str(target)).module()  # what a deployment loads: no lightning_prune needed
     x = torch.randn(4, *example.shape[1:])
     with torch.no_grad():
         same = torch.allclose(loaded(x), small(x), atol=1e-6)
