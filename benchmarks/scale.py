@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         return 0 if ok else 1
     text = (
-        common.header("7. Scale: selection, state_dict, import", "python benchmarks/scale.py", started)
+        common.header("8. Scale: selection, state_dict, import", "python benchmarks/scale.py", started)
         + "\nGlobal L1 to 50% over 1,000 `Linear(in, 100)` layers (n / 1,000 weights each), one fresh process "
         "per run, variants interleaved, medians. before = float64 scores + one global stable sort (the old "
         "selection), after = `compute_masks` (radix select), torch = `torch.nn.utils.prune.global_unstructured`. "
