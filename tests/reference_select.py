@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from lightning_prune.core.masks import score
 from lightning_prune.core.schedules import count_for
 
 
@@ -14,14 +15,6 @@ def reference_masks(weights, target, norm="l1", scope="global", prev_masks=None,
 
     The oracle for ``compute_masks`` in the tests, and the "before" in ``benchmarks/scale.py``.
     """
-    def score(w):
-        w = w.detach().reshape(-1)
-        if norm == "l1":
-            return w.double().abs()
-        if norm == "l2":
-            return w.double().square()
-        return torch.rand(w.numel(), generator=generator, dtype=torch.float64).to(w.device)
-
     def smallest(s, k):
         return torch.sort(s, stable=True).indices[:k] if k > 0 else torch.zeros(0, dtype=torch.long)
 
@@ -29,7 +22,7 @@ def reference_masks(weights, target, norm="l1", scope="global", prev_masks=None,
     prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
     flat, prev_pruned = [], []
     for w, m in zip(weights, prev):
-        s = score(w)
+        s = score(w, norm, generator)
         pruned = ~m.reshape(-1).bool() if m is not None else torch.zeros(s.numel(), dtype=torch.bool)
         flat.append(s.masked_fill(pruned, -math.inf))
         prev_pruned.append(int(pruned.sum()))

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.core import masks as M
+from lightning_prune.core._inputs import device_dtype
 from lightning_prune.core._validation import check_bool, check_choice
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,6 @@ def _flatten(obj: Any) -> list[Tensor]:
     if isinstance(obj, dict):
         return [t for o in obj.values() for t in _flatten(o)]
     return []
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _trace_inputs(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -255,7 +250,7 @@ def max_abs_difference(
 
     ``model`` is the module as exported (eval mode, masks permanent), e.g. :func:`deployable_copy`'s result.
     """
-    inputs = tuple(t.to(_device_of(model)) for t in _as_inputs(example_input))
+    inputs = tuple(t.to(device_dtype(model)[0]) for t in _as_inputs(example_input))
     with torch.no_grad():
         expected = _flatten(model(*inputs))
     got = load_exported(path, format)(*inputs)
@@ -334,7 +329,7 @@ def export(
     inputs = _as_inputs(example_input)
 
     deployable = deployable_copy(model)
-    inputs = tuple(t.to(_device_of(deployable)) for t in inputs)
+    inputs = tuple(t.to(device_dtype(deployable)[0]) for t in inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         _write_onnx(deployable, inputs, path, opset)

@@ -123,6 +123,22 @@ def _get_param(module: nn.Module, pname: str) -> Tensor | None:
 
 
 # ----------------------------------------------------------------------------------------------- scoring
+def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = None) -> Tensor:
+    """Importance of each weight as a flat float64 tensor: ``|w|`` (l1), ``w**2`` (l2), or uniform noise (random).
+
+    ``generator`` (a CPU generator) drives ``random``; give every rank the same seed for identical masks.
+    (:func:`compute_masks` ranks by the same scores without materialising them; N:M selection uses these.)
+    """
+    w = weight.detach().reshape(-1)
+    if norm == "l1":
+        return w.double().abs()
+    if norm == "l2":
+        return w.double().square()  # exact for float32/bf16/fp16 inputs, so it ranks exactly like l1
+    if norm == "random":
+        return torch.rand(w.numel(), generator=generator, dtype=torch.float64).to(w.device)
+    raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}")
+
+
 def compute_masks(
     weights: Sequence[Tensor],
     target: float,
