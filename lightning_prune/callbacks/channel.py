@@ -200,6 +200,11 @@ class ChannelPruning(ScheduledPruning):
         self._install_reshape_hook(pl_module)
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
+            O.check_optimizer(opt)
+
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_reshape_hook()
 
@@ -403,8 +408,21 @@ class ChannelPruning(ScheduledPruning):
         plan = self.core.plan(pl_module, inputs, target, scale)
         if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
             plan = trainer.strategy.broadcast(plan, src=0)
-        result = self.core.apply(pl_module, plan, inputs)
-        O.rebind_optimizers(trainer.optimizers, result.changes)
+        result = self.core.apply(pl_module, plan, inputs)  # all or nothing: raises with the model unchanged
+        saved = [([list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
+        try:
+            O.rebind_optimizers(trainer.optimizers, result.changes)
+        except Exception as err:
+            result.undo()
+            for opt, (params, state) in zip(trainer.optimizers, saved):  # references only: exactly as before
+                for group, p in zip(opt.param_groups, params):
+                    group["params"] = p
+                opt.state.clear()
+                opt.state.update(state)
+            raise RuntimeError(
+                f"ChannelPruning: epoch {epoch}: moving the optimizer state failed ({type(err).__name__}: {err}); "
+                "the model is unchanged"
+            ) from err
         self._rewrap_ddp(trainer, pl_module)
         missing = O.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
         if missing and trainer.optimizers:

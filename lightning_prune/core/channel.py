@@ -601,8 +601,12 @@ class ChannelPruner:
         pruner = self._build(model, example_inputs, **kwargs)
         names = {m: n for n, m in model.named_modules()}
         by_module = {names[m]: g for g in groups for m in g.modules}
+        ties = [{m for m, _ in slots} for slots in _slots(model).values() if len(slots) > 1]
         plan: Plan = []
         for group in pruner.step(interactive=True):
+            touched = {dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)}
+            if any(tie & touched and not tie <= touched for tie in ties):
+                continue  # it would cut one place of a shared parameter and not the other: keep the tie
             root = group[0].dep.target.module
             is_out = bool(pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler))
             idxs = [int(i) for i in group[0].idxs]

@@ -52,7 +52,7 @@ def sync_attention(m: nn.Module) -> None:
     w = m.in_proj_weight if m.in_proj_weight is not None else m.q_proj_weight
     if w is None:
         return
-    m.embed_dim = int(m.out_proj.weight.shape[0])
+    m.embed_dim = int(w.shape[0]) // (3 if w is m.in_proj_weight else 1)
     if m._qkv_same_embed_dim:
         m.kdim = m.vdim = m.embed_dim
     else:
