@@ -147,3 +147,50 @@ def test_tied_weights_stay_tied_in_dtype_and_in_the_optimizer():
     assert model.head.weight.shape == model.emb.weight.shape == (20, 16) and model.mid.out_features == 16
     model(idx).sum().backward()
     opt.step()  # the optimizer state fits the new shapes
+
+
+# ------------------------------------------------------------------------------------------------ Hugging Face BERT
+def _bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertForSequenceClassification(cfg)
+
+
+class BertModule(pl.LightningModule):
+    """A user's own module around a tiny Hugging Face BERT (built from a config, nothing downloaded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bert = _bert()
+        self.example_input_array = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
+
+    def forward(self, input_ids):
+        return self.bert(input_ids=input_ids).logits
+
+    def training_step(self, batch, batch_idx):
+        ids, y = batch
+        return nn.functional.cross_entropy(self(ids), y)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def test_hugging_face_bert_heads_and_widths(tmp_path):
+    pl.seed_everything(0)
+    module = BertModule()
+    n0 = _params(module)
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randint(0, 50, (24, 8), generator=g), torch.arange(24) % 3), batch_size=8)
+    cb = ChannelPruning(pruning_ratio=0.5, prune_num_heads=True, head_pruning_ratio=0.5)
+    trainer = make_trainer(tmp_path, 2, [cb], limit_val_batches=0)
+    trainer.fit(module, data)
+    attn = module.bert.bert.encoder.layer[0].attention.self
+    assert attn.num_attention_heads == 2 and attn.all_head_size == attn.query.out_features == 2 * attn.attention_head_size
+    assert _params(module) < n0 / 2
+    trainer.save_checkpoint(tmp_path / "bert.ckpt")
+    fresh = load_channel_pruned(BertModule(), str(tmp_path / "bert.ckpt"))  # heads come from the recorded architecture
+    ids = torch.randint(0, 50, (3, 8))
+    assert torch.equal(fresh.eval()(ids), module.eval()(ids))

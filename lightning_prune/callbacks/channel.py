@@ -16,6 +16,7 @@ from lightning_prune.core import optim as O
 from lightning_prune.core import structure as S
 from lightning_prune.callbacks._scheduled import ScheduledPruning
 from lightning_prune.core._validation import check_bool, check_int, check_shape
+from lightning_prune.core.reshape import architecture_in
 from lightning_prune.core.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,15 @@ class ChannelPruning(ScheduledPruning):
             does by hand.
         taylor_batches: training batches whose gradients feed ``"taylor"`` importance.
         verbose: print a rank-zero summary line after each event.
+        num_heads: ``{Linear name: heads}`` for attention built from Linear layers (query/key/value), so their
+            widths are pruned per head. Hugging Face style modules (``num_attention_heads`` with ``query``/
+            ``key``/``value``) are found without it; ``nn.MultiheadAttention`` needs nothing (its width stays a
+            multiple of its heads).
+        prune_num_heads: remove whole attention heads too.
+        head_pruning_ratio: fraction of the original heads removed by the last event (with ``prune_num_heads``),
+            following the schedule like ``pruning_ratio``.
+        unwrapped_parameters: ``{parameter name: dim}`` for parameters used outside a layer (a ``class_token``,
+            positional embeddings); by default their last non-singleton dimension follows the width.
 
     Raises:
         ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
@@ -128,6 +138,10 @@ class ChannelPruning(ScheduledPruning):
         ignore_output_layer: bool = True,
         taylor_batches: int = 4,
         verbose: bool = True,
+        num_heads: dict[str, int] | None = None,
+        prune_num_heads: bool = False,
+        head_pruning_ratio: float = 0.0,
+        unwrapped_parameters: dict[str, int] | None = None,
     ) -> None:
         super().__init__(
             Schedule(pruning_ratio, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="pruning_ratio")
@@ -148,6 +162,10 @@ class ChannelPruning(ScheduledPruning):
             max_pruning_ratio=max_pruning_ratio,
             isomorphic=isomorphic,
             ignore_output_layers=ignore_output_layer,
+            num_heads=num_heads,
+            prune_num_heads=prune_num_heads,
+            head_pruning_ratio=head_pruning_ratio,
+            unwrapped_parameters=unwrapped_parameters,
         )
         self.importance = self.core.importance_name
         self.verbose = verbose
@@ -257,7 +275,7 @@ class ChannelPruning(ScheduledPruning):
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("state_dict")
             if isinstance(state, Mapping):
-                S.reshape_to_state_dict(pl_module, state)
+                S.reshape_to_state_dict(pl_module, state, architecture_in(checkpoint))
             original(checkpoint)
 
         pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
@@ -458,7 +476,7 @@ class ChannelPrunedCheckpointMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if isinstance(state, Mapping):
-            S.reshape_to_state_dict(self, state)  # type: ignore[arg-type]
+            S.reshape_to_state_dict(self, state, architecture_in(checkpoint))  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 

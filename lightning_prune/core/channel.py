@@ -727,7 +727,8 @@ class ChannelPruner:
             for p in model.parameters():
                 p.grad = None
             layer = "attributes"
-            sync_width_attributes(model, before, heads)
+            parents = {name.rpartition(".")[0]: n for name, n in heads.items()}  # query/key/value -> attention
+            sync_width_attributes(model, before, parents)
             if example_inputs is not None:
                 layer = "check forward"
                 self._check_forward(model, example_inputs)

@@ -9,6 +9,7 @@ checkpoint that loads with ``torch.load(weights_only=True)``. :func:`reshape_to_
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -101,12 +102,21 @@ def sync_width_attributes(
             if new is not None and len(new) == 1:
                 setattr(m, attr, next(iter(new)))
                 changed.append(prefix + attr)
+        query = getattr(m, "query", None)
+        if isinstance(getattr(m, "all_head_size", None), int) and isinstance(query, nn.Linear):
+            if m.all_head_size != query.out_features:
+                m.all_head_size = int(query.out_features)
+                changed.append(prefix + "all_head_size")
         width = getattr(m, "all_head_size", None)
         count = getattr(m, "num_attention_heads", None)
         if isinstance(width, int) and isinstance(count, int) and count > 0 and hasattr(m, "attention_head_size"):
-            if m.attention_head_size != width // count:
+            old_size = m.attention_head_size
+            if old_size != width // count:
                 m.attention_head_size = width // count
                 changed.append(prefix + "attention_head_size")
+                scaling = getattr(m, "scaling", None)  # softmax scale 1/sqrt(head size), as nn.MultiheadAttention
+                if isinstance(scaling, float) and math.isclose(scaling, old_size**-0.5):
+                    m.scaling = m.attention_head_size**-0.5
     return changed
 
 
@@ -191,7 +201,39 @@ def _update_channel_attrs(m: nn.Module, old: dict[str, Any]) -> None:
         sync_attention(m)
 
 
-def reshape_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+def architecture_in(checkpoint: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The recorded architecture of a checkpoint: its own ``"architecture"`` entry or a ChannelPruning callback's."""
+    arch = checkpoint.get("architecture")
+    if isinstance(arch, Mapping):
+        return dict(arch)
+    for state in dict(checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, Mapping) and isinstance(state.get("architecture"), Mapping) and state["architecture"]:
+            return dict(state["architecture"])
+    return None
+
+
+def _apply_recorded_attrs(model: nn.Module, arch: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Set the head counts and widths :func:`architecture` recorded (what tensor shapes alone cannot tell)."""
+    changed = []
+    modules = dict(model.named_modules())
+    for name, entry in arch.items():
+        m = modules.get(name)
+        if m is None:
+            continue
+        for attr in HEAD_ATTRS + WIDTH_ATTRS:
+            value, now = entry.get(attr), getattr(m, attr, None)
+            if isinstance(value, int) and isinstance(now, int) and not isinstance(now, bool) and now != value:
+                setattr(m, attr, value)
+                changed.append(f"{name}.{attr}")
+                scaling = getattr(m, "scaling", None)
+                if attr in ("attention_head_size", "head_dim") and isinstance(scaling, float) and math.isclose(scaling, now**-0.5):
+                    m.scaling = value**-0.5
+    return changed
+
+
+def reshape_to_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], architecture: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[str]:
     """Reshape ``model``'s layers to the tensor shapes in ``state_dict`` (e.g. a channel-pruned checkpoint).
 
     Conv, Linear, BatchNorm/InstanceNorm, GroupNorm, LayerNorm, Embedding and PReLU layers get new
@@ -200,6 +242,9 @@ def reshape_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     works. Keys of ``state_dict`` are relative to ``model`` (pass a LightningModule and its checkpoint's
     ``state_dict``, or a network and its own). A no-op when the shapes already match. ``requires_grad`` flags
     are kept.
+
+    ``architecture`` (what :func:`architecture` recorded, e.g. in a ChannelPruning checkpoint) also restores
+    attribute values that shapes cannot tell, such as the number of attention heads after head pruning.
 
     Returns:
         The names of the modules that were reshaped.
@@ -233,18 +278,25 @@ def reshape_to_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tenso
         changed.append(name)
     if changed:
         sync_width_attributes(model, before)
+    if architecture:
+        _apply_recorded_attrs(model, architecture)
     return changed
 
 
 def load_channel_pruned(
-    module: nn.Module, checkpoint: str | Mapping[str, Any], strict: bool = True, map_location: Any = "cpu"
+    module: nn.Module,
+    checkpoint: str | Mapping[str, Any],
+    strict: bool = True,
+    map_location: Any = "cpu",
+    architecture: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> nn.Module:
     """Reshape ``module`` to a (channel-pruned) checkpoint and load its weights; returns ``module``.
 
     ``checkpoint`` is a path (a Lightning ``.ckpt`` or a saved ``state_dict``, read with
     ``torch.load(weights_only=True)``) or an already-loaded dict. A Lightning checkpoint's ``state_dict`` has
     keys relative to the LightningModule: pass the LightningModule (keys like ``model.conv1.weight``), or its
-    network when the keys carry no prefix.
+    network when the keys carry no prefix. A ChannelPruning checkpoint's recorded architecture (or
+    ``architecture``) restores what shapes cannot tell (head counts after head pruning).
 
     Example::
 
@@ -258,7 +310,9 @@ def load_channel_pruned(
     if not isinstance(checkpoint, Mapping):
         checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=True)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    reshape_to_state_dict(module, state)
+    if architecture is None and state is not checkpoint:
+        architecture = architecture_in(checkpoint)
+    reshape_to_state_dict(module, state, architecture)
     module.load_state_dict(state, strict=strict)
     return module
 
@@ -267,6 +321,7 @@ __all__ = [
     "HEAD_ATTRS",
     "WIDTH_ATTRS",
     "architecture",
+    "architecture_in",
     "load_channel_pruned",
     "reshape_to_state_dict",
     "sync_attention",
