@@ -131,7 +131,13 @@ def test_unknown_optimizer_is_refused_before_training(tmp_path):
 # ------------------------------------------------------------------------------------------------ atomic events
 def test_failed_event_leaves_model_optimizer_and_scheduler_exactly_as_before(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    module = UserClassifier()
+
+    class WithScheduler(UserClassifier):
+        def configure_optimizers(self):
+            opt = super().configure_optimizers()
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+
+    module = WithScheduler()
     data = DataLoader(TensorDataset(torch.randn(12, 1, 32, 32), torch.arange(12) % 10), batch_size=4)
     seen = {}
 
@@ -142,6 +148,7 @@ def test_failed_event_leaves_model_optimizer_and_scheduler_exactly_as_before(tmp
             opt = trainer.optimizers[0]
             seen["opt"] = copy.deepcopy(opt.state_dict())
             seen["opt_params"] = [id(p) for g in opt.param_groups for p in g["params"]]
+            seen["sched"] = copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict())
             super()._prune(trainer, pl_module, *args)
 
     cb = Probe(pruning_ratio={1: 0.5})
@@ -180,7 +187,9 @@ def test_failed_event_leaves_model_optimizer_and_scheduler_exactly_as_before(tmp
     opt = module.trainer.optimizers[0]
     assert [id(p) for g in opt.param_groups for p in g["params"]] == seen["opt_params"]
     st = opt.state_dict()
+    assert st["param_groups"] == seen["opt"]["param_groups"] and st["state"].keys() == seen["opt"]["state"].keys()
     assert all(torch.equal(st["state"][i]["momentum_buffer"], seen["opt"]["state"][i]["momentum_buffer"]) for i in st["state"])
+    assert module.trainer.lr_scheduler_configs[0].scheduler.state_dict() == seen["sched"]
 
 
 def test_check_forward_failure_names_the_layer_and_restores():

@@ -194,3 +194,16 @@ def test_hugging_face_bert_heads_and_widths(tmp_path):
     fresh = load_channel_pruned(BertModule(), str(tmp_path / "bert.ckpt"))  # heads come from the recorded architecture
     ids = torch.randint(0, 50, (3, 8))
     assert torch.equal(fresh.eval()(ids), module.eval()(ids))
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_head_pruning_reaches_absolute_head_targets(global_pruning):
+    model = _bert().eval()
+    ids = {"input_ids": torch.randint(0, 50, (1, 8))}
+    pruner = ChannelPruner(global_pruning=global_pruning, prune_num_heads=True, head_pruning_ratio=0.5)
+    heads = []
+    for target in (0.25, 0.5):  # two events of a schedule ending at 0.5: 4 -> 3 -> 2 heads per layer
+        pruner.step(model, ids, target, scale=target / 0.5)
+        heads.append([layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer])
+    assert heads == [[3, 3], [2, 2]]
+    assert model(**ids).logits.shape == (1, 3)

@@ -596,8 +596,7 @@ class ChannelPruner:
         kwargs: dict[str, Any] = {"pruning_ratio_dict": ratio_dict, "global_pruning": self.global_pruning or self.isomorphic}
         if kwargs["global_pruning"]:
             kwargs["round_to"] = self.round_to
-        if heads_ratio:
-            kwargs["head_pruning_ratio_dict"] = heads_ratio
+        kwargs.update(heads_ratio)
         pruner = self._build(model, example_inputs, **kwargs)
         names = {m: n for n, m in model.named_modules()}
         by_module = {names[m]: g for g in groups for m in g.modules}
@@ -627,14 +626,22 @@ class ChannelPruner:
         return plan
 
     def _head_ratios(self, model: nn.Module, scale: float) -> dict:
+        """torch-pruning's head arguments that reach ``head_pruning_ratio * scale`` of the ORIGINAL heads."""
         if not (self.prune_num_heads and self.head_pruning_ratio > 0 and self.heads):
             return {}
+        target = self.head_pruning_ratio * scale
+        if self.global_pruning or self.isomorphic:  # one ranking of all heads: a ratio of the current total
+            per_attention = {n.rpartition(".")[0]: h for n, h in self.heads.items()}  # q/k/v share one count
+            orig = sum(h[0] for h in per_attention.values())
+            cur = sum(h[1] for h in per_attention.values())
+            keep = max(len(per_attention), orig - count_for(target, orig))
+            return {"head_pruning_ratio": 1.0 - (keep + 0.5) / cur} if keep < cur else {}
         out = {}
         for name, (orig, cur) in self.heads.items():
-            keep = max(1, orig - count_for(self.head_pruning_ratio * scale, orig))
-            if keep < cur:
+            keep = max(1, orig - count_for(target, orig))
+            if keep < cur:  # torch-pruning removes ceil(ratio * current heads)
                 out[model.get_submodule(name)] = (cur - keep - 0.5) / cur
-        return out
+        return {"head_pruning_ratio_dict": out} if out else {}
 
     def _trim(self, g: _Group, idxs: list[int]) -> list[int]:
         """Keep the per-layer cap, at least one dim and multiples (attention heads) on a group torch-pruning chose."""
