@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 OLD_REV = "ab86fc4"  # main when issue #9 started: lightning_prune/core/structure.py with float64 tagging
 
 
@@ -122,6 +123,7 @@ def child(engine: str, model_name: str) -> dict:
 
 
 def main() -> None:
+    started = time.time()
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
@@ -130,6 +132,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
+    import common  # the parent only: a child's memory is not touched by it
     models = ["resnet18", "mlp10m"] if args.quick else ["resnet50", "mlp100m"]
     repeats = 1 if args.quick else args.repeats
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -143,12 +146,26 @@ def main() -> None:
                     print(out.stderr[-2000:], file=sys.stderr)
                     raise SystemExit(f"{engine} {m} failed")
                 runs.setdefault((m, engine), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"load average {os.getloadavg()[0]:.1f}; medians over {repeats} run(s)")
-    print("| model | params | engine | peak extra memory | x param bytes | time (s) |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for (m, engine), rs in runs.items():
         med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
-        print(f"| {m} | {rs[0]['params_M']} M ({rs[0]['param_MB']} MB) | {engine} | {med('peak_extra_MB')} MB | {med('peak_extra_x')} | {med('seconds')} |")
+        rows.append([m, f"{rs[0]['params_M']} M ({rs[0]['param_MB']} MB)", engine, f"{med('peak_extra_MB')} MB", med("peak_extra_x"), med("seconds")])
+    table = common.md_table(["model", "params", "engine", "peak extra memory", "x parameter bytes", "time (s)"], rows)
+    print(table)
+    if args.quick:
+        return
+    text = (
+        common.header("6. One channel pruning event: memory and time", f"python benchmarks/channel_event.py --repeats {repeats}", started)
+        + "\nOne event removes 50% of the channels (`ChannelPruner('l2')`, plan + apply) and moves an SGD optimizer's "
+        "momentum to the new parameters; each run in a fresh process, old and new engines interleaved, medians over "
+        f"{repeats} runs. Peak extra memory = highest resident memory during the event minus the resident memory "
+        "just before it (sampled every millisecond, glibc's mmap threshold fixed so freed tensors leave RSS). "
+        f"`old` = `lightning_prune/core/structure.py` at {OLD_REV} (float64 copy of every parameter, float64 index "
+        "tags through `.grad`); `new` = torch-pruning's public `BasePruner`, kept indices recorded as torch-pruning "
+        "slices each parameter. resnet50 traced at 1x3x64x64; mlp100m = Linear 1024->4096, 5x 4096->4096, "
+        "4096->1000.\n\n" + table + "\n"
+    )
+    common.write_part("channel_event", text)
 
 
 if __name__ == "__main__":
