@@ -238,3 +238,20 @@ def test_tp_compat_names_exist():
 
     assert callable(tp.pruner.BasePruner._get_channel_groups)
     assert callable(tp.pruner.function.BasePruningFunc._prune_parameter_and_grad)
+
+
+def test_dtype_is_kept_without_a_float64_copy():
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 3)).to(torch.bfloat16)
+    result = ChannelPruner("l1").step(model, torch.zeros(1, 2, 8, 8, dtype=torch.bfloat16), 0.5)
+    assert model[0].out_channels == 4 and all(p.dtype == torch.bfloat16 for p in model.parameters())
+    # the kept indices are integer index vectors per dimension, not float tags
+    keep = result.changes[next(iter(result.changes))][1]
+    assert all(k is None or k.dtype == torch.long for k in keep)
+
+
+def test_reshape_module_does_not_import_torch_pruning():
+    import subprocess
+    import sys
+
+    code = "import sys, lightning_prune.core.reshape as r; assert 'torch_pruning' not in sys.modules, 'imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -110,7 +110,11 @@ class ChannelPruning(ScheduledPruning):
             ``UnstructuredPruning`` callback whose first event is not after the last channel event.
         TypeError: a value of the wrong type.
         RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run (nothing
-            is changed).
+            is changed); an event failed (``ChannelPruningError``: pruning or the check forward of the pruned
+            model, naming the layer and the reason; or moving the optimizer state): the model, optimizers and LR
+            schedulers are then exactly as before the event.
+        TypeError: when fit starts, an optimizer whose state cannot follow an event (see
+            ``lightning_prune.core.optim.SUPPORTED``).
 
     Example::
 
