@@ -612,11 +612,16 @@ class ChannelPruner:
             g = None
             for dep, _ in group:
                 m = dep.target.module
-                if isinstance(m, nn.Module) and m in names and names[m] in by_module:
-                    g = by_module[names[m]]
+                if (
+                    isinstance(m, nn.Module)
+                    and m in names
+                    and names[m] in by_module
+                    and pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                ):
+                    g = by_module[names[m]]  # the group whose out channels these are (not a consumer's)
                     break
-            if g is not None:
-                idxs = self._trim(g, idxs)
+            if g is not None and not any(names[m] in self.heads for m in g.modules):
+                idxs = self._trim(g, idxs)  # attention-head groups: torch-pruning's per-head indices stand
             if idxs:
                 plan.append([names[root], is_out, sorted(idxs)])
         for name, (orig, cur) in self.heads.items():
