@@ -155,7 +155,7 @@ def main() -> None:
     if args.quick:
         return
     text = (
-        common.header("7. One channel pruning event: memory and time", f"python benchmarks/channel_event.py --repeats {repeats}", started)
+        common.header("8. One channel pruning event: memory and time", f"python benchmarks/channel_event.py --repeats {repeats}", started)
         + "\nOne event removes 50% of the channels (`ChannelPruner('l2')`, plan + apply) and moves an SGD optimizer's "
         "momentum to the new parameters; each run in a fresh process, old and new engines interleaved, medians over "
         f"{repeats} runs. Peak extra memory = highest resident memory during the event minus the resident memory "
