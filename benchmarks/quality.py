@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-import torch  # noqa: E402
 
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 METHODS = ["ours global", "ours layer-wise", "random", "ModelPruning", "one-shot"]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale"]
+SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "channel_event"]
 
 
 def main(argv: list[str] | None = None) -> int:

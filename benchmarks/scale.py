@@ -22,7 +22,6 @@ state_dict ratio must stay within 5x: the script exits with status 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys

@@ -22,6 +22,7 @@ from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.cli import cli_main
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import LeNet
+from lightning_prune.core.schedules import count_for
 from lightning_prune.core.structure import architecture, masked_modules
 
 
@@ -197,7 +198,7 @@ def test_resume_mid_schedule_is_exact_for_a_users_own_module(tmp_path):
     t1.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=True)  # plain data only
     key = next(k for k in saved["callbacks"] if k.startswith("ChannelPruning"))
-    assert saved["callbacks"][key]["architecture"]["net.conv2"]["out_channels"] == int(16 * (1 - 0.4))  # 2 of 3 events
+    assert saved["callbacks"][key]["architecture"]["net.conv2"]["out_channels"] == 16 - count_for(0.4, 16) == 10  # 2 of 3 events; count_for rounds
     assert saved["callbacks"][key]["core"]["original_channels"]["net.conv2"] == [16, 6]
 
     resumed = UserModule()  # fresh, unpruned: the callback reshapes it before the weights load
@@ -207,7 +208,7 @@ def test_resume_mid_schedule_is_exact_for_a_users_own_module(tmp_path):
     a, b = _state(full), _state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert [h["epoch"] for h in cb.history] == [0, 1, 2]
-    assert resumed.net.conv2.out_channels == int(16 * 0.4)
+    assert resumed.net.conv2.out_channels == 16 - count_for(0.6, 16) == 6
 
 
 def test_load_from_checkpoint_image_classifier_and_mixin(tmp_path):

@@ -9,6 +9,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
+from lightning_prune.core.schedules import count_for
 from lightning_prune.models import LeNet
 from lightning_prune.core.structure import (
     ChannelPruner,
@@ -153,8 +154,9 @@ def test_global_pruning_reaches_total_target():
         return [m.conv1.out_channels, m.conv2.out_channels, m.fc1.out_features, m.fc2.out_features]
 
     total0 = 6 + 16 + 120 + 84
-    assert sum(widths(model)) == int(total0 * 0.6)  # the scope as a whole keeps 60% of its original channels
-    assert widths(local) == [int(n * 0.6) for n in (6, 16, 120, 84)]  # each layer keeps 60%
+    # one rounding rule (count_for: round the number removed): the scope as a whole keeps 60% of its channels
+    assert sum(widths(model)) == total0 - count_for(0.4, total0) == 136
+    assert widths(local) == [n - count_for(0.4, n) for n in (6, 16, 120, 84)] == [4, 10, 72, 50]  # each layer
     assert widths(model) != widths(local)
 
 

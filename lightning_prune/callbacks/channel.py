@@ -9,7 +9,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 from typing_extensions import override
 
 from lightning_prune.core import optim as O
@@ -21,6 +20,7 @@ from lightning_prune.core._inputs import device_dtype as _device_dtype
 from lightning_prune.core._inputs import move as _move
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.measure import count_macs, count_params
+from lightning_prune.core.reshape import architecture_in
 from lightning_prune.core.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,15 @@ class ChannelPruning(ScheduledPruning):
             does by hand.
         taylor_batches: training batches whose gradients feed ``"taylor"`` importance.
         verbose: print a rank-zero summary line after each event.
+        num_heads: ``{Linear name: heads}`` for attention built from Linear layers (query/key/value), so their
+            widths are pruned per head. Hugging Face style modules (``num_attention_heads`` with ``query``/
+            ``key``/``value``) are found without it; ``nn.MultiheadAttention`` needs nothing (its width stays a
+            multiple of its heads).
+        prune_num_heads: remove whole attention heads too.
+        head_pruning_ratio: fraction of the original heads removed by the last event (with ``prune_num_heads``),
+            following the schedule like ``pruning_ratio``.
+        unwrapped_parameters: ``{parameter name: dim}`` for parameters used outside a layer (a ``class_token``,
+            positional embeddings); by default their last non-singleton dimension follows the width.
 
     Raises:
         ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
@@ -96,7 +105,11 @@ class ChannelPruning(ScheduledPruning):
             ``UnstructuredPruning`` callback whose first event is not after the last channel event.
         TypeError: a value of the wrong type.
         RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run (nothing
-            is changed).
+            is changed); an event failed (``ChannelPruningError``: pruning or the check forward of the pruned
+            model, naming the layer and the reason; or moving the optimizer state): the model, optimizers and LR
+            schedulers are then exactly as before the event.
+        TypeError: when fit starts, an optimizer whose state cannot follow an event (see
+            ``lightning_prune.core.optim.SUPPORTED``).
 
     Example::
 
@@ -125,6 +138,10 @@ class ChannelPruning(ScheduledPruning):
         taylor_batches: int = 4,
         verbose: bool = True,
         speedup: float | dict[int, float] | None = None,
+        num_heads: dict[str, int] | None = None,
+        prune_num_heads: bool = False,
+        head_pruning_ratio: float = 0.0,
+        unwrapped_parameters: dict[str, int] | None = None,
     ) -> None:
         if speedup is not None and pruning_ratio is not None:
             raise ValueError(
@@ -159,6 +176,10 @@ class ChannelPruning(ScheduledPruning):
             max_pruning_ratio=max_pruning_ratio,
             isomorphic=isomorphic,
             ignore_output_layers=ignore_output_layer,
+            num_heads=num_heads,
+            prune_num_heads=prune_num_heads,
+            head_pruning_ratio=head_pruning_ratio,
+            unwrapped_parameters=unwrapped_parameters,
         )
         self.importance = self.core.importance_name
         self.verbose = verbose
@@ -217,13 +238,18 @@ class ChannelPruning(ScheduledPruning):
         self._start_schedule(trainer)
         self._current_target = 0.0
         self._baseline, self._current = {}, {}
-        self.core.original_channels, self.core.ignored_names, self.core.history = {}, None, []
+        self.core.load_state_dict({})  # a fresh run: original counts, heads, ignored layers and history cleared
         self._prepared = False
         inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
         if inputs is not None:
             self._prepare(pl_module, inputs)
         # last, once every check passed: a refused setup leaves the module as it was (teardown does not run then)
         self._install_reshape_hook(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
+            O.check_optimizer(opt)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -281,7 +307,7 @@ class ChannelPruning(ScheduledPruning):
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("state_dict")
             if isinstance(state, Mapping):
-                S.reshape_to_state_dict(pl_module, state)
+                S.reshape_to_state_dict(pl_module, state, architecture_in(checkpoint))
             original(checkpoint)
 
         pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
@@ -433,8 +459,21 @@ class ChannelPruning(ScheduledPruning):
             plan = self.core.plan(pl_module, inputs, target, scale)
         if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
             target, plan = trainer.strategy.broadcast((target, plan), src=0)
-        result = self.core.apply(pl_module, plan, inputs)
-        O.rebind_optimizers(trainer.optimizers, result.changes)
+        result = self.core.apply(pl_module, plan, inputs)  # all or nothing: raises with the model unchanged
+        saved = [([list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
+        try:
+            O.rebind_optimizers(trainer.optimizers, result.changes)
+        except Exception as err:
+            result.undo()
+            for opt, (params, state) in zip(trainer.optimizers, saved):  # references only: exactly as before
+                for group, p in zip(opt.param_groups, params):
+                    group["params"] = p
+                opt.state.clear()
+                opt.state.update(state)
+            raise RuntimeError(
+                f"ChannelPruning: epoch {epoch}: moving the optimizer state failed ({type(err).__name__}: {err}); "
+                "the model is unchanged"
+            ) from err
         self._rewrap_ddp(trainer, pl_module)
         missing = O.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
         if missing and trainer.optimizers:
@@ -492,7 +531,7 @@ class ChannelPrunedCheckpointMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if isinstance(state, Mapping):
-            S.reshape_to_state_dict(self, state)  # type: ignore[arg-type]
+            S.reshape_to_state_dict(self, state, architecture_in(checkpoint))  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 

@@ -29,65 +29,146 @@ from typing import Any
 
 import torch
 
-#: ``{old parameter: (new parameter, flat index map or None, old shape)}`` as in ``StepResult.changes``
+#: ``{old parameter: (new parameter, keep, old shape)}`` as in ``StepResult.changes``; ``keep`` is a list with,
+#: per dimension, the LongTensor of old indices kept (``None``: the whole dimension), a flat LongTensor index
+#: (the old flat index of every new element), or ``None`` (unknown: that parameter's state restarts)
 Changes = Mapping[torch.Tensor, tuple]
 
+#: optimizers whose state is one value per weight (or a factored row/column form of it) and carries over
+SUPPORTED = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "ASGD", "Rprop", "Adafactor", "LBFGS")
 
-def slice_state_value(value: Any, old_shape: tuple, new_param: torch.Tensor, index: torch.Tensor | None) -> Any:
-    """One state entry moved to the new parameter.
 
-    Tensors shaped like the old parameter are gathered at ``index`` (the flat old index of every new element)
-    and reshaped; scalars and other values (e.g. Adam's ``step``) are kept. Returns ``None`` when a
-    parameter-shaped tensor cannot be mapped (no index), so the caller drops that state.
-    """
-    if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(old_shape) and value.dim() > 0:
-        if index is None:
-            return None
-        flat = value.reshape(-1)
-        return flat[index.to(flat.device)].view(new_param.shape).clone()
+def _slice_dims(value: torch.Tensor, keep: list) -> torch.Tensor:
+    for dim, idx in enumerate(keep):
+        if idx is not None and value.shape[dim] != 1:
+            value = value.index_select(dim, idx.to(value.device))
     return value
 
 
+def slice_state_value(value: Any, old_shape: tuple, new_param: torch.Tensor, index: Any) -> Any:
+    """One state entry moved to the new parameter.
+
+    Tensors shaped like the old parameter are sliced to the kept elements (``index``: per-dimension kept
+    indices, or a flat index map); so are factored statistics whose dimensions are the parameter's or 1
+    (Adafactor's ``row_var``/``col_var``). Scalars and other values (e.g. Adam's ``step``) are kept. Returns
+    ``None`` when a parameter-shaped tensor cannot be mapped (no index), so the caller drops that state.
+    """
+    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.dim() != len(old_shape):
+        return value
+    full = tuple(value.shape) == tuple(old_shape)
+    factored = not full and all(v in (o, 1) for v, o in zip(value.shape, old_shape))
+    if not (full or factored):
+        return value
+    if index is None:
+        return None
+    if isinstance(index, torch.Tensor):  # a flat index map
+        if not full:
+            return None
+        return value.reshape(-1)[index.to(value.device)].view(new_param.shape).clone()
+    return _slice_dims(value, list(index)).clone()
+
+
+def _slice_flat(flat: torch.Tensor, olds: list, changes: Changes, news: list) -> torch.Tensor:
+    """A vector over all parameters (LBFGS history) cut to the kept elements of each."""
+    parts, offset = [], 0
+    for old, new in zip(olds, news):
+        n = old.numel()
+        seg = flat[offset : offset + n].view(old.shape)
+        offset += n
+        entry = changes.get(old)
+        if entry is not None:
+            seg = slice_state_value(seg, tuple(old.shape), new, entry[1])
+            if seg is None:
+                raise ValueError("LBFGS history cannot follow a parameter whose kept elements are unknown")
+        parts.append(seg.reshape(-1))
+    return torch.cat(parts) if parts else flat
+
+
+def _lbfgs_state(optimizer: torch.optim.Optimizer, olds: list, news: list, changes: Changes) -> dict:
+    state = optimizer.state.get(olds[0]) if olds else None
+    if not state:
+        return {}
+    moved = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == sum(p.numel() for p in olds):
+            moved[key] = _slice_flat(value, olds, changes, news)
+        elif key in ("old_dirs", "old_stps"):
+            moved[key] = [_slice_flat(v, olds, changes, news) for v in value]
+        else:
+            moved[key] = value
+    return {news[0]: moved}
+
+
 def rebind_optimizer(optimizer: torch.optim.Optimizer, changes: Changes) -> int:
-    """Point ``optimizer`` at the new parameters and slice its per-parameter state, in place.
+    """Point ``optimizer`` at the new parameters and slice its per-parameter state, in place, all or nothing.
 
     Param groups keep their order, membership and hyperparameters; a parameter not in ``changes`` is left
-    alone. State whose mapping is unknown is dropped for that parameter (it restarts, like a fresh one).
+    alone. State whose mapping is unknown is dropped for that parameter (it restarts, like a fresh one). LBFGS's
+    flat history is cut parameter by parameter. The new state is built before anything is swapped in, so an
+    error leaves the optimizer as it was.
 
     Args:
-        optimizer: any ``torch.optim.Optimizer``.
-        changes: ``{old parameter: (new parameter, index or None[, old shape])}``.
+        optimizer: a ``torch.optim.Optimizer`` (see :data:`SUPPORTED`).
+        changes: ``{old parameter: (new parameter, keep or None[, old shape])}``.
 
     Returns:
         How many parameter references were replaced.
     """
+    new_groups = []
     replaced = 0
     for group in optimizer.param_groups:
-        params = group["params"]
-        for i, p in enumerate(params):
+        params = []
+        for p in group["params"]:
             entry = changes.get(p)
+            params.append(p if entry is None else entry[0])
+            replaced += entry is not None
+        new_groups.append(params)
+    if isinstance(optimizer, torch.optim.LBFGS):
+        olds = list(optimizer.param_groups[0]["params"])
+        new_state = _lbfgs_state(optimizer, olds, new_groups[0], changes)
+        keep_others = {}
+    else:
+        new_state, keep_others = {}, {}
+        for old, state in optimizer.state.items():
+            entry = changes.get(old)
             if entry is None:
+                keep_others[old] = state
                 continue
-            params[i] = entry[0]
-            replaced += 1
-    for old in list(optimizer.state.keys()):
-        entry = changes.get(old)
-        if entry is None:
-            continue
-        new, index = entry[0], entry[1]
-        old_shape = tuple(entry[2]) if len(entry) > 2 else tuple(old.shape)
-        state = optimizer.state.pop(old)
-        moved = {}
-        ok = True
-        for key, value in state.items():
-            v = slice_state_value(value, old_shape, new, index)
-            if v is None:
-                ok = False
-                break
-            moved[key] = v
-        if ok:
-            optimizer.state[new] = moved
+            new, index = entry[0], entry[1]
+            old_shape = tuple(entry[2]) if len(entry) > 2 else tuple(old.shape)
+            moved = {}
+            for key, value in state.items():
+                v = slice_state_value(value, old_shape, new, index)
+                if v is None:
+                    moved = None
+                    break
+                moved[key] = v
+            if moved is not None:
+                new_state[new] = moved
+    # everything computed: swap in
+    for group, params in zip(optimizer.param_groups, new_groups):
+        group["params"] = params
+    optimizer.state.clear()
+    optimizer.state.update(keep_others)
+    optimizer.state.update(new_state)
+    if isinstance(optimizer, torch.optim.LBFGS):
+        optimizer._params = optimizer.param_groups[0]["params"]
+        optimizer._numel_cache = None
     return replaced
+
+
+def check_optimizer(optimizer: Any) -> None:
+    """Refuse an optimizer whose state cannot follow a channel pruning event (named in the error).
+
+    Raises:
+        TypeError: not a ``torch.optim.Optimizer`` subclass listed in :data:`SUPPORTED` (nor a subclass of one).
+    """
+    names = {c.__name__ for c in type(optimizer).__mro__}
+    if not (names & set(SUPPORTED)):
+        raise TypeError(
+            f"ChannelPruning cannot carry the state of optimizer {type(optimizer).__name__} over a pruning event "
+            f"(its state layout is unknown); supported: {list(SUPPORTED)}"
+        )
 
 
 def rebind_optimizers(optimizers: Iterable[torch.optim.Optimizer], changes: Changes) -> int:
@@ -101,4 +182,4 @@ def params_missing_from(optimizers: Iterable[torch.optim.Optimizer], params: Ite
     return [i for i, p in enumerate(params) if p.requires_grad and id(p) not in held]
 
 
-__all__ = ["params_missing_from", "rebind_optimizer", "rebind_optimizers", "slice_state_value"]
+__all__ = ["SUPPORTED", "check_optimizer", "params_missing_from", "rebind_optimizer", "rebind_optimizers", "slice_state_value"]

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.core._inputs import device_dtype
 from lightning_prune.core._validation import check_choice, check_fraction
 from lightning_prune.core.measure import count_macs, count_macs_nonzero
 
@@ -59,8 +60,7 @@ def accuracy(loader: Iterable, max_batches: int | None = None) -> Callable[[nn.M
     def evaluate(model: nn.Module) -> float:
         from lightning_prune.core.structure import preserved_modes
 
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
+        device, _ = device_dtype(model)
         correct = total = 0
         with torch.no_grad(), preserved_modes(model):
             model.eval()

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune.core._validation import check_int
 from lightning_prune.models import INPUT_SIZES, build_model
+from lightning_prune.core.reshape import architecture_in
 from lightning_prune.core.structure import reshape_to_state_dict
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class ImageClassifier(pl.LightningModule):
         ``ChannelPruning``."""
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
-            reshape_to_state_dict(self, state)
+            reshape_to_state_dict(self, state, architecture_in(checkpoint))
         super().on_load_checkpoint(checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
