@@ -142,8 +142,9 @@ class ScheduledPruning(Callback):
             final = max(schedule_map.values())
             if len(late) == len(remaining) and not self._continuing(pl_module):
                 raise ValueError(
-                    f"{type(self).__name__}: every pruning event (epochs {late}) falls at or after the Trainer's "
-                    f"`max_epochs`={max_epochs} (epochs are 0-based), so nothing would be pruned; move `start_epoch`/"
+                    f"{type(self).__name__}: every pruning event (epochs {late}, from `start_epoch`={min(late)}) is "
+                    f"at or after the Trainer's `max_epochs`={max_epochs} (epochs are 0-based), so nothing would be "
+                    "pruned; move `start_epoch`/"
                     f"`end_epoch` (or the milestones) before epoch {max_epochs}, or train for longer"
                 )
             if late:
@@ -233,9 +234,9 @@ class ScheduledPruning(Callback):
         done = self._schedule_map.get(self._last_event_epoch, 0.0) if self._last_event_epoch >= 0 else 0.0
         left = sorted(e for e in self._schedule_map if e > self._last_event_epoch)
         rank_zero_warn(
-            f"{type(self).__name__}: training ended ({how}) at epoch {trainer.current_epoch} before the final pruning "
-            f"target {final} (epoch {final_epoch}) was reached: the last event done reached {done}"
-            f"{self._reached()}; events at epochs {left} did not run. A second `trainer.fit` with a larger "
+            f"{type(self).__name__}: training ended ({how}) after {trainer.current_epoch} completed epoch(s), before "
+            f"the final pruning target {final:.4g} (epoch {final_epoch}) was reached: the last event reached "
+            f"{done:.4g}{self._reached()}; the events at epochs {left} did not run. A second `trainer.fit` with a larger "
             "`max_epochs` continues the schedule"
         )
 
