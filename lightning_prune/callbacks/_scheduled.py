@@ -140,7 +140,8 @@ class ScheduledPruning(Callback):
         if remaining and max_epochs is not None and max_epochs >= 0:
             late = [e for e in remaining if e >= max_epochs]
             final = max(schedule_map.values())
-            if len(late) == len(remaining) and not self._continuing(pl_module):
+            # (a `fast_dev_run` checks the rest of the run, so it only gets the warning below)
+            if len(late) == len(remaining) and not self._continuing(pl_module) and not trainer.fast_dev_run:
                 raise ValueError(
                     f"{type(self).__name__}: every pruning event (epochs {late}, from `start_epoch`={min(late)}) is "
                     f"at or after the Trainer's `max_epochs`={max_epochs} (epochs are 0-based), so nothing would be "
