@@ -9,7 +9,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,7 +19,8 @@ from helpers import UserClassifier, make_trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint, WeightAveraging
 
 from lightning_prune import ChannelPruning, PruningMetrics, UnstructuredPruning
-from lightning_prune.core import masks as M
+from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin
+from lightning_prune.core.structure import load_channel_pruned
 from lightning_prune.data import DigitsDataModule
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -94,7 +94,8 @@ def test_early_stopping_before_the_final_target_warns(tmp_path, kind):
         cb = ChannelPruning(pruning_ratio=0.6, start_epoch=0, end_epoch=2, input_shape=SHAPE, verbose=False)
     stop = EarlyStopping(monitor="val/loss", stopping_threshold=1e9)  # stops after the first validation
     trainer = make_trainer(tmp_path, 4, [cb, stop])
-    with pytest.warns(UserWarning, match=r"training ended \(early stopping\) after 1 completed epoch\(s\), before the final pruning target 0.6"):
+    match = r"training ended \(early stopping\) after 1 completed epoch\(s\), before the final pruning target 0.6"
+    with pytest.warns(UserWarning, match=match):
         trainer.fit(UserClassifier(), datamodule=_data())
     assert len(cb.history) == 1
 
@@ -440,6 +441,24 @@ def test_network_built_in_configure_model_is_pruned_and_resumes(tmp_path, kind):
         assert sum(_zeros(resumed).values()) == round(0.5 * total)
     else:
         assert _widths(resumed) == [3, 8, 60, 42]
+
+
+class MixinClassifier(ChannelPrunedCheckpointMixin, UserClassifier):
+    pass
+
+
+def test_mixin_and_load_channel_pruned_with_a_network_built_in_configure_model(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cb = ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=0, input_shape=SHAPE, verbose=False)
+    model = MixinClassifier(build_in_configure_model=True)
+    make_trainer(tmp_path, 1, [cb, ckpt], enable_checkpointing=True).fit(model, datamodule=_data())
+    loaded = MixinClassifier.load_from_checkpoint(tmp_path / "last.ckpt", build_in_configure_model=True)
+    assert _widths(loaded) == [3, 8, 60, 42]
+    plain = UserClassifier(build_in_configure_model=True)
+    plain.configure_model()
+    load_channel_pruned(plain, str(tmp_path / "last.ckpt"))
+    assert _widths(plain) == [3, 8, 60, 42]
+    assert torch.equal(plain.backbone.conv2.weight, model.backbone.conv2.weight)
 
 
 # ------------------------------------------------------------------------------------------------------ DDP
