@@ -70,6 +70,14 @@ def test_second_fit_runs_the_events_the_first_did_not_reach(tmp_path):
     assert _widths(model) == [3, 8, 60, 42]  # the 0.5 of the ORIGINAL widths, not of the pruned ones
 
 
+def test_the_callback_on_another_module_starts_a_fresh_schedule(tmp_path):
+    cb = ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=0, input_shape=SHAPE, verbose=False)
+    make_trainer(tmp_path, 1, [cb]).fit(UserClassifier(), datamodule=_data())
+    other = UserClassifier()
+    make_trainer(tmp_path, 1, [cb]).fit(other, datamodule=_data())
+    assert _widths(other) == [3, 8, 60, 42] and len(cb.history) == 1
+
+
 def test_second_fit_continues_unstructured_and_keeps_the_zeros(tmp_path):
     model = UserClassifier()
     cb = UnstructuredPruning(amount=0.5, schedule="linear", start_epoch=0, end_epoch=1, verbose=False)

@@ -236,19 +236,25 @@ class ChannelPruning(ScheduledPruning):
             )
         schedule_map = self._check_schedule(trainer, pl_module)
         inputs = None
-        if not is_overridden("configure_model", pl_module) and not self._continuing(pl_module):
+        continuing = self._continuing(pl_module)
+        if not continuing and not is_overridden("configure_model", pl_module):
             inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
+        if not continuing:
+            # a fresh run (`load_state_dict`, after setup, brings the progress back when resuming); the engine's
+            # state of an earlier run comes back if tracing refuses this one
+            previous = self.core.state_dict()
+            self.core.load_state_dict({})
             if inputs is not None:
-                with self._frozen_policy(pl_module):
-                    self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
-        if not self._start_schedule(trainer, pl_module, schedule_map):  # a fresh run
-            # `load_state_dict` (after setup) brings the progress back when resuming
+                try:
+                    with self._frozen_policy(pl_module):
+                        self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
+                except Exception:
+                    self.core.load_state_dict(previous)
+                    raise
             self._current_target = 0.0
             self._baseline, self._current = {}, {}
-            self.core.history = []
-            if inputs is None:
-                self.core.original_channels, self.core.ignored_names = {}, None
             self._prepared = inputs is not None
+        self._start_schedule(trainer, pl_module, schedule_map)
         if inputs is not None:
             self._inspected = True
         self._install_load_hook(pl_module)
