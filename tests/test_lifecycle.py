@@ -145,6 +145,24 @@ def test_ema_with_unstructured_in_either_callback_order(tmp_path):
     assert sum(_zeros(model).values()) == round(0.5 * total)
 
 
+def test_ema_with_unstructured_resumes_with_the_masks_on_both_models(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+
+    def make_cb():
+        return UnstructuredPruning(amount=0.5, schedule="linear", start_epoch=0, end_epoch=1, verbose=False)
+
+    make_trainer(tmp_path, 1, [make_cb(), EMAWeightAveraging(decay=0.5), ckpt], enable_checkpointing=True).fit(
+        UserClassifier(), datamodule=_data()
+    )
+    model, ema = UserClassifier(), EMAWeightAveraging(decay=0.5)
+    make_trainer(tmp_path, 2, [make_cb(), ema]).fit(model, datamodule=_data(), ckpt_path=tmp_path / "last.ckpt")
+    total = sum(p.numel() for n, p in model.backbone.named_parameters() if n.endswith("weight"))
+    assert sum(_zeros(model).values()) == round(0.5 * total)
+    averaged = dict(ema._average_model.module.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(p, averaged[name]), name
+
+
 def test_swa_averaging_of_mask_buffers_is_refused_at_setup(tmp_path):
     model = UserClassifier()
     before = copy.deepcopy(model.state_dict())
