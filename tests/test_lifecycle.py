@@ -510,3 +510,25 @@ def test_ddp_logs_without_sync_dist_warnings(tmp_path):
         found = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert found["sync_dist_warnings"] == [], found
         assert abs(found["sparsity"] - 0.5) < 1e-4
+
+
+def test_both_callbacks_share_one_load_hook_and_a_resume_checks_once(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+
+    def make_cbs():
+        return [
+            ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=0, input_shape=SHAPE, verbose=False),
+            UnstructuredPruning(amount=0.5, start_epoch=1, end_epoch=1, verbose=False),
+        ]
+
+    make_trainer(tmp_path, 2, [*make_cbs(), ckpt], enable_checkpointing=True).fit(UserClassifier(), datamodule=_data())
+    calls = []
+
+    class Count(Callback):
+        def on_fit_start(self, trainer, pl_module):
+            calls.append(len(pl_module._load_state_dict_pre_hooks))
+
+    model = UserClassifier()
+    make_trainer(tmp_path, 3, [*make_cbs(), Count()]).fit(model, datamodule=_data(), ckpt_path=tmp_path / "last.ckpt")
+    assert calls == [1]
+    assert _widths(model) == [3, 8, 60, 42]

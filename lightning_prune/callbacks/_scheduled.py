@@ -198,8 +198,14 @@ class ScheduledPruning(Callback):
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def _install_load_hook(self, pl_module: nn.Module) -> None:
-        if self._hook_handle is None:
-            self._hook_handle = pl_module.register_load_state_dict_pre_hook(_BeforeWeightsLoad(self._reshape_on_load))
+        if self._hook_handle is not None:
+            return
+        for registered in pl_module._load_state_dict_pre_hooks.values():  # one hook serves every pruning callback
+            hook = getattr(registered, "hook", registered)
+            if isinstance(hook, _BeforeWeightsLoad):
+                hook.reshape = hook.reshape or self._reshape_on_load
+                return
+        self._hook_handle = pl_module.register_load_state_dict_pre_hook(_BeforeWeightsLoad(self._reshape_on_load))
 
     def _remove_load_hook(self) -> None:
         if self._hook_handle is not None:
