@@ -3,6 +3,7 @@
     lightning-prune fit -c examples/configs/lenet_digits.yaml
     lightning-prune fit -c examples/configs/lenet_digits_unstructured.yaml --trainer.max_epochs=5
     lightning-prune report lightning_logs/version_0      # PNG plots of a CSVLogger run
+    lightning-prune export --ckpt_path run.ckpt --out model.onnx   # ONNX / TorchScript / torch.export file
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's subcommands; the data module is chosen
 by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offline digits. A top-level
@@ -12,8 +13,10 @@ by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offl
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -55,6 +58,78 @@ class PruneCLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": "lightning_prune.data.DigitsDataModule"}})
 
 
+class ExportCLI(PruneCLI):
+    """``lightning-prune export``: the model from the checkpoint's hyperparameters (overridden by model flags or
+    ``-c config.yaml``), its weights from ``--ckpt_path`` (a channel-pruned checkpoint reshapes it first), then
+    :func:`lightning_prune.export` to ``--out``. Nothing is trained and no Trainer is built."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning checkpoint (or state_dict file)")
+        parser.add_argument("--out", type=str, required=True, help="file to write, e.g. model.onnx")
+        parser.add_argument(
+            "--format",
+            type=str | None,
+            default=None,
+            help="onnx, torchscript or pt2 (default: from the suffix of --out: .onnx, .ts/.torchscript, .pt2)",
+        )
+        parser.add_argument("--atol", type=float, default=1e-4, help="largest difference the check allows")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `args` is always given here (sys.argv minus "export"): parse it without LightningCLI's args-and-argv warning
+        self.config = parser.parse_args(args)
+        # The checkpoint's hyperparameters become the model defaults; model flags and `-c` files still override.
+        hparams = _checkpoint_hparams(self.config.get("ckpt_path"))
+        known = {k.split(".", 1)[1] for k in parser.get_defaults().keys() if k.startswith("model.")}
+        defaults = {f"model.{k}": v for k, v in hparams.items() if k in known}
+        if defaults:
+            parser.set_defaults(defaults)
+            self.config = parser.parse_args(args)
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+
+
+def _checkpoint_hparams(path: str | None) -> dict[str, Any]:
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        return {}
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    return {k: v for k, v in (hparams or {}).items() if not k.startswith("_")}
+
+
+def export_main(argv: list[str]) -> int:
+    """``lightning-prune export --ckpt_path run.ckpt --out model.onnx [--format F] [model flags | -c cfg.yaml]``."""
+    from lightning_prune.core.export import ExportMismatchError, export, format_for_path
+
+    cli = ExportCLI(
+        ImageClassifier,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_callback=None,
+        args=argv,
+        run=False,
+        parser_kwargs={"prog": "lightning-prune export"},
+    )
+    cfg = cli.config
+    fmt = cfg.get("format") or format_for_path(cfg.out)
+    try:
+        if fmt is None:
+            raise ValueError(f"cannot tell the format from --out {cfg.out!r}; pass --format onnx|torchscript|pt2")
+        cli.model.init_weights_from(cfg.ckpt_path)
+        path = export(cli.model, cfg.out, format=fmt, atol=cfg.atol)
+    except (FileNotFoundError, ValueError, ImportError, ExportMismatchError) as err:
+        print(f"lightning-prune export: error: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, e.g. ``["fit", "-c", "cfg.yaml"]``."""
     return PruneCLI(
@@ -69,18 +144,23 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: ``report`` renders plots, everything else goes to LightningCLI."""
+    """Console entry point: ``report`` renders plots, ``export`` writes a deployable file, everything else goes to
+    LightningCLI."""
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "lightning-prune report PATH [--out DIR]: PNG plots of a CSVLogger run (sparsity and MACs over epochs with "
             "val accuracy, per-layer sparsity); `lightning-prune report --help` for its options.\n"
+            "lightning-prune export --ckpt_path run.ckpt --out model.onnx: a checkpoint as ONNX, TorchScript (.ts) "
+            "or torch.export (.pt2), checked against the module; `lightning-prune export --help` for its options.\n"
         )
     if argv and argv[0] == "report":
         from lightning_prune.report import main as report_main
 
         return report_main(argv[1:])
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
     # LightningCLI reads sys.argv itself; passing it as `args` too makes it warn about both being given
     cli_main(None if from_command_line else argv)
     return 0
