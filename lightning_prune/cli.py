@@ -23,9 +23,38 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.models.classifier import ImageClassifier
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Save the run's ``config.yaml`` for ``fit`` only, and never over an existing file.
+
+    ``validate``/``test``/``predict`` write nothing (their log directory is often the working directory, which
+    may hold the user's own ``config.yaml``); a ``fit`` whose log directory already holds the file keeps it and
+    warns (the default loggers give each run a fresh ``version_N`` directory, so that only happens with
+    ``logger: false`` or a fixed version).
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.already_saved:
+            return
+        if self.save_to_log_dir:
+            import os
+
+            from lightning.fabric.utilities.cloud_io import get_filesystem
+
+            log_dir = trainer.log_dir  # broadcasts the directory
+            if log_dir is not None:
+                path = os.path.join(log_dir, self.config_filename)
+                exists = get_filesystem(log_dir).isfile(path) if trainer.is_global_zero else False
+                if trainer.strategy.broadcast(exists):
+                    rank_zero_warn(f"lightning-prune: {path} exists and is kept; this run's config is not saved")
+                    self.already_saved = True
+                    return
+        super().setup(trainer, pl_module, stage)
 
 
 class PruneCLI(LightningCLI):
@@ -148,7 +177,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
         pl.LightningDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=SaveFitConfig,
         args=args,
         run=run,
     )

@@ -372,7 +372,7 @@ def test_prepare_errors_leave_model_untouched():
         ({"round_to": 0}, ValueError, "`round_to` must be >= 1; got 0"),
         ({"round_to": 2.5}, TypeError, "`round_to` must be an int or None"),
         ({"max_pruning_ratio": 0.0}, ValueError, r"`max_pruning_ratio` must be in \(0, 1\]"),
-        ({"max_pruning_ratio": 1.5}, ValueError, r"`max_pruning_ratio` must be in \[0, 1\]"),
+        ({"max_pruning_ratio": 1.5}, ValueError, r"`max_pruning_ratio` must be in \(0, 1\]"),
         ({"ignored_layers": ["("]}, ValueError, "`ignored_layers` entry '\\(' is not a valid regular expression"),
         ({"pruning_ratio_dict": {"fc1": 1.0}}, ValueError, r"`pruning_ratio_dict\['fc1'\]` must be in \[0, 1\)"),
         ({"pruning_ratio_dict": ["fc1"]}, TypeError, "`pruning_ratio_dict` must be a dict"),

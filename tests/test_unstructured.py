@@ -101,8 +101,8 @@ class Probe(Callback):
         ({"exclude": [3]}, TypeError, r"`exclude` entries must be strings"),
         ({"module_types": []}, TypeError, r"`module_types` must be a non-empty list of class names .*; got \[\]"),
         ({"prune_bias": "yes"}, TypeError, r"`prune_bias` must be a bool .*; got 'yes'"),
-        ({"max_layer_sparsity": 0.0}, ValueError, r"`max_layer_sparsity` must be in \(0, 1\] or None; got 0.0"),
-        ({"max_layer_sparsity": 1.5}, ValueError, r"`max_layer_sparsity` must be in \[0, 1\]; got 1.5"),
+        ({"max_layer_sparsity": 0.0}, ValueError, r"`max_layer_sparsity` must be in \(0, 1\]; got 0.0"),
+        ({"max_layer_sparsity": 1.5}, ValueError, r"`max_layer_sparsity` must be in \(0, 1\]; got 1.5"),
         (
             {"max_layer_sparsity": 0.95, "scope": "layerwise"},
             ValueError,

@@ -1,25 +1,92 @@
-"""What the two pruning callbacks share: the schedule, when an event is due, and its progress in checkpoints."""
+"""What the two pruning callbacks share: the schedule, when an event is due, its progress in checkpoints, the
+lifecycle (a second ``fit``, an early end, weight averaging, restore order) and the logging of their figures."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 
-from lightning_prune.callbacks.metrics import PruningMetrics
+from lightning_prune.callbacks.metrics import PruningMetrics, log_figures
 from lightning_prune.core.schedules import Schedule
+
+
+def frozen_module_names(model: nn.Module) -> list[str]:
+    """Names of the modules that own parameters, all of them frozen (``requires_grad=False``)."""
+    out = []
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if name and own and not any(p.requires_grad for p in own):
+            out.append(name)
+    return out
+
+
+def averaged_models(trainer: pl.Trainer) -> list[nn.Module]:
+    """The averaged copies kept by Lightning's ``WeightAveraging`` callbacks (``EMAWeightAveraging``, SWA) in the
+    Trainer, as the modules that mirror the LightningModule (``AveragedModel.module``); created at their setup."""
+    try:
+        from lightning.pytorch.callbacks import WeightAveraging
+    except ImportError:  # lightning < 2.6
+        return []
+    out = []
+    for cb in trainer.callbacks:
+        if isinstance(cb, WeightAveraging):
+            averaged = getattr(cb, "_average_model", None)
+            if averaged is not None:
+                out.append(averaged.module)
+    return out
+
+
+class _BeforeWeightsLoad:
+    """A ``load_state_dict`` pre-hook on the LightningModule: Lightning's strategy loads a checkpoint's weights
+    with ``pl_module.load_state_dict``, after ``on_load_checkpoint`` and before the callbacks see their state, so
+    this is where the pruning callbacks reshape the model (channel pruning) and refuse a checkpoint that does
+    not match them, before any weight is copied.
+
+    Stateless and defined at module level: the module pickles and deep-copies with it (a copy made during fit,
+    e.g. by weight averaging, has no Trainer and only reshapes itself when ``reshape`` is set).
+    """
+
+    def __init__(self, reshape: bool) -> None:
+        self.reshape = reshape
+
+    def __call__(self, module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        state = state_dict if not prefix else {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        trainer = getattr(module, "_trainer", None)
+        pruners = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning)] if trainer is not None else []
+        pruners = [cb for cb in pruners if cb._module is module]
+        if pruners:
+            for cb in pruners:
+                cb._before_weights_load(trainer, module, state)
+        elif self.reshape:
+            from lightning_prune.core.structure import reshape_to_state_dict
+
+            reshape_to_state_dict(module, state)
 
 
 class ScheduledPruning(Callback):
     """Base of ``UnstructuredPruning`` and ``ChannelPruning``: one ``Schedule``, events at epoch starts.
 
-    Subclasses call ``_start_schedule`` in ``setup``, ``_due_event`` in ``on_train_epoch_start``, append to
-    ``self._history`` and set ``self._last_event_epoch`` when they prune, and merge ``_schedule_state`` /
-    ``_load_schedule_state`` into their ``state_dict`` / ``load_state_dict``.
+    Lifecycle, the same for both:
+
+    - ``setup`` runs every check that can refuse the run before anything changes, and installs a
+      ``load_state_dict`` pre-hook on the module (removed at ``teardown``) so a resumed checkpoint is checked (and
+      for channel pruning, the model reshaped) before its weights load. The network itself is inspected at the
+      first hook that sees it (restore or ``on_fit_start``), so networks built in ``configure_model`` work.
+    - A second ``trainer.fit`` on the same module continues the schedule: no event repeats, the history and the
+      original sizes are kept. A new schedule is a new callback.
+    - When training ends (``max_epochs``, early stopping, an interruption) before the final target, a rank-zero
+      warning names the target and what was reached.
+
+    Subclasses implement ``_inspect``, ``_before_weights_load``, ``_follow_averaged`` and ``_reached``.
     """
+
+    _reshape_on_load = False
 
     def __init__(self, schedule: Schedule) -> None:
         super().__init__()
@@ -27,6 +94,10 @@ class ScheduledPruning(Callback):
         self._schedule_map: dict[int, float] = {}
         self._last_event_epoch = -1
         self._history: list[dict[str, Any]] = []
+        self._module_ref: weakref.ref | None = None  # the module of the fit(s) so far
+        self._fits = 0
+        self._hook_handle: Any = None
+        self._inspected = False
 
     def targets(self, max_epochs: int | None = None) -> dict[int, float]:
         """``{epoch: absolute target}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None)."""
@@ -36,6 +107,10 @@ class ScheduledPruning(Callback):
     def history(self) -> list[dict[str, Any]]:
         """One dict per event so far (epoch, target, and what the event did)."""
         return list(self._history)
+
+    @property
+    def _module(self) -> nn.Module | None:
+        return self._module_ref() if self._module_ref is not None else None
 
     def _schedule_state_key(self, **arguments: Any) -> str:
         s = self._sched
@@ -47,20 +122,52 @@ class ScheduledPruning(Callback):
             every_n_epochs=s.every_n_epochs,
         )
 
-    def _start_schedule(self, trainer: pl.Trainer) -> dict[int, float]:
-        """Resolve the schedule for this fit (a fresh run: no event done yet) and warn about unreachable events."""
-        schedule_map = self._sched.resolve(trainer.max_epochs)
+    # ------------------------------------------------------------------------------------------ schedule
+    def _continuing(self, pl_module: pl.LightningModule) -> bool:
+        """A later ``fit`` of the module an earlier fit of this callback trained: the schedule continues."""
+        return self._fits > 0 and self._module is pl_module and bool(self._schedule_map)
+
+    def _check_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[int, float]:
+        """The schedule this fit follows, validated against ``max_epochs`` (raises before anything changes)."""
+        if self._continuing(pl_module):
+            schedule_map = self._schedule_map
+        else:
+            schedule_map = self._sched.resolve(trainer.max_epochs)
         max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and max(schedule_map) >= max_epochs:
-            late = [e for e in schedule_map if e >= max_epochs]
-            rank_zero_warn(
-                f"{type(self).__name__}: pruning events at epochs {late} fall after the last epoch "
-                f"(max_epochs={max_epochs}); the final target {max(schedule_map.values())} will not be reached"
-            )
-        self._schedule_map = schedule_map
-        self._last_event_epoch = -1
-        self._history = []
+        remaining = {e: t for e, t in schedule_map.items() if e > self._last_event_epoch} if self._continuing(
+            pl_module
+        ) else schedule_map
+        if remaining and max_epochs is not None and max_epochs >= 0:
+            late = [e for e in remaining if e >= max_epochs]
+            final = max(schedule_map.values())
+            # (a `fast_dev_run` checks the rest of the run, so it only gets the warning below)
+            if len(late) == len(remaining) and not self._continuing(pl_module) and not trainer.fast_dev_run:
+                raise ValueError(
+                    f"{type(self).__name__}: every pruning event (epochs {late}, from `start_epoch`={min(late)}) is "
+                    f"at or after the Trainer's `max_epochs`={max_epochs} (epochs are 0-based), so nothing would be "
+                    "pruned; move `start_epoch`/"
+                    f"`end_epoch` (or the milestones) before epoch {max_epochs}, or train for longer"
+                )
+            if late:
+                rank_zero_warn(
+                    f"{type(self).__name__}: pruning events at epochs {late} fall after the last epoch "
+                    f"(max_epochs={max_epochs}); the final target {final} will not be reached"
+                )
         return schedule_map
+
+    def _start_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> bool:
+        """Begin this fit: a fresh schedule, or (a second fit of the same module) the one in progress.
+
+        Returns whether the fit continues an earlier one."""
+        continuing = self._continuing(pl_module)
+        if not continuing:
+            self._schedule_map = dict(schedule_map)
+            self._last_event_epoch = -1
+            self._history = []
+        self._module_ref = weakref.ref(pl_module)
+        self._fits += 1
+        self._inspected = False
+        return continuing
 
     def _due_event(self, epoch: int) -> int | None:
         """The latest scheduled event at or before ``epoch`` not done yet (a resume mid-schedule catches up)."""
@@ -89,6 +196,76 @@ class ScheduledPruning(Callback):
         self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
         self._history = [dict(h) for h in state_dict.get("history", [])]
 
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def _install_load_hook(self, pl_module: nn.Module) -> None:
+        if self._hook_handle is not None:
+            return
+        for registered in pl_module._load_state_dict_pre_hooks.values():  # one hook serves every pruning callback
+            hook = getattr(registered, "hook", registered)
+            if isinstance(hook, _BeforeWeightsLoad):
+                hook.reshape = hook.reshape or self._reshape_on_load
+                return
+        self._hook_handle = pl_module.register_load_state_dict_pre_hook(_BeforeWeightsLoad(self._reshape_on_load))
+
+    def _remove_load_hook(self) -> None:
+        if self._hook_handle is not None:
+            self._hook_handle.remove()
+            self._hook_handle = None
+
+    def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any]) -> None:
+        """Called (through the module's ``load_state_dict`` pre-hook) before a checkpoint's weights load."""
+
+    def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Look at the network (it exists once ``configure_model`` ran); called once per fit, from the first
+        hook that sees it (the restore of a checkpoint, or ``on_fit_start``)."""
+
+    def _ensure_inspected(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._inspected:
+            self._inspect(trainer, pl_module)
+            self._inspected = True
+
+    def _follow_averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Bring the averaged copies of ``WeightAveraging`` callbacks to the module's pruned state."""
+
+    def _reached(self) -> str:
+        """What the model reached so far, in words (for the early-end warning)."""
+        return ""
+
+    def _warn_if_unfinished(self, trainer: pl.Trainer, how: str) -> None:
+        if not self._schedule_map or self._fits == 0:
+            return
+        final_epoch = max(self._schedule_map)
+        if self._last_event_epoch >= final_epoch:
+            return
+        final = self._schedule_map[final_epoch]
+        done = self._schedule_map.get(self._last_event_epoch, 0.0) if self._last_event_epoch >= 0 else 0.0
+        left = sorted(e for e in self._schedule_map if e > self._last_event_epoch)
+        rank_zero_warn(
+            f"{type(self).__name__}: training ended ({how}) after {trainer.current_epoch} completed epoch(s), before "
+            f"the final pruning target {final:.4g} (epoch {final_epoch}) was reached: the last event reached "
+            f"{done:.4g}{self._reached()}; the events at epochs {left} did not run. A second `trainer.fit` with a larger "
+            "`max_epochs` continues the schedule"
+        )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_inspected(trainer, pl_module)
+        self._follow_averaged(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        how = "early stopping" if trainer.should_stop else "max_epochs/max_steps reached"
+        self._warn_if_unfinished(trainer, how)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # an interruption (Ctrl-C, SIGTERM); any other exception speaks for itself
+        interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
+        if trainer.state.fn == "fit" and interrupted:
+            self._warn_if_unfinished(trainer, f"interrupted by {type(exception).__name__}")
+        self._remove_load_hook()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_load_hook()
+
+    # ------------------------------------------------------------------------------------------ logging
     @staticmethod
     def _log_epoch(
         trainer: pl.Trainer, pl_module: pl.LightningModule, own: dict[str, float], model: dict[str, float]
@@ -99,8 +276,4 @@ class ScheduledPruning(Callback):
         figures = dict(own)
         if not any(isinstance(cb, PruningMetrics) for cb in trainer.callbacks):
             figures.update(model)
-        # float64 keeps counts such as MACs exact; the values are the same on every rank (sync_dist only spares
-        # users Lightning's distributed-logging warning)
-        kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": trainer.world_size > 1}
-        for key, value in figures.items():
-            pl_module.log(key, torch.tensor(float(value), dtype=torch.float64), **kw)
+        log_figures(trainer, pl_module, figures)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
 from typing_extensions import override
 
 from lightning_prune.core import optim as O
 from lightning_prune.core import speedup as SP
 from lightning_prune.core import structure as S
-from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, frozen_module_names
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core._inputs import device_dtype as _device_dtype
 from lightning_prune.core._inputs import move as _move
@@ -28,6 +32,34 @@ log = logging.getLogger(__name__)
 _STATE_VERSION = 1
 _SPEEDUP_TOLERANCE = 0.03  # a speed-up target missed by more than this (relative MACs) is reported
 
+
+
+@contextlib.contextmanager
+def _isolated_rng():
+    """Restore the torch (CPU and CUDA), numpy and Python RNG states on exit."""
+    from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+    states = _collect_rng_states()
+    try:
+        yield
+    finally:
+        _set_rng_states(states)
+
+
+def _metric_states(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Snapshot of every torchmetrics ``Metric`` in ``module`` (accumulated states and update bookkeeping)."""
+    out = []
+    for m in module.modules():
+        if hasattr(m, "_copy_state_dict") and hasattr(m, "_defaults"):
+            extra = {a: getattr(m, a) for a in ("_update_count", "_computed", "_forward_cache") if hasattr(m, a)}
+            out.append((m, {**m._copy_state_dict(), **extra}))
+    return out
+
+
+def _restore_metric_states(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for m, state in snapshot:
+        for attr, value in state.items():
+            setattr(m, attr, value)
 
 
 def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
@@ -86,7 +118,9 @@ class ChannelPruning(ScheduledPruning):
             ``example_input_array``. Without either, the first training batch is used.
         ignore_output_layer: ignore the layer(s) producing the model's output (the classifier), as the seed
             does by hand.
-        taylor_batches: training batches whose gradients feed ``"taylor"`` importance.
+        taylor_batches: training batches whose gradients feed ``"taylor"`` importance. That pass leaves the run
+            as it was: RNG states, torchmetrics states, logged values and the training data order are restored,
+            fp16 losses are scaled like training's (GradScaler), and a failure on one rank is raised on all.
         verbose: print a rank-zero summary line after each event.
         num_heads: ``{Linear name: heads}`` for attention built from Linear layers (query/key/value), so their
             widths are pruned per head. Hugging Face style modules (``num_attention_heads`` with ``query``/
@@ -97,6 +131,16 @@ class ChannelPruning(ScheduledPruning):
             following the schedule like ``pruning_ratio``.
         unwrapped_parameters: ``{parameter name: dim}`` for parameters used outside a layer (a ``class_token``,
             positional embeddings); by default their last non-singleton dimension follows the width.
+        prune_frozen: also remove output channels of layers whose parameters are all frozen
+            (``requires_grad=False``). By default they keep their output channels and do not count towards the
+            target, as in ``UnstructuredPruning``.
+
+    Lifecycle: a second ``trainer.fit`` of the same module continues the schedule (original widths and history
+    kept, no event repeats); training that ends before the final target warns; the averaged copy of Lightning's
+    ``WeightAveraging``/``EMAWeightAveraging`` loses the same channels at every event (its averaged values
+    sliced), so the model swapped in at the end has the scheduled architecture; a network built in
+    ``configure_model`` is traced at ``on_fit_start``; the reshape on resume runs in the module's
+    ``load_state_dict`` (a pre-hook, removed at teardown), so the module pickles and deep-copies at any time.
 
     Raises:
         ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
@@ -142,6 +186,7 @@ class ChannelPruning(ScheduledPruning):
         prune_num_heads: bool = False,
         head_pruning_ratio: float = 0.0,
         unwrapped_parameters: dict[str, int] | None = None,
+        prune_frozen: bool = False,
     ) -> None:
         if speedup is not None and pruning_ratio is not None:
             raise ValueError(
@@ -167,6 +212,7 @@ class ChannelPruning(ScheduledPruning):
         check_bool("verbose", verbose)
         self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
         self.input_shape = check_shape("input_shape", input_shape)
+        self.prune_frozen = check_bool("prune_frozen", prune_frozen)
         self.core = S.ChannelPruner(
             importance=importance,
             global_pruning=global_pruning,
@@ -189,7 +235,6 @@ class ChannelPruning(ScheduledPruning):
         self._current: dict[str, int] = {}
         self._prepared = False
         self._fitting = False
-        self._patched: pl.LightningModule | None = None
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -221,12 +266,15 @@ class ChannelPruning(ScheduledPruning):
         return self._schedule_state_key(pruning_ratio=self._ratio_repr, importance=self.importance)
 
     # ------------------------------------------------------------------------------------------ hooks
+    _reshape_on_load = True
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
-        if not self._fitting:
-            self._install_reshape_hook(pl_module)
+        if not self._fitting:  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes
+            self._install_load_hook(pl_module)
             return
+        # every check that can refuse the run comes before any change (a refused setup leaves all as it was)
         self._check_supported(trainer, pl_module)
         self._check_no_masks(trainer, pl_module)
         if S.needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
@@ -234,30 +282,36 @@ class ChannelPruning(ScheduledPruning):
                 f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
                 "automatic optimization; this LightningModule uses manual optimization"
             )
-        # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
-        self._start_schedule(trainer)
-        self._current_target = 0.0
-        self._baseline, self._current = {}, {}
-        self.core.load_state_dict({})  # a fresh run: original counts, heads, ignored layers and history cleared
-        self._prepared = False
-        inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
+        schedule_map = self._check_schedule(trainer, pl_module)
+        inputs = None
+        continuing = self._continuing(pl_module)
+        if not continuing and not is_overridden("configure_model", pl_module):
+            inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
+        if not continuing:
+            # a fresh run (`load_state_dict`, after setup, brings the progress back when resuming); the engine's
+            # state of an earlier run comes back if tracing refuses this one
+            previous = self.core.state_dict()
+            self.core.load_state_dict({})
+            if inputs is not None:
+                try:
+                    with self._frozen_policy(pl_module):
+                        self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
+                except Exception:
+                    self.core.load_state_dict(previous)
+                    raise
+            self._current_target = 0.0
+            self._baseline, self._current = {}, {}
+            self._prepared = inputs is not None
+        self._start_schedule(trainer, pl_module, schedule_map)
         if inputs is not None:
-            self._prepare(pl_module, inputs)
-        # last, once every check passed: a refused setup leaves the module as it was (teardown does not run then)
-        self._install_reshape_hook(pl_module)
+            self._inspected = True
+        self._install_load_hook(pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
             O.check_optimizer(opt)
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_reshape_hook()
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._remove_reshape_hook()
+        super().on_fit_start(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -296,28 +350,79 @@ class ChannelPruning(ScheduledPruning):
         self._baseline = dict(state_dict.get("baseline") or {})
         self._current = dict(state_dict.get("current") or {})
 
-    # ------------------------------------------------------------------------------------------ internals
-    def _install_reshape_hook(self, pl_module: pl.LightningModule) -> None:
-        """Make the module's ``on_load_checkpoint`` (the first hook that sees a checkpoint, before the weights
-        load) reshape the model to the checkpoint's shapes, so resuming a pruned run works for any module."""
-        if "on_load_checkpoint" in vars(pl_module):
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._prepared:
             return
-        original = pl_module.on_load_checkpoint
+        inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
+        if inputs is not None:
+            self._prepare(pl_module, inputs)
 
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            state = checkpoint.get("state_dict")
-            if isinstance(state, Mapping):
-                S.reshape_to_state_dict(pl_module, state, architecture_in(checkpoint))
-            original(checkpoint)
+    def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
+        """Reshape the module, and the averaged copies of weight averaging, to the checkpoint's shapes (and its
+        recorded head counts and widths, which shapes alone cannot tell)."""
+        checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
+        arch = architecture_in(checkpoint) if isinstance(checkpoint, Mapping) else None
+        S.reshape_to_state_dict(pl_module, state, arch)
+        if trainer is not None:
+            for averaged in averaged_models(trainer):
+                S.reshape_to_state_dict(averaged, state, arch)
 
-        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
-        self._patched = pl_module
+    def _reached(self) -> str:
+        if not self._current or not self._baseline:
+            return ""
+        return f" (params {self._baseline['params']:,} -> {self._current['params']:,})"
 
-    def _remove_reshape_hook(self) -> None:
-        if self._patched is not None and "on_load_checkpoint" in vars(self._patched):
-            del self._patched.on_load_checkpoint
-        self._patched = None
+    @contextlib.contextmanager
+    def _frozen_policy(self, pl_module: pl.LightningModule):
+        """Frozen layers keep their output channels (ignored), unless ``prune_frozen``: then they are traced
+        like trainable ones (flags restored by name afterwards)."""
+        if not self.prune_frozen:
+            patterns = list(self.core.ignored_patterns)
+            self.core.ignored_patterns = patterns + [re.escape(n) for n in frozen_module_names(pl_module)]
+            try:
+                yield
+            finally:
+                self.core.ignored_patterns = patterns
+            return
+        flags = {n: p.requires_grad for n, p in pl_module.named_parameters()}
+        for p in pl_module.parameters():
+            p.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for n, p in pl_module.named_parameters():
+                p.requires_grad_(flags.get(n, p.requires_grad))
 
+    def _slice_averaged(self, pl_module: pl.LightningModule, averaged: list[nn.Module], result: Any, names: dict) -> None:
+        """Give each averaged copy the module's new architecture, keeping its averaged values of the surviving
+        elements (the event's index map), and the module's values where no map exists (e.g. buffers)."""
+        if not averaged:
+            return
+        state = pl_module.state_dict()
+        by_name = {names[id(old)]: (new, index) for old, (new, index, _shape) in result.changes.items() if id(old) in names}
+        for copy in averaged:
+            saved = {n: p.detach().clone() for n, p in copy.named_parameters()}
+            reshaped = S.reshape_to_state_dict(copy, state)
+            if not reshaped:
+                continue
+            current = dict(pl_module.named_parameters())
+            with torch.no_grad():
+                for n, p in copy.named_parameters():
+                    if n not in by_name or tuple(saved[n].shape) == tuple(p.shape):
+                        continue
+                    _new, index = by_name[n]
+                    sliced = None if index is None else O.slice_state_value(saved[n], tuple(saved[n].shape), p, index)
+                    if sliced is not None and tuple(sliced.shape) == tuple(p.shape):
+                        p.copy_(sliced)
+                    else:
+                        p.copy_(current[n].detach().to(p.device, p.dtype))
+                own = dict(pl_module.named_buffers())
+                for n, b in copy.named_buffers():
+                    if n in own and own[n].shape == b.shape and n.rsplit(".", 1)[0] in reshaped:
+                        b.copy_(own[n].to(b.device, b.dtype))
+
+    # ------------------------------------------------------------------------------------------ internals
     def _check_no_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before anything changes, a model with ``torch.nn.utils.prune`` masks, or an
         ``UnstructuredPruning`` schedule that would add masks before (or at) the last channel event."""
@@ -386,43 +491,76 @@ class ChannelPruning(ScheduledPruning):
                 "ChannelPruning needs a tracing input: set `example_input_array` on the LightningModule, pass "
                 "`input_shape`, or give the Trainer a training dataloader"
             )
-        batch = next(iter(loader))
+        with _isolated_rng():  # a fresh iterator draws from the RNG (shuffling): training's order stays the same
+            batch = next(iter(loader))
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         if isinstance(x, Mapping):
             raise ValueError("ChannelPruning cannot take a tracing input from a dict batch; pass `input_shape`")
         return _move(x[:1], device, dtype)
 
     def _prepare(self, pl_module: pl.LightningModule, inputs: Any) -> None:
-        self.core.prepare(pl_module, inputs)
+        with self._frozen_policy(pl_module):
+            self.core.prepare(pl_module, inputs)
         self._prepared = True
 
     def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
         return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
 
     def _compute_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fill ``.grad`` from a few training batches (for Taylor importance), without logging or stepping."""
+        """Fill ``.grad`` from a few training batches (for Taylor importance), leaving no other trace: no step,
+        no BatchNorm statistics or dropout (eval mode), RNG states and torchmetrics states restored, and what
+        ``training_step`` logs goes to a scratch result collection. fp16 losses are scaled by the precision
+        plugin's GradScaler (then the gradients unscaled), so small gradients do not underflow."""
+        from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+
         loader = trainer.train_dataloader
         if loader is None:
             raise ValueError("`importance`='taylor' needs training batches to compute gradients; none available")
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         pl_module.zero_grad(set_to_none=True)
-        pl_module.log = lambda *a, **k: None  # type: ignore[method-assign]
-        pl_module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+        epoch_loop = trainer.fit_loop.epoch_loop
+        results, fx_name = epoch_loop._results, pl_module._current_fx_name
+        scratch = _ResultCollection(training=True)
+        metrics = _metric_states(pl_module)
         try:
-            with S.preserved_modes(pl_module), torch.enable_grad():
+            epoch_loop._results = scratch
+            pl_module._current_fx_name = "training_step"
+            with _isolated_rng(), S.preserved_modes(pl_module), torch.enable_grad():
                 pl_module.eval()  # no BatchNorm statistics or dropout from this pass
                 for i, batch in enumerate(loader):
                     if i >= self.taylor_batches:
                         break
                     batch = trainer.strategy.batch_to_device(batch)
+                    scratch.batch = batch
                     with trainer.precision_plugin.train_step_context():
                         out = pl_module.training_step(batch, i)
                     loss = out["loss"] if isinstance(out, Mapping) else out
                     if loss is None:
                         continue
-                    loss.backward()
+                    (loss.float() * scale).backward()
         finally:
-            del pl_module.log
-            del pl_module.log_dict
+            epoch_loop._results = results
+            pl_module._current_fx_name = fx_name
+            _restore_metric_states(metrics)
+        if scale != 1.0:
+            for p in pl_module.parameters():
+                if p.grad is not None:
+                    p.grad.div_(scale)
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _agree(self, trainer: pl.Trainer, error: BaseException | None, epoch: int) -> None:
+        """Raise ``error`` on this rank, or a RuntimeError on the other ranks, so no rank waits for a broadcast."""
+        failed = error is not None
+        if trainer.world_size > 1:
+            failed = bool(trainer.strategy.reduce_boolean_decision(failed, all=False))
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(
+                f"ChannelPruning: epoch {epoch}: another rank failed while planning the event (see its error); "
+                "nothing was pruned"
+            )
 
     def _rewrap_ddp(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from lightning.pytorch.strategies import DDPStrategy
@@ -450,16 +588,24 @@ class ChannelPruning(ScheduledPruning):
             self._baseline = self._measure(pl_module, inputs)
         final = max(self._schedule_map.values()) if self._schedule_map else target
         scale = target / final if final > 0 else 1.0
-        if S.needs_gradients(self.core.importance):
-            self._compute_gradients(trainer, pl_module)
+        averaged = averaged_models(trainer)
         extra: dict[str, float] = {}
-        if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
-            target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
-        else:
-            plan = self.core.plan(pl_module, inputs, target, scale)
-        if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
-            target, plan = trainer.strategy.broadcast((target, plan), src=0)
-        result = self.core.apply(pl_module, plan, inputs)  # all or nothing: raises with the model unchanged
+        with self._frozen_policy(pl_module):
+            plan, error = None, None
+            try:
+                if S.needs_gradients(self.core.importance):
+                    self._compute_gradients(trainer, pl_module)
+                if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
+                    target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
+                else:
+                    plan = self.core.plan(pl_module, inputs, target, scale)
+            except Exception as err:  # noqa: BLE001 - raised below, on every rank
+                error = err
+            self._agree(trainer, error, epoch)
+            if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
+                target, plan = trainer.strategy.broadcast((target, plan), src=0)
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            result = self.core.apply(pl_module, plan, inputs)  # all or nothing: raises with the model unchanged
         saved = [([list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
         try:
             O.rebind_optimizers(trainer.optimizers, result.changes)
@@ -474,6 +620,7 @@ class ChannelPruning(ScheduledPruning):
                 f"ChannelPruning: epoch {epoch}: moving the optimizer state failed ({type(err).__name__}: {err}); "
                 "the model is unchanged"
             ) from err
+        self._slice_averaged(pl_module, averaged, result, names)
         self._rewrap_ddp(trainer, pl_module)
         missing = O.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
         if missing and trainer.optimizers:

@@ -31,6 +31,17 @@ _TABLE_ROWS = (
 )
 
 
+def log_figures(trainer: pl.Trainer, pl_module: pl.LightningModule, figures: dict[str, float]) -> None:
+    """Log epoch-level figures that are the same on every rank: as tensors on the module's device (NCCL reduces
+    only device tensors), float64 so MAC and parameter counts stay exact (float32 has 24 bits; MPS lacks float64),
+    and ``sync_dist`` under DDP (the mean of equal values is the value, and Lightning does not warn)."""
+    device = pl_module.device
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    # DDP with one device still runs a process group, and Lightning warns about unsynced epoch logs there too
+    distributed = trainer.world_size > 1 or (torch.distributed.is_available() and torch.distributed.is_initialized())
+    kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": distributed}
+    for key, value in figures.items():
+        pl_module.log(key, torch.tensor(float(value), dtype=dtype, device=device), **kw)
 
 
 class PruningMetrics(Callback):
@@ -150,11 +161,7 @@ class PruningMetrics(Callback):
         if trainer.sanity_checking or not self.should_log(trainer):
             return
         stats = self.compute(pl_module)
-        device = pl_module.device
-        # float64 keeps MAC and parameter counts exact in the logs (float32 has 24 bits); MPS lacks it
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        for name, value in stats.as_dict(prefix=PREFIX, per_layer=self.per_layer).items():
-            pl_module.log(name, torch.tensor(value, dtype=dtype, device=device), on_step=False, on_epoch=True)
+        log_figures(trainer, pl_module, stats.as_dict(prefix=PREFIX, per_layer=self.per_layer))
         self.last = stats.as_dict(per_layer=False)
         self.last_epoch = trainer.current_epoch
 
@@ -204,4 +211,4 @@ class PruningMetrics(Callback):
         self.last_epoch = state_dict.get("last_epoch")
 
 
-__all__ = ["PREFIX", "PruningMetrics"]
+__all__ = ["PREFIX", "PruningMetrics", "log_figures"]

@@ -10,11 +10,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lightning_prune.core import masks as M
 from lightning_prune.core import nm as NM
-from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
 from lightning_prune.core.reparam import effective
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.core.schedules import Schedule, count_for
@@ -81,6 +82,13 @@ class UnstructuredPruning(ScheduledPruning):
             share, taken only from the ``M - N`` lowest-ranked weights of each group. Layers whose input
             dimension is not a multiple of ``M`` stay dense (a warning names them). Not combinable with
             ``max_layer_sparsity`` or ``prune_bias``.
+        prune_frozen: also prune (and count towards ``amount``) weights with ``requires_grad=False``. By default
+            frozen layers are left alone and not counted, as in ``ChannelPruning``.
+
+    Lifecycle: a second ``trainer.fit`` of the same module continues the schedule (the masks come back, no event
+    repeats); training that ends before the final target warns; the averaged copy of Lightning's
+    ``WeightAveraging``/``EMAWeightAveraging`` gets the same masks at every event, so the model swapped in at the
+    end has exactly the scheduled sparsity; a network built in ``configure_model`` is found at ``on_fit_start``.
 
     Raises:
         ValueError: a value out of range or not among the allowed choices (the message names the argument);
@@ -116,6 +124,7 @@ class UnstructuredPruning(ScheduledPruning):
         seed: int = 0,
         verbose: bool = True,
         pattern: str | None = None,
+        prune_frozen: bool = False,
     ) -> None:
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
         self.norm = check_choice("norm", norm, M.NORMS)
@@ -136,9 +145,9 @@ class UnstructuredPruning(ScheduledPruning):
         self.module_types = list(module_types)
         self.prune_bias = check_bool("prune_bias", prune_bias)
         if max_layer_sparsity is not None:
-            max_layer_sparsity = check_fraction("max_layer_sparsity", max_layer_sparsity, upper_inclusive=True)
-            if max_layer_sparsity <= 0.0:
-                raise ValueError(f"`max_layer_sparsity` must be in (0, 1] or None; got {max_layer_sparsity!r}")
+            max_layer_sparsity = check_fraction(
+                "max_layer_sparsity", max_layer_sparsity, upper_inclusive=True, lower_inclusive=False
+            )
             if self.scope != "global":
                 raise ValueError(
                     f"`max_layer_sparsity` applies to scope='global' only (layerwise prunes every tensor to the "
@@ -157,6 +166,7 @@ class UnstructuredPruning(ScheduledPruning):
             raise TypeError(f"`seed` must be an int; got {seed!r} ({type(seed).__name__})")
         self.seed = int(seed)
         self.verbose = check_bool("verbose", verbose)
+        self.prune_frozen = check_bool("prune_frozen", prune_frozen)
         self._amount_repr = dict(self._sched.milestones) if self._sched.milestones else self._sched.amount
         self.pattern = pattern
         self._nm: tuple[int, int] | None = None
@@ -177,7 +187,6 @@ class UnstructuredPruning(ScheduledPruning):
         self._nm_dims: list[int] = []
 
         # run-time state (set at setup / events / restore)
-        self._pl_module: pl.LightningModule | None = None
         self._fitting = False
         self._targets: list[M.Target] = []
         self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
@@ -199,24 +208,28 @@ class UnstructuredPruning(ScheduledPruning):
         self._fitting = stage == "fit"
         if not self._fitting:
             return
-        targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
-        if self._nm is not None:
-            targets, self._nm_dims = self._nm_targets(pl_module, targets)
-        schedule_map = self._sched.resolve(trainer.max_epochs)  # validated here, before anything changes
-        if self.max_layer_sparsity is not None:
-            sizes = [M._get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
-            room = sum(int(self.max_layer_sparsity * s + 1e-9) for s in sizes)
-            need = count_for(max(schedule_map.values()), sum(sizes))
-            if need > room:
-                raise ValueError(
-                    f"`max_layer_sparsity`={self.max_layer_sparsity} lets at most {room} of {sum(sizes)} selected "
-                    f"weights be pruned, fewer than `amount`={self._amount_repr} needs ({need})"
-                )
-        self._pl_module = pl_module
-        self._targets = targets
-        # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
-        self._start_schedule(trainer)
-        self._packed, self._rewind = {}, None
+        # every check that can refuse the run comes before any change
+        schedule_map = self._check_schedule(trainer, pl_module)
+        self._check_averaging(trainer)
+        continuing = self._continuing(pl_module)
+        early = not is_overridden("configure_model", pl_module) and not continuing
+        targets = self._find_targets(pl_module, schedule_map) if early else None
+        if self._start_schedule(trainer, pl_module, schedule_map):
+            pass  # a later fit of the same module: targets, masks and rewind weights carry on
+        else:
+            self._targets, self._packed, self._rewind = [], {}, None
+        if targets is not None:
+            self._targets = targets
+            self._inspected = True
+        self._install_load_hook(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_inspected(trainer, pl_module)
+        # a later fit: the pruning made permanent at the end of the last one comes back (before any step)
+        if self._packed and not any(M.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
+            self._apply_packed(pl_module)
+        self._follow_averaged(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -227,6 +240,7 @@ class UnstructuredPruning(ScheduledPruning):
         event = self._due_event(epoch)
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
+            self._follow_averaged(trainer, pl_module)
         if self._last_event_epoch >= 0:
             target = self._schedule_map[self._last_event_epoch]
             self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._sparsity()})
@@ -238,7 +252,12 @@ class UnstructuredPruning(ScheduledPruning):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
         if self.make_pruning_permanent and self._targets:
+            # the averaged copies too, in the same step: their parameters and buffers stay aligned with the
+            # module's, whichever of WeightAveraging's and this callback's `on_train_end` runs first
+            for averaged in averaged_models(trainer):
+                M.make_permanent(averaged, self._targets)
             M.make_permanent(pl_module, self._targets)
             if self._packed:
                 rank_zero_info(
@@ -275,28 +294,111 @@ class UnstructuredPruning(ScheduledPruning):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         masks = state_dict.get("masks") or {}
-        if masks and state_dict.get("pattern") != self.pattern:
-            raise ValueError(
-                f"UnstructuredPruning: the checkpoint's masks follow pattern={state_dict.get('pattern')!r}, these "
-                f"arguments say pattern={self.pattern!r}"
-            )
+        pl_module = self._module
+        if masks and not (self._fitting and pl_module is not None):
+            self._check_checkpoint_state(state_dict, check_targets=False)
+        if self._fitting and pl_module is not None and masks:
+            self._ensure_inspected(pl_module.trainer, pl_module)
+            self._check_checkpoint_state(state_dict)  # normally already refused before the weights loaded
         self._load_schedule_state(state_dict)
         rewind = state_dict.get("rewind")
         self._rewind = dict(rewind) if rewind is not None else None
         self._packed = dict(masks)
-        if not (self._fitting and self._pl_module is not None and masks):
+        if not (self._fitting and pl_module is not None and masks):
+            return
+        # The model weights (plain, zeros where pruned) are loaded by now, and the optimizer is not yet built:
+        # re-apply the masks so that training continues on exactly the same reparametrised model.
+        self._apply_packed(pl_module)
+        self._follow_averaged(pl_module.trainer, pl_module)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def _find_targets(self, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> list[M.Target]:
+        """The weights to prune (raises, naming the argument, before anything changes)."""
+        targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
+        if not self.prune_frozen:
+            frozen = [t for t in targets if not M._get_param(pl_module.get_submodule(t[0]), t[1]).requires_grad]
+            targets = [t for t in targets if t not in frozen]
+            if not targets:
+                raise ValueError(
+                    f"UnstructuredPruning: every selected weight is frozen (requires_grad=False: "
+                    f"{[M.target_key(t) for t in frozen][:10]}); frozen weights are left alone by default. Pass "
+                    "`prune_frozen=True` to prune them"
+                )
+        if self._nm is not None:
+            targets, self._nm_dims = self._nm_targets(pl_module, targets)
+        if self.max_layer_sparsity is not None:
+            sizes = [M._get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
+            room = sum(int(self.max_layer_sparsity * s + 1e-9) for s in sizes)
+            need = count_for(max(schedule_map.values()), sum(sizes))
+            if need > room:
+                raise ValueError(
+                    f"`max_layer_sparsity`={self.max_layer_sparsity} lets at most {room} of {sum(sizes)} selected "
+                    f"weights be pruned, fewer than `amount`={self._amount_repr} needs ({need})"
+                )
+        return targets
+
+    def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._targets:
+            self._targets = self._find_targets(pl_module, self._schedule_map)
+
+    def _check_averaging(self, trainer: pl.Trainer) -> None:
+        """Refuse a weight averaging whose arithmetic cannot run on the boolean mask buffers."""
+        try:
+            from lightning.pytorch.callbacks import WeightAveraging
+        except ImportError:  # lightning < 2.6
+            return
+        for cb in trainer.callbacks:
+            if not isinstance(cb, WeightAveraging):
+                continue
+            kwargs = getattr(cb, "_kwargs", {})
+            if getattr(cb, "_use_buffers", True) and kwargs.get("avg_fn") is None:
+                raise ValueError(
+                    f"UnstructuredPruning cannot run with {type(cb).__name__}(use_buffers=True) without an `avg_fn`: "
+                    "its multi-tensor averaging (SWA) subtracts buffers, and the pruning masks are boolean buffers "
+                    "(`weight_mask`). Use EMAWeightAveraging, WeightAveraging(avg_fn=...), or "
+                    "WeightAveraging(use_buffers=False) (then update BatchNorm statistics yourself)"
+                )
+
+    def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
+        if not self._fitting:
+            return
+        self._ensure_inspected(trainer, pl_module)
+        checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
+        own = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
+        if own.get("masks"):
+            self._check_checkpoint_state(own)
+
+    def _check_checkpoint_state(self, state: dict[str, Any], check_targets: bool = True) -> None:
+        """Refuse a checkpoint's callback state that these arguments cannot continue."""
+        masks = state.get("masks") or {}
+        if masks and state.get("pattern") != self.pattern:
+            raise ValueError(
+                f"UnstructuredPruning: the checkpoint's masks follow pattern={state.get('pattern')!r}, these "
+                f"arguments say pattern={self.pattern!r}"
+            )
+        if not check_targets:
             return
         keys = [M.target_key(t) for t in self._targets]
         if set(masks) != set(keys):
             raise ValueError(
                 "UnstructuredPruning: the checkpoint holds masks for "
-                f"{sorted(masks)}, but `modules`/`exclude`/`module_types`/`prune_bias` select {keys}"
+                f"{sorted(masks)}, but `modules`/`exclude`/`module_types`/`prune_bias`/`prune_frozen` select {keys}; "
+                "resume with the arguments of the run that saved it"
             )
-        # The model weights (plain, zeros where pruned) are loaded by now, and the optimizer is not yet built:
-        # re-apply the masks so that training continues on exactly the same reparametrised model.
-        device_of = [M._get_param(self._pl_module.get_submodule(n), p).device for n, p in self._targets]
-        loaded = [M.unpack_mask(masks[k], dev) for k, dev in zip(keys, device_of)]
-        M.apply_masks(self._pl_module, self._targets, loaded)
+
+    def _apply_packed(self, model: torch.nn.Module) -> None:
+        """Apply this callback's current masks to ``model`` (the module, or an averaged copy of it)."""
+        keys = [M.target_key(t) for t in self._targets]
+        device_of = [M._get_param(model.get_submodule(n), p).device for n, p in self._targets]
+        M.apply_masks(model, self._targets, [M.unpack_mask(self._packed[k], d) for k, d in zip(keys, device_of)])
+
+    def _follow_averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._packed and trainer is not None:
+            for averaged in averaged_models(trainer):
+                self._apply_packed(averaged)
+
+    def _reached(self) -> str:
+        return f" (sparsity {self._sparsity():.4f} of the selected weights)" if self._packed else ""
 
     # ------------------------------------------------------------------------------------------ internals
     def _nm_targets(self, pl_module: pl.LightningModule, targets: list[M.Target]) -> tuple[list[M.Target], list[int]]:

@@ -41,14 +41,16 @@ def check_int(arg: str, value: Any, minimum: int | None = None, allow_none: bool
     return int(value)
 
 
-def check_fraction(arg: str, value: Any, upper_inclusive: bool = False) -> float:
-    """Return ``value`` as float if it lies in [0, 1) (or [0, 1] when ``upper_inclusive``), else raise."""
+def check_fraction(arg: str, value: Any, upper_inclusive: bool = False, lower_inclusive: bool = True) -> float:
+    """Return ``value`` as float if it lies in [0, 1) (``upper_inclusive``: up to 1 included;
+    ``lower_inclusive=False``: 0 excluded), else raise naming the interval."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{arg}` must be a float; got {value!r} ({type(value).__name__})")
     value = float(value)
-    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
-    if not ok:
-        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+    above = 0.0 <= value if lower_inclusive else 0.0 < value
+    below = value <= 1.0 if upper_inclusive else value < 1.0
+    if not (above and below):
+        interval = ("[0" if lower_inclusive else "(0") + (", 1]" if upper_inclusive else ", 1)")
         raise ValueError(f"`{arg}` must be in {interval}; got {value!r}")
     return value
 

@@ -322,9 +322,9 @@ class ChannelPruner:
         self.round_to = check_int("round_to", round_to, minimum=1, allow_none=True)
         self.ignored_patterns = compile_patterns("ignored_layers", ignored_layers)
         self.ratio_patterns = check_pruning_ratio_dict("pruning_ratio_dict", pruning_ratio_dict)
-        self.max_pruning_ratio = check_fraction("max_pruning_ratio", max_pruning_ratio, upper_inclusive=True)
-        if self.max_pruning_ratio == 0.0:
-            raise ValueError(f"`max_pruning_ratio` must be in (0, 1]; got {max_pruning_ratio!r}")
+        self.max_pruning_ratio = check_fraction(
+            "max_pruning_ratio", max_pruning_ratio, upper_inclusive=True, lower_inclusive=False
+        )
         self.isomorphic = check_bool("isomorphic", isomorphic)
         self.ignore_output_layers = check_bool("ignore_output_layers", ignore_output_layers)
         if num_heads is not None and (

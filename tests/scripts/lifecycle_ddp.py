@@ -1,0 +1,63 @@
+"""Both pruning callbacks under DDP on 2 CPU processes (gloo); run by tests/test_lifecycle.py.
+
+Usage: python lifecycle_ddp.py fail|warn OUT_DIR
+- fail: rank 1's training_step raises inside ChannelPruning's Taylor gradient pass; every rank must raise
+  (none may wait in a broadcast). Each rank writes the error it got to OUT_DIR/rank{r}.err.
+- warn: UnstructuredPruning + PruningMetrics; each rank saves the Lightning warnings about sync_dist it saw.
+"""
+
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from helpers import UserClassifier  # noqa: E402
+
+from lightning_prune import ChannelPruning, PruningMetrics, UnstructuredPruning  # noqa: E402
+from lightning_prune.data import DigitsDataModule  # noqa: E402
+
+
+class FailsOnRank1(UserClassifier):
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_rank == 1 and not self.training:  # the gradient pass runs in eval mode
+            raise ValueError("rank 1 fails in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+def main(mode: str, out: Path) -> None:
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    if mode == "fail":
+        model = FailsOnRank1()
+        callbacks = [ChannelPruning(pruning_ratio=0.5, importance="taylor", taylor_batches=1, start_epoch=0, end_epoch=0,
+                                    input_shape=[1, 1, 32, 32], verbose=False)]
+    else:
+        model = UserClassifier()
+        callbacks = [UnstructuredPruning(amount=0.5, start_epoch=0, end_epoch=0, verbose=False), PruningMetrics(summary=False)]
+    trainer = pl.Trainer(
+        default_root_dir=out, accelerator="cpu", devices=2, strategy="ddp", max_epochs=1,
+        limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, logger=False, callbacks=callbacks,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.fit(model, DigitsDataModule(batch_size=16))
+        except Exception as err:
+            (out / f"rank{trainer.global_rank}.err").write_text(f"{type(err).__name__}: {err}")
+            raise
+    if mode == "warn":
+        # the module's own val/loss is the user's business; the pruning/* keys are ours
+        found = [str(w.message) for w in caught if "sync_dist" in str(w.message) and "pruning/" in str(w.message)]
+        weights = [p for n, p in model.backbone.named_parameters() if n.endswith("weight")]
+        zeros = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+        torch.save({"sync_dist_warnings": found, "sparsity": zeros},
+                   out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
