@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prune.core import masks as M
-from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.core.schedules import Schedule, count_for
 from lightning_prune.core.selection import compile_patterns
@@ -47,13 +47,19 @@ class UnstructuredPruning(ScheduledPruning):
             ``start_epoch`` and ``end_epoch``; or explicit milestones ``{epoch: target}`` (absolute targets that
             never decrease), in which case ``schedule``/``start_epoch``/``end_epoch``/``every_n_epochs`` are
             not used.
-        norm: ``"l1"`` (``|w|``), ``"l2"`` (``w**2``; for single weights it ranks exactly like l1) or
-            ``"random"`` (a seeded baseline).
+        norm: ``"l1"`` (``|w|``), ``"l2"`` (``w**2``; for single weights it ranks exactly like l1),
+            ``"lamp"`` (layer-adaptive magnitude scores, Lee et al. 2021: with ``scope="global"`` small layers
+            are no longer pruned away; within one layer it ranks like l1) or ``"random"`` (a seeded baseline).
         scope: ``"global"`` ranks all selected weights together; ``"layerwise"`` prunes each tensor to the
             target.
         schedule: ``"constant"`` (everything at the first event), ``"linear"``, ``"cubic"`` (Zhu & Gupta 2017)
             or ``"geometric"`` (the same share of the remaining weights at every event).
-        start_epoch: epoch of the first event.
+        start_epoch: epoch of the first event. Default ``None``: automatic, epoch 1 when the model is trained
+            from scratch (the first event ranks weights after one epoch of training, not the random
+            initialisation) and epoch 0 when it starts from trained weights (``ImageClassifier`` with
+            ``init_from_checkpoint`` or ``weights``, or a module with ``starts_from_trained_weights = True``).
+            Pass ``start_epoch=0`` to prune weights you loaded yourself at once. The resolved schedule is
+            printed at ``setup`` (rank zero, when ``verbose``).
         end_epoch: epoch of the last event (it reaches ``amount``). Default: half-way through training,
             ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``), which leaves the
             second half of the run to fine-tune at the final sparsity.
@@ -91,10 +97,10 @@ class UnstructuredPruning(ScheduledPruning):
     def __init__(
         self,
         amount: float | dict[int, float],
-        norm: Literal["l1", "l2", "random"] = "l1",
+        norm: Literal["l1", "l2", "lamp", "random"] = "l1",
         scope: Literal["global", "layerwise"] = "global",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "cubic",
-        start_epoch: int = 0,
+        start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,
         modules: list[str] | None = None,
@@ -137,12 +143,7 @@ class UnstructuredPruning(ScheduledPruning):
         self.max_layer_sparsity = max_layer_sparsity
         self.make_pruning_permanent = check_bool("make_pruning_permanent", make_pruning_permanent)
         self.rewind_epoch = check_int("rewind_epoch", rewind_epoch, minimum=0, allow_none=True)
-        first_event = min(self._sched.milestones) if self._sched.milestones else self._sched.start_epoch
-        if self.rewind_epoch is not None and self.rewind_epoch > first_event:
-            raise ValueError(
-                f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); "
-                f"got {self.rewind_epoch}"
-            )
+        self._check_rewind(from_trained=False)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"`seed` must be an int; got {seed!r} ({type(seed).__name__})")
         self.seed = int(seed)
@@ -155,6 +156,14 @@ class UnstructuredPruning(ScheduledPruning):
         self._targets: list[M.Target] = []
         self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
         self._rewind: dict[str, torch.Tensor] | None = None
+
+    def _check_rewind(self, from_trained: bool) -> None:
+        first_event = self._sched.first_epoch(from_trained)
+        if self.rewind_epoch is not None and self.rewind_epoch > first_event:
+            raise ValueError(
+                f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); "
+                f"got {self.rewind_epoch}"
+            )
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -172,7 +181,9 @@ class UnstructuredPruning(ScheduledPruning):
         if not self._fitting:
             return
         targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
-        schedule_map = self._sched.resolve(trainer.max_epochs)  # validated here, before anything changes
+        from_trained = starts_from_trained(pl_module)
+        schedule_map = self._sched.resolve(trainer.max_epochs, from_trained)  # validated before anything changes
+        self._check_rewind(from_trained)
         if self.max_layer_sparsity is not None:
             sizes = [M._get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
             room = sum(int(self.max_layer_sparsity * s + 1e-9) for s in sizes)
@@ -185,7 +196,7 @@ class UnstructuredPruning(ScheduledPruning):
         self._pl_module = pl_module
         self._targets = targets
         # a fresh run; `load_state_dict` (after setup) brings the progress back when resuming
-        self._start_schedule(trainer)
+        self._start_schedule(trainer, pl_module)
         self._packed, self._rewind = {}, None
 
     @override

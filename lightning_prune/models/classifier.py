@@ -69,6 +69,11 @@ class ImageClassifier(pl.LightningModule):
             model weights initialise this model: pruning-aware fine-tuning of a trained model with a fresh
             trainer state (epoch 0, new optimizer). A channel-pruned checkpoint reshapes the model first.
 
+    Attributes:
+        starts_from_trained_weights: True when ``init_from_checkpoint`` or ``weights`` is given. The pruning
+            callbacks read it: with their default ``start_epoch=None`` they prune trained weights at once
+            (epoch 0) and a model trained from scratch only after its first epoch.
+
     Example::
 
         >>> m = ImageClassifier("lenet", num_classes=10, in_channels=1)
@@ -113,6 +118,7 @@ class ImageClassifier(pl.LightningModule):
         self.num_classes = num_classes
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.starts_from_trained_weights = bool(init_from_checkpoint) or weights is not None
         if init_from_checkpoint:
             self.init_weights_from(init_from_checkpoint)
 
