@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_prune.callbacks.distillation import distillation_loss
 from lightning_prune.core._validation import check_int
 from lightning_prune.models import INPUT_SIZES, build_model
 from lightning_prune.core.structure import reshape_to_state_dict
@@ -147,7 +148,9 @@ class ImageClassifier(pl.LightningModule):
         return F.cross_entropy(logits, y), logits, y
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._shared_step(batch)
+        loss, logits, _ = self._shared_step(batch)
+        # + the knowledge-distillation term of a `Distillation` callback in the Trainer (0 without one)
+        loss = loss + distillation_loss(self, batch[0], logits)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
