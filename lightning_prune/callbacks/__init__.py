@@ -3,11 +3,13 @@
 from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
 from lightning_prune.callbacks.distillation import Distillation, distillation_loss
 from lightning_prune.callbacks.metrics import PruningMetrics
+from lightning_prune.callbacks.regularization import ChannelRegularization
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
 __all__: list[str] = [
     "ChannelPrunedCheckpointMixin",
     "ChannelPruning",
+    "ChannelRegularization",
     "Distillation",
     "PruningMetrics",
     "UnstructuredPruning",
