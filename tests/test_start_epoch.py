@@ -41,6 +41,16 @@ def test_trained_weights_start_at_once(tmp_path):
     assert [h["target"] for h in cb.history] == [0.25, 0.5]
 
 
+def test_a_model_loaded_from_a_checkpoint_counts_as_trained(tmp_path):
+    trainer = _fit(ImageClassifier("lenet"), UnstructuredPruning(0.5, verbose=False), max_epochs=2)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "run.ckpt")
+    assert loaded.starts_from_trained_weights
+    cb = UnstructuredPruning(amount=0.8, verbose=False)
+    _fit(loaded, cb, max_epochs=2)
+    assert [h["epoch"] for h in cb.history] == [0]
+
+
 @pytest.mark.parametrize("how", ["attribute", "explicit"])
 def test_a_users_own_module_with_loaded_weights(how):
     model = UserClassifier()

@@ -71,7 +71,8 @@ class ImageClassifier(pl.LightningModule):
             trainer state (epoch 0, new optimizer). A channel-pruned checkpoint reshapes the model first.
 
     Attributes:
-        starts_from_trained_weights: True when ``init_from_checkpoint`` or ``weights`` is given. The pruning
+        starts_from_trained_weights: True when ``init_from_checkpoint`` or ``weights`` is given, or the model was
+            loaded with ``ImageClassifier.load_from_checkpoint``. The pruning
             callbacks read it: with their default ``start_epoch=None`` they prune trained weights at once
             (epoch 0) and a model trained from scratch only after its first epoch.
 
@@ -137,6 +138,7 @@ class ImageClassifier(pl.LightningModule):
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
             reshape_to_state_dict(self, state)
+            self.starts_from_trained_weights = True  # (a resumed fit continues its checkpoint's own schedule)
         super().on_load_checkpoint(checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
