@@ -182,3 +182,22 @@ def test_ddp_two_processes_channel_pruning(tmp_path):
     for k, v in r0["weights"].items():
         assert torch.equal(v, r1["weights"][k]), k  # gradients (with the KL term) stayed synchronised
     assert r0["kd_loss"] > 0
+
+
+def test_from_yaml_with_image_classifier(tmp_path):
+    from lightning_prune.cli import cli_main
+
+    cfg = tmp_path / "kd.yaml"
+    cfg.write_text(
+        "model:\n  model: lenet\n"
+        "data:\n  batch_size: 16\n"
+        "trainer:\n  max_epochs: 2\n  limit_train_batches: 2\n  limit_val_batches: 0\n  logger: false\n"
+        "  enable_progress_bar: false\n  enable_checkpointing: false\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_prune.UnstructuredPruning\n      init_args: {amount: 0.9, norm: lamp}\n"
+        "    - class_path: lightning_prune.Distillation\n      init_args: {weight: 0.5, temperature: 2.0}\n"
+    )
+    cli = cli_main(["fit", "-c", str(cfg)])
+    (kd,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, Distillation)]
+    assert kd.weight == 0.5 and kd.temperature == 2.0 and kd.teacher is not None
+    assert float(cli.trainer.callback_metrics["distillation/loss"]) > 0
