@@ -118,7 +118,7 @@ def write_part(name: str, text: str) -> Path:
     return path
 
 
-PART_ORDER = ["quality", "channel_quality", "overhead", "speedup", "size", "resume"]
+PART_ORDER = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "speedup_target", "gpu"]
 
 
 def assemble_results() -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume"]
+SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy"]
 
 
 def main(argv: list[str] | None = None) -> int:

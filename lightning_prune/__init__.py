@@ -27,6 +27,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "compressed_nbytes": ("lightning_prune.core.compress", "compressed_nbytes"),
     "load_compressed": ("lightning_prune.core.compress", "load_compressed"),
     "save_compressed": ("lightning_prune.core.compress", "save_compressed"),
+    "export": ("lightning_prune.core.export", "export"),
+    "load_exported": ("lightning_prune.core.export", "load_exported"),
     "apply_masks": ("lightning_prune.core.masks", "apply_masks"),
     "compute_masks": ("lightning_prune.core.masks", "compute_masks"),
     "find_prunable": ("lightning_prune.core.masks", "find_prunable"),
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.callbacks.regularization import ChannelRegularization
     from lightning_prune.callbacks.unstructured import UnstructuredPruning
     from lightning_prune.core.compress import compressed_nbytes, load_compressed, save_compressed
+    from lightning_prune.core.export import export, load_exported
     from lightning_prune.core.masks import apply_masks, compute_masks, find_prunable, make_permanent
     from lightning_prune.core.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero
     from lightning_prune.core.measure import measure as measure_model

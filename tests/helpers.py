@@ -42,15 +42,15 @@ class UserClassifier(pl.LightningModule):
 
     def __init__(self, net: nn.Module | None = None, build_in_configure_model: bool = False, lr: float = 0.05):
         super().__init__()
-        self._net = net
+        self._given = [net]  # in a list, not a submodule: the network has one name, `backbone`
         self.lr = lr
         self.backbone: nn.Module | None = None
         if not build_in_configure_model:
-            self.backbone = net if net is not None else LeNet()
+            self.backbone = self._given[0] if self._given[0] is not None else LeNet()
 
     def configure_model(self) -> None:
         if self.backbone is None:
-            self.backbone = self._net if self._net is not None else LeNet()
+            self.backbone = self._given[0] if self._given[0] is not None else LeNet()
 
     def forward(self, x):
         return self.backbone(x)

@@ -13,6 +13,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune.core import optim as O
+from lightning_prune.core import speedup as SP
 from lightning_prune.core import structure as S
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.core._validation import check_bool, check_int, check_shape
@@ -21,6 +22,7 @@ from lightning_prune.core.schedules import Schedule
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+_SPEEDUP_TOLERANCE = 0.03  # a speed-up target missed by more than this (relative MACs) is reported
 
 
 
@@ -68,7 +70,15 @@ class ChannelPruning(ScheduledPruning):
 
     Args:
         pruning_ratio: fraction of the original channels removed by the last event, in [0, 1), or explicit
-            milestones ``{epoch: ratio}``.
+            milestones ``{epoch: ratio}``; default 0.5. Not together with ``speedup``.
+        speedup: a MACs target instead of a channel ratio: by the last event the model's MACs are the dense
+            MACs / ``speedup`` (within 3% where the model's granularity allows), e.g. ``2.0``; or milestones
+            ``{epoch: speedup}``. Earlier events follow ``schedule`` on the fraction of MACs removed
+            (``1 - 1/speedup``; ``geometric`` gives the same speed-up factor per event). At each event the
+            channel ratio is searched on a copy of the model (see :mod:`lightning_prune.core.speedup`) with all
+            the other options (ranking, ``round_to``, ignored layers, caps, ``pruning_ratio_dict``); the target
+            and the resolved ratio are logged (``pruning/speedup``, ``pruning/channel_ratio``), printed, kept in
+            :attr:`history` and in checkpoints.
         importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (gradients are computed on
             ``taylor_batches`` training batches before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
             ``"random"``, the seed's ``"group_norm"`` (= ``"l2"``), a torch-pruning ``Importance`` class as
@@ -116,7 +126,7 @@ class ChannelPruning(ScheduledPruning):
 
     def __init__(
         self,
-        pruning_ratio: float | dict[int, float] = 0.5,
+        pruning_ratio: float | dict[int, float] | None = None,
         importance: str | dict[str, Any] = "l2",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "linear",
         start_epoch: int | None = None,
@@ -132,11 +142,26 @@ class ChannelPruning(ScheduledPruning):
         ignore_output_layer: bool = True,
         taylor_batches: int = 4,
         verbose: bool = True,
+        speedup: float | dict[int, float] | None = None,
     ) -> None:
-        super().__init__(
-            Schedule(pruning_ratio, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="pruning_ratio")
-        )
-        self._ratio_repr = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
+        if speedup is not None and pruning_ratio is not None:
+            raise ValueError(
+                f"give either `pruning_ratio` (a channel ratio) or `speedup` (a MACs target), not both; got "
+                f"pruning_ratio={pruning_ratio!r} and speedup={speedup!r}"
+            )
+        self.speedup = SP.check_speedup("speedup", speedup) if speedup is not None else None
+        if self.speedup is None:
+            amount: Any = 0.5 if pruning_ratio is None else pruning_ratio
+            arg = "pruning_ratio"
+        elif isinstance(self.speedup, dict):  # the schedule runs on the fraction of MACs removed
+            amount, arg = {e: SP.speedup_reduction(v) for e, v in self.speedup.items()}, "speedup"
+        else:
+            amount, arg = SP.speedup_reduction(self.speedup), "speedup"
+        super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg=arg))
+        if self.speedup is not None:
+            self._ratio_repr: Any = None
+        else:
+            self._ratio_repr = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
         check_bool("global_pruning", global_pruning)
         check_bool("isomorphic", isomorphic)
         check_bool("ignore_output_layer", ignore_output_layer)
@@ -165,8 +190,21 @@ class ChannelPruning(ScheduledPruning):
 
     # ------------------------------------------------------------------------------------------ public API
     @property
-    def pruning_ratio(self) -> float | dict[int, float]:
+    def pruning_ratio(self) -> float | dict[int, float] | None:
+        """The channel ratio given (None when ``speedup`` drives the run: see :attr:`resolved_ratios`)."""
         return self._ratio_repr
+
+    def speedup_targets(self, max_epochs: int | None = None) -> dict[int, float]:
+        """``{epoch: speed-up target}`` of every event (``speedup`` runs only; :meth:`targets` gives the same
+        as fractions of the dense MACs removed)."""
+        if self.speedup is None:
+            raise ValueError("speedup_targets() needs `speedup`; this callback prunes to `pruning_ratio`")
+        return {e: SP.reduction_speedup(r) for e, r in self.targets(max_epochs).items()}
+
+    @property
+    def resolved_ratios(self) -> dict[int, float]:
+        """``{epoch: channel ratio}`` chosen at each event so far (for ``speedup`` runs, found by the search)."""
+        return {int(h["epoch"]): float(h["target"]) for h in self._history}
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -175,6 +213,8 @@ class ChannelPruning(ScheduledPruning):
 
     @property
     def state_key(self) -> str:
+        if self.speedup is not None:
+            return self._schedule_state_key(speedup=self.speedup, importance=self.importance)
         return self._schedule_state_key(pruning_ratio=self._ratio_repr, importance=self.importance)
 
     # ------------------------------------------------------------------------------------------ hooks
@@ -219,7 +259,10 @@ class ChannelPruning(ScheduledPruning):
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         if self._last_event_epoch >= 0 and self._current:
             model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
-            self._log_epoch(trainer, pl_module, {"pruning/channel_ratio": self._current_target}, model)
+            own = {"pruning/channel_ratio": self._current_target}
+            if self.speedup is not None and self._history:
+                own["pruning/speedup"] = self._history[-1]["speedup_target"]
+            self._log_epoch(trainer, pl_module, own, model)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -405,9 +448,13 @@ class ChannelPruning(ScheduledPruning):
         scale = target / final if final > 0 else 1.0
         if S.needs_gradients(self.core.importance):
             self._compute_gradients(trainer, pl_module)
-        plan = self.core.plan(pl_module, inputs, target, scale)
+        extra: dict[str, float] = {}
+        if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
+            target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
+        else:
+            plan = self.core.plan(pl_module, inputs, target, scale)
         if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
-            plan = trainer.strategy.broadcast(plan, src=0)
+            target, plan = trainer.strategy.broadcast((target, plan), src=0)
         result = self.core.apply(pl_module, plan, inputs)
         O.rebind_optimizers(trainer.optimizers, result.changes)
         self._rewrap_ddp(trainer, pl_module)
@@ -425,13 +472,35 @@ class ChannelPruning(ScheduledPruning):
                 "channels_removed": int(result.channels_removed),
                 "params": self._current["params"],
                 "macs": self._current["macs"],
+                **extra,
             }
         )
+        if extra:
+            self._history[-1]["speedup"] = self._baseline["macs"] / max(1, self._current["macs"])
         if self.verbose:
+            goal = f", speed-up {self._history[-1]['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
             rank_zero_info(
                 f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), "
                 + _fmt_summary(self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"])
+                + goal
             )
+
+    def _resolve_speedup(
+        self, pl_module: pl.LightningModule, inputs: Any, reduction: float, scale: float, epoch: int
+    ) -> tuple[float, list, dict[str, float]]:
+        """The channel ratio and plan that cut the dense MACs by ``reduction`` (searched on a copy)."""
+        dense = self._baseline["macs"]
+        goal = SP.reduction_speedup(reduction)
+        found = SP.search_ratio(
+            self.core, pl_module, inputs, dense * (1.0 - reduction), lower=self._current_target, scale=scale
+        )
+        if abs(found.error) > _SPEEDUP_TOLERANCE:
+            rank_zero_warn(
+                f"ChannelPruning: epoch {epoch}: speed-up target {goal:.3f}x reached only "
+                f"{dense / max(1, found.macs):.3f}x (MACs {found.error:+.1%} off the target): the nearest the "
+                "model's channel granularity allows with these options (round_to, ignored layers, caps)"
+            )
+        return found.ratio, found.plan, {"speedup_target": goal, "macs_target": dense * (1.0 - reduction)}
 
 
 class ChannelPrunedCheckpointMixin:

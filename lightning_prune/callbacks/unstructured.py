@@ -9,10 +9,11 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_prune.core import masks as M
+from lightning_prune.core import nm as NM
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.core.schedules import Schedule, count_for
@@ -78,6 +79,13 @@ class UnstructuredPruning(ScheduledPruning):
             Must not be after the first event. ``None`` (default): no rewinding.
         seed: seed of ``norm="random"`` (the same on every rank, so all ranks draw the same masks).
         verbose: print a one-line summary (rank zero) at every event.
+        pattern: ``"N:M"`` semi-structured sparsity (``"2:4"``, ``"1:4"``, ``"4:8"``): at the end of the schedule
+            every group of ``M`` consecutive weights along each weight's input dimension keeps its ``N``
+            largest (NVIDIA's convention, see :mod:`lightning_prune.core.nm`). ``amount`` (or the last milestone)
+            must then be the pattern's sparsity ``(M - N) / M``; earlier events prune exactly their scheduled
+            share, taken only from the ``M - N`` lowest-ranked weights of each group. Layers whose input
+            dimension is not a multiple of ``M`` stay dense (a warning names them). Not combinable with
+            ``max_layer_sparsity`` or ``prune_bias``.
 
     Raises:
         ValueError: a value out of range or not among the allowed choices (the message names the argument);
@@ -112,6 +120,7 @@ class UnstructuredPruning(ScheduledPruning):
         rewind_epoch: int | None = None,
         seed: int = 0,
         verbose: bool = True,
+        pattern: str | None = None,
     ) -> None:
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
         self.norm = check_choice("norm", norm, M.NORMS)
@@ -149,6 +158,23 @@ class UnstructuredPruning(ScheduledPruning):
         self.seed = int(seed)
         self.verbose = check_bool("verbose", verbose)
         self._amount_repr = dict(self._sched.milestones) if self._sched.milestones else self._sched.amount
+        self.pattern = pattern
+        self._nm: tuple[int, int] | None = None
+        if pattern is not None:
+            self._nm = NM.parse_pattern(pattern)
+            self.pattern = f"{self._nm[0]}:{self._nm[1]}"
+            sparsity = NM.pattern_sparsity(*self._nm)
+            if abs(self._sched.amount - sparsity) > 1e-9:
+                raise ValueError(
+                    f"`amount`={self._amount_repr!r} does not reach `pattern`={pattern!r}, which prunes {sparsity} of "
+                    f"the weights: the final target must be the pattern's sparsity (amount={sparsity})"
+                )
+            if self.max_layer_sparsity is not None or self.prune_bias:
+                raise ValueError(
+                    f"`pattern`={pattern!r} fixes every layer's sparsity to {sparsity} and prunes weights only; got "
+                    f"max_layer_sparsity={self.max_layer_sparsity!r}, prune_bias={self.prune_bias!r}"
+                )
+        self._nm_dims: list[int] = []
 
         # run-time state (set at setup / events / restore)
         self._pl_module: pl.LightningModule | None = None
@@ -172,7 +198,8 @@ class UnstructuredPruning(ScheduledPruning):
 
     @property
     def state_key(self) -> str:
-        return self._schedule_state_key(amount=self._amount_repr, norm=self.norm, scope=self.scope)
+        extra = {"pattern": self.pattern} if self.pattern is not None else {}
+        return self._schedule_state_key(amount=self._amount_repr, norm=self.norm, scope=self.scope, **extra)
 
     # ------------------------------------------------------------------------------------------ hooks
     @override
@@ -181,6 +208,8 @@ class UnstructuredPruning(ScheduledPruning):
         if not self._fitting:
             return
         targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
+        if self._nm is not None:
+            targets, self._nm_dims = self._nm_targets(pl_module, targets)
         from_trained = starts_from_trained(pl_module)
         schedule_map = self._sched.resolve(trainer.max_epochs, from_trained)  # validated before anything changes
         self._check_rewind(from_trained)
@@ -250,11 +279,17 @@ class UnstructuredPruning(ScheduledPruning):
             "masks": dict(self._packed),
             **self._schedule_state(),
             "rewind": dict(self._rewind) if self._rewind is not None else None,
+            "pattern": self.pattern,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         masks = state_dict.get("masks") or {}
+        if masks and state_dict.get("pattern") != self.pattern:
+            raise ValueError(
+                f"UnstructuredPruning: the checkpoint's masks follow pattern={state_dict.get('pattern')!r}, these "
+                f"arguments say pattern={self.pattern!r}"
+            )
         self._load_schedule_state(state_dict)
         rewind = state_dict.get("rewind")
         self._rewind = dict(rewind) if rewind is not None else None
@@ -274,6 +309,30 @@ class UnstructuredPruning(ScheduledPruning):
         M.apply_masks(self._pl_module, self._targets, loaded)
 
     # ------------------------------------------------------------------------------------------ internals
+    def _nm_targets(self, pl_module: pl.LightningModule, targets: list[M.Target]) -> tuple[list[M.Target], list[int]]:
+        """The targets that can hold the N:M pattern, with their group dims; warn about the others."""
+        m = self._nm[1]
+        kept, dims, skipped = [], [], []
+        for t in targets:
+            module = pl_module.get_submodule(t[0])
+            dim = NM.group_dim(module)
+            shape = tuple(M._get_param(module, t[1]).shape)
+            if NM.nm_eligible(shape, dim, m):
+                kept.append(t)
+                dims.append(dim)
+            else:
+                skipped.append(f"{M.target_key(t)} {shape}")
+        if not kept:
+            raise ValueError(
+                f"`pattern`={self.pattern!r}: no selected weight has an input dimension divisible by {m}: {skipped}"
+            )
+        if skipped:
+            rank_zero_warn(
+                f"UnstructuredPruning: pattern {self.pattern} needs an input dimension divisible by {m}; these "
+                f"layers stay dense: {', '.join(skipped)}"
+            )
+        return kept, dims
+
     def _total(self) -> int:
         return sum(int(torch.tensor(p["shape"]).prod()) if p["shape"] else 1 for p in self._packed.values())
 
@@ -287,9 +346,14 @@ class UnstructuredPruning(ScheduledPruning):
         generator = None
         if self.norm == "random":
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + event)
-        masks = M.compute_masks(
-            weights, target, self.norm, self.scope, prev, self.max_layer_sparsity, generator=generator
-        )
+        if self._nm is not None:
+            masks = NM.compute_nm_masks(
+                weights, self._nm_dims, *self._nm, target, self.norm, self.scope, prev, generator=generator
+            )
+        else:
+            masks = M.compute_masks(
+                weights, target, self.norm, self.scope, prev, self.max_layer_sparsity, generator=generator
+            )
         packed = [M.pack_mask(m) for m in masks]
         if trainer.world_size > 1:  # identical on every rank by construction; make it so by rule, too
             packed = trainer.strategy.broadcast(packed, src=0)
@@ -318,5 +382,6 @@ class UnstructuredPruning(ScheduledPruning):
             )
             rank_zero_info(
                 f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned "
-                f"(sparsity {pruned / total:.4f}, target {target:.4f}, {self.norm}, {self.scope}); {per_layer}"
+                f"(sparsity {pruned / total:.4f}, target {target:.4f}, {self.norm}, {self.scope}"
+                f"{', pattern ' + self.pattern if self.pattern else ''}); {per_layer}"
             )
