@@ -1,18 +1,21 @@
-"""Quality: test accuracy vs sparsity of LeNet on digits, for every unstructured pruning method.
+"""Quality: test accuracy vs sparsity of LeNet on digits: dense, Lightning's ModelPruning, ours with its
+defaults, and ours with the recommended options (LAMP scores + knowledge distillation), with ablations.
 
-Rows (same model, data, optimiser (Adam, lr 1e-3), batch 64 and number of epochs for every row):
-- dense: no pruning;
-- ours global / ours layer-wise: ``UnstructuredPruning(amount=s, scope=..., schedule="cubic")``;
-- random: ``UnstructuredPruning(norm="random")`` (same schedule, global);
-- one-shot: the dense model of the same seed, pruned after training with the seed's
+Rows (same model, data (the full training split of ``DigitsDataModule``), optimiser (Adam, lr 1e-3), batch 64
+and number of epochs for every row):
+- dense: no pruning; one-shot: the dense model of the same seed pruned after training with the seed's
   ``prune.global_unstructured(..., prune.L1Unstructured, amount=s)`` and no fine-tuning;
 - ModelPruning: Lightning's built-in callback, global L1 on the same conv/linear weights, its amounts
-  converted from the cumulative targets (``1 - (1 - s_i) / (1 - s_{i-1})``), lottery-ticket reset off.
+  converted from our cubic targets (``1 - (1 - s_i) / (1 - s_{i-1})``) and applied at the end of epochs 0..4,
+  lottery-ticket reset off;
+- ours defaults: ``UnstructuredPruning(amount=s)``, nothing else: global L1, cubic, ``start_epoch=None``
+  (resolves to 1 from scratch), default ``end_epoch`` (5 for 12 epochs): events at the start of epochs 1..5,
+  i.e. at the same points between the same training steps as ModelPruning's;
+- ours + LAMP: ``norm="lamp"``; ours + KD: ``Distillation()`` (teacher = the model before the first event);
+- ours recommended: ``UnstructuredPruning(amount=s, norm="lamp")`` + ``Distillation()``;
+- optional (``--methods``): ``layer-wise`` (``scope="layerwise"``), ``random`` (``norm="random"``).
 
-Fair timing of the events: ours prunes at the START of its pruning epochs, ModelPruning at the END.
-Ours runs with events at the start of epochs 1..5, ModelPruning at the end of epochs 0..4: both models get
-exactly one epoch of training before the first event, one between events and the same fine-tuning after
-the last event (epochs 5..E-1).
+Variants are interleaved: for each seed, for each sparsity, every method in turn.
 
 Run: ``python benchmarks/quality.py`` (``--quick`` for a smoke run).
 """
@@ -28,17 +31,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-SPARSITIES = [0.5, 0.8, 0.9, 0.95]
-METHODS = ["ours global", "ours layer-wise", "random", "ModelPruning", "one-shot"]
+SPARSITIES = [0.8, 0.9, 0.95]
+METHODS = ["ModelPruning", "ours defaults", "ours + LAMP", "ours recommended"]
+OPTIONAL = ["ours + KD", "layer-wise", "random"]
+ALL_ROWS = ["ModelPruning", "ours defaults", "ours + LAMP", "ours + KD", "ours recommended", "layer-wise", "random", "one-shot"]
 
 
-def run_one(seed: int, method: str, sparsity: float, epochs: int, start: int, end: int, limit: float | int):
+def run_one(seed: int, method: str, sparsity: float, epochs: int, limit: float | int, kd: dict | None = None):
     """Train LeNet with ``method`` at ``sparsity``; return test accuracies (and one-shot ones for dense)."""
     import lightning.pytorch as pl
     import torch.nn.utils.prune as prune
     from lightning.pytorch.callbacks import ModelPruning
 
-    from lightning_prune import ImageClassifier, UnstructuredPruning
+    from lightning_prune import Distillation, ImageClassifier, UnstructuredPruning
     from lightning_prune.data import DigitsDataModule
     from lightning_prune.core.measure import sparsity as measure_sparsity
 
@@ -46,22 +51,21 @@ def run_one(seed: int, method: str, sparsity: float, epochs: int, start: int, en
     pl.seed_everything(seed, verbose=False)
     model = ImageClassifier("lenet")
     dm = DigitsDataModule(batch_size=64, seed=0)
-    callbacks = []
-    if method in ("ours global", "ours layer-wise", "random"):
-        callbacks.append(
-            UnstructuredPruning(
-                amount=sparsity,
-                norm="random" if method == "random" else "l1",
-                scope="layerwise" if method == "ours layer-wise" else "global",
-                schedule="cubic",
-                start_epoch=start,
-                end_epoch=end,
-                seed=seed,
-                verbose=False,
-            )
-        )
+    kd = kd or {}
+    callbacks: list = []
+    if method.startswith("ours") or method in OPTIONAL:
+        kwargs: dict = {"amount": sparsity, "seed": seed, "verbose": False}
+        if method in ("ours + LAMP", "ours recommended"):
+            kwargs["norm"] = "lamp"
+        if method == "layer-wise":
+            kwargs["scope"] = "layerwise"
+        if method == "random":
+            kwargs["norm"] = "random"
+        callbacks.append(UnstructuredPruning(**kwargs))
+        if method in ("ours + KD", "ours recommended"):
+            callbacks.append(Distillation(verbose=False, **kd))
     elif method == "ModelPruning":
-        targets = UnstructuredPruning(amount=sparsity, schedule="cubic", start_epoch=start, end_epoch=end).targets(epochs)
+        targets = UnstructuredPruning(amount=sparsity).targets(epochs)  # the defaults' events: epochs 1..5
         amounts = common.model_pruning_amounts(targets, shift=-1)  # end of epoch e-1 == start of epoch e
         callbacks.append(
             ModelPruning(
@@ -97,7 +101,7 @@ def plot(results: dict, dense: list[float], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     dm, ds = common.mean_std(dense)
     ax.axhline(dm, color="k", ls="--", lw=1, label=f"dense ({dm:.3f})")
-    for method in METHODS:
+    for method in ALL_ROWS:
         xs, ms, ss = [], [], []
         for s in SPARSITIES:
             vals = [r[0] for r in results.get((method, s), [])]
@@ -121,69 +125,102 @@ def plot(results: dict, dense: list[float], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 epochs, 2 batches per epoch, no files")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 3 epochs, 2 batches per epoch, no files")
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
+    p.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS + OPTIONAL}")
+    p.add_argument("--kd-weight", type=float, default=None, help="Distillation(weight=...) (default: its default)")
+    p.add_argument("--kd-temperature", type=float, default=None)
+    p.add_argument("--no-write", action="store_true", help="print only (a pilot run)")
     args = p.parse_args(argv)
     started = time.time()
+    torch.set_num_threads(1)
     common.quiet()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    kd = {k: v for k, v in (("weight", args.kd_weight), ("temperature", args.kd_temperature)) if v is not None}
     if args.quick:
-        seeds, epochs, start, end, limit, sparsities = [0], 3, 1, 1, 2, [0.9]
+        seeds, epochs, limit, sparsities = [0], 3, 2, [0.9]
     else:
-        seeds, epochs, start, end, limit, sparsities = list(range(args.seeds)), args.epochs, 1, 5, 1.0, SPARSITIES
+        seeds, epochs, limit = list(range(args.seeds)), args.epochs, 1.0
+        sparsities = [float(x) for x in args.sparsities.split(",")]
 
     results: dict = {}
     dense = []
     for seed in seeds:
-        # one seed at a time, every method of that seed in turn
-        for r in run_one(seed, "dense", 0.0, epochs, start, end, limit):
+        # one seed at a time; for each sparsity every method in turn (interleaved)
+        for r in run_one(seed, "dense", 0.0, epochs, limit):
             if r[0] == "dense":
                 dense.append(r[2])
             elif r[1] in sparsities:
                 results.setdefault((r[0], r[1]), []).append((r[2], r[3]))
         for s in sparsities:
-            for method in METHODS:
-                if method == "one-shot":
-                    continue
-                for r in run_one(seed, method, s, epochs, start, end, limit):
+            for method in methods:
+                for r in run_one(seed, method, s, epochs, limit, kd):
                     results.setdefault((r[0], r[1]), []).append((r[2], r[3]))
         print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
+        print("partial:", {f"{k[0]} {k[1]}": [round(v[0], 4) for v in vals] for k, vals in results.items()}, "dense:", dense, flush=True)
 
     dm_, ds_ = common.mean_std(dense)
-    headers = ["method"] + [f"{int(100 * s)}%" for s in sparsities]
-    rows = [["dense (0%)"] + [f"{dm_:.3f} +- {ds_:.3f}"] * len(sparsities)]
+    headers = ["method"] + [f"{int(round(100 * s))}%" for s in sparsities]
+    rows = [["dense (0%)"] + [f"{dm_:.4f} +- {ds_:.4f}"] * len(sparsities)]
     srows = []
-    for method in METHODS:
+    shown = [m for m in ALL_ROWS if m in methods or m == "one-shot"]
+    for method in shown:
         row, srow = [method], [method]
         for s in sparsities:
             vals = results.get((method, s), [])
             m, sd = common.mean_std([v[0] for v in vals])
-            row.append(f"{m:.3f} +- {sd:.3f}")
+            row.append(f"{m:.4f} +- {sd:.4f}")
             srow.append(f"{100 * common.mean_std([v[1] for v in vals])[0]:.2f}%")
         rows.append(row)
         srows.append(srow)
+    # paired differences (same seed) against ModelPruning, in points
+    drows = []
+    if "ModelPruning" in methods:
+        for method in [m for m in shown if m not in ("ModelPruning", "one-shot")]:
+            row = [f"{method} - ModelPruning"]
+            for s in sparsities:
+                a = [v[0] for v in results.get((method, s), [])]
+                b = [v[0] for v in results.get(("ModelPruning", s), [])]
+                d = [100 * (x - y) for x, y in zip(a, b)]
+                m, sd = common.mean_std(d)
+                row.append(f"{m:+.2f} +- {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)")
+            drows.append(row)
     table = common.md_table(headers, rows)
     stable = common.md_table(["method (reached sparsity)"] + headers[1:], srows)
+    dtable = common.md_table(["paired difference, points"] + headers[1:], drows) if drows else ""
+    per_seed = {f"{m} {s}": [round(v[0], 4) for v in results.get((m, s), [])] for m in shown for s in sparsities}
     print(table)
+    print(dtable)
     print(stable)
-    if args.quick:
+    print("dense per seed:", [round(d, 4) for d in dense])
+    print("per seed:", per_seed)
+    if args.quick or args.no_write:
         return 0
 
     plot(results, dense, common.PLOTS_DIR / "accuracy_vs_sparsity_lenet.png", "LeNet on digits: accuracy vs sparsity")
-    cmd = "python benchmarks/quality.py" + ("" if args.seeds == 3 and args.epochs == 12 else f" --seeds {args.seeds} --epochs {args.epochs}")
+    cmd = "python " + " ".join(["benchmarks/quality.py"] + (argv if argv is not None else sys.argv[1:]))
     text = (
         common.header("1a. Quality: LeNet on digits, unstructured", cmd, started)
-        + f"\nLeNet (61,470 conv/linear weights), Adam lr 1e-3, batch 64, {epochs} epochs for every row, "
-        f"{len(seeds)} seeds (0..{len(seeds) - 1}; the data split is fixed). Test accuracy, mean +- std over seeds. "
-        f"Cubic schedule: ours prunes at the start of epochs {start}..{end}, ModelPruning at the end of epochs "
-        f"{start - 1}..{end - 1} (the same point between the same training steps), then {epochs - end} epochs "
-        "at the final sparsity. ModelPruning: `pruning_fn='l1_unstructured'`, `use_global_unstructured=True`, "
-        "`parameters_to_prune` = the conv/linear weights, amounts converted from the cumulative targets, "
-        "`use_lottery_ticket_hypothesis=False`. one-shot = the dense model of the same seed pruned after training "
-        "(the seed's `global_unstructured` L1), no fine-tuning. random = `UnstructuredPruning(norm='random')`.\n\n"
+        + f"\nLeNet (61,470 conv/linear weights), the full training split of `DigitsDataModule` (1,079 images; "
+        f"test split 359), Adam lr 1e-3, batch 64, {epochs} epochs for every row, {len(seeds)} seeds "
+        f"(0..{len(seeds) - 1}; the data split is fixed), variants interleaved. Test accuracy, mean +- sample std "
+        "over seeds. Cubic targets; ours prunes at the start of epochs 1..5 (the defaults: `start_epoch=None` "
+        "resolves to 1 from scratch), ModelPruning at the end of epochs 0..4 (the same points between the same "
+        "training steps), then 6 epochs at the final sparsity. ModelPruning: `pruning_fn='l1_unstructured'`, "
+        "`use_global_unstructured=True`, `parameters_to_prune` = the conv/linear weights, amounts converted from "
+        "the cumulative targets, `use_lottery_ticket_hypothesis=False`. LAMP = `norm='lamp'`; KD = "
+        f"`Distillation({', '.join(f'{k}={v}' for k, v in kd.items())})` (defaults: weight 1.0, temperature 4.0; the "
+        "teacher is the model at the end of epoch 0). recommended = LAMP + KD. one-shot = the dense model of the "
+        "same seed pruned after training (the seed's `global_unstructured` L1), no fine-tuning.\n\n"
         + table
+        + "\n\nPaired differences against ModelPruning (same seed), in accuracy points:\n\n"
+        + dtable
         + "\n\nSparsity actually reached (mean over seeds):\n\n"
         + stable
+        + f"\n\nPer-seed accuracies: dense {[round(d, 4) for d in dense]}; "
+        + "; ".join(f"{k}: {v}" for k, v in per_seed.items())
         + "\n\n![accuracy vs sparsity](plots/accuracy_vs_sparsity_lenet.png)\n"
     )
     common.write_part("quality", text)

@@ -16,6 +16,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ChannelPruning": ("lightning_prune.callbacks.channel", "ChannelPruning"),
     "ChannelPrunedCheckpointMixin": ("lightning_prune.callbacks.channel", "ChannelPrunedCheckpointMixin"),
     "PruningMetrics": ("lightning_prune.callbacks.metrics", "PruningMetrics"),
+    "Distillation": ("lightning_prune.callbacks.distillation", "Distillation"),
+    "ChannelRegularization": ("lightning_prune.callbacks.regularization", "ChannelRegularization"),
+    "distillation_loss": ("lightning_prune.callbacks.distillation", "distillation_loss"),
     "UnstructuredPruning": ("lightning_prune.callbacks.unstructured", "UnstructuredPruning"),
     "ImageClassifier": ("lightning_prune.models.classifier", "ImageClassifier"),
     "ChannelPruner": ("lightning_prune.core.structure", "ChannelPruner"),
@@ -59,7 +62,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
+    from lightning_prune.callbacks.distillation import Distillation, distillation_loss
     from lightning_prune.callbacks.metrics import PruningMetrics
+    from lightning_prune.callbacks.regularization import ChannelRegularization
     from lightning_prune.callbacks.unstructured import UnstructuredPruning
     from lightning_prune.core.compress import compressed_nbytes, load_compressed, save_compressed
     from lightning_prune.core.export import export, load_exported

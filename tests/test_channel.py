@@ -148,7 +148,7 @@ def test_logs_and_first_batch_tracing(tmp_path):
 def test_summary_line(tmp_path, caplog):
     module = ImageClassifier("lenet")
     with caplog.at_level("INFO"):
-        _trainer(tmp_path, 1, [ChannelPruning(0.5)], limit_train_batches=1, limit_val_batches=0).fit(
+        _trainer(tmp_path, 1, [ChannelPruning(0.5, start_epoch=0)], limit_train_batches=1, limit_val_batches=0).fit(
             module, DigitsDataModule(batch_size=8)
         )
     assert "MACs 0.0004 G -> 0.0001 G, params 0.06 M -> 0.02 M" in caplog.text
@@ -213,7 +213,7 @@ def test_resume_mid_schedule_is_exact_for_a_users_own_module(tmp_path):
 
 def test_load_from_checkpoint_image_classifier_and_mixin(tmp_path):
     module = ImageClassifier("lenet")
-    t = _trainer(tmp_path, 1, [ChannelPruning(0.5, verbose=False)], limit_val_batches=0)
+    t = _trainer(tmp_path, 1, [ChannelPruning(0.5, start_epoch=0, verbose=False)], limit_val_batches=0)
     t.fit(module, DigitsDataModule(batch_size=16))
     t.save_checkpoint(tmp_path / "ic.ckpt")
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "ic.ckpt")
@@ -222,7 +222,7 @@ def test_load_from_checkpoint_image_classifier_and_mixin(tmp_path):
     assert torch.equal(loaded.eval()(x), module.eval()(x))
 
     user = MixinModule()
-    t = _trainer(tmp_path, 1, [ChannelPruning(0.5, input_shape=[1, 1, 32, 32], verbose=False)], limit_val_batches=0)
+    t = _trainer(tmp_path, 1, [ChannelPruning(0.5, start_epoch=0, input_shape=[1, 1, 32, 32], verbose=False)], limit_val_batches=0)
     t.fit(user, DigitsDataModule(batch_size=16))
     t.save_checkpoint(tmp_path / "user.ckpt")
     again = MixinModule.load_from_checkpoint(tmp_path / "user.ckpt")
@@ -289,7 +289,7 @@ def test_setup_errors_leave_the_model_untouched(tmp_path, kwargs, module, match)
     m = ImageClassifier("lenet") if module == "ic" else UserModule()
     before = _state(m)
     with pytest.raises(ValueError, match=match):
-        _trainer(tmp_path, 1, [ChannelPruning(0.5, **kwargs)]).fit(m, DigitsDataModule(batch_size=8))
+        _trainer(tmp_path, 1, [ChannelPruning(0.5, start_epoch=0, **kwargs)]).fit(m, DigitsDataModule(batch_size=8))
     after = _state(m)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert "on_load_checkpoint" not in vars(m)  # no reshape hook (a local closure) left behind
@@ -307,7 +307,7 @@ def _masked_model():
 def test_setup_refuses_a_model_with_prune_masks(tmp_path):
     m = _masked_model()
     before = _state(m)
-    cb = ChannelPruning(0.5, verbose=False)
+    cb = ChannelPruning(0.5, start_epoch=0, verbose=False)
     with pytest.raises(ValueError, match=r"active torch.nn.utils.prune masks .* on modules \['model.conv2', 'model.fc1'\].*"
                        r"torch.nn.utils.prune.remove.*make_pruning_permanent=True"):
         _trainer(tmp_path, 1, [cb]).fit(m, DigitsDataModule(batch_size=8))
@@ -424,7 +424,7 @@ def test_cli_importance_by_class_path(tmp_path, monkeypatch):
 def test_unsupported_strategy_and_compiled_model_refused():
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
-    cb = ChannelPruning(0.5)
+    cb = ChannelPruning(0.5, start_epoch=0)
     module = ImageClassifier("lenet")
     for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
         fake = types.SimpleNamespace(strategy=strategy, max_epochs=2)

@@ -271,7 +271,7 @@ def test_one_owner_per_key_with_the_pruning_callbacks(tmp_path, with_metrics):
     from lightning_prune import UnstructuredPruning
 
     logger = CSVLogger(tmp_path, name="run")
-    pruner = UnstructuredPruning(amount=0.5, end_epoch=0, exclude=["model.fc3"], verbose=False)
+    pruner = UnstructuredPruning(amount=0.5, start_epoch=0, end_epoch=0, exclude=["model.fc3"], verbose=False)
     callbacks = [pruner, PruningMetrics(per_layer=False, summary=False)] if with_metrics else [pruner]
     logged = []
 

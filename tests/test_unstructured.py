@@ -91,12 +91,12 @@ class Probe(Callback):
         ({"amount": {1.5: 0.5}}, TypeError, r"`amount` milestone epochs must be ints; got 1.5"),
         ({"amount": {1: 0.8, 2: 0.5}}, ValueError, r"`amount` milestone targets must not decrease"),
         ({"amount": {1: 1.2}}, ValueError, r"`amount\[1\]` must be in \[0, 1\); got 1.2"),
-        ({"norm": "l3"}, ValueError, r"`norm` must be one of \['l1', 'l2', 'random'\]; got 'l3'"),
+        ({"norm": "l3"}, ValueError, r"`norm` must be one of \['l1', 'l2', 'lamp', 'random'\]; got 'l3'"),
         ({"scope": "channel"}, ValueError, r"`scope` must be one of \['global', 'layerwise'\]; got 'channel'"),
         ({"schedule": "exp"}, ValueError, r"`schedule` must be one of .*'cubic'.*; got 'exp'"),
         ({"start_epoch": 3, "end_epoch": 2}, ValueError, r"`end_epoch` must be >= `start_epoch`=3; got 2"),
         ({"every_n_epochs": 0}, ValueError, r"`every_n_epochs` must be >= 1; got 0"),
-        ({"start_epoch": 1.5}, TypeError, r"`start_epoch` must be an int; got 1.5"),
+        ({"start_epoch": 1.5}, TypeError, r"`start_epoch` must be an int or None; got 1.5"),
         ({"modules": ["("]}, ValueError, r"`modules` entry '\(' is not a valid regular expression"),
         ({"exclude": [3]}, TypeError, r"`exclude` entries must be strings"),
         ({"module_types": []}, TypeError, r"`module_types` must be a non-empty list of class names .*; got \[\]"),
@@ -174,7 +174,7 @@ def test_setup_error_on_module_with_nothing_to_prune(tmp_path):
 # ----------------------------------------------------------------------------------------------- behaviour
 def test_cubic_schedule_exact_counts_zeros_persist_and_logs(tmp_path):
     model = ImageClassifier("lenet")
-    cb = UnstructuredPruning(amount=0.9, schedule="cubic", end_epoch=2)
+    cb = UnstructuredPruning(amount=0.9, schedule="cubic", start_epoch=0, end_epoch=2)
     probe = Probe()
     trainer = _trainer(tmp_path, 4, [cb, probe], logger=CSVLogger(tmp_path, name="csv"))
     trainer.fit(model, _data())
@@ -221,7 +221,7 @@ def _run(ckpt_dir, max_epochs, ckpt_path=None, crash_at=None, **cb_kwargs):
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
     callbacks = [
-        UnstructuredPruning(amount=0.9, end_epoch=3, **cb_kwargs),
+        UnstructuredPruning(amount=0.9, start_epoch=0, end_epoch=3, **cb_kwargs),
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1),
     ]
     if crash_at is not None:
@@ -275,7 +275,7 @@ def test_resume_is_bit_exact_and_checkpoint_is_plain(tmp_path, interrupt):
 
 def test_without_permanent_model_stays_masked_and_saves_plain(tmp_path):
     model = ImageClassifier("lenet")
-    trainer = _trainer(tmp_path, 1, [UnstructuredPruning(0.5, make_pruning_permanent=False)])
+    trainer = _trainer(tmp_path, 1, [UnstructuredPruning(0.5, start_epoch=0, make_pruning_permanent=False)])
     trainer.fit(model, _data())
     assert hasattr(model.model.fc1, "weight_mask") and hasattr(model.model.fc1, "weight_orig")
     path = tmp_path / "after.ckpt"
@@ -287,7 +287,7 @@ def test_without_permanent_model_stays_masked_and_saves_plain(tmp_path):
         fresh.load_state_dict(sd, strict=True)
         assert int((fresh.model.fc1.weight == 0).sum()) == int((model.model.fc1.weight_mask == 0).sum())
     # resuming into the same (still masked) model object also loads the plain weights
-    trainer2 = _trainer(tmp_path, 2, [UnstructuredPruning(0.5, make_pruning_permanent=False)])
+    trainer2 = _trainer(tmp_path, 2, [UnstructuredPruning(0.5, start_epoch=0, make_pruning_permanent=False)])
     trainer2.fit(model, _data(), ckpt_path=str(path))
     assert M.mask_sparsity(M.get_masks(model, M.find_prunable(model))) == pytest.approx(0.5, abs=1e-4)
 
@@ -341,7 +341,7 @@ class TinyModule(pl.LightningModule):
 def test_plain_lightning_module(tmp_path, precision):
     model = TinyModule()
     probe = Probe(layers=("body.0", "body.2"))
-    cb = UnstructuredPruning(amount=0.75, schedule="linear", end_epoch=1, norm="l2")
+    cb = UnstructuredPruning(amount=0.75, schedule="linear", start_epoch=0, end_epoch=1, norm="l2")
     _trainer(tmp_path, 3, [cb, probe], precision=precision, limit_val_batches=0).fit(model)
     total = 8 * 32 + 32 * 3
     assert probe.zeros_at_start == {0: _count(0.375, total), 1: _count(0.75, total), 2: _count(0.75, total)}

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks.metrics import PruningMetrics, log_figures
@@ -69,6 +69,16 @@ class _BeforeWeightsLoad:
             reshape_to_state_dict(module, state)
 
 
+TRAINED_WEIGHTS_ATTR = "starts_from_trained_weights"
+
+
+def starts_from_trained(pl_module: pl.LightningModule) -> bool:
+    """True when the module says its weights are trained already (``ImageClassifier(init_from_checkpoint=...)``
+    or ``weights=...``, or a user's module with ``self.starts_from_trained_weights = True``): then an automatic
+    ``start_epoch`` (None) prunes at once (epoch 0) instead of after the first epoch."""
+    return getattr(pl_module, TRAINED_WEIGHTS_ATTR, False) is True
+
+
 class ScheduledPruning(Callback):
     """Base of ``UnstructuredPruning`` and ``ChannelPruning``: one ``Schedule``, events at epoch starts.
 
@@ -99,9 +109,14 @@ class ScheduledPruning(Callback):
         self._hook_handle: Any = None
         self._inspected = False
 
-    def targets(self, max_epochs: int | None = None) -> dict[int, float]:
-        """``{epoch: absolute target}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None)."""
-        return self._sched.resolve(max_epochs)
+    def targets(self, max_epochs: int | None = None, from_trained: bool = False) -> dict[int, float]:
+        """``{epoch: absolute target}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None).
+
+        With ``start_epoch=None`` the first event is epoch 1 for a model trained from scratch and epoch 0 with
+        ``from_trained=True`` (the callback decides this at ``setup`` from the LightningModule, see
+        ``starts_from_trained``).
+        """
+        return self._sched.resolve(max_epochs, from_trained)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -132,7 +147,28 @@ class ScheduledPruning(Callback):
         if self._continuing(pl_module):
             schedule_map = self._schedule_map
         else:
-            schedule_map = self._sched.resolve(trainer.max_epochs)
+            from_trained = starts_from_trained(pl_module)
+            schedule_map = self._sched.resolve(trainer.max_epochs, from_trained)
+            auto_start = self._sched.milestones is None and self._sched.start_epoch is None
+            if auto_start and not from_trained and min(schedule_map) == 0 and not trainer.fast_dev_run:
+                rank_zero_warn(
+                    f"{type(self).__name__}: the run has a single epoch (max_epochs={trainer.max_epochs}), so the "
+                    "automatic start_epoch prunes at epoch 0, before any training; magnitudes of an untrained model are "
+                    "noise: train for more epochs, or start from trained weights"
+                )
+            if getattr(self, "verbose", True):
+                if self._sched.milestones is not None:
+                    why = "explicit milestones"
+                elif self._sched.start_epoch is not None:
+                    why = f"start_epoch={self._sched.start_epoch}"
+                elif min(schedule_map) == 0 and not from_trained:
+                    why = "start_epoch=None in a one-epoch run: pruning at epoch 0"
+                elif from_trained:
+                    why = "start_epoch=None: the model starts from trained weights, so pruning starts at once"
+                else:
+                    why = "start_epoch=None: training from scratch, so the first event follows one epoch of training"
+                shown = ", ".join(f"{e}: {t:.4f}" for e, t in schedule_map.items())
+                rank_zero_info(f"{type(self).__name__}: schedule {{epoch: target}} = {{{shown}}} ({why})")
         max_epochs = trainer.max_epochs
         remaining = {e: t for e, t in schedule_map.items() if e > self._last_event_epoch} if self._continuing(
             pl_module

@@ -18,7 +18,7 @@ from typing_extensions import override
 from lightning_prune.core import optim as O
 from lightning_prune.core import speedup as SP
 from lightning_prune.core import structure as S
-from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, frozen_module_names
+from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, frozen_module_names, starts_from_trained
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core._inputs import device_dtype as _device_dtype
 from lightning_prune.core._inputs import move as _move
@@ -104,7 +104,11 @@ class ChannelPruning(ScheduledPruning):
             (a ``class_path`` block in YAML; instantiated by the callback), or, from Python, an ``Importance``
             object.
         schedule: ``"constant"``, ``"linear"``, ``"cubic"`` or ``"geometric"``, as in ``UnstructuredPruning``.
-        start_epoch: first pruning epoch.
+        start_epoch: first pruning epoch. Default ``None``: automatic, as in ``UnstructuredPruning``: epoch 1
+            for a model trained from scratch (channels are ranked after one epoch of training), epoch 0 for one
+            that starts from trained weights (``ImageClassifier(init_from_checkpoint=...)`` or ``weights=...``,
+            or ``starts_from_trained_weights = True`` on your module). Pass ``start_epoch=0`` to prune weights
+            you loaded yourself at once. The resolved schedule is printed at ``setup`` (rank zero, ``verbose``).
         end_epoch: last pruning epoch; default: half-way from ``start_epoch`` to the end of training.
         every_n_epochs: epochs between events.
         global_pruning: rank channels across all layers instead of within each layer.
@@ -168,7 +172,7 @@ class ChannelPruning(ScheduledPruning):
         pruning_ratio: float | dict[int, float] | None = None,
         importance: str | dict[str, Any] = "l2",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "linear",
-        start_epoch: int = 0,
+        start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,
         global_pruning: bool = False,
@@ -436,13 +440,14 @@ class ChannelPruning(ScheduledPruning):
                 "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
             )
 
-        channel_events = self._sched.resolve(trainer.max_epochs)
+        from_trained = starts_from_trained(pl_module)
+        channel_events = self._sched.resolve(trainer.max_epochs, from_trained)
         last_channel = max(channel_events)
         for cb in trainer.callbacks:
             if not isinstance(cb, UnstructuredPruning):
                 continue
             try:
-                unstructured_events = cb.targets(trainer.max_epochs)
+                unstructured_events = cb.targets(trainer.max_epochs, from_trained)
             except (ValueError, TypeError):  # that callback refuses its own schedule in its setup
                 continue
             if unstructured_events and min(unstructured_events) <= last_channel:

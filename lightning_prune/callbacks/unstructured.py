@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_prune.core import masks as M
 from lightning_prune.core import nm as NM
-from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
+from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, starts_from_trained
 from lightning_prune.core.reparam import effective
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.core.schedules import Schedule, count_for
@@ -50,13 +50,19 @@ class UnstructuredPruning(ScheduledPruning):
             ``start_epoch`` and ``end_epoch``; or explicit milestones ``{epoch: target}`` (absolute targets that
             never decrease), in which case ``schedule``/``start_epoch``/``end_epoch``/``every_n_epochs`` are
             not used.
-        norm: ``"l1"`` (``|w|``), ``"l2"`` (``w**2``; for single weights it ranks exactly like l1) or
-            ``"random"`` (a seeded baseline).
+        norm: ``"l1"`` (``|w|``), ``"l2"`` (``w**2``; for single weights it ranks exactly like l1),
+            ``"lamp"`` (layer-adaptive magnitude scores, Lee et al. 2021: with ``scope="global"`` small layers
+            are no longer pruned away; within one layer it ranks like l1) or ``"random"`` (a seeded baseline).
         scope: ``"global"`` ranks all selected weights together; ``"layerwise"`` prunes each tensor to the
             target.
         schedule: ``"constant"`` (everything at the first event), ``"linear"``, ``"cubic"`` (Zhu & Gupta 2017)
             or ``"geometric"`` (the same share of the remaining weights at every event).
-        start_epoch: epoch of the first event.
+        start_epoch: epoch of the first event. Default ``None``: automatic, epoch 1 when the model is trained
+            from scratch (the first event ranks weights after one epoch of training, not the random
+            initialisation) and epoch 0 when it starts from trained weights (``ImageClassifier`` with
+            ``init_from_checkpoint`` or ``weights``, or a module with ``starts_from_trained_weights = True``).
+            Pass ``start_epoch=0`` to prune weights you loaded yourself at once. The resolved schedule is
+            printed at ``setup`` (rank zero, when ``verbose``).
         end_epoch: epoch of the last event (it reaches ``amount``). Default: half-way through training,
             ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``), which leaves the
             second half of the run to fine-tune at the final sparsity.
@@ -108,10 +114,10 @@ class UnstructuredPruning(ScheduledPruning):
     def __init__(
         self,
         amount: float | dict[int, float],
-        norm: Literal["l1", "l2", "random"] = "l1",
+        norm: Literal["l1", "l2", "lamp", "random"] = "l1",
         scope: Literal["global", "layerwise"] = "global",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "cubic",
-        start_epoch: int = 0,
+        start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,
         modules: list[str] | None = None,
@@ -156,12 +162,7 @@ class UnstructuredPruning(ScheduledPruning):
         self.max_layer_sparsity = max_layer_sparsity
         self.make_pruning_permanent = check_bool("make_pruning_permanent", make_pruning_permanent)
         self.rewind_epoch = check_int("rewind_epoch", rewind_epoch, minimum=0, allow_none=True)
-        first_event = min(self._sched.milestones) if self._sched.milestones else self._sched.start_epoch
-        if self.rewind_epoch is not None and self.rewind_epoch > first_event:
-            raise ValueError(
-                f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); "
-                f"got {self.rewind_epoch}"
-            )
+        self._check_rewind(from_trained=False)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"`seed` must be an int; got {seed!r} ({type(seed).__name__})")
         self.seed = int(seed)
@@ -192,6 +193,14 @@ class UnstructuredPruning(ScheduledPruning):
         self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
         self._rewind: dict[str, torch.Tensor] | None = None
 
+    def _check_rewind(self, from_trained: bool) -> None:
+        first_event = self._sched.first_epoch(from_trained)
+        if self.rewind_epoch is not None and self.rewind_epoch > first_event:
+            raise ValueError(
+                f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); "
+                f"got {self.rewind_epoch}"
+            )
+
     # ------------------------------------------------------------------------------------------ public API
     @property
     def amount(self) -> float | dict[int, float]:
@@ -211,6 +220,7 @@ class UnstructuredPruning(ScheduledPruning):
         # every check that can refuse the run comes before any change
         schedule_map = self._check_schedule(trainer, pl_module)
         self._check_averaging(trainer)
+        self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
         early = not is_overridden("configure_model", pl_module) and not continuing
         targets = self._find_targets(pl_module, schedule_map) if early else None

@@ -42,10 +42,11 @@ from torch.nn.utils import prune
 
 from lightning_prune.core.bitpack import pack_mask, unpack_mask  # noqa: F401  (re-exported)
 from lightning_prune.core.reparam import effective, effective_weight, is_pruned, pruned_names
+from lightning_prune.core.scores import lamp_scores
 from lightning_prune.core.select import select_masks
 from lightning_prune.core.selection import check_patterns_match, matches_any, type_matches
 
-NORMS: tuple[str, ...] = ("l1", "l2", "random")
+NORMS: tuple[str, ...] = ("l1", "l2", "lamp", "random")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
 DEFAULT_MODULE_TYPES: tuple[str, ...] = (
     "Conv1d",
@@ -124,7 +125,8 @@ def _get_param(module: nn.Module, pname: str) -> Tensor | None:
 
 # ----------------------------------------------------------------------------------------------- scoring
 def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = None) -> Tensor:
-    """Importance of each weight as a flat float64 tensor: ``|w|`` (l1), ``w**2`` (l2), or uniform noise (random).
+    """Importance of each weight as a flat float64 tensor: ``|w|`` (l1), ``w**2`` (l2), LAMP scores (lamp, see
+    :mod:`lightning_prune.core.scores`), or uniform noise (random).
 
     ``generator`` (a CPU generator) drives ``random``; give every rank the same seed for identical masks.
     (:func:`compute_masks` ranks by the same scores without materialising them; N:M selection uses these.)
@@ -134,6 +136,8 @@ def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = 
         return w.double().abs()
     if norm == "l2":
         return w.double().square()  # exact for float32/bf16/fp16 inputs, so it ranks exactly like l1
+    if norm == "lamp":  # layer-adaptive (Lee et al. 2021): lightning_prune.core.scores
+        return lamp_scores(w)
     if norm == "random":
         return torch.rand(w.numel(), generator=generator, dtype=torch.float64).to(w.device)
     raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}")

@@ -9,6 +9,10 @@ Pure functions, no torch. Both pruning callbacks use them, so ``UnstructuredPrun
   ``n`` (1-based) the target is ``amount * shape(i / n)``;
 * or the user gives explicit milestones ``{epoch: target}``.
 
+``start_epoch=None`` (the callbacks' default) means "automatic": epoch 1 for a model trained from scratch, so
+the first event ranks weights that have had one epoch of training (magnitude pruning of an untrained
+initialisation is noise), and epoch 0 for a model that starts from trained weights (fine-tuning).
+
 Example::
 
     >>> build_schedule(0.9, "cubic", start_epoch=0, end_epoch=2)
@@ -44,6 +48,14 @@ def schedule_fraction(schedule: str, t: float, amount: float) -> float:
 def event_epochs(start_epoch: int, end_epoch: int, every_n_epochs: int = 1) -> list[int]:
     """Epochs at whose start a pruning event happens."""
     return list(range(start_epoch, end_epoch + 1, every_n_epochs))
+
+
+def resolve_start_epoch(start_epoch: int | None, from_trained: bool = False) -> int:
+    """The first event epoch: ``start_epoch`` when given, else 0 from trained weights and 1 from scratch
+    (``Schedule.resolve`` also falls back to 0 for a run of one epoch, which has no later epoch)."""
+    if start_epoch is not None:
+        return start_epoch
+    return 0 if from_trained else 1
 
 
 def default_end_epoch(start_epoch: int, max_epochs: int | None) -> int:
@@ -108,7 +120,7 @@ class Schedule:
         self,
         amount: float | Mapping[int, float],
         schedule: str = "cubic",
-        start_epoch: int = 0,
+        start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,
         amount_arg: str = "amount",
@@ -121,18 +133,37 @@ class Schedule:
             self.milestones = None
             self.amount = check_fraction(amount_arg, amount)
         self.schedule = check_choice("schedule", schedule, SCHEDULES)
-        self.start_epoch = check_int("start_epoch", start_epoch, minimum=0)
+        self.start_epoch = check_int("start_epoch", start_epoch, minimum=0, allow_none=True)
         self.end_epoch = check_int("end_epoch", end_epoch, minimum=0, allow_none=True)
-        if self.end_epoch is not None and self.end_epoch < self.start_epoch:
+        if self.end_epoch is not None and self.start_epoch is not None and self.end_epoch < self.start_epoch:
             raise ValueError(f"`end_epoch` must be >= `start_epoch`={self.start_epoch}; got {self.end_epoch}")
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
 
-    def resolve(self, max_epochs: int | None = None) -> dict[int, float]:
-        """``{epoch: absolute target}`` for every event."""
+    def first_epoch(self, from_trained: bool = False) -> int:
+        """Epoch of the first event (``start_epoch`` resolved, or the first milestone)."""
+        if self.milestones is not None:
+            return min(self.milestones)
+        return resolve_start_epoch(self.start_epoch, from_trained)
+
+    def resolve(self, max_epochs: int | None = None, from_trained: bool = False) -> dict[int, float]:
+        """``{epoch: absolute target}`` for every event.
+
+        ``from_trained`` resolves an automatic ``start_epoch`` (None): 0 when the model starts from trained
+        weights, 1 when it is trained from scratch.
+        """
         if self.milestones is not None:
             return dict(self.milestones)
-        end = self.end_epoch if self.end_epoch is not None else default_end_epoch(self.start_epoch, max_epochs)
-        return build_schedule(self.amount, self.schedule, self.start_epoch, end, self.every_n_epochs)
+        start = resolve_start_epoch(self.start_epoch, from_trained)
+        if self.end_epoch is not None and self.end_epoch < start:
+            raise ValueError(
+                f"`end_epoch`={self.end_epoch} is before the first pruning epoch {start}: with `start_epoch`=None a "
+                "run from scratch first prunes after one epoch of training (epoch 1); pass `start_epoch=0` to prune "
+                "weights you loaded at once"
+            )
+        if self.start_epoch is None and self.end_epoch is None and max_epochs is not None and 0 <= max_epochs <= start:
+            start = 0  # a one-epoch run (e.g. fast_dev_run) has no later epoch: prune at its start
+        end = self.end_epoch if self.end_epoch is not None else default_end_epoch(start, max_epochs)
+        return build_schedule(self.amount, self.schedule, start, end, self.every_n_epochs)
 
 
 def count_for(target: float, total: int) -> int:

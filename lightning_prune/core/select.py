@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from lightning_prune.core.scores import lamp_scores
 from lightning_prune.core.schedules import count_for
 
 __all__ = ["CHUNK", "select_masks"]
@@ -69,6 +70,7 @@ class _Keys:
         # (only the first tensor's and the latest: passes restart at a tensor's start or at the first)
         self._states: dict[int, Tensor] = {0: self.generator.get_state()} if norm == "random" else {}
         self._drawn: tuple[int, Tensor] | None = None
+        self._lamp: tuple[int, Tensor] | None = None  # lamp: one tensor's scores at a time
         self.caps: dict[int, tuple[int, int]] = {}  # tensor -> (key, position): eligible up to (key, position)
 
     def finish(self) -> None:
@@ -92,6 +94,10 @@ class _Keys:
         """Keys of tensor ``i``'s flat range ``[start, end)``, on that tensor's device."""
         if self.norm == "random":
             key = self._draw(i)[start:end].view(torch.int64).clone()
+        elif self.norm == "lamp":  # non-negative float64 scores, per tensor (layer-adaptive: core.scores)
+            if self._lamp is None or self._lamp[0] != i:
+                self._lamp = (i, lamp_scores(self.flat[i]))
+            key = self._lamp[1][start:end].view(torch.int64).clone()
         else:
             w = self.flat[i][start:end]
             if self.narrow:
@@ -215,7 +221,7 @@ def select_masks(
         weights: tensors to prune (their current values).
         k: ``global``: weights to prune over all tensors (previously pruned ones included; if they are more,
             only they stay pruned). Give ``k`` or ``target``.
-        norm: ``"l1"``, ``"l2"`` or ``"random"``.
+        norm: ``"l1"``, ``"l2"``, ``"lamp"`` (layer-adaptive, :mod:`lightning_prune.core.scores`) or ``"random"``.
         scope: ``"global"``, or ``"layerwise"`` (needs ``target``: ``round(target * numel)`` per tensor).
         prev_masks: masks already applied (``True`` = kept); their pruned weights stay pruned.
         max_layer_sparsity: global scope: no tensor is pruned beyond ``floor(cap * numel)`` weights (or its

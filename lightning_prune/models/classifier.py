@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_prune.callbacks.distillation import distillation_loss
 from lightning_prune.core._validation import check_int
 from lightning_prune.models import INPUT_SIZES, build_model
 from lightning_prune.core.reshape import architecture_in
@@ -70,6 +71,12 @@ class ImageClassifier(pl.LightningModule):
             model weights initialise this model: pruning-aware fine-tuning of a trained model with a fresh
             trainer state (epoch 0, new optimizer). A channel-pruned checkpoint reshapes the model first.
 
+    Attributes:
+        starts_from_trained_weights: True when ``init_from_checkpoint`` or ``weights`` is given, or the model was
+            loaded with ``ImageClassifier.load_from_checkpoint``. The pruning
+            callbacks read it: with their default ``start_epoch=None`` they prune trained weights at once
+            (epoch 0) and a model trained from scratch only after its first epoch.
+
     Example::
 
         >>> m = ImageClassifier("lenet", num_classes=10, in_channels=1)
@@ -114,6 +121,7 @@ class ImageClassifier(pl.LightningModule):
         self.num_classes = num_classes
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.starts_from_trained_weights = bool(init_from_checkpoint) or weights is not None
         if init_from_checkpoint:
             self.init_weights_from(init_from_checkpoint)
 
@@ -131,6 +139,7 @@ class ImageClassifier(pl.LightningModule):
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
             reshape_to_state_dict(self, state, architecture_in(checkpoint))
+            self.starts_from_trained_weights = True  # (a resumed fit continues its checkpoint's own schedule)
         super().on_load_checkpoint(checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +151,9 @@ class ImageClassifier(pl.LightningModule):
         return F.cross_entropy(logits, y), logits, y
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._shared_step(batch)
+        loss, logits, _ = self._shared_step(batch)
+        # + the knowledge-distillation term of a `Distillation` callback in the Trainer (0 without one)
+        loss = loss + distillation_loss(self, batch[0], logits)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 

@@ -1,0 +1,212 @@
+"""``Distillation``: knowledge distillation from the model before pruning into the model being pruned."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.core._validation import check_bool
+from lightning_prune.core.distill import frozen_copy, kd_loss
+from lightning_prune.core.structure import reshape_to_state_dict
+
+_STATE_VERSION = 1
+
+
+def _check_positive(arg: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
+        raise ValueError(f"`{arg}` must be a positive float; got {value!r}")
+    return float(value)
+
+
+class Distillation(Callback):
+    """Distil the unpruned model into the model being pruned: a frozen teacher, a KL term on the logits.
+
+    The teacher is a frozen copy of the LightningModule taken just before the first pruning event of the
+    ``UnstructuredPruning``/``ChannelPruning`` callbacks in the Trainer (at the end of the epoch before it; at
+    the start of training when the first event is epoch 0 or there is no pruning callback), or the weights of
+    ``teacher_checkpoint``. Its weights are this callback's state in checkpoints (plain tensors, loadable with
+    ``torch.load(weights_only=True)``), so ``trainer.fit(ckpt_path=...)`` brings it back as it was; for a
+    channel-pruned run the teacher keeps the unpruned shapes.
+
+    The training loss gains ``weight * T**2 * KL(softmax(teacher(x) / T) || softmax(student(x) / T))``. The
+    teacher is not a submodule of the model: no optimizer, DDP wrapper or pruning callback sees it, so there
+    are no unused-parameter issues under DDP. ``ImageClassifier`` adds the term by itself; in your own
+    LightningModule add one line to ``training_step``::
+
+        from lightning_prune import distillation_loss
+
+        logits = self(x)
+        loss = F.cross_entropy(logits, y) + distillation_loss(self, x, logits)
+
+    ``distillation_loss`` is 0 when no ``Distillation`` callback is in the Trainer or before the teacher is
+    taken. The teacher is called like the module (``teacher(x)``, i.e. your ``forward``), in eval mode and
+    without gradients. The term is logged as ``distillation/loss`` (epoch mean).
+
+    Args:
+        weight: factor of the distillation term (added to your loss).
+        temperature: softmax temperature ``T``.
+        teacher_checkpoint: path of a Lightning checkpoint (or a ``state_dict`` file) of the same
+            LightningModule class whose weights make the teacher, instead of the copy before the first event.
+            The module is reshaped to its shapes first (a channel-pruned teacher works).
+        verbose: print (rank zero) when the teacher is taken.
+
+    Example::
+
+        >>> cb = Distillation(weight=1.0, temperature=4.0)
+        >>> cb.teacher is None
+        True
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        temperature: float = 4.0,
+        teacher_checkpoint: str | None = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self.weight = _check_positive("weight", weight)
+        self.temperature = _check_positive("temperature", temperature)
+        if teacher_checkpoint is not None and not isinstance(teacher_checkpoint, (str, os.PathLike)):
+            raise TypeError(
+                f"`teacher_checkpoint` must be a path (str) or None; got {teacher_checkpoint!r} "
+                f"({type(teacher_checkpoint).__name__})"
+            )
+        self.teacher_checkpoint = os.fspath(teacher_checkpoint) if teacher_checkpoint is not None else None
+        self.verbose = check_bool("verbose", verbose)
+        self._teacher: torch.nn.Module | None = None
+        self._teacher_state: dict[str, Tensor] | None = None  # restored from a checkpoint, built at train start
+        self._taken_at: int | None = None
+        self._pl_module: pl.LightningModule | None = None
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The frozen teacher (a copy of the LightningModule), or None before it is taken."""
+        return self._teacher
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(weight=self.weight, temperature=self.temperature)
+
+    # ------------------------------------------------------------------------------------------ the loss
+    def loss(self, pl_module: pl.LightningModule, x: Any, student_logits: Tensor) -> Tensor:
+        """``weight * T**2 * KL(teacher || student)`` on the batch ``x`` (0 before the teacher exists)."""
+        if self._teacher is None:
+            return student_logits.new_zeros(())
+        with torch.no_grad():
+            teacher_logits = self._teacher(x)
+        value = self.weight * kd_loss(student_logits, teacher_logits, self.temperature)
+        if pl_module._trainer is not None and pl_module._trainer.training:
+            pl_module.log("distillation/loss", value.detach(), on_step=False, on_epoch=True)
+        return value.to(student_logits.dtype) if student_logits.is_floating_point() else value
+
+    # ------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._pl_module = pl_module
+        self._teacher, self._teacher_state, self._taken_at = None, None, None  # a fresh run (restored later)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._teacher_state is not None:  # resumed: rebuild the teacher the checkpoint holds
+            self._teacher = self._build(pl_module, self._teacher_state)
+            self._teacher_state = None
+            return
+        if self.teacher_checkpoint is not None:
+            self._teacher = self._build(pl_module, _load_state(self.teacher_checkpoint))
+            self._taken_at = -1
+            self._announce(f"loaded from {self.teacher_checkpoint}")
+            return
+        first = _first_event(trainer)
+        if first is None or trainer.current_epoch >= first:
+            pruned = any(cb._last_event_epoch >= 0 for cb in trainer.callbacks if isinstance(cb, ScheduledPruning))
+            if pruned:
+                rank_zero_warn(
+                    "Distillation: the checkpoint holds no teacher and the model is pruned already; the teacher is "
+                    "a copy of the pruned model (pass `teacher_checkpoint` to distil from another model)"
+                )
+            self._take(pl_module, trainer.current_epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        first = _first_event(trainer)
+        if self._teacher is None and first is not None and trainer.current_epoch == first - 1:
+            self._take(pl_module, trainer.current_epoch + 1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self._teacher is not None:
+            teacher = {k: v.detach().cpu().clone() for k, v in self._teacher.state_dict().items()}
+        else:
+            teacher = self._teacher_state
+        return {"version": _STATE_VERSION, "teacher": teacher, "taken_at_epoch": self._taken_at}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        teacher = state_dict.get("teacher")
+        self._teacher_state = dict(teacher) if teacher is not None else None
+        self._taken_at = state_dict.get("taken_at_epoch")
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _take(self, pl_module: pl.LightningModule, epoch: int) -> None:
+        self._teacher = frozen_copy(pl_module)
+        self._taken_at = int(epoch)
+        self._announce(f"a frozen copy of the model before the pruning event of epoch {epoch}")
+
+    def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
+        teacher = frozen_copy(pl_module)
+        reshape_to_state_dict(teacher, state)  # a channel-pruned student: the teacher gets its own shapes back
+        teacher.load_state_dict(state, strict=True)
+        return teacher
+
+    def _announce(self, what: str) -> None:
+        if self.verbose:
+            rank_zero_info(
+                f"Distillation: teacher = {what}; loss += {self.weight} * T^2 * KL(teacher || student), T={self.temperature}"
+            )
+
+
+def _first_event(trainer: pl.Trainer) -> int | None:
+    """The earliest scheduled event of the pruning callbacks in the Trainer (None without any)."""
+    epochs = [min(cb._schedule_map) for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and cb._schedule_map]
+    return min(epochs) if epochs else None
+
+
+def _load_state(path: str) -> dict[str, Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`teacher_checkpoint`: no file at {path!r}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"`teacher_checkpoint`: {path!r} holds no state_dict")
+    return state
+
+
+def distillation_loss(pl_module: pl.LightningModule, x: Any, logits: Tensor) -> Tensor:
+    """The distillation term of the ``Distillation`` callback(s) in ``pl_module``'s Trainer, for the batch ``x``
+    whose student logits are ``logits``; 0 when there is none, outside a Trainer, or before the teacher exists.
+
+    Add it to your training loss: ``loss = loss + distillation_loss(self, x, logits)``.
+    """
+    trainer = pl_module._trainer
+    total = logits.new_zeros(())
+    if trainer is None or not pl_module.training:
+        return total
+    for cb in trainer.callbacks:
+        if isinstance(cb, Distillation):
+            total = total + cb.loss(pl_module, x, logits)
+    return total
+
+
+__all__ = ["Distillation", "distillation_loss"]

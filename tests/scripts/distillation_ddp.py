@@ -1,0 +1,49 @@
+"""Distillation + ChannelPruning under DDP with 2 CPU processes (find_unused_parameters off); each rank saves
+its teacher and final weights.
+
+Usage: python tests/scripts/distillation_ddp.py OUT_DIR   (run by tests/test_distillation.py)
+"""
+
+import os
+import sys
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_prune import ChannelPruning, Distillation, ImageClassifier
+from lightning_prune.data import DigitsDataModule
+
+
+def main(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    pl.seed_everything(0)
+    model = ImageClassifier("lenet")
+    distillation = Distillation(weight=1.0, temperature=2.0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[ChannelPruning({1: 0.5}, verbose=False), distillation],
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=16, shuffle=False))
+    teacher = distillation.teacher
+    torch.save(
+        {
+            "teacher": {k: v.clone() for k, v in teacher.state_dict().items()},
+            "teacher_trainable": sum(p.requires_grad for p in teacher.parameters()),
+            "weights": {k: v.clone() for k, v in model.state_dict().items()},
+            "kd_loss": float(trainer.callback_metrics["distillation/loss"]),
+        },
+        os.path.join(out_dir, f"rank{trainer.global_rank}.pt"),
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
