@@ -27,9 +27,21 @@ def effective(orig: Tensor, mask: Tensor) -> Tensor:
     """``orig`` with the pruned entries (``mask`` 0/False) set to ``+0.0``."""
     if mask.dtype == torch.bool or not orig.is_floating_point():
         return torch.where(mask.to(torch.bool), orig, torch.zeros((), dtype=orig.dtype, device=orig.device))
-    # a 0/1 float mask: multiplying is 4x faster than torch.where on small tensors (state_dict of many layers);
-    # adding +0.0 turns the -0.0 of a negative weight times 0 into +0.0
-    return (orig * mask).add_(0.0)
+    # a 0/1 float mask: one fused kernel, +0.0 + orig * mask (the +0.0 turns the -0.0 of a negative weight times
+    # 0 into +0.0); 2x faster than multiplying then adding, 4x faster than torch.where on small tensors, which
+    # is what state_dict() of many pruned layers pays
+    return torch.addcmul(_zero(orig.dtype, orig.device), orig, mask)
+
+
+_ZEROS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _zero(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached 0-dim ``+0.0`` of ``dtype`` on ``device`` (read only: never written)."""
+    z = _ZEROS.get((dtype, device))
+    if z is None:
+        z = _ZEROS[(dtype, device)] = torch.zeros((), dtype=dtype, device=device)
+    return z
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:
