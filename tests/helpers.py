@@ -5,6 +5,10 @@ Import as ``from helpers import make_trainer`` (pytest puts ``tests/`` on ``sys.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +17,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.models import LeNet
+
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def run_ddp_script(name: str, tmp_path, timeout: int = 300) -> tuple[dict, dict]:
+    """Run ``tests/scripts/<name>`` (a 2-process gloo DDP fit writing ``rank0.pt``/``rank1.pt`` into
+    ``tmp_path``), assert it succeeded, and return what the two ranks saved."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), str(tmp_path)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tuple(torch.load(Path(tmp_path) / f"rank{r}.pt", weights_only=True) for r in (0, 1))
 
 
 def make_trainer(tmp_path, max_epochs: int = 2, callbacks=(), **overrides: Any) -> pl.Trainer:

@@ -1,9 +1,6 @@
 """ChannelPruning in real Trainer runs: the seed, optimizer health, resume, checkpoints, DDP, bf16, errors."""
 
 import io
-import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import prune
 
-from helpers import make_trainer
+from helpers import make_trainer, run_ddp_script
 from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_params
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.cli import cli_main
@@ -233,12 +230,7 @@ def test_load_from_checkpoint_image_classifier_and_mixin(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- DDP
 def test_ddp_two_processes_identical_architecture_and_weights(tmp_path):
-    script = Path(__file__).parent / "scripts" / "channel_ddp.py"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_ddp_script("channel_ddp.py", tmp_path, timeout=300)
     assert r0["architecture"] == r1["architecture"]
     assert r0["architecture"]["model.conv2"]["out_channels"] == 8
     for k, v in r0["weights"].items():

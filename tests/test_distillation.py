@@ -1,15 +1,11 @@
 """Distillation: a frozen teacher taken just before the first pruning event, KL on the logits, DDP and resume."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import UserClassifier, make_trainer
+from helpers import UserClassifier, make_trainer, run_ddp_script
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_prune import ChannelPruning, Distillation, ImageClassifier, UnstructuredPruning, distillation_loss
@@ -169,12 +165,7 @@ def test_arguments_are_validated(kwargs, error, match):
 
 
 def test_ddp_two_processes_channel_pruning(tmp_path):
-    script = Path(__file__).parent / "scripts" / "distillation_ddp.py"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_ddp_script("distillation_ddp.py", tmp_path, timeout=300)
     assert r0["teacher_trainable"] == r1["teacher_trainable"] == 0
     assert r0["teacher"]["model.conv2.weight"].shape[0] == 16 and r0["weights"]["model.conv2.weight"].shape[0] == 8
     for k, v in r0["teacher"].items():

@@ -2,8 +2,6 @@
 
 import csv
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import make_trainer
+from helpers import make_trainer, run_ddp_script
 from lightning_prune import ImageClassifier, UnstructuredPruning
 from lightning_prune.core import masks as M
 from lightning_prune.data import DigitsDataModule
@@ -365,11 +363,7 @@ def test_fast_dev_run_with_default_end_epoch(tmp_path):
 
 
 def test_ddp_two_processes_identical_masks(tmp_path):
-    script = Path(__file__).parent / "scripts" / "unstructured_ddp.py"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_ddp_script("unstructured_ddp.py", tmp_path, timeout=240)
     assert len(r0["masks"]) == len(r1["masks"]) == 2
     for epoch, target in ((0, 0.5), (1, 0.8)):
         m0, m1 = r0["masks"][epoch], r1["masks"][epoch]
