@@ -13,24 +13,18 @@ import torch
 from lightning_prune import ChannelPruning, Distillation, ImageClassifier
 from lightning_prune.data import DigitsDataModule
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from helpers import make_trainer  # noqa: E402
+
 
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
     distillation = Distillation(weight=1.0, temperature=2.0)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[ChannelPruning({1: 0.5}, verbose=False), distillation],
+    trainer = make_trainer(
+        out_dir, 3, [ChannelPruning({1: 0.5}, verbose=False), distillation],
+        devices=2, strategy="ddp", limit_train_batches=2, limit_val_batches=0,
     )
     trainer.fit(model, DigitsDataModule(batch_size=16, shuffle=False))
     teacher = distillation.teacher
