@@ -146,15 +146,8 @@ def export_main(argv: list[str]) -> int:
     """``lightning-prune export --ckpt_path run.ckpt --out model.onnx [--format F] [model flags | -c cfg.yaml]``."""
     from lightning_prune.core.export import ExportMismatchError, export, format_for_path
 
-    cli = ExportCLI(
-        ImageClassifier,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_callback=None,
-        args=argv,
-        run=False,
-        parser_kwargs={"prog": "lightning-prune export"},
+    cli = _build_cli(
+        ExportCLI, argv, save_config_callback=None, run=False, parser_kwargs={"prog": "lightning-prune export"}
     )
     cfg = cli.config
     fmt = cfg.get("format") or format_for_path(cfg.out)
@@ -170,17 +163,16 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
+def _build_cli(cli_class: type[PruneCLI], args: list[str] | None, **kwargs: Any) -> PruneCLI:
+    """The project's LightningCLI: ``ImageClassifier``, any data module by ``class_path``, seed 0."""
+    return cli_class(
+        ImageClassifier, pl.LightningDataModule, subclass_mode_data=True, seed_everything_default=0, args=args, **kwargs
+    )
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, e.g. ``["fit", "-c", "cfg.yaml"]``."""
-    return PruneCLI(
-        ImageClassifier,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_callback=SaveFitConfig,
-        args=args,
-        run=run,
-    )
+    return _build_cli(PruneCLI, args, save_config_callback=SaveFitConfig, run=run)
 
 
 def main(argv: list[str] | None = None) -> int:
