@@ -458,25 +458,32 @@ def _clear_lightning_warning_cache() -> None:
         result.warning_cache.clear()
 
 
+def _ddp_fit(s: Settings, epochs: int, model: Any, callbacks: list, data: Any, ckpt: str | None,
+             ckpt_dir: Path | None) -> Any:
+    """A one-device DDP fit of ``model`` (from ``ckpt`` when given); with ``ckpt_dir``, a checkpoint after every
+    epoch (``epoch=N.ckpt``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kw: dict[str, Any] = {}
+    if ckpt_dir is not None:
+        callbacks = [*callbacks, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}")]
+        kw["enable_checkpointing"] = True
+    fit_trainer(s, epochs, callbacks, strategy="ddp", devices=1, **kw).fit(model, data, ckpt_path=ckpt)
+    return model
+
+
 def ddp_resume_unstructured(s: Settings, tmp: Path) -> dict[str, Any]:
     """Events at 0, 1, 2 (linear to 0.8); resume from the epoch-0 checkpoint must still end at exactly 0.8."""
     from helpers import UserClassifier
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from lightning_prune import PruningMetrics, UnstructuredPruning
     from lightning_prune.core.schedules import count_for
 
     def run(ckpt: str | None, ckpt_dir: Path | None) -> UserClassifier:
         torch.manual_seed(0)
         model = UserClassifier()
-        cbs: list = [UnstructuredPruning(amount=0.8, schedule="linear", start_epoch=0, end_epoch=2, verbose=False),
-                     PruningMetrics(summary=False)]
-        kw: dict[str, Any] = {}
-        if ckpt_dir is not None:
-            cbs.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}"))
-            kw["enable_checkpointing"] = True
-        fit_trainer(s, 3, cbs, strategy="ddp", devices=1, **kw).fit(model, digits(), ckpt_path=ckpt)
-        return model
+        cbs = [UnstructuredPruning(amount=0.8, schedule="linear", start_epoch=0, end_epoch=2, verbose=False),
+               PruningMetrics(summary=False)]
+        return _ddp_fit(s, 3, model, cbs, digits(), ckpt, ckpt_dir)
 
     full = run(None, tmp / "unstructured")
     resumed = run(str(tmp / "unstructured" / "epoch=0.ckpt"), None)
@@ -488,8 +495,6 @@ def ddp_resume_unstructured(s: Settings, tmp: Path) -> dict[str, Any]:
 
 def ddp_resume_channel(s: Settings, tmp: Path) -> dict[str, Any]:
     """Events at 0 and 1 (linear to 0.5); resume from the epoch-0 checkpoint reshapes and ends at 0.5."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from lightning_prune import ChannelPruning, ImageClassifier, PruningMetrics, count_params
 
     channels = 3 if s.channel_model != "lenet" else 1
@@ -497,14 +502,9 @@ def ddp_resume_channel(s: Settings, tmp: Path) -> dict[str, Any]:
     def run(ckpt: str | None, ckpt_dir: Path | None) -> Any:
         torch.manual_seed(0)
         model = ImageClassifier(s.channel_model, in_channels=channels)
-        cbs: list = [ChannelPruning(pruning_ratio=0.5, schedule="linear", start_epoch=0, end_epoch=1, verbose=False),
-                     PruningMetrics(summary=False)]
-        kw: dict[str, Any] = {}
-        if ckpt_dir is not None:
-            cbs.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}"))
-            kw["enable_checkpointing"] = True
-        fit_trainer(s, 2, cbs, strategy="ddp", devices=1, **kw).fit(model, digits(channels), ckpt_path=ckpt)
-        return model
+        cbs = [ChannelPruning(pruning_ratio=0.5, schedule="linear", start_epoch=0, end_epoch=1, verbose=False),
+               PruningMetrics(summary=False)]
+        return _ddp_fit(s, 2, model, cbs, digits(channels), ckpt, ckpt_dir)
 
     full = run(None, tmp / "channel")
     resumed = run(str(tmp / "channel" / "epoch=0.ckpt"), None)
