@@ -1,19 +1,28 @@
 """Quality: test accuracy vs sparsity of LeNet on digits: dense, Lightning's ModelPruning, ours with its
-defaults, and ours with the recommended options (LAMP scores + knowledge distillation), with ablations.
+defaults, and ours with LAMP scores and knowledge distillation, with ablations.
 
 Rows (same model, data (the full training split of ``DigitsDataModule``), optimiser (Adam, lr 1e-3), batch 64
 and number of epochs for every row):
 - dense: no pruning; one-shot: the dense model of the same seed pruned after training with the seed's
   ``prune.global_unstructured(..., prune.L1Unstructured, amount=s)`` and no fine-tuning;
 - ModelPruning: Lightning's built-in callback, global L1 on the same conv/linear weights, its amounts
-  converted from our cubic targets (``1 - (1 - s_i) / (1 - s_{i-1})``) and applied at the end of epochs 0..4,
-  lottery-ticket reset off;
-- ours defaults: ``UnstructuredPruning(amount=s)``, nothing else: global L1, cubic, ``start_epoch=None``
-  (resolves to 1 from scratch), default ``end_epoch`` (5 for 12 epochs): events at the start of epochs 1..5,
-  i.e. at the same points between the same training steps as ModelPruning's;
+  converted from our cubic targets (``1 - (1 - s_i) / (1 - s_{i-1})``), lottery-ticket reset off;
+- ours defaults: ``UnstructuredPruning(amount=s)``, nothing else: global L1, cubic, ``start_epoch=None``,
+  default ``end_epoch`` (half-way through training);
 - ours + LAMP: ``norm="lamp"``; ours + KD: ``Distillation()`` (teacher = the model before the first event);
-- ours recommended: ``UnstructuredPruning(amount=s, norm="lamp")`` + ``Distillation()``;
-- optional (``--methods``): ``layer-wise`` (``scope="layerwise"``), ``random`` (``norm="random"``).
+  ours + LAMP + KD: both;
+- optional (``--methods``): ``ours + KD``, ``layer-wise`` (``scope="layerwise"``), ``random`` (``norm="random"``).
+
+Three budgets, each written to its own part of RESULTS.md (``--part``):
+- from scratch, trained to convergence (the default, 30 epochs: the dense model's accuracy is flat from 24
+  epochs on): ours prunes at the start of epochs 1..E (``start_epoch=None`` resolves to 1 from scratch),
+  ModelPruning at the end of epochs 0..E-1, the same points between the same training steps;
+- from scratch, a short budget (``--epochs 12 --part quality_short``): the dense model is still learning;
+- pruning a trained model (``--from-trained 30 --epochs 15 --part quality_trained``): every row starts from the
+  seed's dense model trained 30 epochs and trains 15 more with a fresh optimizer; ours prunes at the start of
+  epochs 0..E (``start_epoch=None`` resolves to 0 from trained weights), ModelPruning at the end of epochs 0..E
+  (it has no hook before the first training step); the KD teacher is the trained dense model; the dense row
+  trains on without pruning.
 
 Variants are interleaved: for each seed, for each sparsity, every method in turn.
 
@@ -29,16 +38,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import torch  # noqa: E402
 
 
 SPARSITIES = [0.8, 0.9, 0.95]
-METHODS = ["ModelPruning", "ours defaults", "ours + LAMP", "ours recommended"]
+METHODS = ["ModelPruning", "ours defaults", "ours + LAMP", "ours + LAMP + KD"]
 OPTIONAL = ["ours + KD", "layer-wise", "random"]
-ALL_ROWS = ["ModelPruning", "ours defaults", "ours + LAMP", "ours + KD", "ours recommended", "layer-wise", "random", "one-shot"]
+ALL_ROWS = ["ModelPruning", "ours defaults", "ours + LAMP", "ours + KD", "ours + LAMP + KD", "layer-wise", "random", "one-shot"]
 
 
-def run_one(seed: int, method: str, sparsity: float, epochs: int, limit: float | int, kd: dict | None = None):
-    """Train LeNet with ``method`` at ``sparsity``; return test accuracies (and one-shot ones for dense)."""
+def pretrain(seed: int, epochs: int, limit: float | int) -> dict:
+    """The seed's dense LeNet trained ``epochs`` epochs from scratch: its state dict (the start of every row
+    in the trained-model budget)."""
+    import lightning.pytorch as pl
+
+    from lightning_prune import ImageClassifier
+    from lightning_prune.data import DigitsDataModule
+
+    common.quiet()
+    pl.seed_everything(seed, verbose=False)
+    model = ImageClassifier("lenet")
+    common.trainer(epochs, [], limit_train_batches=limit).fit(model, DigitsDataModule(batch_size=64, seed=0))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_one(
+    seed: int,
+    method: str,
+    sparsity: float,
+    epochs: int,
+    limit: float | int,
+    kd: dict | None = None,
+    start: dict | None = None,
+):
+    """Train LeNet with ``method`` at ``sparsity`` (from ``start``, a trained state dict, when given); return
+    test accuracies (and one-shot ones for dense)."""
     import lightning.pytorch as pl
     import torch.nn.utils.prune as prune
     from lightning.pytorch.callbacks import ModelPruning
@@ -50,23 +84,29 @@ def run_one(seed: int, method: str, sparsity: float, epochs: int, limit: float |
     common.quiet()
     pl.seed_everything(seed, verbose=False)
     model = ImageClassifier("lenet")
+    trained = start is not None
+    if trained:
+        model.load_state_dict(start)
+        model.starts_from_trained_weights = True  # what `init_from_checkpoint` would set
     dm = DigitsDataModule(batch_size=64, seed=0)
     kd = kd or {}
     callbacks: list = []
     if method.startswith("ours") or method in OPTIONAL:
         kwargs: dict = {"amount": sparsity, "seed": seed, "verbose": False}
-        if method in ("ours + LAMP", "ours recommended"):
+        if "LAMP" in method:
             kwargs["norm"] = "lamp"
         if method == "layer-wise":
             kwargs["scope"] = "layerwise"
         if method == "random":
             kwargs["norm"] = "random"
         callbacks.append(UnstructuredPruning(**kwargs))
-        if method in ("ours + KD", "ours recommended"):
+        if "KD" in method:
             callbacks.append(Distillation(verbose=False, **kd))
     elif method == "ModelPruning":
-        targets = UnstructuredPruning(amount=sparsity).targets(epochs)  # the defaults' events: epochs 1..5
-        amounts = common.model_pruning_amounts(targets, shift=-1)  # end of epoch e-1 == start of epoch e
+        # the defaults' events; from scratch: end of epoch e-1 == start of epoch e. From trained weights ours
+        # starts at epoch 0, before any step, where ModelPruning has no hook: its events come at the end of 0..E
+        targets = UnstructuredPruning(amount=sparsity).targets(epochs, from_trained=trained)
+        amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)
         callbacks.append(
             ModelPruning(
                 pruning_fn="l1_unstructured",
@@ -82,7 +122,7 @@ def run_one(seed: int, method: str, sparsity: float, epochs: int, limit: float |
     trainer.fit(model, dm)
     rows = [(method, sparsity, common.test_accuracy(model, dm), measure_sparsity(model))]
     if method == "dense":
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state = {k: v.clone() for k, v in (start or model.state_dict()).items()}  # one-shot: prune the start
         for s in SPARSITIES:
             model.load_state_dict(state)
             prune.global_unstructured(common.conv_linear_weights(model.model), prune.L1Unstructured, amount=s)
@@ -90,6 +130,14 @@ def run_one(seed: int, method: str, sparsity: float, epochs: int, limit: float |
             for m, n in common.conv_linear_weights(model.model):
                 prune.remove(m, n)
     return rows
+
+
+def UnstructuredPruning_end(epochs: int, from_trained: bool) -> int:
+    """The last event epoch of the defaults' schedule for ``epochs`` (ModelPruning's, from scratch: one earlier)."""
+    from lightning_prune import UnstructuredPruning
+
+    last = max(UnstructuredPruning(amount=0.5).targets(epochs, from_trained=from_trained))
+    return last if from_trained else last - 1
 
 
 def plot(results: dict, dense: list[float], path: Path, title: str) -> None:
@@ -127,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 3 epochs, 2 batches per epoch, no files")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=30, help="epochs of every row (after --from-trained's)")
+    p.add_argument("--from-trained", type=int, default=0, metavar="N",
+                   help="start every row from the seed's dense model trained N epochs (0: from scratch)")
+    p.add_argument("--part", default="quality", help="the RESULTS.md part to write (benchmarks/results/PART.md)")
     p.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
     p.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS + OPTIONAL}")
     p.add_argument("--kd-weight", type=float, default=None, help="Distillation(weight=...) (default: its default)")
@@ -139,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     common.quiet()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     kd = {k: v for k, v in (("weight", args.kd_weight), ("temperature", args.kd_temperature)) if v is not None}
+    pre = args.from_trained
     if args.quick:
-        seeds, epochs, limit, sparsities = [0], 3, 2, [0.9]
+        seeds, epochs, limit, sparsities, pre = [0], 3, 2, [0.9], min(pre, 2)
     else:
         seeds, epochs, limit = list(range(args.seeds)), args.epochs, 1.0
         sparsities = [float(x) for x in args.sparsities.split(",")]
@@ -148,15 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     dense = []
     for seed in seeds:
+        start = pretrain(seed, pre, limit) if pre else None
         # one seed at a time; for each sparsity every method in turn (interleaved)
-        for r in run_one(seed, "dense", 0.0, epochs, limit):
+        for r in run_one(seed, "dense", 0.0, epochs, limit, start=start):
             if r[0] == "dense":
                 dense.append(r[2])
             elif r[1] in sparsities:
                 results.setdefault((r[0], r[1]), []).append((r[2], r[3]))
         for s in sparsities:
             for method in methods:
-                for r in run_one(seed, method, s, epochs, limit, kd):
+                for r in run_one(seed, method, s, epochs, limit, kd, start=start):
                     results.setdefault((r[0], r[1]), []).append((r[2], r[3]))
         print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
         print("partial:", {f"{k[0]} {k[1]}": [round(v[0], 4) for v in vals] for k, vals in results.items()}, "dense:", dense, flush=True)
@@ -187,43 +240,82 @@ def main(argv: list[str] | None = None) -> int:
                 m, sd = common.mean_std(d)
                 row.append(f"{m:+.2f} +- {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)")
             drows.append(row)
+    ddrows = []
+    for method in [m for m in shown if m != "one-shot"]:
+        row = [f"{method} - dense"]
+        for s in sparsities:
+            a = [v[0] for v in results.get((method, s), [])]
+            d = [100 * (x - y) for x, y in zip(a, dense)]
+            m, sd = common.mean_std(d)
+            row.append(f"{m:+.2f} +- {sd:.2f}")
+        ddrows.append(row)
+    ddtable = common.md_table(["paired difference, points"] + headers[1:], ddrows)
     table = common.md_table(headers, rows)
     stable = common.md_table(["method (reached sparsity)"] + headers[1:], srows)
     dtable = common.md_table(["paired difference, points"] + headers[1:], drows) if drows else ""
     per_seed = {f"{m} {s}": [round(v[0], 4) for v in results.get((m, s), [])] for m in shown for s in sparsities}
     print(table)
     print(dtable)
+    print(ddtable)
     print(stable)
     print("dense per seed:", [round(d, 4) for d in dense])
     print("per seed:", per_seed)
     if args.quick or args.no_write:
         return 0
 
-    plot(results, dense, common.PLOTS_DIR / "accuracy_vs_sparsity_lenet.png", "LeNet on digits: accuracy vs sparsity")
+    suffix = "" if args.part == "quality" else "_" + args.part.removeprefix("quality_")
+    plot_name = f"accuracy_vs_sparsity_lenet{suffix}.png"
+    budget = f"{epochs} epochs" + (f" after {pre} dense ones" if pre else " from scratch")
+    plot(results, dense, common.PLOTS_DIR / plot_name, f"LeNet on digits, {budget}")
     cmd = "python " + " ".join(["benchmarks/quality.py"] + (argv if argv is not None else sys.argv[1:]))
+    kd_args = ", ".join(f"{k}={v}" for k, v in kd.items())
+    end = UnstructuredPruning_end(epochs, bool(pre))
+    if pre:
+        title = "1a-trained. Quality: pruning a trained LeNet (fine-tuning), unstructured"
+        protocol = (
+            f"Every row starts from the seed's dense LeNet trained {pre} epochs from scratch (the same weights for "
+            f"every row of a seed) and trains {epochs} more epochs with a fresh Adam. Cubic targets; ours prunes at "
+            f"the start of epochs 0..{end} (the defaults: `start_epoch=None` resolves to 0 from trained weights), "
+            f"ModelPruning at the end of epochs 0..{end} (it has no hook before the first training step), then "
+            f"{epochs - end - 1} epochs at the final sparsity. The dense row trains on without pruning; one-shot = "
+            f"the trained start pruned once (the seed's `global_unstructured` L1), no fine-tuning. KD = "
+            f"`Distillation({kd_args})`: the teacher is the trained dense model."
+        )
+    else:
+        title = (
+            "1a. Quality: LeNet on digits, unstructured, from scratch, trained to convergence"
+            if epochs >= 24
+            else f"1a-short. Quality: LeNet on digits, unstructured, from scratch, a short budget ({epochs} epochs)"
+        )
+        protocol = (
+            f"Cubic targets; ours prunes at the start of epochs 1..{end + 1} (the defaults: `start_epoch=None` "
+            f"resolves to 1 from scratch), ModelPruning at the end of epochs 0..{end} (the same points between the "
+            f"same training steps), then {epochs - end - 2} epochs at the final sparsity. KD = "
+            f"`Distillation({kd_args})`: the teacher is the model at the end of epoch 0. one-shot = the dense model "
+            "of the same seed pruned after training (the seed's `global_unstructured` L1), no fine-tuning."
+        )
     text = (
-        common.header("1a. Quality: LeNet on digits, unstructured", cmd, started)
+        common.header(title, cmd, started)
         + f"\nLeNet (61,470 conv/linear weights), the full training split of `DigitsDataModule` (1,079 images; "
         f"test split 359), Adam lr 1e-3, batch 64, {epochs} epochs for every row, {len(seeds)} seeds "
         f"(0..{len(seeds) - 1}; the data split is fixed), variants interleaved. Test accuracy, mean +- sample std "
-        "over seeds. Cubic targets; ours prunes at the start of epochs 1..5 (the defaults: `start_epoch=None` "
-        "resolves to 1 from scratch), ModelPruning at the end of epochs 0..4 (the same points between the same "
-        "training steps), then 6 epochs at the final sparsity. ModelPruning: `pruning_fn='l1_unstructured'`, "
-        "`use_global_unstructured=True`, `parameters_to_prune` = the conv/linear weights, amounts converted from "
-        "the cumulative targets, `use_lottery_ticket_hypothesis=False`. LAMP = `norm='lamp'`; KD = "
-        f"`Distillation({', '.join(f'{k}={v}' for k, v in kd.items())})` (defaults: weight 1.0, temperature 4.0; the "
-        "teacher is the model at the end of epoch 0). recommended = LAMP + KD. one-shot = the dense model of the "
-        "same seed pruned after training (the seed's `global_unstructured` L1), no fine-tuning.\n\n"
+        "over seeds. ModelPruning: `pruning_fn='l1_unstructured'`, `use_global_unstructured=True`, "
+        "`parameters_to_prune` = the conv/linear weights, amounts converted from the cumulative targets, "
+        "`use_lottery_ticket_hypothesis=False`. LAMP = `norm='lamp'`. "
+        + protocol
+        + "\n\n"
         + table
         + "\n\nPaired differences against ModelPruning (same seed), in accuracy points:\n\n"
         + dtable
+        + "\n\nPaired differences against dense (same seed), in accuracy points:\n\n"
+        + ddtable
         + "\n\nSparsity actually reached (mean over seeds):\n\n"
         + stable
         + f"\n\nPer-seed accuracies: dense {[round(d, 4) for d in dense]}; "
         + "; ".join(f"{k}: {v}" for k, v in per_seed.items())
-        + "\n\n![accuracy vs sparsity](plots/accuracy_vs_sparsity_lenet.png)\n"
+        + f"\n\n![accuracy vs sparsity](plots/{plot_name})\n"
     )
-    common.write_part("quality", text)
+    common.write_part(args.part, text)
     print(f"took {time.time() - started:.0f} s")
     return 0
 

@@ -16,20 +16,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "channel_event"]
+# parts written by a script run with arguments: name -> (script, arguments)
+EXTRA = {
+    "quality_short": ("quality", ["--epochs", "12", "--part", "quality_short"]),
+    "quality_trained": ("quality", ["--from-trained", "30", "--epochs", "15", "--part", "quality_trained"]),
+}
+RUNS = {name: (name, []) for name in SCRIPTS[:1]} | EXTRA | {name: (name, []) for name in SCRIPTS[1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", default=",".join(SCRIPTS))
+    p.add_argument("--only", default=",".join(RUNS), help=f"from {list(RUNS)}")
     args = p.parse_args(argv)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     took = {}
-    for name in [s for s in SCRIPTS if s in args.only.split(",")]:
+    for name in [s for s in RUNS if s in args.only.split(",")]:
+        script, extra = RUNS[name]
         load = os.getloadavg()[0]
         print(f"== {name} (1-min load {load:.2f}{'; timings will be noisy' if load > 1.5 else ''})", flush=True)
         t0 = time.time()
-        cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, str(HERE / f"{script}.py")] + extra + (["--quick"] if args.quick else [])
         rc = subprocess.call(cmd, env=env, cwd=str(HERE.parent))
         took[name] = time.time() - t0
         if rc != 0:

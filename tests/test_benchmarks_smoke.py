@@ -28,3 +28,19 @@ def test_benchmark_scripts_import_and_size_quick_reports_compression():
     assert ours < 0.2 * dense
     assert 0.5 * bound < ours < 1.3 * bound
     assert ours < gzip_dense
+
+
+def test_quality_quick_from_trained_prunes_every_row_to_the_target():
+    """The accuracy benchmark's trained-model budget end to end (1 seed, 2 + 3 tiny epochs, nothing written):
+    every method reaches 90% from the shared trained start and both paired tables are printed."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "quality.py"), "--quick", "--from-trained", "2"],
+        capture_output=True, text=True, timeout=240, cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    reached = [line for line in out.splitlines() if line.startswith("| ") and line.rstrip().endswith("% |")]
+    methods = ["ModelPruning", "ours defaults", "ours + LAMP", "ours + LAMP + KD", "one-shot"]
+    for method in methods:
+        assert f"| {method} | 90.00% |" in reached, (method, out[-2000:])
+    assert "| ours + LAMP + KD - ModelPruning |" in out and "| ours + LAMP + KD - dense |" in out
