@@ -70,28 +70,6 @@ def test_teacher_is_the_model_just_before_the_first_event_and_stays_frozen():
     torch.testing.assert_close(kd.loss(model, x, logits), expected)
 
 
-@pytest.mark.parametrize("trained", [False, True])
-def test_a_teacher_taken_from_training_from_scratch_is_warned_about(trained):
-    """From scratch the teacher is a partly trained model, which lowered accuracy in the quality benchmark: the
-    user is told; pruning a trained model (the user says so) takes the teacher silently."""
-    import warnings
-
-    pl.seed_everything(0)
-    model = UserClassifier()
-    model.starts_from_trained_weights = trained
-    kd = Distillation(verbose=False)
-    trainer = make_trainer(".", 2, [UnstructuredPruning(0.5, verbose=False), kd], limit_train_batches=2, limit_val_batches=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(model, _data())
-    weak = [str(w.message) for w in caught if "training from scratch" in str(w.message)]
-    assert kd.teacher is not None and kd._taken_at == (0 if trained else 1)
-    if trained:
-        assert weak == []
-    else:
-        assert len(weak) == 1 and "after 1 epoch(s)" in weak[0] and "teacher_checkpoint" in weak[0]
-
-
 def test_no_callback_or_no_teacher_adds_nothing():
     model = UserClassifier()
     logits = model(torch.randn(2, 1, 32, 32))

@@ -13,14 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
+from lightning_prune.callbacks._scheduled import ScheduledPruning
 from lightning_prune.core._validation import check_bool
 from lightning_prune.core.distill import frozen_copy, kd_loss
 from lightning_prune.core.structure import reshape_to_state_dict
 
 _STATE_VERSION = 1
-# ours + LAMP + KD - ours + LAMP at 90%, benchmarks/results/quality.md (30 epochs from scratch)
-_WEAK_TEACHER_COST = "TBD"
 
 
 def _check_positive(arg: str, value: Any) -> float:
@@ -165,14 +163,6 @@ class Distillation(Callback):
         self._teacher = frozen_copy(pl_module)
         self._taken_at = int(epoch)
         self._announce(f"a frozen copy of the model before the pruning event of epoch {epoch}")
-        if not starts_from_trained(pl_module):
-            rank_zero_warn(
-                f"Distillation: the teacher is the model after {epoch} epoch(s) of training from scratch. A partly "
-                "trained teacher holds the student back: in our benchmark (LeNet on digits, 90% sparsity, from "
-                f"scratch) it cost {_WEAK_TEACHER_COST} points of accuracy. Distil when pruning a trained model "
-                "(`init_from_checkpoint`, or `self.starts_from_trained_weights = True` in your LightningModule), "
-                "or pass `teacher_checkpoint`"
-            )
 
     def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
         teacher = frozen_copy(pl_module)
