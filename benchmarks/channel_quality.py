@@ -13,7 +13,9 @@ Every row trains ``--epochs`` epochs (E) in all:
   the remaining E/2 epochs (a fresh Adam, same lr): the same number of epochs as every other row;
 - ours defaults: ``ChannelPruning(pruning_ratio=r)`` (l2 importance, linear schedule, ``start_epoch=None``
   -> 1, default ``end_epoch``), E epochs;
-- ours + reg: the same plus ``ChannelRegularization(reg=...)`` in the epochs before the last event.
+- ours + reg: the same plus ``ChannelRegularization(reg=...)`` in the epochs before the last event;
+- ours + KD: the defaults plus ``Distillation()`` (the teacher is the unpruned model at the end of epoch 0);
+  ours + reg + KD: both.
 ``r`` is the channel ratio that gives the MACs budget (measured MACs are in the table). Variants are
 interleaved: for each seed, every method and budget in turn.
 
@@ -36,7 +38,7 @@ from torch import nn  # noqa: E402
 
 # channel ratio -> MACs budget, measured on this ResNet-8 at 16x16 (see the table's MACs ratio column)
 BUDGETS = {"2x": 0.3, "3x": 0.43}
-METHODS = ["one-shot tp + FT", "ours defaults", "ours + reg"]
+METHODS = ["one-shot tp + FT", "ours defaults", "ours + reg", "ours + KD", "ours + reg + KD"]
 
 
 class BasicBlock(nn.Module):
@@ -93,7 +95,7 @@ def run_seed(seed: int, epochs: int, size: int, budgets: dict[str, float], metho
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_prune import ChannelPruning, ChannelRegularization, ImageClassifier, count_macs, count_params
+    from lightning_prune import ChannelPruning, ChannelRegularization, Distillation, ImageClassifier, count_macs, count_params
     from lightning_prune.data import DigitsDataModule
 
     common.quiet()
@@ -131,8 +133,10 @@ def run_seed(seed: int, epochs: int, size: int, budgets: dict[str, float], metho
             else:
                 model = ImageClassifier(CifarResNet(), input_size=(size, size))
                 callbacks = [ChannelPruning(pruning_ratio=r, verbose=False)]
-                if method == "ours + reg":
+                if "reg" in method:
                     callbacks.append(ChannelRegularization(reg=reg, verbose=False))
+                if "KD" in method:
+                    callbacks.append(Distillation(verbose=False))
                 common.trainer(epochs, callbacks, limit_train_batches=limit).fit(model, dm)
             rows.append((method, budget, common.test_accuracy(model, dm), *measure(model.model)))
     return rows
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         "GroupMagnitudeImportance(p=2), pruning_ratio=r, ignored_layers=[fc])` on the dense run's weights after "
         f"{epochs // 2} epochs, then {epochs - epochs // 2} epochs of fine-tuning (fresh Adam). ours defaults: "
         "`ChannelPruning(pruning_ratio=r)` (l2, linear, `start_epoch=None` -> 1, default `end_epoch`). ours + reg: "
-        f"the same plus `ChannelRegularization(reg={args.reg})`. MACs by `count_macs` (conv/linear only) for one "
+        f"the same plus `ChannelRegularization(reg={args.reg})`. ours + KD: the defaults plus `Distillation()` (weight "
+        "1, T 4; the teacher is the unpruned model at the end of epoch 0); ours + reg + KD: both. MACs by `count_macs` (conv/linear only) for one "
         "image.\n\n" + table + f"\n\nPer-seed accuracies: {per_seed}\n"
     )
     common.write_part("channel_quality", text)

@@ -3,7 +3,9 @@ defaults, and ours with LAMP scores and knowledge distillation, with ablations.
 
 Rows (same model, data (the full training split of ``DigitsDataModule``), optimiser (Adam, lr 1e-3), batch 64
 and number of epochs for every row):
-- dense: no pruning; one-shot: the dense model of the same seed pruned after training with the seed's
+- dense: no pruning; dense + KD: no pruning, with the same ``Distillation()`` as the KD rows (the teacher taken
+  at the same point), which separates what distillation does as a regulariser from what it does for pruning;
+  one-shot: the dense model of the same seed pruned after training with the seed's
   ``prune.global_unstructured(..., prune.L1Unstructured, amount=s)`` and no fine-tuning;
 - ModelPruning: Lightning's built-in callback, global L1 on the same conv/linear weights, its amounts
   converted from our cubic targets (``1 - (1 - s_i) / (1 - s_{i-1})``), lottery-ticket reset off;
@@ -91,7 +93,11 @@ def run_one(
     dm = DigitsDataModule(batch_size=64, seed=0)
     kd = kd or {}
     callbacks: list = []
-    if method.startswith("ours") or method in OPTIONAL:
+    if method == "dense + KD":
+        # no pruning, the same distillation: an UnstructuredPruning whose target rounds to 0 weights puts the
+        # teacher at the same point as in the pruned rows (just before its first event)
+        callbacks += [UnstructuredPruning(amount=1e-6, verbose=False), Distillation(verbose=False, **kd)]
+    elif method.startswith("ours") or method in OPTIONAL:
         kwargs: dict = {"amount": sparsity, "seed": seed, "verbose": False}
         if "LAMP" in method:
             kwargs["norm"] = "lamp"
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS + OPTIONAL}")
     p.add_argument("--kd-weight", type=float, default=None, help="Distillation(weight=...) (default: its default)")
     p.add_argument("--kd-temperature", type=float, default=None)
+    p.add_argument("--no-dense-kd", action="store_true", help="leave out the dense + KD row (no pruning, distillation)")
     p.add_argument("--no-write", action="store_true", help="print only (a pilot run)")
     args = p.parse_args(argv)
     started = time.time()
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         sparsities = [float(x) for x in args.sparsities.split(",")]
 
     results: dict = {}
-    dense = []
+    dense, dense_kd = [], []
     for seed in seeds:
         start = pretrain(seed, pre, limit) if pre else None
         # one seed at a time; for each sparsity every method in turn (interleaved)
@@ -207,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 dense.append(r[2])
             elif r[1] in sparsities:
                 results.setdefault((r[0], r[1]), []).append((r[2], r[3]))
+        if not args.no_dense_kd:
+            dense_kd += [r[2] for r in run_one(seed, "dense + KD", 0.0, epochs, limit, kd, start=start)]
         for s in sparsities:
             for method in methods:
                 for r in run_one(seed, method, s, epochs, limit, kd, start=start):
@@ -217,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     dm_, ds_ = common.mean_std(dense)
     headers = ["method"] + [f"{int(round(100 * s))}%" for s in sparsities]
     rows = [["dense (0%)"] + [f"{dm_:.4f} +- {ds_:.4f}"] * len(sparsities)]
+    if dense_kd:
+        km, ks = common.mean_std(dense_kd)
+        rows.append(["dense + KD (0%)"] + [f"{km:.4f} +- {ks:.4f}"] * len(sparsities))
     srows = []
     shown = [m for m in ALL_ROWS if m in methods or m == "one-shot"]
     for method in shown:
@@ -241,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                 row.append(f"{m:+.2f} +- {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)")
             drows.append(row)
     ddrows = []
+    if dense_kd:
+        km, ks = common.mean_std([100 * (x - y) for x, y in zip(dense_kd, dense)])
+        ddrows.append(["dense + KD - dense"] + [f"{km:+.2f} +- {ks:.2f}"] * len(sparsities))
     for method in [m for m in shown if m != "one-shot"]:
         row = [f"{method} - dense"]
         for s in sparsities:
@@ -258,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     print(dtable)
     print(ddtable)
     print(stable)
-    print("dense per seed:", [round(d, 4) for d in dense])
+    print("dense per seed:", [round(d, 4) for d in dense], "dense + KD:", [round(d, 4) for d in dense_kd])
     print("per seed:", per_seed)
     if args.quick or args.no_write:
         return 0
@@ -303,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         "`parameters_to_prune` = the conv/linear weights, amounts converted from the cumulative targets, "
         "`use_lottery_ticket_hypothesis=False`. LAMP = `norm='lamp'`. "
         + protocol
+        + " dense + KD: no pruning, the same `Distillation` with its teacher taken at the same point (an "
+        "`UnstructuredPruning(amount=1e-6)` that prunes no weight schedules it)."
         + "\n\n"
         + table
         + "\n\nPaired differences against ModelPruning (same seed), in accuracy points:\n\n"
@@ -312,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\nSparsity actually reached (mean over seeds):\n\n"
         + stable
         + f"\n\nPer-seed accuracies: dense {[round(d, 4) for d in dense]}; "
+        + (f"dense + KD {[round(d, 4) for d in dense_kd]}; " if dense_kd else "")
         + "; ".join(f"{k}: {v}" for k, v in per_seed.items())
         + f"\n\n![accuracy vs sparsity](plots/{plot_name})\n"
     )

@@ -32,7 +32,8 @@ def test_benchmark_scripts_import_and_size_quick_reports_compression():
 
 def test_quality_quick_from_trained_prunes_every_row_to_the_target():
     """The accuracy benchmark's trained-model budget end to end (1 seed, 2 + 3 tiny epochs, nothing written):
-    every method reaches 90% from the shared trained start and both paired tables are printed."""
+    every method reaches 90% from the shared trained start and both paired tables are printed, with the dense +
+    distillation control row."""
     proc = subprocess.run(
         [sys.executable, str(BENCH / "quality.py"), "--quick", "--from-trained", "2"],
         capture_output=True, text=True, timeout=240, cwd=BENCH.parent,
@@ -44,3 +45,4 @@ def test_quality_quick_from_trained_prunes_every_row_to_the_target():
     for method in methods:
         assert f"| {method} | 90.00% |" in reached, (method, out[-2000:])
     assert "| ours + LAMP + KD - ModelPruning |" in out and "| ours + LAMP + KD - dense |" in out
+    assert "| dense + KD (0%) |" in out and "| dense + KD - dense |" in out
