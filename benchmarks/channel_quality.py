@@ -91,7 +91,9 @@ def one_shot_tp(net: nn.Module, ratio: float, example: torch.Tensor) -> nn.Modul
     return net
 
 
-def run_seed(seed: int, epochs: int, size: int, budgets: dict[str, float], methods: list[str], reg: float, limit) -> list[tuple]:
+def run_seed(
+    seed: int, epochs: int, size: int, budgets: dict[str, float], methods: list[str], reg: float, limit, end_epoch=None
+) -> list[tuple]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
 
@@ -132,7 +134,7 @@ def run_seed(seed: int, epochs: int, size: int, budgets: dict[str, float], metho
                 common.trainer(epochs - half, [], limit_train_batches=limit).fit(model, dm)
             else:
                 model = ImageClassifier(CifarResNet(), input_size=(size, size))
-                callbacks = [ChannelPruning(pruning_ratio=r, verbose=False)]
+                callbacks = [ChannelPruning(pruning_ratio=r, end_epoch=end_epoch, verbose=False)]
                 if "reg" in method:
                     callbacks.append(ChannelRegularization(reg=reg, verbose=False))
                 if "KD" in method:
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=16, help="image size (the digits are 8x8 upsampled)")
     p.add_argument("--reg", type=float, default=1e-3, help="ChannelRegularization(reg=...)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--end-epoch", type=int, default=None, help="ChannelPruning(end_epoch=...) (default: its default)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     started = time.time()
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds, epochs, size, budgets, limit = list(range(args.seeds)), args.epochs, args.size, BUDGETS, 1.0
     res: dict = {}
     for seed in seeds:
-        for name, budget, acc, macs, params in run_seed(seed, epochs, size, budgets, methods, args.reg, limit):
+        for name, budget, acc, macs, params in run_seed(seed, epochs, size, budgets, methods, args.reg, limit, args.end_epoch):
             res.setdefault((name, budget), []).append((acc, macs, params))
         print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
         print("partial:", {f"{k[0]} {k[1]}": [round(v[0], 4) for v in vals] for k, vals in res.items()}, flush=True)

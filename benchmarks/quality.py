@@ -72,6 +72,7 @@ def run_one(
     limit: float | int,
     kd: dict | None = None,
     start: dict | None = None,
+    end_epoch: int | None = None,
 ):
     """Train LeNet with ``method`` at ``sparsity`` (from ``start``, a trained state dict, when given); return
     test accuracies (and one-shot ones for dense)."""
@@ -98,7 +99,7 @@ def run_one(
         # teacher at the same point as in the pruned rows (just before its first event)
         callbacks += [UnstructuredPruning(amount=1e-6, verbose=False), Distillation(verbose=False, **kd)]
     elif method.startswith("ours") or method in OPTIONAL:
-        kwargs: dict = {"amount": sparsity, "seed": seed, "verbose": False}
+        kwargs: dict = {"amount": sparsity, "seed": seed, "verbose": False, "end_epoch": end_epoch}
         if "LAMP" in method:
             kwargs["norm"] = "lamp"
         if method == "layer-wise":
@@ -111,7 +112,7 @@ def run_one(
     elif method == "ModelPruning":
         # the defaults' events; from scratch: end of epoch e-1 == start of epoch e. From trained weights ours
         # starts at epoch 0, before any step, where ModelPruning has no hook: its events come at the end of 0..E
-        targets = UnstructuredPruning(amount=sparsity).targets(epochs, from_trained=trained)
+        targets = UnstructuredPruning(amount=sparsity, end_epoch=end_epoch).targets(epochs, from_trained=trained)
         amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)
         callbacks.append(
             ModelPruning(
@@ -138,11 +139,12 @@ def run_one(
     return rows
 
 
-def UnstructuredPruning_end(epochs: int, from_trained: bool) -> int:
-    """The last event epoch of the defaults' schedule for ``epochs`` (ModelPruning's, from scratch: one earlier)."""
+def last_default_event(epochs: int, from_trained: bool, end_epoch: int | None = None) -> int:
+    """The last event epoch of the defaults' schedule over ``epochs`` epochs, as ModelPruning's epoch numbers
+    (from scratch it prunes at the end of the epoch before ours)."""
     from lightning_prune import UnstructuredPruning
 
-    last = max(UnstructuredPruning(amount=0.5).targets(epochs, from_trained=from_trained))
+    last = max(UnstructuredPruning(amount=0.5, end_epoch=end_epoch).targets(epochs, from_trained=from_trained))
     return last if from_trained else last - 1
 
 
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help=f"from {METHODS + OPTIONAL}")
     p.add_argument("--kd-weight", type=float, default=None, help="Distillation(weight=...) (default: its default)")
     p.add_argument("--kd-temperature", type=float, default=None)
+    p.add_argument("--end-epoch", type=int, default=None,
+                   help="end_epoch of ours and of ModelPruning's schedule (default: UnstructuredPruning's default)")
     p.add_argument("--no-dense-kd", action="store_true", help="leave out the dense + KD row (no pruning, distillation)")
     p.add_argument("--no-write", action="store_true", help="print only (a pilot run)")
     args = p.parse_args(argv)
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             dense_kd += [r[2] for r in run_one(seed, "dense + KD", 0.0, epochs, limit, kd, start=start)]
         for s in sparsities:
             for method in methods:
-                for r in run_one(seed, method, s, epochs, limit, kd, start=start):
+                for r in run_one(seed, method, s, epochs, limit, kd, start=start, end_epoch=args.end_epoch):
                     results.setdefault((r[0], r[1]), []).append((r[2], r[3]))
         print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)
         print("partial:", {f"{k[0]} {k[1]}": [round(v[0], 4) for v in vals] for k, vals in results.items()}, "dense:", dense, flush=True)
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, dense, common.PLOTS_DIR / plot_name, f"LeNet on digits, {budget}")
     cmd = "python " + " ".join(["benchmarks/quality.py"] + (argv if argv is not None else sys.argv[1:]))
     kd_args = ", ".join(f"{k}={v}" for k, v in kd.items())
-    end = UnstructuredPruning_end(epochs, bool(pre))
+    end = last_default_event(epochs, bool(pre), args.end_epoch)
     if pre:
         title = "1a-trained. Quality: pruning a trained LeNet (fine-tuning), unstructured"
         protocol = (
