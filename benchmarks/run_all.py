@@ -18,8 +18,8 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "channel_event"]
 # parts written by a script run with arguments: name -> (script, arguments)
 EXTRA = {
-    "quality_short": ("quality", ["--epochs", "12", "--part", "quality_short"]),
-    "quality_trained": ("quality", ["--from-trained", "30", "--epochs", "15", "--part", "quality_trained"]),
+    "quality_short": ("quality", ["--epochs", "12"]),
+    "quality_trained": ("quality", ["--from-trained", "30", "--epochs", "15"]),
 }
 RUNS = {name: (name, []) for name in SCRIPTS[:1]} | EXTRA | {name: (name, []) for name in SCRIPTS[1:]}
 
