@@ -187,8 +187,20 @@ def main(argv: list[str] | None = None) -> int:
          "fewer MACs", "params (K)", "params ratio"],
         rows,
     )
+    # paired against one-shot at the same budget (same seed): mean, sd and how many seeds ahead / tied / behind
+    vs_rows = []
+    if "one-shot tp + FT" in methods:
+        for b in budgets:
+            base = [v[0] for v in res[("one-shot tp + FT", b)]]
+            for m in [m for m in methods if m != "one-shot tp + FT"]:
+                d = [100 * (v[0] - o) for v, o in zip(res[(m, b)], base)]
+                dm, dsd = common.mean_std(d)
+                ahead, tied = sum(x > 1e-9 for x in d), sum(abs(x) <= 1e-9 for x in d)
+                vs_rows.append([m, b, f"{dm:+.2f} +- {dsd:.2f}", f"{ahead} / {tied} / {len(d) - ahead - tied}"])
+    vs_table = common.md_table(["method", "MACs budget", "vs one-shot (points, paired)", "seeds ahead / tied / behind"], vs_rows) if vs_rows else ""
     per_seed = {f"{k[0]} {k[1]}": [round(v[0], 4) for v in vals] for k, vals in res.items()}
     print(table)
+    print(vs_table)
     print("per seed:", per_seed)
     if args.quick or args.no_write:
         return 0
@@ -204,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         "`ChannelPruning(pruning_ratio=r)` (l2, linear, `start_epoch=None` -> 1, default `end_epoch`). ours + reg: "
         f"the same plus `ChannelRegularization(reg={args.reg})`. ours + KD: the defaults plus `Distillation()` (weight "
         "1, T 4; the teacher is the unpruned model at the end of epoch 0); ours + reg + KD: both. MACs by `count_macs` (conv/linear only) for one "
-        "image.\n\n" + table + f"\n\nPer-seed accuracies: {per_seed}\n"
+        "image.\n\n" + table
+        + ("\n\nPaired against one-shot tp + FT at the same budget:\n\n" + vs_table if vs_table else "")
+        + f"\n\nPer-seed accuracies: {per_seed}\n"
     )
     common.write_part("channel_quality", text)
     print(f"took {time.time() - started:.0f} s")
