@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         vals = res[key]
         accs = [v[0] for v in vals]
         m, s = common.mean_std(accs)
-        d, ds = common.mean_std([100 * (a - b) for a, b in zip(accs, dense_acc)])
+        vs_dense = common.fmt_paired(common.paired_points(accs, dense_acc))
         macs, params = vals[0][1], vals[0][2]
         rows.append([
-            key[0], key[1], f"{m:.4f} +- {s:.4f}", "-" if key[0] == "dense" else f"{d:+.2f} +- {ds:.2f}",
+            key[0], key[1], f"{m:.4f} +- {s:.4f}", "-" if key[0] == "dense" else vs_dense,
             f"{macs / 1e6:.3f}", f"{dense_macs / macs:.2f}x", f"{params / 1e3:.1f}", f"{params / dense_params:.3f}",
         ])
     table = common.md_table(
@@ -193,10 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         for b in budgets:
             base = [v[0] for v in res[("one-shot tp + FT", b)]]
             for m in [m for m in methods if m != "one-shot tp + FT"]:
-                d = [100 * (v[0] - o) for v, o in zip(res[(m, b)], base)]
-                dm, dsd = common.mean_std(d)
+                d = common.paired_points([v[0] for v in res[(m, b)]], base)
                 ahead, tied = sum(x > 1e-9 for x in d), sum(abs(x) <= 1e-9 for x in d)
-                vs_rows.append([m, b, f"{dm:+.2f} +- {dsd:.2f}", f"{ahead} / {tied} / {len(d) - ahead - tied}"])
+                vs_rows.append([m, b, common.fmt_paired(d), f"{ahead} / {tied} / {len(d) - ahead - tied}"])
     vs_table = common.md_table(["method", "MACs budget", "vs one-shot (points, paired)", "seeds ahead / tied / behind"], vs_rows) if vs_rows else ""
     per_seed = {f"{k[0]} {k[1]}": [round(v[0], 4) for v in vals] for k, vals in res.items()}
     print(table)

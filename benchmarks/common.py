@@ -155,6 +155,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def paired_points(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Same-seed differences ``a - b`` of two accuracy lists, in points (100 x)."""
+    return [100 * (x - y) for x, y in zip(a, b)]
+
+
+def fmt_paired(d: Sequence[float], seeds_ahead: bool = False) -> str:
+    """``mean +- sd`` of paired differences in points, optionally with how many seeds are ahead."""
+    m, sd = mean_std(d)
+    text = f"{m:+.2f} +- {sd:.2f}"
+    return text + f" ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)" if seeds_ahead else text
+
+
 def fmt_ms(values: Sequence[float], digits: int = 3) -> str:
     m, s = mean_std(values)
     return f"{m:.{digits}f} +- {s:.{digits}f}"

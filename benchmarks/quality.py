@@ -254,22 +254,15 @@ def main(argv: list[str] | None = None) -> int:
             for s in sparsities:
                 a = [v[0] for v in results.get((method, s), [])]
                 b = [v[0] for v in results.get(("ModelPruning", s), [])]
-                d = [100 * (x - y) for x, y in zip(a, b)]
-                m, sd = common.mean_std(d)
-                row.append(f"{m:+.2f} +- {sd:.2f} ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)")
+                row.append(common.fmt_paired(common.paired_points(a, b), seeds_ahead=True))
             drows.append(row)
     ddrows = []
     if dense_kd:
-        km, ks = common.mean_std([100 * (x - y) for x, y in zip(dense_kd, dense)])
-        ddrows.append(["dense + KD - dense"] + [f"{km:+.2f} +- {ks:.2f}"] * len(sparsities))
+        kd_vs_dense = common.fmt_paired(common.paired_points(dense_kd, dense))
+        ddrows.append(["dense + KD - dense"] + [kd_vs_dense] * len(sparsities))
     for method in [m for m in shown if m != "one-shot"]:
-        row = [f"{method} - dense"]
-        for s in sparsities:
-            a = [v[0] for v in results.get((method, s), [])]
-            d = [100 * (x - y) for x, y in zip(a, dense)]
-            m, sd = common.mean_std(d)
-            row.append(f"{m:+.2f} +- {sd:.2f}")
-        ddrows.append(row)
+        accs = [[v[0] for v in results.get((method, s), [])] for s in sparsities]
+        ddrows.append([f"{method} - dense"] + [common.fmt_paired(common.paired_points(a, dense)) for a in accs])
     ddtable = common.md_table(["paired difference, points"] + headers[1:], ddrows)
     table = common.md_table(headers, rows)
     stable = common.md_table(["method (reached sparsity)"] + headers[1:], srows)

@@ -15,13 +15,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "channel_event"]
-# parts written by a script run with arguments: name -> (script, arguments)
-EXTRA = {
+# part name -> (script, its arguments), in the order they run
+RUNS = {
+    "quality": ("quality", []),
     "quality_short": ("quality", ["--epochs", "12"]),
     "quality_trained": ("quality", ["--from-trained", "30", "--epochs", "15"]),
+    **{
+        name: (name, [])
+        for name in ["channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "channel_event"]
+    },
 }
-RUNS = {name: (name, []) for name in SCRIPTS[:1]} | EXTRA | {name: (name, []) for name in SCRIPTS[1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
