@@ -81,8 +81,8 @@ def child(engine: str, model_name: str) -> dict:
         sys.modules["old_optim"] = O
         spec.loader.exec_module(O)
     else:
-        from lightning_prune.core import optim as O
-        from lightning_prune.core import structure as S
+        from lightning_prune.core.channel import optim as O
+        from lightning_prune.core.channel import pruner as S
     torch.manual_seed(0)
     model, x = _model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

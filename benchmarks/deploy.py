@@ -35,7 +35,7 @@ SPARSITY = 0.9
 def unstructured(arch: str, size: int) -> torch.nn.Module:
     from speedup import pruned
 
-    from lightning_prune.core import masks
+    from lightning_prune.core.unstructured import masks
 
     net = pruned(arch, 0.0, size)
     targets = masks.find_prunable(net)

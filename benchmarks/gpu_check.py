@@ -22,7 +22,7 @@ report gives PASS / FAIL / SKIP per check, the figures, and the last lines of ev
 5. Latency, dense vs channel-pruned at ratio 0.5 (``ChannelPruner("l2")``): torchvision ResNet-18 and ResNet-50
    at 224x224, batch 1 / 64 / 256, fp16, eager and ``torch.compile``; interleaved, synchronised, medians.
 6. Peak GPU memory (``torch.cuda.max_memory_allocated``, reset before) of one global-l1 unstructured event
-   (``lightning_prune.core.masks``) at 1e8 and 1e9 weights, and of one channel event on ResNet-50.
+   (``lightning_prune.core.unstructured.masks``) at 1e8 and 1e9 weights, and of one channel event on ResNet-50.
 7. N:M: a 2:4 semi-structured Linear (``torch.sparse.to_sparse_semi_structured``, fp16) vs dense.
 
 A global time budget (``--budget-s``, 450 s on CUDA, 110 s with ``--quick``) skips what would not fit: checks
@@ -274,7 +274,7 @@ def fit_trainer(s: Settings, max_epochs: int, callbacks: list, **kw: Any):
 
 def prunable_zeros(module: torch.nn.Module) -> tuple[int, int]:
     """(zeros, total) over the conv/linear weights that ``UnstructuredPruning`` prunes by default."""
-    from lightning_prune.core.masks import current_weights, find_prunable
+    from lightning_prune.core.unstructured.masks import current_weights, find_prunable
 
     ws = current_weights(module, find_prunable(module))
     return sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
@@ -772,7 +772,7 @@ def memory_row(s: Settings, what: str, model_bytes: int, rec: dict[str, float], 
 def check_memory(s: Settings, c: Check) -> None:
     from torch import nn
 
-    from lightning_prune.core.masks import apply_masks, compute_masks, current_weights, find_prunable
+    from lightning_prune.core.unstructured.masks import apply_masks, compute_masks, current_weights, find_prunable
     from lightning_prune.core.schedules import count_for
 
     rows = []
@@ -822,7 +822,7 @@ def check_memory(s: Settings, c: Check) -> None:
     c.add("Bytes above what was allocated before the event (`torch.cuda.max_memory_allocated` after "
           "`reset_peak_memory_stats`), in GiB and as a multiple of the float32 weights; `kept` = still allocated "
           "after the event (masks, `weight_orig` reparametrisation). Unstructured: `find_prunable`, `compute_masks`, "
-          "`apply_masks` of `lightning_prune.core.masks`.")
+          "`apply_masks` of `lightning_prune.core.unstructured.masks`.")
     c.table(["event", "weights GiB", "peak extra GiB", "x weights", "kept GiB", "s", "notes"], rows)
 
 
@@ -830,9 +830,9 @@ def check_memory(s: Settings, c: Check) -> None:
 # 7. N:M 2:4
 # ---------------------------------------------------------------------------------------------------------------
 def nm_module() -> Any:
-    """``lightning_prune.core.nm`` (N:M masks, semi-structured conversion) where the library has it, else None."""
+    """``lightning_prune.core.unstructured.nm`` (N:M masks, semi-structured conversion) where the library has it, else None."""
     try:
-        from lightning_prune.core import nm
+        from lightning_prune.core.unstructured import nm
     except ImportError:
         return None
     return nm
@@ -842,7 +842,7 @@ def mask_2_4(w: torch.Tensor) -> tuple[torch.Tensor, str]:
     """A 2:4 keep-mask of a Linear weight (groups of 4 along the input dimension) and where it came from."""
     nm = nm_module()
     if nm is not None and hasattr(nm, "compute_nm_masks"):
-        return nm.compute_nm_masks([w.detach()], [1], n=2, m=4)[0], "`lightning_prune.core.nm.compute_nm_masks`"
+        return nm.compute_nm_masks([w.detach()], [1], n=2, m=4)[0], "`lightning_prune.core.unstructured.nm.compute_nm_masks`"
     groups = w.detach().abs().reshape(-1, 4)
     keep = torch.zeros_like(groups, dtype=torch.bool)
     keep.scatter_(1, groups.topk(2, dim=1).indices, True)
@@ -893,7 +893,7 @@ def check_nm(s: Settings, c: Check) -> None:
     from torch import nn
 
     nm = nm_module()
-    conversion = ("`lightning_prune.core.nm.to_semi_structured`" if nm is not None and hasattr(nm, "to_semi_structured")
+    conversion = ("`lightning_prune.core.unstructured.nm.to_semi_structured`" if nm is not None and hasattr(nm, "to_semi_structured")
                   else "`torch.sparse.to_sparse_semi_structured` (lightning_prune has no conversion yet)")
     sources: set[str] = set()
     shapes = [(256, 256)] if s.quick else [(4096, 4096), (8192, 8192)]

@@ -63,7 +63,7 @@ def worker(args: dict) -> None:
     from torch.nn.utils import prune
 
     from reference_select import reference_masks
-    from lightning_prune.core.masks import apply_masks, compute_masks, current_weights, find_prunable
+    from lightning_prune.core.unstructured.masks import apply_masks, compute_masks, current_weights, find_prunable
 
     n, variant = int(args["n"]), args["variant"]
     # warm up on a small model: the first calls load code and grow allocator pools, which is not the step's memory
@@ -100,7 +100,7 @@ def worker(args: dict) -> None:
 # ----------------------------------------------------------------------------------------------- state_dict
 def _old_state_dict_hook(module, state_dict, prefix, local_metadata):
     """The state_dict post-hook as it was: rebuilds the whole dict once per pruned module (quadratic)."""
-    from lightning_prune.core.reparam import pruned_names
+    from lightning_prune.core.unstructured.reparam import pruned_names
 
     swaps = {}
     for pname in pruned_names(module):
@@ -121,7 +121,7 @@ def _old_state_dict_hook(module, state_dict, prefix, local_metadata):
 
 
 def state_dict_ratio(layers: int, repeats: int) -> dict[str, float]:
-    from lightning_prune.core import masks as M
+    from lightning_prune.core.unstructured import masks as M
 
     def build():
         torch.manual_seed(0)
@@ -149,7 +149,7 @@ def import_times(repeats: int) -> dict[str, float]:
     codes = {
         "import torch": "import torch",
         "import lightning_prune": "import lightning_prune",
-        "import lightning_prune.core (all modules)": "import lightning_prune.core.masks, lightning_prune.core.compress, lightning_prune.core.measure",
+        "import lightning_prune.core (all modules)": "import lightning_prune.core.unstructured.masks, lightning_prune.core.compress, lightning_prune.core.measure",
         "lightning_prune.UnstructuredPruning": "import lightning_prune; lightning_prune.UnstructuredPruning",
     }
     out: dict[str, list[float]] = {k: [] for k in codes}

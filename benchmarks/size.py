@@ -1,7 +1,7 @@
 """Size: compressed checkpoint size vs dense at 50/80/90/95% sparsity, next to the bound and to alternatives.
 
 For LeNet and ResNet-18 (CIFAR variant), the conv/linear weights are pruned to each sparsity with global L1
-magnitude (``lightning_prune.core.masks``: the same masks ``UnstructuredPruning`` computes; sizes do not depend on
+magnitude (``lightning_prune.core.unstructured.masks``: the same masks ``UnstructuredPruning`` computes; sizes do not depend on
 training, only on the number and layout of zeros), then saved as:
 - dense: ``torch.save(model.state_dict())`` (what a plain checkpoint holds: zeros stored as floats);
 - ours: ``lightning_prune.save_compressed`` (file size, format version 2: the encoded tensors deflated; and
@@ -54,7 +54,7 @@ def bound_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def measure_one(name: str, build, sparsity: float, tmp: Path) -> dict:
     from lightning_prune import compressed_nbytes, save_compressed
-    from lightning_prune.core.masks import apply_masks, compute_masks, current_weights, find_prunable, make_permanent
+    from lightning_prune.core.unstructured.masks import apply_masks, compute_masks, current_weights, find_prunable, make_permanent
 
     torch.manual_seed(0)
     model = build()

@@ -20,8 +20,8 @@ import torch
 import torchvision
 
 from lightning_prune.core.measure import count_macs
-from lightning_prune.core.speedup import search_ratio
-from lightning_prune.core.structure import ChannelPruner
+from lightning_prune.core.channel.speedup import search_ratio
+from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.models import LeNet
 from lightning_prune.models.resnet import resnet18_cifar
 

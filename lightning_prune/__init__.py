@@ -18,26 +18,26 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PruningMetrics": ("lightning_prune.callbacks.metrics", "PruningMetrics"),
     "Distillation": ("lightning_prune.callbacks.distillation", "Distillation"),
     "ChannelRegularization": ("lightning_prune.callbacks.regularization", "ChannelRegularization"),
-    "distillation_loss": ("lightning_prune.callbacks.distillation", "distillation_loss"),
+    "distillation_loss": ("lightning_prune.core.distill", "distillation_loss"),
     "UnstructuredPruning": ("lightning_prune.callbacks.unstructured", "UnstructuredPruning"),
     "ImageClassifier": ("lightning_prune.models.classifier", "ImageClassifier"),
-    "ChannelPruner": ("lightning_prune.core.structure", "ChannelPruner"),
-    "load_channel_pruned": ("lightning_prune.core.structure", "load_channel_pruned"),
-    "reshape_to_state_dict": ("lightning_prune.core.structure", "reshape_to_state_dict"),
+    "ChannelPruner": ("lightning_prune.core.channel.pruner", "ChannelPruner"),
+    "load_channel_pruned": ("lightning_prune.core.channel.reshape", "load_channel_pruned"),
+    "reshape_to_state_dict": ("lightning_prune.core.channel.reshape", "reshape_to_state_dict"),
     "compressed_nbytes": ("lightning_prune.core.compress", "compressed_nbytes"),
     "load_compressed": ("lightning_prune.core.compress", "load_compressed"),
     "save_compressed": ("lightning_prune.core.compress", "save_compressed"),
     "export": ("lightning_prune.core.export", "export"),
     "load_exported": ("lightning_prune.core.export", "load_exported"),
-    "apply_masks": ("lightning_prune.core.masks", "apply_masks"),
-    "compute_masks": ("lightning_prune.core.masks", "compute_masks"),
-    "find_prunable": ("lightning_prune.core.masks", "find_prunable"),
-    "make_permanent": ("lightning_prune.core.masks", "make_permanent"),
+    "apply_masks": ("lightning_prune.core.unstructured.masks", "apply_masks"),
+    "compute_masks": ("lightning_prune.core.unstructured.masks", "compute_masks"),
+    "find_prunable": ("lightning_prune.core.unstructured.masks", "find_prunable"),
+    "make_permanent": ("lightning_prune.core.unstructured.masks", "make_permanent"),
     "count_macs": ("lightning_prune.core.measure", "count_macs"),
     "count_macs_nonzero": ("lightning_prune.core.measure", "count_macs_nonzero"),
     "count_params": ("lightning_prune.core.measure", "count_params"),
     "count_params_nonzero": ("lightning_prune.core.measure", "count_params_nonzero"),
-    # `lightning_prune.measure` stays the module; the function is `measure_model`
+    # the module is `lightning_prune.core.measure`; the function is `measure_model`
     "measure_model": ("lightning_prune.core.measure", "measure"),
     "Schedule": ("lightning_prune.core.schedules", "Schedule"),
     "build_schedule": ("lightning_prune.core.schedules", "build_schedule"),
@@ -62,15 +62,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
-    from lightning_prune.callbacks.distillation import Distillation, distillation_loss
+    from lightning_prune.callbacks.distillation import Distillation
     from lightning_prune.callbacks.metrics import PruningMetrics
     from lightning_prune.callbacks.regularization import ChannelRegularization
     from lightning_prune.callbacks.unstructured import UnstructuredPruning
+    from lightning_prune.core.channel.pruner import ChannelPruner
+    from lightning_prune.core.channel.reshape import load_channel_pruned, reshape_to_state_dict
     from lightning_prune.core.compress import compressed_nbytes, load_compressed, save_compressed
+    from lightning_prune.core.distill import distillation_loss
     from lightning_prune.core.export import export, load_exported
-    from lightning_prune.core.masks import apply_masks, compute_masks, find_prunable, make_permanent
     from lightning_prune.core.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero
     from lightning_prune.core.measure import measure as measure_model
     from lightning_prune.core.schedules import Schedule, build_schedule
-    from lightning_prune.core.structure import ChannelPruner, load_channel_pruned, reshape_to_state_dict
+    from lightning_prune.core.unstructured.masks import apply_masks, compute_masks, find_prunable, make_permanent
     from lightning_prune.models.classifier import ImageClassifier

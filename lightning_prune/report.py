@@ -113,16 +113,28 @@ def render_report(
 
     acc_x, acc_y = _series(epochs, acc_key) if acc_key else ([], [])
     panels = [
-        ("Sparsity", "sparsity (% of weights that are zero)", 100.0,
-         [("pruning/sparsity", "conv/linear weights"), ("pruning/sparsity_all", "all parameters")]),
-        ("MACs", "MACs per forward pass (millions)", 1e-6,
-         [("pruning/macs", "dense (executed by dense kernels)"), ("pruning/macs_nonzero", "non-zero weights only")]),
-        ("Model size", "size (MB, 2^20 bytes)", 1.0,
-         [("pruning/size_mb", "dense"), ("pruning/size_mb_compressed", "compressed sparse")]),
+        (
+            "Sparsity",
+            "sparsity (% of weights that are zero)",
+            100.0,
+            [("pruning/sparsity", "conv/linear weights"), ("pruning/sparsity_all", "all parameters")],
+        ),
+        (
+            "MACs",
+            "MACs per forward pass (millions)",
+            1e-6,
+            [("pruning/macs", "dense (executed by dense kernels)"), ("pruning/macs_nonzero", "non-zero weights only")],
+        ),
+        (
+            "Model size",
+            "size (MB, 2^20 bytes)",
+            1.0,
+            [("pruning/size_mb", "dense"), ("pruning/size_mb_compressed", "compressed sparse")],
+        ),
     ]
     panels = [p for p in panels if any(k in columns for k, _ in p[3])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.8), squeeze=False)
-    for ax, (title, ylabel, scale, keys) in zip(axes[0], panels):
+    for ax, (title, ylabel, scale, keys) in zip(axes[0], panels, strict=False):
         for key, label in keys:
             xs, ys = _series(epochs, key)
             if xs:
@@ -161,7 +173,7 @@ def render_report(
         with open(csv_path, newline="") as f:
             header = next(csv.reader(f))
         ordered = [c for c in header if c in layer_keys]
-        names = [c[len(prefix):] for c in ordered]
+        names = [c[len(prefix) :] for c in ordered]
         values = [last.get(c, float("nan")) * 100 for c in ordered]
         fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.32 * len(names) + 1.2)))
         ax.barh(range(len(names)), values, color="tab:blue")
@@ -175,8 +187,15 @@ def render_report(
         for i, v in enumerate(values):
             if not math.isnan(v):
                 inside = v > 85
-                ax.text(v - 1 if inside else v + 1, i, f"{v:.1f}%", va="center", ha="right" if inside else "left",
-                        color="white" if inside else "black", fontsize="x-small")
+                ax.text(
+                    v - 1 if inside else v + 1,
+                    i,
+                    f"{v:.1f}%",
+                    va="center",
+                    ha="right" if inside else "left",
+                    color="white" if inside else "black",
+                    fontsize="x-small",
+                )
         fig.tight_layout()
         target = out / "layer_sparsity.png"
         fig.savefig(target, dpi=100)

@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit code."""
-    from lightning_prune.cli import cli_main
-    from lightning_prune.core.structure import reshape_to_state_dict
+    from lightning_prune.core.channel.reshape import reshape_to_state_dict
+    from lightning_prune.trainer_cli import cli_main
 
     args, rest = _parser().parse_known_args(list(argv) if argv is not None else None)
     if args.speedup is not None and not args.speedup > 1:
@@ -78,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     macs_of = channel_macs_of(model, x, args.importance) if args.kind == "channel" else None
     written = result.write(Path(args.out), speedup=args.speedup, macs_of=macs_of)
-    print(f"unpruned validation accuracy {result.baseline:.4f}; {len(result.layers)} layers x {len(result.ratios)} ratios")
+    print(
+        f"unpruned validation accuracy {result.baseline:.4f}; {len(result.layers)} layers x {len(result.ratios)} ratios"
+    )
     for path in written.values():
         print(path)
     return 0

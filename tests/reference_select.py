@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lightning_prune.core.masks import score
+from lightning_prune.core.unstructured.masks import score
 from lightning_prune.core.schedules import count_for
 
 

@@ -20,7 +20,8 @@ from lightning_prune.cli import cli_main
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import LeNet
 from lightning_prune.core.schedules import count_for
-from lightning_prune.core.structure import architecture, masked_modules
+from lightning_prune.core.channel.pruner import masked_modules
+from lightning_prune.core.channel.reshape import architecture
 
 
 def _trainer(tmp_path, max_epochs=2, callbacks=(), **kw):

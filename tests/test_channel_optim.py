@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ChannelPruning
-from lightning_prune.core import _tp_compat
-from lightning_prune.core.optim import check_optimizer, rebind_optimizer
+from lightning_prune.core.channel import _tp_compat
+from lightning_prune.core.channel.optim import check_optimizer, rebind_optimizer
 from lightning_prune.core.schedules import count_for
-from lightning_prune.core.structure import ChannelPruner, ChannelPruningError
+from lightning_prune.core.channel.pruner import ChannelPruner, ChannelPruningError
 
 
 def _net() -> nn.Sequential:
@@ -253,5 +253,5 @@ def test_reshape_module_does_not_import_torch_pruning():
     import subprocess
     import sys
 
-    code = "import sys, lightning_prune.core.reshape as r; assert 'torch_pruning' not in sys.modules, 'imported'"
+    code = "import sys, lightning_prune.core.channel.reshape as r; assert 'torch_pruning' not in sys.modules, 'imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

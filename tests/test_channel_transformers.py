@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import VisionTransformer
 
 from lightning_prune import ChannelPruning
-from lightning_prune.core.structure import ChannelPruner, architecture, find_output_layers, load_channel_pruned
+from lightning_prune.core.channel.pruner import ChannelPruner, find_output_layers
+from lightning_prune.core.channel.reshape import architecture, load_channel_pruned
 
 
 def _vit() -> nn.Module:
@@ -137,7 +138,7 @@ def test_tied_weights_stay_tied_in_dtype_and_in_the_optimizer():
     model(idx).sum().backward()
     opt.step()
     result = ChannelPruner().step(model, idx[:1], 0.5)
-    from lightning_prune.core.optim import params_missing_from, rebind_optimizer
+    from lightning_prune.core.channel.optim import params_missing_from, rebind_optimizer
 
     rebind_optimizer(opt, result.changes)
     assert model.head.weight is model.emb.weight

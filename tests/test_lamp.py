@@ -5,8 +5,8 @@ import torch
 from helpers import UserClassifier, make_trainer
 
 from lightning_prune import UnstructuredPruning
-from lightning_prune.core import masks as M
-from lightning_prune.core.scores import lamp_scores
+from lightning_prune.core.unstructured import masks as M
+from lightning_prune.core.unstructured.scores import lamp_scores
 from lightning_prune.data import DigitsDataModule
 
 

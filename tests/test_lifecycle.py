@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAverag
 
 from lightning_prune import ChannelPruning, PruningMetrics, UnstructuredPruning
 from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin
-from lightning_prune.core.structure import load_channel_pruned
+from lightning_prune.core.channel.reshape import load_channel_pruned
 from lightning_prune.data import DigitsDataModule
 
 SCRIPTS = Path(__file__).parent / "scripts"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prune.core import masks as M
+from lightning_prune.core.unstructured import masks as M
 from lightning_prune.models import LeNet
 
 

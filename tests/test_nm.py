@@ -1,4 +1,4 @@
-"""N:M semi-structured sparsity: the masks (core/nm.py) and `UnstructuredPruning(pattern=...)` through training,
+"""N:M semi-structured sparsity: the masks (core/unstructured/nm.py) and `UnstructuredPruning(pattern=...)` through training,
 checkpoints and resume, on a user's own module."""
 
 import lightning.pytorch as pl
@@ -8,8 +8,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_prune import ImageClassifier, UnstructuredPruning
-from lightning_prune.core import masks as M
-from lightning_prune.core.nm import (
+from lightning_prune.core.unstructured import masks as M
+from lightning_prune.core.unstructured.nm import (
     compute_nm_masks,
     group_counts,
     group_dim,

@@ -1,11 +1,11 @@
-"""Optimizers after a channel pruning step (lightning_prune.core.optim): references, state slicing, schedulers."""
+"""Optimizers after a channel pruning step (lightning_prune.core.channel.optim): references, state slicing, schedulers."""
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_prune.core.optim import params_missing_from, rebind_optimizer, slice_state_value
-from lightning_prune.core.structure import ChannelPruner
+from lightning_prune.core.channel.optim import params_missing_from, rebind_optimizer, slice_state_value
+from lightning_prune.core.channel.pruner import ChannelPruner
 
 
 def _net() -> nn.Sequential:

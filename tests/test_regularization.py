@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from lightning_prune import ChannelPruning, ChannelRegularization, ImageClassifier
-from lightning_prune.core.regularize import GroupRegularizer
+from lightning_prune.core.channel.regularize import GroupRegularizer
 from lightning_prune.data import DigitsDataModule
 
 

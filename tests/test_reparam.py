@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from lightning_prune.core.masks import apply_masks, compute_masks, current_weights, find_prunable
-from lightning_prune.core.reparam import effective, effective_weight, is_pruned, pruned_names
+from lightning_prune.core.unstructured.masks import apply_masks, compute_masks, current_weights, find_prunable
+from lightning_prune.core.unstructured.reparam import effective, effective_weight, is_pruned, pruned_names
 
 
 class Block(nn.Module):

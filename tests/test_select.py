@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from reference_select import reference_masks
-from lightning_prune.core import select as S
-from lightning_prune.core.masks import compute_masks
+from lightning_prune.core.unstructured import select as S
+from lightning_prune.core.unstructured.masks import compute_masks
 from lightning_prune.core.schedules import count_for
 
 

@@ -10,7 +10,7 @@ from helpers import UserClassifier, make_trainer
 
 from lightning_prune.cli import main
 from lightning_prune.core.sensitivity import accuracy, channel_macs_of, sensitivity_scan
-from lightning_prune.core.structure import ChannelPruner
+from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import LeNet
 

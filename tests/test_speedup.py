@@ -9,8 +9,9 @@ from torch import nn
 
 from lightning_prune import ChannelPruning, ImageClassifier
 from lightning_prune.core.measure import count_macs
-from lightning_prune.core.speedup import check_speedup, search_ratio, speedup_reduction
-from lightning_prune.core.structure import ChannelPruner, architecture
+from lightning_prune.core.channel.speedup import check_speedup, search_ratio, speedup_reduction
+from lightning_prune.core.channel.pruner import ChannelPruner
+from lightning_prune.core.channel.reshape import architecture
 from lightning_prune.data import DigitsDataModule
 
 

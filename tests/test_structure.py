@@ -1,4 +1,4 @@
-"""The channel pruning core (lightning_prune.core.structure): no Trainer here."""
+"""The channel pruning core (lightning_prune.core.channel): no Trainer here."""
 
 import copy
 import io
@@ -11,15 +11,9 @@ from torch import nn
 
 from lightning_prune.core.schedules import count_for
 from lightning_prune.models import LeNet
-from lightning_prune.core.structure import (
-    ChannelPruner,
-    architecture,
-    build_importance,
-    find_output_layers,
-    load_channel_pruned,
-    masked_modules,
-    reshape_to_state_dict,
-)
+from lightning_prune.core.channel.importance import build_importance
+from lightning_prune.core.channel.pruner import ChannelPruner, find_output_layers, masked_modules
+from lightning_prune.core.channel.reshape import architecture, load_channel_pruned, reshape_to_state_dict
 
 X32 = torch.zeros(1, 3, 32, 32)
 

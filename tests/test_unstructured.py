@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import make_trainer, run_ddp_script
 from lightning_prune import ImageClassifier, UnstructuredPruning
-from lightning_prune.core import masks as M
+from lightning_prune.core.unstructured import masks as M
 from lightning_prune.data import DigitsDataModule
 
 LENET_TOTAL = 61_470  # conv1 150 + conv2 2,400 + fc1 48,000 + fc2 10,080 + fc3 840 weights

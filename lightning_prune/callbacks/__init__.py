@@ -1,7 +1,7 @@
 """Lightning callbacks (thin glue over the pure-PyTorch core)."""
 
 from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
-from lightning_prune.callbacks.distillation import Distillation, distillation_loss
+from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.callbacks.regularization import ChannelRegularization
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
@@ -13,5 +13,4 @@ __all__: list[str] = [
     "Distillation",
     "PruningMetrics",
     "UnstructuredPruning",
-    "distillation_loss",
 ]

@@ -56,7 +56,9 @@ class _BeforeWeightsLoad:
         self.reshape = reshape
 
     def __call__(self, module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
-        state = state_dict if not prefix else {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        state = (
+            state_dict if not prefix else {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        )
         trainer = getattr(module, "_trainer", None)
         pruners = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning)] if trainer is not None else []
         pruners = [cb for cb in pruners if cb._module is module]
@@ -64,7 +66,7 @@ class _BeforeWeightsLoad:
             for cb in pruners:
                 cb._before_weights_load(trainer, module, state)
         elif self.reshape:
-            from lightning_prune.core.structure import reshape_to_state_dict
+            from lightning_prune.core.channel.reshape import reshape_to_state_dict
 
             reshape_to_state_dict(module, state)
 
@@ -153,7 +155,8 @@ class ScheduledPruning(Callback):
             if auto_start and not from_trained and min(schedule_map) == 0 and not trainer.fast_dev_run:
                 rank_zero_warn(
                     f"{type(self).__name__}: the run has a single epoch (max_epochs={trainer.max_epochs}), so the "
-                    "automatic start_epoch prunes at epoch 0, before any training; magnitudes of an untrained model are "
+                    "automatic start_epoch prunes at epoch 0, before any training; magnitudes of an "
+                    "untrained model are "
                     "noise: train for more epochs, or start from trained weights"
                 )
             if getattr(self, "verbose", True):
@@ -170,9 +173,11 @@ class ScheduledPruning(Callback):
                 shown = ", ".join(f"{e}: {t:.4f}" for e, t in schedule_map.items())
                 rank_zero_info(f"{type(self).__name__}: schedule {{epoch: target}} = {{{shown}}} ({why})")
         max_epochs = trainer.max_epochs
-        remaining = {e: t for e, t in schedule_map.items() if e > self._last_event_epoch} if self._continuing(
-            pl_module
-        ) else schedule_map
+        remaining = (
+            {e: t for e, t in schedule_map.items() if e > self._last_event_epoch}
+            if self._continuing(pl_module)
+            else schedule_map
+        )
         if remaining and max_epochs is not None and max_epochs >= 0:
             late = [e for e in remaining if e >= max_epochs]
             final = max(schedule_map.values())
@@ -191,7 +196,9 @@ class ScheduledPruning(Callback):
                 )
         return schedule_map
 
-    def _start_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> bool:
+    def _start_schedule(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, schedule_map: dict[int, float]
+    ) -> bool:
         """Begin this fit: a fresh schedule, or (a second fit of the same module) the one in progress.
 
         Returns whether the fit continues an earlier one."""
@@ -248,7 +255,9 @@ class ScheduledPruning(Callback):
             self._hook_handle.remove()
             self._hook_handle = None
 
-    def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any]) -> None:
+    def _before_weights_load(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any]
+    ) -> None:
         """Called (through the module's ``load_state_dict`` pre-hook) before a checkpoint's weights load."""
 
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -279,7 +288,8 @@ class ScheduledPruning(Callback):
         rank_zero_warn(
             f"{type(self).__name__}: training ended ({how}) after {trainer.current_epoch} completed epoch(s), before "
             f"the final pruning target {final:.4g} (epoch {final_epoch}) was reached: the last event reached "
-            f"{done:.4g}{self._reached()}; the events at epochs {left} did not run. A second `trainer.fit` with a larger "
+            f"{done:.4g}{self._reached()}; the events at epochs {left} did not run. A second "
+            "`trainer.fit` with a larger "
             "`max_epochs` continues the schedule"
         )
 
@@ -313,3 +323,12 @@ class ScheduledPruning(Callback):
         if not any(isinstance(cb, PruningMetrics) for cb in trainer.callbacks):
             figures.update(model)
         log_figures(trainer, pl_module, figures)
+
+
+__all__ = [
+    "ScheduledPruning",
+    "TRAINED_WEIGHTS_ATTR",
+    "averaged_models",
+    "frozen_module_names",
+    "starts_from_trained",
+]

@@ -15,23 +15,28 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune.core import optim as O
-from lightning_prune.core import speedup as SP
-from lightning_prune.core import structure as S
-from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, frozen_module_names, starts_from_trained
+from lightning_prune.callbacks._scheduled import (
+    ScheduledPruning,
+    averaged_models,
+    frozen_module_names,
+    starts_from_trained,
+)
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core._inputs import device_dtype as _device_dtype
 from lightning_prune.core._inputs import move as _move
 from lightning_prune.core._validation import check_bool, check_int, check_shape
+from lightning_prune.core.channel import optim as optim_ops
+from lightning_prune.core.channel import speedup as speedup_ops
+from lightning_prune.core.channel.importance import needs_gradients
+from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules, preserved_modes
+from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
 from lightning_prune.core.measure import count_macs, count_params
-from lightning_prune.core.reshape import architecture_in
 from lightning_prune.core.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 _SPEEDUP_TOLERANCE = 0.03  # a speed-up target missed by more than this (relative MACs) is reported
-
 
 
 @contextlib.contextmanager
@@ -81,7 +86,7 @@ class ChannelPruning(ScheduledPruning):
     ``state_dict``: ``trainer.fit(ckpt_path=...)`` with this callback reshapes the fresh model before the
     weights load (any LightningModule), ``ImageClassifier.load_from_checkpoint(path)`` returns the pruned
     model, and users' own modules load a checkpoint with :class:`ChannelPrunedCheckpointMixin` or
-    :func:`lightning_prune.core.structure.load_channel_pruned`.
+    :func:`lightning_prune.core.channel.reshape.load_channel_pruned`.
 
     Layer names (``ignored_layers``, ``pruning_ratio_dict``) are those of ``pl_module.named_modules()``, e.g.
     ``"model.fc"`` for ``ImageClassifier``; a full-match regex works too (``"model\\.layer4\\..*"``).
@@ -93,7 +98,7 @@ class ChannelPruning(ScheduledPruning):
             MACs / ``speedup`` (within 3% where the model's granularity allows), e.g. ``2.0``; or milestones
             ``{epoch: speedup}``. Earlier events follow ``schedule`` on the fraction of MACs removed
             (``1 - 1/speedup``; ``geometric`` gives the same speed-up factor per event). At each event the
-            channel ratio is searched on a copy of the model (see :mod:`lightning_prune.core.speedup`) with all
+            channel ratio is searched on a copy of the model (see :mod:`lightning_prune.core.channel.speedup`) with all
             the other options (ranking, ``round_to``, ignored layers, caps, ``pruning_ratio_dict``); the target
             and the resolved ratio are logged (``pruning/speedup``, ``pruning/channel_ratio``), printed, kept in
             :attr:`history` and in checkpoints.
@@ -157,7 +162,7 @@ class ChannelPruning(ScheduledPruning):
             model, naming the layer and the reason; or moving the optimizer state): the model, optimizers and LR
             schedulers are then exactly as before the event.
         TypeError: when fit starts, an optimizer whose state cannot follow an event (see
-            ``lightning_prune.core.optim.SUPPORTED``).
+            ``lightning_prune.core.channel.optim.SUPPORTED``).
 
     Example::
 
@@ -197,19 +202,21 @@ class ChannelPruning(ScheduledPruning):
                 f"give either `pruning_ratio` (a channel ratio) or `speedup` (a MACs target), not both; got "
                 f"pruning_ratio={pruning_ratio!r} and speedup={speedup!r}"
             )
-        self.speedup = SP.check_speedup("speedup", speedup) if speedup is not None else None
+        self.speedup = speedup_ops.check_speedup("speedup", speedup) if speedup is not None else None
         if self.speedup is None:
             amount: Any = 0.5 if pruning_ratio is None else pruning_ratio
             arg = "pruning_ratio"
         elif isinstance(self.speedup, dict):  # the schedule runs on the fraction of MACs removed
-            amount, arg = {e: SP.speedup_reduction(v) for e, v in self.speedup.items()}, "speedup"
+            amount, arg = {e: speedup_ops.speedup_reduction(v) for e, v in self.speedup.items()}, "speedup"
         else:
-            amount, arg = SP.speedup_reduction(self.speedup), "speedup"
+            amount, arg = speedup_ops.speedup_reduction(self.speedup), "speedup"
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg=arg))
         if self.speedup is not None:
             self._ratio_repr: Any = None
         else:
-            self._ratio_repr = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
+            self._ratio_repr = (
+                dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
+            )
         check_bool("global_pruning", global_pruning)
         check_bool("isomorphic", isomorphic)
         check_bool("ignore_output_layer", ignore_output_layer)
@@ -217,7 +224,7 @@ class ChannelPruning(ScheduledPruning):
         self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
         self.input_shape = check_shape("input_shape", input_shape)
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
-        self.core = S.ChannelPruner(
+        self.core = ChannelPruner(
             importance=importance,
             global_pruning=global_pruning,
             round_to=round_to,
@@ -251,7 +258,7 @@ class ChannelPruning(ScheduledPruning):
         as fractions of the dense MACs removed)."""
         if self.speedup is None:
             raise ValueError("speedup_targets() needs `speedup`; this callback prunes to `pruning_ratio`")
-        return {e: SP.reduction_speedup(r) for e, r in self.targets(max_epochs).items()}
+        return {e: speedup_ops.reduction_speedup(r) for e, r in self.targets(max_epochs).items()}
 
     @property
     def resolved_ratios(self) -> dict[int, float]:
@@ -281,7 +288,7 @@ class ChannelPruning(ScheduledPruning):
         # every check that can refuse the run comes before any change (a refused setup leaves all as it was)
         self._check_supported(trainer, pl_module)
         self._check_no_masks(trainer, pl_module)
-        if S.needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
+        if needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
             raise ValueError(
                 f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
                 "automatic optimization; this LightningModule uses manual optimization"
@@ -314,7 +321,7 @@ class ChannelPruning(ScheduledPruning):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
-            O.check_optimizer(opt)
+            optim_ops.check_optimizer(opt)
         super().on_fit_start(trainer, pl_module)
 
     @override
@@ -367,10 +374,10 @@ class ChannelPruning(ScheduledPruning):
         recorded head counts and widths, which shapes alone cannot tell)."""
         checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
         arch = architecture_in(checkpoint) if isinstance(checkpoint, Mapping) else None
-        S.reshape_to_state_dict(pl_module, state, arch)
+        reshape_to_state_dict(pl_module, state, arch)
         if trainer is not None:
             for averaged in averaged_models(trainer):
-                S.reshape_to_state_dict(averaged, state, arch)
+                reshape_to_state_dict(averaged, state, arch)
 
     def _reached(self) -> str:
         if not self._current or not self._baseline:
@@ -398,16 +405,20 @@ class ChannelPruning(ScheduledPruning):
             for n, p in pl_module.named_parameters():
                 p.requires_grad_(flags.get(n, p.requires_grad))
 
-    def _slice_averaged(self, pl_module: pl.LightningModule, averaged: list[nn.Module], result: Any, names: dict) -> None:
+    def _slice_averaged(
+        self, pl_module: pl.LightningModule, averaged: list[nn.Module], result: Any, names: dict
+    ) -> None:
         """Give each averaged copy the module's new architecture, keeping its averaged values of the surviving
         elements (the event's index map), and the module's values where no map exists (e.g. buffers)."""
         if not averaged:
             return
         state = pl_module.state_dict()
-        by_name = {names[id(old)]: (new, index) for old, (new, index, _shape) in result.changes.items() if id(old) in names}
+        by_name = {
+            names[id(old)]: (new, index) for old, (new, index, _shape) in result.changes.items() if id(old) in names
+        }
         for copy in averaged:
             saved = {n: p.detach().clone() for n, p in copy.named_parameters()}
-            reshaped = S.reshape_to_state_dict(copy, state)
+            reshaped = reshape_to_state_dict(copy, state)
             if not reshaped:
                 continue
             current = dict(pl_module.named_parameters())
@@ -416,7 +427,11 @@ class ChannelPruning(ScheduledPruning):
                     if n not in by_name or tuple(saved[n].shape) == tuple(p.shape):
                         continue
                     _new, index = by_name[n]
-                    sliced = None if index is None else O.slice_state_value(saved[n], tuple(saved[n].shape), p, index)
+                    sliced = (
+                        None
+                        if index is None
+                        else optim_ops.slice_state_value(saved[n], tuple(saved[n].shape), p, index)
+                    )
                     if sliced is not None and tuple(sliced.shape) == tuple(p.shape):
                         p.copy_(sliced)
                     else:
@@ -430,7 +445,7 @@ class ChannelPruning(ScheduledPruning):
     def _check_no_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before anything changes, a model with ``torch.nn.utils.prune`` masks, or an
         ``UnstructuredPruning`` schedule that would add masks before (or at) the last channel event."""
-        masked = S.masked_modules(pl_module)
+        masked = masked_modules(pl_module)
         if masked:
             raise ValueError(
                 f"ChannelPruning cannot remove channels of a model with active torch.nn.utils.prune masks "
@@ -531,7 +546,7 @@ class ChannelPruning(ScheduledPruning):
         try:
             epoch_loop._results = scratch
             pl_module._current_fx_name = "training_step"
-            with _isolated_rng(), S.preserved_modes(pl_module), torch.enable_grad():
+            with _isolated_rng(), preserved_modes(pl_module), torch.enable_grad():
                 pl_module.eval()  # no BatchNorm statistics or dropout from this pass
                 for i, batch in enumerate(loader):
                     if i >= self.taylor_batches:
@@ -577,7 +592,7 @@ class ChannelPruning(ScheduledPruning):
             strategy.configure_ddp()
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
-        masked = S.masked_modules(pl_module)  # e.g. added by hand or by another callback during the run
+        masked = masked_modules(pl_module)  # e.g. added by hand or by another callback during the run
         if masked:
             raise RuntimeError(
                 f"ChannelPruning: epoch {epoch}: the model has active torch.nn.utils.prune masks on modules "
@@ -598,7 +613,7 @@ class ChannelPruning(ScheduledPruning):
         with self._frozen_policy(pl_module):
             plan, error = None, None
             try:
-                if S.needs_gradients(self.core.importance):
+                if needs_gradients(self.core.importance):
                     self._compute_gradients(trainer, pl_module)
                 if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
                     target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
@@ -613,11 +628,13 @@ class ChannelPruning(ScheduledPruning):
             result = self.core.apply(pl_module, plan, inputs)  # all or nothing: raises with the model unchanged
         saved = [([list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
         try:
-            O.rebind_optimizers(trainer.optimizers, result.changes)
+            optim_ops.rebind_optimizers(trainer.optimizers, result.changes)
         except Exception as err:
             result.undo()
-            for opt, (params, state) in zip(trainer.optimizers, saved):  # references only: exactly as before
-                for group, p in zip(opt.param_groups, params):
+            for opt, (params, state) in zip(
+                trainer.optimizers, saved, strict=False
+            ):  # references only: exactly as before
+                for group, p in zip(opt.param_groups, params, strict=False):
                     group["params"] = p
                 opt.state.clear()
                 opt.state.update(state)
@@ -627,11 +644,11 @@ class ChannelPruning(ScheduledPruning):
             ) from err
         self._slice_averaged(pl_module, averaged, result, names)
         self._rewrap_ddp(trainer, pl_module)
-        missing = O.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
+        missing = optim_ops.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
         if missing and trainer.optimizers:
             rank_zero_warn(f"ChannelPruning: {len(missing)} trainable parameters are in no optimizer after pruning")
         self._current = self._measure(pl_module, inputs)
-        self._architecture = S.architecture(pl_module)
+        self._architecture = architecture(pl_module)
         self._last_event_epoch = event
         self._current_target = float(target)
         self._history.append(
@@ -647,10 +664,16 @@ class ChannelPruning(ScheduledPruning):
         if extra:
             self._history[-1]["speedup"] = self._baseline["macs"] / max(1, self._current["macs"])
         if self.verbose:
-            goal = f", speed-up {self._history[-1]['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
+            goal = (
+                f", speed-up {self._history[-1]['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)"
+                if extra
+                else ""
+            )
             rank_zero_info(
                 f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), "
-                + _fmt_summary(self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"])
+                + _fmt_summary(
+                    self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"]
+                )
                 + goal
             )
 
@@ -659,8 +682,8 @@ class ChannelPruning(ScheduledPruning):
     ) -> tuple[float, list, dict[str, float]]:
         """The channel ratio and plan that cut the dense MACs by ``reduction`` (searched on a copy)."""
         dense = self._baseline["macs"]
-        goal = SP.reduction_speedup(reduction)
-        found = SP.search_ratio(
+        goal = speedup_ops.reduction_speedup(reduction)
+        found = speedup_ops.search_ratio(
             self.core, pl_module, inputs, dense * (1.0 - reduction), lower=self._current_target, scale=scale
         )
         if abs(found.error) > _SPEEDUP_TOLERANCE:
@@ -683,7 +706,7 @@ class ChannelPrunedCheckpointMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if isinstance(state, Mapping):
-            S.reshape_to_state_dict(self, state, architecture_in(checkpoint))  # type: ignore[arg-type]
+            reshape_to_state_dict(self, state, architecture_in(checkpoint))  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 

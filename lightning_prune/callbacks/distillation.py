@@ -15,8 +15,8 @@ from typing_extensions import override
 
 from lightning_prune.callbacks._scheduled import ScheduledPruning
 from lightning_prune.core._validation import check_bool
+from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.distill import frozen_copy, kd_loss
-from lightning_prune.core.structure import reshape_to_state_dict
 
 _STATE_VERSION = 1
 
@@ -98,6 +98,9 @@ class Distillation(Callback):
         return self._generate_state_key(weight=self.weight, temperature=self.temperature)
 
     # ------------------------------------------------------------------------------------------ the loss
+    #: marks this callback's :meth:`loss` as a term of :func:`lightning_prune.core.distill.distillation_loss`
+    adds_training_loss = True
+
     def loss(self, pl_module: pl.LightningModule, x: Any, student_logits: Tensor) -> Tensor:
         """``weight * T**2 * KL(teacher || student)`` on the batch ``x`` (0 before the teacher exists)."""
         if self._teacher is None:
@@ -173,13 +176,16 @@ class Distillation(Callback):
     def _announce(self, what: str) -> None:
         if self.verbose:
             rank_zero_info(
-                f"Distillation: teacher = {what}; loss += {self.weight} * T^2 * KL(teacher || student), T={self.temperature}"
+                f"Distillation: teacher = {what}; loss += {self.weight} * T^2 * KL(teacher || "
+                f"student), T={self.temperature}"
             )
 
 
 def _first_event(trainer: pl.Trainer) -> int | None:
     """The earliest scheduled event of the pruning callbacks in the Trainer (None without any)."""
-    epochs = [min(cb._schedule_map) for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and cb._schedule_map]
+    epochs = [
+        min(cb._schedule_map) for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and cb._schedule_map
+    ]
     return min(epochs) if epochs else None
 
 
@@ -193,20 +199,4 @@ def _load_state(path: str) -> dict[str, Tensor]:
     return state
 
 
-def distillation_loss(pl_module: pl.LightningModule, x: Any, logits: Tensor) -> Tensor:
-    """The distillation term of the ``Distillation`` callback(s) in ``pl_module``'s Trainer, for the batch ``x``
-    whose student logits are ``logits``; 0 when there is none, outside a Trainer, or before the teacher exists.
-
-    Add it to your training loss: ``loss = loss + distillation_loss(self, x, logits)``.
-    """
-    trainer = pl_module._trainer
-    total = logits.new_zeros(())
-    if trainer is None or not pl_module.training:
-        return total
-    for cb in trainer.callbacks:
-        if isinstance(cb, Distillation):
-            total = total + cb.loss(pl_module, x, logits)
-    return total
-
-
-__all__ = ["Distillation", "distillation_loss"]
+__all__ = ["Distillation"]

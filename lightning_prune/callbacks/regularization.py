@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks.channel import ChannelPruning
 from lightning_prune.core._validation import check_bool
-from lightning_prune.core.regularize import GroupRegularizer
+from lightning_prune.core.channel.regularize import GroupRegularizer
 
 _STATE_VERSION = 1
 

@@ -13,18 +13,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
-from lightning_prune.core import masks as M
-from lightning_prune.core import nm as NM
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, starts_from_trained
-from lightning_prune.core.reparam import effective
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
+from lightning_prune.core.bitpack import pack_mask, unpack_mask
+from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule, count_for
-from lightning_prune.core.selection import compile_patterns
+from lightning_prune.core.unstructured import masks as mask_ops
+from lightning_prune.core.unstructured import nm as nm_ops
+from lightning_prune.core.unstructured.reparam import effective
 
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-
 
 
 class UnstructuredPruning(ScheduledPruning):
@@ -83,7 +83,8 @@ class UnstructuredPruning(ScheduledPruning):
         verbose: print a one-line summary (rank zero) at every event.
         pattern: ``"N:M"`` semi-structured sparsity (``"2:4"``, ``"1:4"``, ``"4:8"``): at the end of the schedule
             every group of ``M`` consecutive weights along each weight's input dimension keeps its ``N``
-            largest (NVIDIA's convention, see :mod:`lightning_prune.core.nm`). ``amount`` (or the last milestone)
+            largest (NVIDIA's convention, see :mod:`lightning_prune.core.unstructured.nm`). ``amount`` (or the last
+            milestone)
             must then be the pattern's sparsity ``(M - N) / M``; earlier events prune exactly their scheduled
             share, taken only from the ``M - N`` lowest-ranked weights of each group. Layers whose input
             dimension is not a multiple of ``M`` stay dense (a warning names them). Not combinable with
@@ -133,16 +134,18 @@ class UnstructuredPruning(ScheduledPruning):
         prune_frozen: bool = False,
     ) -> None:
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
-        self.norm = check_choice("norm", norm, M.NORMS)
-        self.scope = check_choice("scope", scope, M.SCOPES)
+        self.norm = check_choice("norm", norm, mask_ops.NORMS)
+        self.scope = check_choice("scope", scope, mask_ops.SCOPES)
         self.modules = compile_patterns("modules", modules)
         self.exclude = compile_patterns("exclude", exclude)
         if module_types is None:
-            module_types = list(M.DEFAULT_MODULE_TYPES)
+            module_types = list(mask_ops.DEFAULT_MODULE_TYPES)
         if isinstance(module_types, str):
             module_types = [module_types]
-        if not isinstance(module_types, Sequence) or not module_types or not all(
-            isinstance(t, str) and t for t in module_types
+        if (
+            not isinstance(module_types, Sequence)
+            or not module_types
+            or not all(isinstance(t, str) and t for t in module_types)
         ):
             raise TypeError(
                 f"`module_types` must be a non-empty list of class names such as ['Conv2d', 'Linear']; "
@@ -172,9 +175,9 @@ class UnstructuredPruning(ScheduledPruning):
         self.pattern = pattern
         self._nm: tuple[int, int] | None = None
         if pattern is not None:
-            self._nm = NM.parse_pattern(pattern)
+            self._nm = nm_ops.parse_pattern(pattern)
             self.pattern = f"{self._nm[0]}:{self._nm[1]}"
-            sparsity = NM.pattern_sparsity(*self._nm)
+            sparsity = nm_ops.pattern_sparsity(*self._nm)
             if abs(self._sched.amount - sparsity) > 1e-9:
                 raise ValueError(
                     f"`amount`={self._amount_repr!r} does not reach `pattern`={pattern!r}, which prunes {sparsity} of "
@@ -189,7 +192,7 @@ class UnstructuredPruning(ScheduledPruning):
 
         # run-time state (set at setup / events / restore)
         self._fitting = False
-        self._targets: list[M.Target] = []
+        self._targets: list[mask_ops.Target] = []
         self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
         self._rewind: dict[str, torch.Tensor] | None = None
 
@@ -237,7 +240,7 @@ class UnstructuredPruning(ScheduledPruning):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._ensure_inspected(trainer, pl_module)
         # a later fit: the pruning made permanent at the end of the last one comes back (before any step)
-        if self._packed and not any(M.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
+        if self._packed and not any(mask_ops.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
             self._apply_packed(pl_module)
         self._follow_averaged(trainer, pl_module)
 
@@ -245,8 +248,10 @@ class UnstructuredPruning(ScheduledPruning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         if self.rewind_epoch is not None and epoch == self.rewind_epoch and self._rewind is None:
-            weights = M.current_weights(pl_module, self._targets)
-            self._rewind = {M.target_key(t): w.detach().cpu().clone() for t, w in zip(self._targets, weights)}
+            weights = mask_ops.current_weights(pl_module, self._targets)
+            self._rewind = {
+                mask_ops.target_key(t): w.detach().cpu().clone() for t, w in zip(self._targets, weights, strict=False)
+            }
         event = self._due_event(epoch)
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
@@ -258,7 +263,7 @@ class UnstructuredPruning(ScheduledPruning):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # drop the autograd history the prune forward hook left on `module.weight` (deepcopy refuses it)
-        M.refresh_weights(pl_module, self._targets)
+        mask_ops.refresh_weights(pl_module, self._targets)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -267,8 +272,8 @@ class UnstructuredPruning(ScheduledPruning):
             # the averaged copies too, in the same step: their parameters and buffers stay aligned with the
             # module's, whichever of WeightAveraging's and this callback's `on_train_end` runs first
             for averaged in averaged_models(trainer):
-                M.make_permanent(averaged, self._targets)
-            M.make_permanent(pl_module, self._targets)
+                mask_ops.make_permanent(averaged, self._targets)
+            mask_ops.make_permanent(pl_module, self._targets)
             if self._packed:
                 rank_zero_info(
                     f"UnstructuredPruning: pruning made permanent (sparsity {self._sparsity():.4f} of "
@@ -284,7 +289,7 @@ class UnstructuredPruning(ScheduledPruning):
         if not isinstance(state, dict):
             return
         for t in self._targets:
-            key = M.target_key(t)
+            key = mask_ops.target_key(t)
             k_orig, k_mask = key + "_orig", key + "_mask"
             if k_orig in state and k_mask in state:
                 orig, mask = state.pop(k_orig), state.pop(k_mask)
@@ -294,7 +299,7 @@ class UnstructuredPruning(ScheduledPruning):
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": _STATE_VERSION,
-            "targets": [M.target_key(t) for t in self._targets],
+            "targets": [mask_ops.target_key(t) for t in self._targets],
             "masks": dict(self._packed),
             **self._schedule_state(),
             "rewind": dict(self._rewind) if self._rewind is not None else None,
@@ -322,22 +327,22 @@ class UnstructuredPruning(ScheduledPruning):
         self._follow_averaged(pl_module.trainer, pl_module)
 
     # ------------------------------------------------------------------------------------------ lifecycle
-    def _find_targets(self, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> list[M.Target]:
+    def _find_targets(self, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> list[mask_ops.Target]:
         """The weights to prune (raises, naming the argument, before anything changes)."""
-        targets = M.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
+        targets = mask_ops.find_prunable(pl_module, self.modules, self.exclude, self.module_types, self.prune_bias)
         if not self.prune_frozen:
-            frozen = [t for t in targets if not M._get_param(pl_module.get_submodule(t[0]), t[1]).requires_grad]
+            frozen = [t for t in targets if not mask_ops.get_param(pl_module.get_submodule(t[0]), t[1]).requires_grad]
             targets = [t for t in targets if t not in frozen]
             if not targets:
                 raise ValueError(
                     f"UnstructuredPruning: every selected weight is frozen (requires_grad=False: "
-                    f"{[M.target_key(t) for t in frozen][:10]}); frozen weights are left alone by default. Pass "
+                    f"{[mask_ops.target_key(t) for t in frozen][:10]}); frozen weights are left alone by default. Pass "
                     "`prune_frozen=True` to prune them"
                 )
         if self._nm is not None:
             targets, self._nm_dims = self._nm_targets(pl_module, targets)
         if self.max_layer_sparsity is not None:
-            sizes = [M._get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
+            sizes = [mask_ops.get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
             room = sum(int(self.max_layer_sparsity * s + 1e-9) for s in sizes)
             need = count_for(max(schedule_map.values()), sum(sizes))
             if need > room:
@@ -388,7 +393,7 @@ class UnstructuredPruning(ScheduledPruning):
             )
         if not check_targets:
             return
-        keys = [M.target_key(t) for t in self._targets]
+        keys = [mask_ops.target_key(t) for t in self._targets]
         if set(masks) != set(keys):
             raise ValueError(
                 "UnstructuredPruning: the checkpoint holds masks for "
@@ -398,9 +403,11 @@ class UnstructuredPruning(ScheduledPruning):
 
     def _apply_packed(self, model: torch.nn.Module) -> None:
         """Apply this callback's current masks to ``model`` (the module, or an averaged copy of it)."""
-        keys = [M.target_key(t) for t in self._targets]
-        device_of = [M._get_param(model.get_submodule(n), p).device for n, p in self._targets]
-        M.apply_masks(model, self._targets, [M.unpack_mask(self._packed[k], d) for k, d in zip(keys, device_of)])
+        keys = [mask_ops.target_key(t) for t in self._targets]
+        device_of = [mask_ops.get_param(model.get_submodule(n), p).device for n, p in self._targets]
+        mask_ops.apply_masks(
+            model, self._targets, [unpack_mask(self._packed[k], d) for k, d in zip(keys, device_of, strict=False)]
+        )
 
     def _follow_averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._packed and trainer is not None:
@@ -411,19 +418,21 @@ class UnstructuredPruning(ScheduledPruning):
         return f" (sparsity {self._sparsity():.4f} of the selected weights)" if self._packed else ""
 
     # ------------------------------------------------------------------------------------------ internals
-    def _nm_targets(self, pl_module: pl.LightningModule, targets: list[M.Target]) -> tuple[list[M.Target], list[int]]:
+    def _nm_targets(
+        self, pl_module: pl.LightningModule, targets: list[mask_ops.Target]
+    ) -> tuple[list[mask_ops.Target], list[int]]:
         """The targets that can hold the N:M pattern, with their group dims; warn about the others."""
         m = self._nm[1]
         kept, dims, skipped = [], [], []
         for t in targets:
             module = pl_module.get_submodule(t[0])
-            dim = NM.group_dim(module)
-            shape = tuple(M._get_param(module, t[1]).shape)
-            if NM.nm_eligible(shape, dim, m):
+            dim = nm_ops.group_dim(module)
+            shape = tuple(mask_ops.get_param(module, t[1]).shape)
+            if nm_ops.nm_eligible(shape, dim, m):
                 kept.append(t)
                 dims.append(dim)
             else:
-                skipped.append(f"{M.target_key(t)} {shape}")
+                skipped.append(f"{mask_ops.target_key(t)} {shape}")
         if not kept:
             raise ValueError(
                 f"`pattern`={self.pattern!r}: no selected weight has an input dimension divisible by {m}: {skipped}"
@@ -439,39 +448,39 @@ class UnstructuredPruning(ScheduledPruning):
         return sum(int(torch.tensor(p["shape"]).prod()) if p["shape"] else 1 for p in self._packed.values())
 
     def _sparsity(self) -> float:
-        return M.mask_sparsity(M.unpack_mask(p) for p in self._packed.values())
+        return mask_ops.mask_sparsity(unpack_mask(p) for p in self._packed.values())
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
         targets = self._targets
-        weights = M.current_weights(pl_module, targets)
-        prev = M.get_masks(pl_module, targets)
+        weights = mask_ops.current_weights(pl_module, targets)
+        prev = mask_ops.get_masks(pl_module, targets)
         generator = None
         if self.norm == "random":
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + event)
         if self._nm is not None:
-            masks = NM.compute_nm_masks(
+            masks = nm_ops.compute_nm_masks(
                 weights, self._nm_dims, *self._nm, target, self.norm, self.scope, prev, generator=generator
             )
         else:
-            masks = M.compute_masks(
+            masks = mask_ops.compute_masks(
                 weights, target, self.norm, self.scope, prev, self.max_layer_sparsity, generator=generator
             )
-        packed = [M.pack_mask(m) for m in masks]
+        packed = [pack_mask(m) for m in masks]
         if trainer.world_size > 1:  # identical on every rank by construction; make it so by rule, too
             packed = trainer.strategy.broadcast(packed, src=0)
-            masks = [M.unpack_mask(p, w.device) for p, w in zip(packed, weights)]
-        M.apply_masks(pl_module, targets, masks)
-        params = [M._get_param(pl_module.get_submodule(n), p) for n, p in targets]
+            masks = [unpack_mask(p, w.device) for p, w in zip(packed, weights, strict=False)]
+        mask_ops.apply_masks(pl_module, targets, masks)
+        params = [mask_ops.get_param(pl_module.get_submodule(n), p) for n, p in targets]
         for optimizer in trainer.optimizers:
-            for param, mask in zip(params, masks):
-                M.zero_optimizer_state(optimizer, param, mask)
+            for param, mask in zip(params, masks, strict=False):
+                mask_ops.zero_optimizer_state(optimizer, param, mask)
         if self._rewind is not None:
             with torch.no_grad():
-                for t, param, mask in zip(targets, params, masks):
-                    saved = self._rewind[M.target_key(t)].to(device=param.device, dtype=param.dtype)
+                for t, param, mask in zip(targets, params, masks, strict=False):
+                    saved = self._rewind[mask_ops.target_key(t)].to(device=param.device, dtype=param.dtype)
                     param.copy_(saved * mask.to(param.dtype))
-            M.refresh_weights(pl_module, targets)
-        self._packed = {M.target_key(t): p for t, p in zip(targets, packed)}
+            mask_ops.refresh_weights(pl_module, targets)
+        self._packed = {mask_ops.target_key(t): p for t, p in zip(targets, packed, strict=False)}
         self._last_event_epoch = event
         pruned = sum(int((~m).sum()) for m in masks)
         total = sum(m.numel() for m in masks)
@@ -480,10 +489,16 @@ class UnstructuredPruning(ScheduledPruning):
         )
         if self.verbose:
             per_layer = ", ".join(
-                f"{M.target_key(t)} {float((~m).sum()) / m.numel():.3f}" for t, m in zip(targets, masks)
+                f"{mask_ops.target_key(t)} {float((~m).sum()) / m.numel():.3f}"
+                for t, m in zip(targets, masks, strict=False)
             )
             rank_zero_info(
                 f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned "
                 f"(sparsity {pruned / total:.4f}, target {target:.4f}, {self.norm}, {self.scope}"
                 f"{', pattern ' + self.pattern if self.pattern else ''}); {per_layer}"
             )
+
+
+__all__ = [
+    "UnstructuredPruning",
+]

@@ -1,6 +1,357 @@
-"""The pure-PyTorch core of lightning_prune: schedules, selection, masks, structure, optimizer
-remapping, measurement, compression, N:M patterns (``nm``) and export to ONNX / TorchScript / torch.export.
+"""The pure-PyTorch core of lightning_prune: the functional API behind the callbacks, usable without a Trainer.
 
-Nothing under ``lightning_prune.core`` imports Lightning, torchvision or torchmetrics; torch-pruning is
-imported only where channel pruning needs it. The callbacks, models, data and CLI sit on top.
+Grouped by engine:
+
+* :mod:`lightning_prune.core.unstructured`: scores (l1, l2, lamp), exact-count selection (``select``), masks and
+  the ``torch.nn.utils.prune`` reparametrisation (``masks``, ``reparam``), N:M patterns (``nm``);
+* :mod:`lightning_prune.core.channel`: channel pruning through torch-pruning's DepGraph (``pruner``),
+  importance criteria, reshape-on-load, optimizer remapping (``optim``), the speed-up search, regularisation;
+* shared: ``schedules``, ``measure``, ``compress`` (+ ``bitpack``), ``export``, ``sensitivity``, ``distill`` and
+  ``patterns`` (layers by name or type).
+
+Every public function and class is importable from here too (``from lightning_prune.core import compute_masks``),
+resolved lazily so that ``import lightning_prune.core`` loads neither torch-pruning nor anything unused; the
+two functions named like their module are reached through it (``core.export.export``, ``core.measure.measure``). Nothing
+under ``lightning_prune.core`` imports Lightning, torchvision or torchmetrics.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    # bitpack
+    "pack_bits": "lightning_prune.core.bitpack",
+    "pack_mask": "lightning_prune.core.bitpack",
+    "unpack_bits": "lightning_prune.core.bitpack",
+    "unpack_mask": "lightning_prune.core.bitpack",
+    # channel.importance
+    "IMPORTANCES": "lightning_prune.core.channel.importance",
+    "build_importance": "lightning_prune.core.channel.importance",
+    "importance_name": "lightning_prune.core.channel.importance",
+    "needs_gradients": "lightning_prune.core.channel.importance",
+    # channel.optim
+    "SUPPORTED": "lightning_prune.core.channel.optim",
+    "check_optimizer": "lightning_prune.core.channel.optim",
+    "params_missing_from": "lightning_prune.core.channel.optim",
+    "rebind_optimizer": "lightning_prune.core.channel.optim",
+    "rebind_optimizers": "lightning_prune.core.channel.optim",
+    "slice_state_value": "lightning_prune.core.channel.optim",
+    # channel.pruner
+    "ChannelPruner": "lightning_prune.core.channel.pruner",
+    "ChannelPruningError": "lightning_prune.core.channel.pruner",
+    "Plan": "lightning_prune.core.channel.pruner",
+    "StepResult": "lightning_prune.core.channel.pruner",
+    "check_pruning_ratio_dict": "lightning_prune.core.channel.pruner",
+    "example_inputs_like": "lightning_prune.core.channel.pruner",
+    "find_output_layers": "lightning_prune.core.channel.pruner",
+    "masked_modules": "lightning_prune.core.channel.pruner",
+    "preserved_modes": "lightning_prune.core.channel.pruner",
+    # channel.regularize
+    "GroupRegularizer": "lightning_prune.core.channel.regularize",
+    # channel.reshape
+    "HEAD_ATTRS": "lightning_prune.core.channel.reshape",
+    "WIDTH_ATTRS": "lightning_prune.core.channel.reshape",
+    "architecture": "lightning_prune.core.channel.reshape",
+    "architecture_in": "lightning_prune.core.channel.reshape",
+    "load_channel_pruned": "lightning_prune.core.channel.reshape",
+    "reshape_to_state_dict": "lightning_prune.core.channel.reshape",
+    "sync_attention": "lightning_prune.core.channel.reshape",
+    "sync_width_attributes": "lightning_prune.core.channel.reshape",
+    "tensor_shapes": "lightning_prune.core.channel.reshape",
+    # channel.speedup
+    "SpeedupSearch": "lightning_prune.core.channel.speedup",
+    "check_speedup": "lightning_prune.core.channel.speedup",
+    "dry_run_macs": "lightning_prune.core.channel.speedup",
+    "reduction_speedup": "lightning_prune.core.channel.speedup",
+    "search_ratio": "lightning_prune.core.channel.speedup",
+    "speedup_reduction": "lightning_prune.core.channel.speedup",
+    # compress
+    "FORMAT": "lightning_prune.core.compress",
+    "compressed_nbytes": "lightning_prune.core.compress",
+    "decode_entry": "lightning_prune.core.compress",
+    "encode_entry": "lightning_prune.core.compress",
+    "entry_nbytes": "lightning_prune.core.compress",
+    "load_compressed": "lightning_prune.core.compress",
+    "load_compressed_state_dict": "lightning_prune.core.compress",
+    "plain_state_dict": "lightning_prune.core.compress",
+    "save_compressed": "lightning_prune.core.compress",
+    # distill
+    "distillation_loss": "lightning_prune.core.distill",
+    "frozen_copy": "lightning_prune.core.distill",
+    "kd_loss": "lightning_prune.core.distill",
+    # export
+    "ExportMismatchError": "lightning_prune.core.export",
+    "FORMATS": "lightning_prune.core.export",
+    "SUFFIXES": "lightning_prune.core.export",
+    "deployable_copy": "lightning_prune.core.export",
+    "format_for_path": "lightning_prune.core.export",
+    "load_exported": "lightning_prune.core.export",
+    "max_abs_difference": "lightning_prune.core.export",
+    "pruned_targets": "lightning_prune.core.export",
+    # measure
+    "MB": "lightning_prune.core.measure",
+    "MacsCache": "lightning_prune.core.measure",
+    "ModelStats": "lightning_prune.core.measure",
+    "architecture_key": "lightning_prune.core.measure",
+    "count_macs": "lightning_prune.core.measure",
+    "count_macs_nonzero": "lightning_prune.core.measure",
+    "count_params": "lightning_prune.core.measure",
+    "count_params_nonzero": "lightning_prune.core.measure",
+    "effective_named_parameters": "lightning_prune.core.measure",
+    "layer_sparsity": "lightning_prune.core.measure",
+    "prunable_layers": "lightning_prune.core.measure",
+    "saved_buffers": "lightning_prune.core.measure",
+    "size_mb": "lightning_prune.core.measure",
+    "sparsity": "lightning_prune.core.measure",
+    "sparsity_all": "lightning_prune.core.measure",
+    "use_counts": "lightning_prune.core.measure",
+    # patterns
+    "check_patterns_match": "lightning_prune.core.patterns",
+    "compile_patterns": "lightning_prune.core.patterns",
+    "matches_any": "lightning_prune.core.patterns",
+    "name_matches": "lightning_prune.core.patterns",
+    "strip_wrappers": "lightning_prune.core.patterns",
+    "type_matches": "lightning_prune.core.patterns",
+    # schedules
+    "SCHEDULES": "lightning_prune.core.schedules",
+    "Schedule": "lightning_prune.core.schedules",
+    "ScheduleName": "lightning_prune.core.schedules",
+    "build_schedule": "lightning_prune.core.schedules",
+    "count_for": "lightning_prune.core.schedules",
+    "default_end_epoch": "lightning_prune.core.schedules",
+    "event_epochs": "lightning_prune.core.schedules",
+    "resolve_start_epoch": "lightning_prune.core.schedules",
+    "schedule_fraction": "lightning_prune.core.schedules",
+    "validate_milestones": "lightning_prune.core.schedules",
+    # sensitivity
+    "DEFAULT_RATIOS": "lightning_prune.core.sensitivity",
+    "KINDS": "lightning_prune.core.sensitivity",
+    "SensitivityResult": "lightning_prune.core.sensitivity",
+    "accuracy": "lightning_prune.core.sensitivity",
+    "channel_macs_of": "lightning_prune.core.sensitivity",
+    "sensitivity_scan": "lightning_prune.core.sensitivity",
+    # unstructured.masks
+    "DEFAULT_MODULE_TYPES": "lightning_prune.core.unstructured.masks",
+    "NORMS": "lightning_prune.core.unstructured.masks",
+    "SCOPES": "lightning_prune.core.unstructured.masks",
+    "Target": "lightning_prune.core.unstructured.masks",
+    "apply_masks": "lightning_prune.core.unstructured.masks",
+    "compute_masks": "lightning_prune.core.unstructured.masks",
+    "current_weights": "lightning_prune.core.unstructured.masks",
+    "find_prunable": "lightning_prune.core.unstructured.masks",
+    "get_masks": "lightning_prune.core.unstructured.masks",
+    "get_param": "lightning_prune.core.unstructured.masks",
+    "make_permanent": "lightning_prune.core.unstructured.masks",
+    "mask_sparsity": "lightning_prune.core.unstructured.masks",
+    "refresh_weights": "lightning_prune.core.unstructured.masks",
+    "score": "lightning_prune.core.unstructured.masks",
+    "target_key": "lightning_prune.core.unstructured.masks",
+    "zero_optimizer_state": "lightning_prune.core.unstructured.masks",
+    # unstructured.nm
+    "compute_nm_masks": "lightning_prune.core.unstructured.nm",
+    "group_counts": "lightning_prune.core.unstructured.nm",
+    "group_dim": "lightning_prune.core.unstructured.nm",
+    "is_nm": "lightning_prune.core.unstructured.nm",
+    "nm_eligible": "lightning_prune.core.unstructured.nm",
+    "parse_pattern": "lightning_prune.core.unstructured.nm",
+    "pattern_sparsity": "lightning_prune.core.unstructured.nm",
+    "to_semi_structured": "lightning_prune.core.unstructured.nm",
+    # unstructured.reparam
+    "effective": "lightning_prune.core.unstructured.reparam",
+    "effective_weight": "lightning_prune.core.unstructured.reparam",
+    "is_pruned": "lightning_prune.core.unstructured.reparam",
+    "pruned_names": "lightning_prune.core.unstructured.reparam",
+    # unstructured.scores
+    "lamp_scores": "lightning_prune.core.unstructured.scores",
+    # unstructured.select
+    "CHUNK": "lightning_prune.core.unstructured.select",
+    "select_masks": "lightning_prune.core.unstructured.select",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'lightning_prune.core' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # static tools see the eager imports
+    from lightning_prune.core.bitpack import (
+        pack_bits,
+        pack_mask,
+        unpack_bits,
+        unpack_mask,
+    )
+    from lightning_prune.core.channel.importance import (
+        IMPORTANCES,
+        build_importance,
+        importance_name,
+        needs_gradients,
+    )
+    from lightning_prune.core.channel.optim import (
+        SUPPORTED,
+        check_optimizer,
+        params_missing_from,
+        rebind_optimizer,
+        rebind_optimizers,
+        slice_state_value,
+    )
+    from lightning_prune.core.channel.pruner import (
+        ChannelPruner,
+        ChannelPruningError,
+        Plan,
+        StepResult,
+        check_pruning_ratio_dict,
+        example_inputs_like,
+        find_output_layers,
+        masked_modules,
+        preserved_modes,
+    )
+    from lightning_prune.core.channel.regularize import (
+        GroupRegularizer,
+    )
+    from lightning_prune.core.channel.reshape import (
+        HEAD_ATTRS,
+        WIDTH_ATTRS,
+        architecture,
+        architecture_in,
+        load_channel_pruned,
+        reshape_to_state_dict,
+        sync_attention,
+        sync_width_attributes,
+        tensor_shapes,
+    )
+    from lightning_prune.core.channel.speedup import (
+        SpeedupSearch,
+        check_speedup,
+        dry_run_macs,
+        reduction_speedup,
+        search_ratio,
+        speedup_reduction,
+    )
+    from lightning_prune.core.compress import (
+        FORMAT,
+        compressed_nbytes,
+        decode_entry,
+        encode_entry,
+        entry_nbytes,
+        load_compressed,
+        load_compressed_state_dict,
+        plain_state_dict,
+        save_compressed,
+    )
+    from lightning_prune.core.distill import (
+        distillation_loss,
+        frozen_copy,
+        kd_loss,
+    )
+    from lightning_prune.core.export import (
+        FORMATS,
+        SUFFIXES,
+        ExportMismatchError,
+        deployable_copy,
+        format_for_path,
+        load_exported,
+        max_abs_difference,
+        pruned_targets,
+    )
+    from lightning_prune.core.measure import (
+        MB,
+        MacsCache,
+        ModelStats,
+        architecture_key,
+        count_macs,
+        count_macs_nonzero,
+        count_params,
+        count_params_nonzero,
+        effective_named_parameters,
+        layer_sparsity,
+        prunable_layers,
+        saved_buffers,
+        size_mb,
+        sparsity,
+        sparsity_all,
+        use_counts,
+    )
+    from lightning_prune.core.patterns import (
+        check_patterns_match,
+        compile_patterns,
+        matches_any,
+        name_matches,
+        strip_wrappers,
+        type_matches,
+    )
+    from lightning_prune.core.schedules import (
+        SCHEDULES,
+        Schedule,
+        ScheduleName,
+        build_schedule,
+        count_for,
+        default_end_epoch,
+        event_epochs,
+        resolve_start_epoch,
+        schedule_fraction,
+        validate_milestones,
+    )
+    from lightning_prune.core.sensitivity import (
+        DEFAULT_RATIOS,
+        KINDS,
+        SensitivityResult,
+        accuracy,
+        channel_macs_of,
+        sensitivity_scan,
+    )
+    from lightning_prune.core.unstructured.masks import (
+        DEFAULT_MODULE_TYPES,
+        NORMS,
+        SCOPES,
+        Target,
+        apply_masks,
+        compute_masks,
+        current_weights,
+        find_prunable,
+        get_masks,
+        get_param,
+        make_permanent,
+        mask_sparsity,
+        refresh_weights,
+        score,
+        target_key,
+        zero_optimizer_state,
+    )
+    from lightning_prune.core.unstructured.nm import (
+        compute_nm_masks,
+        group_counts,
+        group_dim,
+        is_nm,
+        nm_eligible,
+        parse_pattern,
+        pattern_sparsity,
+        to_semi_structured,
+    )
+    from lightning_prune.core.unstructured.reparam import (
+        effective,
+        effective_weight,
+        is_pruned,
+        pruned_names,
+    )
+    from lightning_prune.core.unstructured.scores import (
+        lamp_scores,
+    )
+    from lightning_prune.core.unstructured.select import (
+        CHUNK,
+        select_masks,
+    )

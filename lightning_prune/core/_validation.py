@@ -65,3 +65,12 @@ def check_shape(arg: str, value: Any) -> list[int] | None:
     if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in value):
         raise ValueError(f"`{arg}` must be {allowed}; got {value!r}")
     return [int(v) for v in value]
+
+
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_fraction",
+    "check_int",
+    "check_shape",
+]

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from lightning_prune.core.bitpack import pack_bits, unpack_bits
-from lightning_prune.core.reparam import effective
-from lightning_prune.core.structure import reshape_to_state_dict
+from lightning_prune.core.channel.reshape import reshape_to_state_dict
+from lightning_prune.core.unstructured.reparam import effective
 
 __all__ = [
     "FORMAT",
@@ -268,7 +268,12 @@ def save_compressed(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
             if isinstance(field, torch.Tensor):
                 raw = _planes(field)
                 chunks.append(deflate.compress(raw))
-                entry[name] = {"dtype": _dtype_name(field.dtype), "shape": list(field.shape), "offset": offset, "nbytes": len(raw)}
+                entry[name] = {
+                    "dtype": _dtype_name(field.dtype),
+                    "shape": list(field.shape),
+                    "offset": offset,
+                    "nbytes": len(raw),
+                }
                 offset += len(raw)
                 payload += len(raw)
             else:
@@ -277,13 +282,22 @@ def save_compressed(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     chunks.append(deflate.flush())
     data = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
     torch.save(
-        {"format": FORMAT, "version": _VERSION, "payload_bytes": payload, "codec": "zlib", "data": data, "entries": entries},
+        {
+            "format": FORMAT,
+            "version": _VERSION,
+            "payload_bytes": payload,
+            "codec": "zlib",
+            "data": data,
+            "entries": entries,
+        },
         os.fspath(path),
     )
     return payload
 
 
-def load_compressed_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_compressed_state_dict(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Read a file written by :func:`save_compressed` (``weights_only=True``) into a dense ``state_dict``.
 
     Reads format versions 1 and 2.
@@ -322,7 +336,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
 
     Args:
         model: a model of the same architecture; a channel-pruned file first reshapes a fresh model's layers
-            to the stored shapes (:func:`lightning_prune.core.structure.reshape_to_state_dict`).
+            to the stored shapes (:func:`lightning_prune.core.channel.reshape.reshape_to_state_dict`).
         path: the file.
         strict: passed to ``load_state_dict``.
 

@@ -12,12 +12,13 @@ Example::
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_prune.core import masks as M
-from lightning_prune.core.reparam import pruned_names
+from lightning_prune.core.unstructured import masks as mask_ops
+from lightning_prune.core.unstructured.reparam import pruned_names
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -42,14 +43,33 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     hooks), frozen (``requires_grad=False``) and in eval mode: a teacher that no optimizer, DDP or pruning
     callback ever touches (it is not a submodule of the model)."""
     teacher = copy.deepcopy(model)
-    targets = [
-        (name, pname) for name, module in teacher.named_modules() for pname in pruned_names(module)
-    ]
+    targets = [(name, pname) for name, module in teacher.named_modules() for pname in pruned_names(module)]
     if targets:
-        M.make_permanent(teacher, targets)
+        mask_ops.make_permanent(teacher, targets)
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher
 
 
-__all__ = ["frozen_copy", "kd_loss"]
+def distillation_loss(module: nn.Module, x: Any, logits: Tensor) -> Tensor:
+    """The distillation term of the ``Distillation`` callback(s) in ``module``'s Trainer, for the batch ``x``
+    whose student logits are ``logits``; 0 when there is none, outside a Trainer, or before the teacher exists.
+
+    Add it to your training loss: ``loss = loss + distillation_loss(self, x, logits)``. Duck-typed (no Lightning
+    import): every callback of the Trainer with ``adds_training_loss = True`` contributes ``cb.loss(module, x,
+    logits)``.
+    """
+    total = logits.new_zeros(())
+    if not module.training:
+        return total
+    try:
+        trainer = module.trainer  # a LightningModule's property; raises when not attached to a Trainer
+    except (AttributeError, RuntimeError):
+        return total
+    for cb in getattr(trainer, "callbacks", None) or []:
+        if getattr(cb, "adds_training_loss", False):
+            total = total + cb.loss(module, x, logits)
+    return total
+
+
+__all__ = ["distillation_loss", "frozen_copy", "kd_loss"]

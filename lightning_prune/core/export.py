@@ -51,9 +51,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core import masks as M
 from lightning_prune.core._inputs import device_dtype
 from lightning_prune.core._validation import check_bool, check_choice
+from lightning_prune.core.unstructured import masks as mask_ops
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,12 @@ def format_for_path(path: str | os.PathLike) -> str | None:
     return SUFFIXES.get(Path(path).suffix.lower())
 
 
-def pruned_targets(model: nn.Module) -> list[M.Target]:
+def pruned_targets(model: nn.Module) -> list[mask_ops.Target]:
     """Every ``(module name, parameter name)`` reparametrised by ``torch.nn.utils.prune`` in ``model``."""
-    out: list[M.Target] = []
+    out: list[mask_ops.Target] = []
     for name, module in model.named_modules():
         for pname in list(module._parameters):
-            if pname.endswith("_orig") and M.is_pruned(module, pname[: -len("_orig")]):
+            if pname.endswith("_orig") and mask_ops.is_pruned(module, pname[: -len("_orig")]):
                 out.append((name, pname[: -len("_orig")]))
     return out
 
@@ -95,9 +95,9 @@ def deployable_copy(model: nn.Module) -> nn.Module:
         raise TypeError(f"`model` must be an nn.Module (a LightningModule is one); got {type(model).__name__}")
     targets = pruned_targets(model)
     # the prune forward hook leaves `weight` as a non-leaf tensor after a training step; deepcopy refuses that
-    M.refresh_weights(model, targets)
+    mask_ops.refresh_weights(model, targets)
     clone = copy.deepcopy(model)
-    M.make_permanent(clone, targets)
+    mask_ops.make_permanent(clone, targets)
     clone.eval()
     for p in clone.parameters():
         p.requires_grad_(False)
@@ -155,7 +155,9 @@ def _dynamic_batch(inputs: tuple[Tensor, ...]) -> tuple[dict[int, Any] | None, .
 def _quiet_torchscript():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=Warning)
-        warnings.filterwarnings("ignore", message=r".*is deprecated\. Please (switch to|use) `torch\.", category=Warning)
+        warnings.filterwarnings(
+            "ignore", message=r".*is deprecated\. Please (switch to|use) `torch\.", category=Warning
+        )
         yield
 
 
@@ -221,7 +223,7 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Callabl
         names = [i.name for i in session.get_inputs()]
 
         def run_onnx(*inputs: Tensor) -> list[Tensor]:
-            feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+            feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs, strict=False)}
             return [torch.from_numpy(o) for o in session.run(None, feed)]
 
         return run_onnx
@@ -257,7 +259,7 @@ def max_abs_difference(
     if len(got) != len(expected):
         raise ExportMismatchError(f"the exported model returns {len(got)} tensors, the module {len(expected)}")
     diff = 0.0
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         if tuple(g.shape) != tuple(e.shape):
             raise ExportMismatchError(f"exported output shape {tuple(g.shape)} != the module's {tuple(e.shape)}")
         if e.numel():
@@ -353,3 +355,16 @@ def export(
                 f"input, more than `atol`={atol}"
             )
     return path
+
+
+__all__ = [
+    "ExportMismatchError",
+    "FORMATS",
+    "SUFFIXES",
+    "deployable_copy",
+    "export",
+    "format_for_path",
+    "load_exported",
+    "max_abs_difference",
+    "pruned_targets",
+]

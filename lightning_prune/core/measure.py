@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from lightning_prune.core._inputs import as_args, device_dtype, move
-from lightning_prune.core.reparam import effective_weight, is_pruned
-from lightning_prune.core.selection import strip_wrappers
+from lightning_prune.core.patterns import strip_wrappers
+from lightning_prune.core.unstructured.reparam import effective_weight, is_pruned
 
 __all__ = [
     "MB",
@@ -383,7 +383,7 @@ def measure(
         >>> stats.params, stats.macs, stats.sparsity
         (61706, 416520, 0.0)
     """
-    from lightning_prune.core.compress import entry_nbytes  # local: compress imports this module
+    from lightning_prune.core.compress import entry_nbytes  # local: measuring needs no compression code
 
     params = params_nonzero = 0
     dense_bytes = 0
@@ -436,4 +436,3 @@ def measure(
         macs_nonzero=macs_nonzero,
         layer_sparsity=per_layer,
     )
-

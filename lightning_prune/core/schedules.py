@@ -103,7 +103,7 @@ def validate_milestones(arg: str, milestones: Mapping) -> dict[int, float]:
     if epochs != sorted(epochs):
         raise ValueError(f"`{arg}` milestone epochs must be increasing; got {epochs}")
     values = [out[e] for e in epochs]
-    if any(b < a for a, b in zip(values, values[1:])):
+    if any(b < a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError(f"`{arg}` milestone targets must not decrease (pruned weights do not grow back); got {values}")
     return out
 
@@ -169,3 +169,17 @@ class Schedule:
 def count_for(target: float, total: int) -> int:
     """Number of elements a target fraction of ``total`` stands for: ``round(target * total)``."""
     return int(math.floor(target * total + 0.5))
+
+
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "ScheduleName",
+    "build_schedule",
+    "count_for",
+    "default_end_epoch",
+    "event_epochs",
+    "resolve_start_epoch",
+    "schedule_fraction",
+    "validate_milestones",
+]

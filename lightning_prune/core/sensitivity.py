@@ -58,7 +58,7 @@ def accuracy(loader: Iterable, max_batches: int | None = None) -> Callable[[nn.M
     """
 
     def evaluate(model: nn.Module) -> float:
-        from lightning_prune.core.structure import preserved_modes
+        from lightning_prune.core.channel.pruner import preserved_modes
 
         device, _ = device_dtype(model)
         correct = total = 0
@@ -173,7 +173,9 @@ class SensitivityResult:
         target = self.dense_macs / float(speedup)
         grid = [0.0, *self.ratios]
         metric = {layer: {0.0: self.baseline, **self.metric[layer]} for layer in self.layers}
-        saving = {layer: {0.0: 0, **{r: self.dense_macs - m for r, m in self.macs[layer].items()}} for layer in self.layers}
+        saving = {
+            layer: {0.0: 0, **{r: self.dense_macs - m for r, m in self.macs[layer].items()}} for layer in self.layers
+        }
         chosen = {layer: 0.0 for layer in self.layers}
 
         def estimate() -> float:
@@ -311,12 +313,14 @@ def sensitivity_scan(
     if not math.isfinite(baseline):
         raise ValueError(f"`evaluate` returned {baseline!r} for the unpruned model")
     if kind == "channel":
-        return _scan_channels(model, evaluate, example_inputs, ratios, importance, channel_options or {}, progress, baseline)
+        return _scan_channels(
+            model, evaluate, example_inputs, ratios, importance, channel_options or {}, progress, baseline
+        )
     return _scan_unstructured(model, evaluate, example_inputs, ratios, norm, progress, baseline)
 
 
 def _scan_channels(model, evaluate, example_inputs, ratios, importance, options, progress, baseline):
-    from lightning_prune.core.structure import ChannelPruner
+    from lightning_prune.core.channel.pruner import ChannelPruner
 
     options = {k: v for k, v in options.items() if k != "global_pruning"}
     pruner = ChannelPruner(importance=importance, **options)
@@ -356,7 +360,7 @@ def _scan_channels(model, evaluate, example_inputs, ratios, importance, options,
 
 
 def _scan_unstructured(model, evaluate, example_inputs, ratios, norm, progress, baseline):
-    from lightning_prune.core.masks import compute_masks, find_prunable
+    from lightning_prune.core.unstructured.masks import compute_masks, find_prunable
 
     norm = check_choice("norm", norm, ("l1", "l2"))
     targets = find_prunable(model)
@@ -394,8 +398,8 @@ def channel_macs_of(
 ) -> Callable[[dict[str, float]], int]:
     """``{layer: ratio} -> MACs`` of ``model`` with those groups pruned together (measured on a copy), for
     :meth:`SensitivityResult.suggest` of a channel scan."""
-    from lightning_prune.core.speedup import dry_run_macs
-    from lightning_prune.core.structure import ChannelPruner
+    from lightning_prune.core.channel.pruner import ChannelPruner
+    from lightning_prune.core.channel.speedup import dry_run_macs
 
     options = {k: v for k, v in (channel_options or {}).items() if k not in ("global_pruning", "pruning_ratio_dict")}
 

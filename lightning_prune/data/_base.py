@@ -31,3 +31,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False)
+
+
+__all__ = [
+    "SplitDataModule",
+]

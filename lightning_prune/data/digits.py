@@ -88,3 +88,8 @@ class DigitsDataModule(SplitDataModule):
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
         self.test_set = TensorDataset(x[test_idx], y[test_idx])
 
+
+__all__ = [
+    "DigitsDataModule",
+    "load_digits_tensors",
+]

@@ -79,7 +79,6 @@ class _TorchvisionDataModule(SplitDataModule):
             self.test_set = self._load(False, False)
 
 
-
 class MNISTDataModule(_TorchvisionDataModule):
     """MNIST from torchvision, padded from 28x28 to 32x32 for LeNet.
 
@@ -180,3 +179,9 @@ class CIFAR10DataModule(_TorchvisionDataModule):
             cls = CIFAR10 if self.verify_checksums else _CIFAR10Unchecked
             augmented = cls(self.data_dir, train=True, transform=self.train_transform, download=False)
             self.train_set = Subset(augmented, self.train_set.indices)
+
+
+__all__ = [
+    "CIFAR10DataModule",
+    "MNISTDataModule",
+]

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_prune.callbacks.distillation import distillation_loss
 from lightning_prune.core._validation import check_int
+from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
+from lightning_prune.core.distill import distillation_loss
 from lightning_prune.models import INPUT_SIZES, build_model
-from lightning_prune.core.reshape import architecture_in
-from lightning_prune.core.structure import reshape_to_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +174,9 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+__all__ = [
+    "ImageClassifier",
+    "load_model_state",
+]

@@ -42,3 +42,8 @@ class LeNet(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
+
+
+__all__ = [
+    "LeNet",
+]

@@ -6,7 +6,8 @@ import os
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
+from torchvision.models import ResNet18_Weights
+from torchvision.models import resnet18 as tv_resnet18
 
 from lightning_prune.core._validation import check_int
 
@@ -69,3 +70,9 @@ def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, weights: str | N
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         model.load_state_dict(state, strict=False)
     return model
+
+
+__all__ = [
+    "resnet18",
+    "resnet18_cifar",
+]

@@ -19,7 +19,7 @@ from lightning_prune.data import DigitsDataModule
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 from helpers import make_trainer  # noqa: E402
-from lightning_prune.core.structure import architecture
+from lightning_prune.core.channel.reshape import architecture
 
 
 class Record(Callback):

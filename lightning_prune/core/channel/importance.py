@@ -29,7 +29,8 @@ def _importance_from_spec(spec: Mapping[str, Any]) -> Any:
     extra = sorted(set(spec) - {"class_path", "init_args"})
     if extra:
         raise ValueError(
-            f"`importance` as a dict takes only `class_path` and `init_args`; got unexpected key(s) {extra} in {dict(spec)!r}"
+            "`importance` as a dict takes only `class_path` and `init_args`; got unexpected key(s) "
+            f"{extra} in {dict(spec)!r}"
         )
     path = spec.get("class_path")
     if not isinstance(path, str) or not path:

@@ -36,8 +36,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.core import masks as M
 from lightning_prune.core.schedules import count_for
+from lightning_prune.core.unstructured import masks as mask_ops
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -112,7 +112,7 @@ def compute_nm_masks(
             pattern. A smaller target prunes exactly ``round(target * size)`` entries (per tensor for
             ``scope="layerwise"``, over all tensors for ``"global"``), each among the ``m - n`` lowest-scored
             of its group.
-        norm: ``"l1"``, ``"l2"`` or ``"random"`` (as :func:`lightning_prune.core.masks.score`).
+        norm: ``"l1"``, ``"l2"`` or ``"random"`` (as :func:`lightning_prune.core.unstructured.masks.score`).
         scope: ``"layerwise"`` or ``"global"`` (only matters before the final target).
         prev_masks: masks already applied (``True`` = kept) or None; their pruned entries stay pruned (a group
             may hold at most ``m - n`` of them).
@@ -126,8 +126,8 @@ def compute_nm_masks(
         target = final
     if not 0.0 <= float(target) <= final + 1e-9:
         raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
-    if scope not in M.SCOPES:
-        raise ValueError(f"`scope` must be one of {list(M.SCOPES)}; got {scope!r}")
+    if scope not in mask_ops.SCOPES:
+        raise ValueError(f"`scope` must be one of {list(mask_ops.SCOPES)}; got {scope!r}")
     weights, dims = list(weights), list(dims)
     prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
     if not len(weights) == len(dims) == len(prev):
@@ -137,13 +137,13 @@ def compute_nm_masks(
     candidates: list[Tensor] = []  # per tensor, flat over groups: the score if prunable now, +inf if not
     eligible: list[int] = []
     prev_pruned: list[int] = []
-    for w, d, p in zip(weights, dims, prev):
+    for w, d, p in zip(weights, dims, prev, strict=False):
         if not nm_eligible(w.shape, d, m):
             raise ValueError(
                 f"a weight of shape {tuple(w.shape)} does not split into groups of {m} along dim {d} "
                 f"({w.shape[d] if w.dim() > d else 'missing'} is not a multiple of {m})"
             )
-        s = M.score(w, norm, generator).reshape(w.shape)
+        s = mask_ops.score(w, norm, generator).reshape(w.shape)
         n_prev = 0
         if p is not None:
             pruned = ~p.to(device=s.device, dtype=torch.bool)
@@ -164,7 +164,7 @@ def compute_nm_masks(
 
     if scope == "layerwise":
         keeps = []
-        for c, w, room, n_prev in zip(candidates, weights, eligible, prev_pruned):
+        for c, w, room, n_prev in zip(candidates, weights, eligible, prev_pruned, strict=False):
             k = room if at_final else min(max(count_for(target, w.numel()), n_prev), room)
             keeps.append(choose(c, k))
     else:
@@ -175,7 +175,7 @@ def compute_nm_masks(
         keeps = list(torch.split(choose(all_candidates, k), [c.numel() for c in candidates]))
     return [
         _ungroup(keep.reshape(-1, m), w.shape, d).contiguous().to(w.device)
-        for keep, w, d in zip(keeps, weights, dims)
+        for keep, w, d in zip(keeps, weights, dims, strict=False)
     ]
 
 
@@ -200,8 +200,7 @@ def to_semi_structured(model: nn.Module, modules: Sequence[str] | None = None) -
     """
     if not torch.cuda.is_available():
         raise RuntimeError("to_semi_structured needs a CUDA device with sparse tensor cores (Ampere or later)")
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
-    from torch.sparse import semi_structured
+    from torch.sparse import SparseSemiStructuredTensor, semi_structured, to_sparse_semi_structured
 
     kernel = (
         semi_structured.SparseSemiStructuredTensorCUTLASS
@@ -214,7 +213,7 @@ def to_semi_structured(model: nn.Module, modules: Sequence[str] | None = None) -
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or (wanted is not None and name not in wanted):
             continue
-        if M.is_pruned(module, "weight"):
+        if mask_ops.is_pruned(module, "weight"):
             raise ValueError(f"{name!r} still carries a pruning mask: make the pruning permanent first")
         w = module.weight
         if isinstance(w.data, SparseSemiStructuredTensor) or w.device.type != "cuda":
@@ -233,3 +232,15 @@ def to_semi_structured(model: nn.Module, modules: Sequence[str] | None = None) -
         module.weight = nn.Parameter(sparse, requires_grad=False)
         converted.append(name)
     return converted
+
+
+__all__ = [
+    "compute_nm_masks",
+    "group_counts",
+    "group_dim",
+    "is_nm",
+    "nm_eligible",
+    "parse_pattern",
+    "pattern_sparsity",
+    "to_semi_structured",
+]

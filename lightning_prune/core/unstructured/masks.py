@@ -12,7 +12,7 @@ Ranking: ``l1`` scores ``|w|``, ``l2`` scores ``w**2``. For single weights these
 monotonic in ``|w|``, and exact in float64 for float32 inputs), so the two norms select the very same weights
 (they differ only for groups of weights, e.g. channels). ``random`` is a baseline that scores with a seeded
 generator. Ties are broken deterministically by position (the weights in the order given, flattened
-row-major), as a stable sort would; the selection itself (:mod:`lightning_prune.core.select`) is a radix
+row-major), as a stable sort would; the selection itself (:mod:`lightning_prune.core.unstructured.select`) is a radix
 select in linear time and a few chunks of memory, not a sort.
 
 Example::
@@ -41,10 +41,10 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_prune.core.bitpack import pack_mask, unpack_mask  # noqa: F401  (re-exported)
-from lightning_prune.core.reparam import effective, effective_weight, is_pruned, pruned_names
-from lightning_prune.core.scores import lamp_scores
-from lightning_prune.core.select import select_masks
-from lightning_prune.core.selection import check_patterns_match, matches_any, type_matches
+from lightning_prune.core.patterns import check_patterns_match, matches_any, type_matches
+from lightning_prune.core.unstructured.reparam import effective, effective_weight, is_pruned, pruned_names
+from lightning_prune.core.unstructured.scores import lamp_scores
+from lightning_prune.core.unstructured.select import select_masks
 
 NORMS: tuple[str, ...] = ("l1", "l2", "lamp", "random")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
@@ -98,7 +98,7 @@ def find_prunable(
         if not type_matches(module, module_types):
             continue
         for pname in ("weight", "bias") if prune_bias else ("weight",):
-            if _get_param(module, pname) is not None:
+            if get_param(module, pname) is not None:
                 out.append((name, pname))
     if not out:
         raise ValueError(
@@ -115,7 +115,7 @@ def target_key(target: Target) -> str:
     return f"{module_name}.{pname}" if module_name else pname
 
 
-def _get_param(module: nn.Module, pname: str) -> Tensor | None:
+def get_param(module: nn.Module, pname: str) -> Tensor | None:
     """The trainable tensor behind ``pname`` (``<pname>_orig`` when pruned), or None."""
     if pname + "_orig" in module._parameters:
         return module._parameters[pname + "_orig"]
@@ -126,7 +126,7 @@ def _get_param(module: nn.Module, pname: str) -> Tensor | None:
 # ----------------------------------------------------------------------------------------------- scoring
 def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = None) -> Tensor:
     """Importance of each weight as a flat float64 tensor: ``|w|`` (l1), ``w**2`` (l2), LAMP scores (lamp, see
-    :mod:`lightning_prune.core.scores`), or uniform noise (random).
+    :mod:`lightning_prune.core.unstructured.scores`), or uniform noise (random).
 
     ``generator`` (a CPU generator) drives ``random``; give every rank the same seed for identical masks.
     (:func:`compute_masks` ranks by the same scores without materialising them; N:M selection uses these.)
@@ -136,7 +136,7 @@ def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = 
         return w.double().abs()
     if norm == "l2":
         return w.double().square()  # exact for float32/bf16/fp16 inputs, so it ranks exactly like l1
-    if norm == "lamp":  # layer-adaptive (Lee et al. 2021): lightning_prune.core.scores
+    if norm == "lamp":  # layer-adaptive (Lee et al. 2021): lightning_prune.core.unstructured.scores
         return lamp_scores(w)
     if norm == "random":
         return torch.rand(w.numel(), generator=generator, dtype=torch.float64).to(w.device)
@@ -154,8 +154,8 @@ def compute_masks(
 ) -> list[Tensor]:
     """Boolean keep-masks that prune exactly the scheduled share of ``weights``.
 
-    The selection (:func:`lightning_prune.core.select.select_masks`) runs in linear time and a few chunks of
-    extra memory: a radix select over the scores' bits finds the threshold, instead of sorting every score.
+    The selection (:func:`lightning_prune.core.unstructured.select.select_masks`) runs in linear time and a few
+    chunks of extra memory: a radix select over the scores' bits finds the threshold, instead of sorting every score.
     Ties go to the lower position (the weights in the order given, flattened row-major), as a stable sort of
     the scores would break them.
 
@@ -301,9 +301,9 @@ def apply_masks(model: nn.Module, targets: Sequence[Target], masks: Sequence[Ten
     """
     if len(masks) != len(targets):
         raise ValueError(f"got {len(masks)} masks for {len(targets)} targets")
-    for (module_name, pname), mask in zip(targets, masks):
+    for (module_name, pname), mask in zip(targets, masks, strict=False):
         module = model.get_submodule(module_name)
-        param = _get_param(module, pname)
+        param = get_param(module, pname)
         if param is None:
             raise ValueError(f"module {module_name!r} has no parameter {pname!r} to prune")
         if tuple(mask.shape) != tuple(param.shape):
@@ -382,3 +382,23 @@ def make_permanent(model: nn.Module, targets: Sequence[Target]) -> None:
         _reorder(module, order)
         if not pruned_names(module):
             _remove_hooks(module)
+
+
+__all__ = [
+    "DEFAULT_MODULE_TYPES",
+    "NORMS",
+    "SCOPES",
+    "Target",
+    "apply_masks",
+    "compute_masks",
+    "current_weights",
+    "find_prunable",
+    "get_masks",
+    "get_param",
+    "make_permanent",
+    "mask_sparsity",
+    "refresh_weights",
+    "score",
+    "target_key",
+    "zero_optimizer_state",
+]

@@ -18,7 +18,7 @@ What this module adds to torch-pruning's ``BasePruner``:
   (``prune_num_heads``, ``head_pruning_ratio``), and the attributes forward reads (``hidden_dim``,
   ``all_head_size``, ``attention_head_size``, ...) follow the new widths;
 * tied parameters stay tied, dtypes and ``requires_grad`` flags are kept, and the result says which elements of
-  every parameter survived (per dimension), so optimizer state follows (:mod:`lightning_prune.core.optim`).
+  every parameter survived (per dimension), so optimizer state follows (:mod:`lightning_prune.core.channel.optim`).
 
 Example::
 
@@ -44,14 +44,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.core import _tp_compat
 from lightning_prune.core._inputs import forward as _forward
 from lightning_prune.core._inputs import zeros_input
 from lightning_prune.core._validation import check_bool, check_fraction, check_int
-from lightning_prune.core.importance import _tp, build_importance, importance_name, needs_gradients
-from lightning_prune.core.reshape import sync_width_attributes, tensor_shapes
+from lightning_prune.core.channel import _tp_compat
+from lightning_prune.core.channel.importance import _tp, build_importance, importance_name, needs_gradients
+from lightning_prune.core.channel.reshape import sync_width_attributes, tensor_shapes
+from lightning_prune.core.patterns import check_patterns_match, compile_patterns, matches_any
 from lightning_prune.core.schedules import count_for
-from lightning_prune.core.selection import check_patterns_match, compile_patterns, matches_any
 
 #: a plan: one ``[root module name, is_out_channels, [indices]]`` per pruned group (torch-pruning's history
 #: format), plus ``[attention module name, None, [heads left]]`` entries when heads are pruned
@@ -329,9 +329,14 @@ class ChannelPruner:
         self.ignore_output_layers = check_bool("ignore_output_layers", ignore_output_layers)
         if num_heads is not None and (
             not isinstance(num_heads, Mapping)
-            or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in num_heads.items())
+            or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+                for k, v in num_heads.items()
+            )
         ):
-            raise TypeError(f"`num_heads` must be a dict of Linear module name -> number of heads (int > 0); got {num_heads!r}")
+            raise TypeError(
+                f"`num_heads` must be a dict of Linear module name -> number of heads (int > 0); got {num_heads!r}"
+            )
         self.num_heads = dict(num_heads) if num_heads is not None else None
         self.prune_num_heads = check_bool("prune_num_heads", prune_num_heads)
         self.head_pruning_ratio = check_fraction("head_pruning_ratio", head_pruning_ratio)
@@ -339,14 +344,21 @@ class ChannelPruner:
             raise ValueError(f"`head_pruning_ratio`={head_pruning_ratio!r} needs `prune_num_heads=True`")
         if unwrapped_parameters is not None and (
             not isinstance(unwrapped_parameters, Mapping)
-            or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in unwrapped_parameters.items())
+            or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                for k, v in unwrapped_parameters.items()
+            )
         ):
             raise TypeError(
-                f"`unwrapped_parameters` must be a dict of parameter name -> dimension to prune (int); got {unwrapped_parameters!r}"
+                "`unwrapped_parameters` must be a dict of parameter name -> dimension to prune "
+                f"(int); got {unwrapped_parameters!r}"
             )
         self.unwrapped_parameters = dict(unwrapped_parameters) if unwrapped_parameters is not None else None
         if customized_pruners is not None and not isinstance(customized_pruners, Mapping):
-            raise TypeError(f"`customized_pruners` must be a dict of module class -> torch-pruning pruner; got {customized_pruners!r}")
+            raise TypeError(
+                "`customized_pruners` must be a dict of module class -> torch-pruning pruner; got "
+                f"{customized_pruners!r}"
+            )
         self.customized_pruners = dict(customized_pruners) if customized_pruners is not None else None
         #: ``{module name: [out channels, in channels]}`` of the unpruned model (plain data, checkpointed)
         self.original_channels: dict[str, list] = {}
@@ -407,7 +419,9 @@ class ChannelPruner:
         return pruner
 
     def _groups(self, pruner: Any) -> list:
-        return list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types))
+        return list(
+            pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+        )
 
     def prepare(self, model: nn.Module, example_inputs: Any) -> None:
         """Check the model against the options and record the original channel counts (first call only).
@@ -501,7 +515,12 @@ class ChannelPruner:
             modules = []
             for dep, _ in group:
                 m = dep.target.module
-                if isinstance(m, nn.Module) and m in names and dg.is_out_channel_pruning_fn(dep.handler) and m not in modules:
+                if (
+                    isinstance(m, nn.Module)
+                    and m in names
+                    and dg.is_out_channel_pruning_fn(dep.handler)
+                    and m not in modules
+                ):
                     modules.append(m)
             multiple = self.round_to or 1
             for m in modules:
@@ -527,7 +546,9 @@ class ChannelPruner:
             if original is None:
                 rec = self.original_channels.get(root_name)
                 original = int(rec[0]) // ch if rec and rec[0] is not None else current
-            out.append(_Group(root, root_name, ch, current, int(original), group_target, multiple, modules, scope, group))
+            out.append(
+                _Group(root, root_name, ch, current, int(original), group_target, multiple, modules, scope, group)
+            )
         return out
 
     def _min_keep(self, g: _Group) -> int:
@@ -587,7 +608,10 @@ class ChannelPruner:
         heads_ratio = self._head_ratios(model, scale)
         if not ratio_dict and not heads_ratio:
             return []
-        kwargs: dict[str, Any] = {"pruning_ratio_dict": ratio_dict, "global_pruning": self.global_pruning or self.isomorphic}
+        kwargs: dict[str, Any] = {
+            "pruning_ratio_dict": ratio_dict,
+            "global_pruning": self.global_pruning or self.isomorphic,
+        }
         if kwargs["global_pruning"]:
             kwargs["round_to"] = self.round_to
         kwargs.update(heads_ratio)
@@ -618,7 +642,7 @@ class ChannelPruner:
                 idxs = self._trim(g, idxs)  # attention-head groups: torch-pruning's per-head indices stand
             if idxs:
                 plan.append([names[root], is_out, sorted(idxs)])
-        for name, (orig, cur) in self.heads.items():
+        for name, (_orig, cur) in self.heads.items():
             new = pruner.num_heads.get(model.get_submodule(name), cur)
             if new != cur:
                 plan.append([name, None, [int(new)]])
@@ -671,7 +695,7 @@ class ChannelPruner:
         Keeps every parameter's ``requires_grad`` flag and dtype, tied parameters tied, every module's
         train/eval mode, and clears ``.grad``. When ``example_inputs`` are given a forward pass checks the
         result. The returned :class:`StepResult` maps each old parameter to its successor and the indices kept,
-        which :func:`lightning_prune.core.optim.rebind_optimizer` uses to carry optimizer state over.
+        which :func:`lightning_prune.core.channel.optim.rebind_optimizer` uses to carry optimizer state over.
 
         Raises:
             ChannelPruningError: pruning or the check forward failed (names the layer and the reason); the model
@@ -711,7 +735,8 @@ class ChannelPruner:
                         continue
                     if p.shape != first.shape:
                         raise ValueError(
-                            f"a tied parameter was pruned to {tuple(first.shape)} in one place and {tuple(p.shape)} in another"
+                            f"a tied parameter was pruned to {tuple(first.shape)} in one place and "
+                            f"{tuple(p.shape)} in another"
                         )
                     m._parameters[key] = first
             maps = record.maps()
@@ -723,9 +748,7 @@ class ChannelPruner:
                     continue
                 _, new, keep = entry
                 if id(new) not in registered:  # a tie: another slice of the same origin was kept
-                    new = next(
-                        (n for o, n, _ in record.by_new.values() if o is old and id(n) in registered), new
-                    )
+                    new = next((n for o, n, _ in record.by_new.values() if o is old and id(n) in registered), new)
                 with torch.no_grad():
                     new.requires_grad_(snapshot.flags.get(oid, True))
                 new.grad = None
@@ -758,7 +781,7 @@ class ChannelPruner:
             snapshot.restore()
             for name, n in heads_before.items():
                 self.heads[name][1] = n
-            del self.history[len(self.history) - n_history:]
+            del self.history[len(self.history) - n_history :]
             self._cache = None
 
         result._undo = undo
@@ -797,7 +820,10 @@ class ChannelPruner:
                 h.remove()
 
     def step(self, model: nn.Module, example_inputs: Any, target: float, scale: float | None = None) -> StepResult:
-        """:meth:`plan` then :meth:`apply` (single process). Rebind optimizers with ``lightning_prune.core.optim``."""
+        """:meth:`plan` then :meth:`apply` (single process).
+
+        Rebind optimizers with ``lightning_prune.core.channel.optim``.
+        """
         return self.apply(model, self.plan(model, example_inputs, target, scale), example_inputs)
 
     # ---------------------------------------------------------------------------------------------- reporting

@@ -1,6 +1,7 @@
 """Per-weight importance scores that global unstructured pruning ranks across layers.
 
-Pure PyTorch. :func:`lightning_prune.core.masks.score` dispatches here for the layer-adaptive ``"lamp"`` norm.
+Pure PyTorch. :func:`lightning_prune.core.unstructured.masks.score` dispatches here for the layer-adaptive
+``"lamp"`` norm.
 
 LAMP (Lee, Park, Mo, Ahn and Shin, "Layer-adaptive sparsity for the magnitude-based pruning", ICLR 2021):
 within one tensor, sort the squared magnitudes ascending, ``s_1 <= s_2 <= ... <= s_n``; the score of the

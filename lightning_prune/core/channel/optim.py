@@ -11,7 +11,7 @@ Example::
 
     >>> import torch
     >>> from torch import nn
-    >>> from lightning_prune.core.structure import ChannelPruner
+    >>> from lightning_prune.core.channel.pruner import ChannelPruner
     >>> model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     >>> model(torch.randn(2, 1, 8, 8)).sum().backward(); opt.step()
@@ -35,7 +35,20 @@ import torch
 Changes = Mapping[torch.Tensor, tuple]
 
 #: optimizers whose state is one value per weight (or a factored row/column form of it) and carries over
-SUPPORTED = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "ASGD", "Rprop", "Adafactor", "LBFGS")
+SUPPORTED = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Adamax",
+    "RMSprop",
+    "Adagrad",
+    "ASGD",
+    "Rprop",
+    "Adafactor",
+    "LBFGS",
+)
 
 
 def _slice_dims(value: torch.Tensor, keep: list) -> torch.Tensor:
@@ -56,7 +69,7 @@ def slice_state_value(value: Any, old_shape: tuple, new_param: torch.Tensor, ind
     if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.dim() != len(old_shape):
         return value
     full = tuple(value.shape) == tuple(old_shape)
-    factored = not full and all(v in (o, 1) for v, o in zip(value.shape, old_shape))
+    factored = not full and all(v in (o, 1) for v, o in zip(value.shape, old_shape, strict=False))
     if not (full or factored):
         return value
     if index is None:
@@ -71,7 +84,7 @@ def slice_state_value(value: Any, old_shape: tuple, new_param: torch.Tensor, ind
 def _slice_flat(flat: torch.Tensor, olds: list, changes: Changes, news: list) -> torch.Tensor:
     """A vector over all parameters (LBFGS history) cut to the kept elements of each."""
     parts, offset = [], 0
-    for old, new in zip(olds, news):
+    for old, new in zip(olds, news, strict=False):
         n = old.numel()
         seg = flat[offset : offset + n].view(old.shape)
         offset += n
@@ -146,7 +159,7 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, changes: Changes) -> int:
             if moved is not None:
                 new_state[new] = moved
     # everything computed: swap in
-    for group, params in zip(optimizer.param_groups, new_groups):
+    for group, params in zip(optimizer.param_groups, new_groups, strict=False):
         group["params"] = params
     optimizer.state.clear()
     optimizer.state.update(keep_others)
@@ -182,4 +195,11 @@ def params_missing_from(optimizers: Iterable[torch.optim.Optimizer], params: Ite
     return [i for i, p in enumerate(params) if p.requires_grad and id(p) not in held]
 
 
-__all__ = ["SUPPORTED", "check_optimizer", "params_missing_from", "rebind_optimizer", "rebind_optimizers", "slice_state_value"]
+__all__ = [
+    "SUPPORTED",
+    "check_optimizer",
+    "params_missing_from",
+    "rebind_optimizer",
+    "rebind_optimizers",
+    "slice_state_value",
+]

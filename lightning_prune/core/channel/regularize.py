@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.core.structure import _tp, preserved_modes
+from lightning_prune.core.channel.importance import _tp
+from lightning_prune.core.channel.pruner import preserved_modes
 
 
 class GroupRegularizer:

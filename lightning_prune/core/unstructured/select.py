@@ -32,8 +32,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from lightning_prune.core.scores import lamp_scores
 from lightning_prune.core.schedules import count_for
+from lightning_prune.core.unstructured.scores import lamp_scores
 
 __all__ = ["CHUNK", "select_masks"]
 
@@ -221,7 +221,8 @@ def select_masks(
         weights: tensors to prune (their current values).
         k: ``global``: weights to prune over all tensors (previously pruned ones included; if they are more,
             only they stay pruned). Give ``k`` or ``target``.
-        norm: ``"l1"``, ``"l2"``, ``"lamp"`` (layer-adaptive, :mod:`lightning_prune.core.scores`) or ``"random"``.
+        norm: ``"l1"``, ``"l2"``, ``"lamp"`` (layer-adaptive, :mod:`lightning_prune.core.unstructured.scores`) or
+            ``"random"``.
         scope: ``"global"``, or ``"layerwise"`` (needs ``target``: ``round(target * numel)`` per tensor).
         prev_masks: masks already applied (``True`` = kept); their pruned weights stay pruned.
         max_layer_sparsity: global scope: no tensor is pruned beyond ``floor(cap * numel)`` weights (or its
@@ -241,7 +242,7 @@ def select_masks(
     if scope == "layerwise":
         if target is None:
             raise ValueError("`target` is needed for the layerwise scope")
-        for i, (n, p) in enumerate(zip(sizes, prev_pruned)):
+        for i, (n, p) in enumerate(zip(sizes, prev_pruned, strict=False)):
             _select(keys, range(i, i + 1), max(count_for(target, n), p) - p, masks)
         keys.finish()
         return masks
@@ -254,14 +255,16 @@ def select_masks(
         raise ValueError(f"`k` must be in [0, {total}]; got {k}")
     k = max(k, sum(prev_pruned))
     if max_layer_sparsity is not None:
-        limits = [max(int(math.floor(max_layer_sparsity * n + 1e-9)), p) for n, p in zip(sizes, prev_pruned)]
-        room = sum(min(n, lim) for n, lim in zip(sizes, limits))
+        limits = [
+            max(int(math.floor(max_layer_sparsity * n + 1e-9)), p) for n, p in zip(sizes, prev_pruned, strict=False)
+        ]
+        room = sum(min(n, lim) for n, lim in zip(sizes, limits, strict=False))
         if k > room:
             raise ValueError(
                 f"`max_layer_sparsity`={max_layer_sparsity} allows at most {room} of {total} weights "
                 f"({room / total:.4f}) to be pruned, fewer than the target ({k} weights)"
             )
-        for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, limits)):
+        for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, limits, strict=False)):
             allowed = lim - p  # weights of tensor i that may still be pruned: its `allowed` smallest
             if allowed >= n - p:
                 continue

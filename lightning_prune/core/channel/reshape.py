@@ -78,12 +78,12 @@ def sync_width_attributes(
         prefix = f"{name}." if name else ""
         pairs: dict[int, set[int]] = {}
         for key, new in after.items():
-            if not key.startswith(prefix) or key[len(prefix):].count(".") > 1:
+            if not key.startswith(prefix) or key[len(prefix) :].count(".") > 1:
                 continue
             old = before.get(key)
             if old is None or len(old) != len(new):
                 continue
-            for o, n in zip(old, new):
+            for o, n in zip(old, new, strict=False):
                 if o != n:
                     pairs.setdefault(int(o), set()).add(int(n))
         heads = (num_heads or {}).get(name)
@@ -118,7 +118,6 @@ def sync_width_attributes(
                 if isinstance(scaling, float) and math.isclose(scaling, old_size**-0.5):
                     m.scaling = m.attention_head_size**-0.5
     return changed
-
 
 
 def architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -226,13 +225,19 @@ def _apply_recorded_attrs(model: nn.Module, arch: Mapping[str, Mapping[str, Any]
                 setattr(m, attr, value)
                 changed.append(f"{name}.{attr}")
                 scaling = getattr(m, "scaling", None)
-                if attr in ("attention_head_size", "head_dim") and isinstance(scaling, float) and math.isclose(scaling, now**-0.5):
+                if (
+                    attr in ("attention_head_size", "head_dim")
+                    and isinstance(scaling, float)
+                    and math.isclose(scaling, now**-0.5)
+                ):
                     m.scaling = value**-0.5
     return changed
 
 
 def reshape_to_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], architecture: Mapping[str, Mapping[str, Any]] | None = None
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    architecture: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Reshape ``model``'s layers to the tensor shapes in ``state_dict`` (e.g. a channel-pruned checkpoint).
 
@@ -301,7 +306,7 @@ def load_channel_pruned(
     Example::
 
         >>> from lightning_prune.models import LeNet
-        >>> from lightning_prune.core.channel import ChannelPruner
+        >>> from lightning_prune.core.channel.pruner import ChannelPruner
         >>> pruned = LeNet(); _ = ChannelPruner("l1").step(pruned, torch.zeros(1, 1, 32, 32), 0.5)
         >>> fresh = load_channel_pruned(LeNet(), pruned.state_dict())
         >>> fresh.conv2.out_channels

@@ -14,7 +14,7 @@ bridges the two with a search over the planner's channel ratio, measured on a th
   every event.
 
 The planner is used only through ``plan(model, example_inputs, target, scale)``, ``apply(model, plan,
-example_inputs)`` and ``state_dict()`` / ``load_state_dict()`` (what :class:`~lightning_prune.core.structure.
+example_inputs)`` and ``state_dict()`` / ``load_state_dict()`` (what :class:`~lightning_prune.core.channel.pruner.
 ChannelPruner` provides); the model itself is never changed here.
 
 How close a search can get depends on the model's granularity: removing one of LeNet's six ``conv1`` channels
@@ -25,7 +25,7 @@ Example::
 
     >>> import torch
     >>> from lightning_prune.core.measure import count_macs
-    >>> from lightning_prune.core.structure import ChannelPruner
+    >>> from lightning_prune.core.channel.pruner import ChannelPruner
     >>> from lightning_prune.models import LeNet
     >>> model, x = LeNet(), torch.zeros(1, 1, 32, 32)
     >>> dense = count_macs(model, x)
@@ -73,7 +73,9 @@ def check_speedup(arg: str, value: Any) -> float | dict[int, float]:
 
 def _check_one(arg: str, value: Any, minimum_inclusive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{arg}` must be a float > 1 (dense MACs / target MACs); got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"`{arg}` must be a float > 1 (dense MACs / target MACs); got {value!r} ({type(value).__name__})"
+        )
     value = float(value)
     ok = math.isfinite(value) and (value >= 1.0 if minimum_inclusive else value > 1.0)
     if not ok:

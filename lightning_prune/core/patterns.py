@@ -62,3 +62,13 @@ def type_matches(module: nn.Module, type_names: Iterable[str]) -> bool:
     """True when the class of ``module`` or one of its bases is named in ``type_names`` (e.g. "Conv2d")."""
     wanted = set(type_names)
     return any(cls.__name__ in wanted for cls in type(module).__mro__)
+
+
+__all__ = [
+    "check_patterns_match",
+    "compile_patterns",
+    "matches_any",
+    "name_matches",
+    "strip_wrappers",
+    "type_matches",
+]

@@ -1,0 +1,15 @@
+"""Channel pruning (channels and heads removed, shapes shrink) through torch-pruning's DepGraph.
+
+* ``pruner``: :class:`~lightning_prune.core.channel.pruner.ChannelPruner`, plan then apply, to absolute targets;
+* ``importance``: importance criteria by name;
+* ``reshape``: the pruned architecture as plain data, and a fresh model reshaped to a checkpoint;
+* ``optim``: optimizer state carried over to the pruned parameters;
+* ``speedup``: the channel ratio that reaches a MACs target;
+* ``regularize``: sparse training before channels are removed;
+* ``_tp_compat``: the torch-pruning internals used, each tested.
+
+Importing this package loads nothing; torch-pruning is imported by the modules that need it. Their public names
+are also in :mod:`lightning_prune.core`.
+"""
+
+__all__: list[str] = []

@@ -1,7 +1,0 @@
-"""Alias of :mod:`lightning_prune.core.measure` (its home since the core move); kept so old imports work."""
-
-import sys
-
-from lightning_prune.core import measure as _module
-
-sys.modules[__name__] = _module
