@@ -1,13 +1,47 @@
 """The selection as it was before the radix select (float64 scores, one stable sort): the oracle of
 ``tests/test_select.py`` and the "before" of ``benchmarks/scale.py``. Pure PyTorch, so the benchmark's worker
-processes load no Lightning."""
+processes load no Lightning.
+
+It shares no code with the implementation (an oracle that imported ``masks.score`` or ``count_for`` could not
+catch their bugs): the scores and the count are written here again from their definitions.
+"""
 
 import math
+from fractions import Fraction
 
 import torch
 
-from lightning_prune.core.unstructured.masks import score
-from lightning_prune.core.schedules import count_for
+
+def count_for(target, total):
+    """``round(target * total)`` with halves rounded up, in exact arithmetic on the float ``target``."""
+    return math.floor(Fraction(target) * total + Fraction(1, 2))
+
+
+def _lamp(w):
+    """LAMP (Lee et al. 2021) by its definition: for the weights sorted by squared magnitude (ties by position),
+    the score of the u-th is s_u / (s_u + ... + s_n); an all-zero tensor scores 0."""
+    squares = [float(v) ** 2 for v in w.tolist()]
+    order = sorted(range(len(squares)), key=lambda i: (squares[i], i))
+    out = [0.0] * len(squares)
+    suffix = 0.0
+    for i in reversed(order):  # from the largest down: suffix = s_u + s_{u+1} + ... + s_n
+        suffix += squares[i]
+        out[i] = squares[i] / suffix if suffix > 0 else 0.0
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def score(weight, norm="l1", generator=None):
+    """The importance of each weight, flat, in float64: |w|, w^2, LAMP, or uniform noise from ``generator``."""
+    w = weight.detach().reshape(-1).to(torch.float64)
+    if norm == "l1":
+        return w.abs()
+    if norm == "l2":
+        return w * w
+    if norm == "lamp":
+        return _lamp(w)
+    if norm == "random":
+        return torch.rand(w.numel(), generator=generator, dtype=torch.float64)
+    raise ValueError(norm)
 
 
 def reference_masks(weights, target, norm="l1", scope="global", prev_masks=None, max_layer_sparsity=None, generator=None):
