@@ -49,6 +49,15 @@ def test_digits_bad_arguments(kwargs, error, match):
         DigitsDataModule(**kwargs)
 
 
+def test_a_loader_before_setup_says_to_call_setup(tmp_path):
+    # (it used to build a DataLoader over None, which failed later with an unrelated TypeError)
+    with pytest.raises(RuntimeError, match=r"DigitsDataModule: call `setup\(\)`"):
+        DigitsDataModule().train_dataloader()
+    mnist = MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"MNISTDataModule: call `setup\(\)`"):
+        mnist.test_dataloader()
+
+
 def write_idx(path, array: np.ndarray) -> None:
     """The MNIST idx format: magic (0x0000, dtype 0x08 = ubyte, ndim), big-endian dims, raw bytes."""
     with open(path, "wb") as f:

@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
     # bitpack
+    "BitOrder": "lightning_prune.core.bitpack",
     "pack_bits": "lightning_prune.core.bitpack",
     "pack_mask": "lightning_prune.core.bitpack",
     "unpack_bits": "lightning_prune.core.bitpack",
     "unpack_mask": "lightning_prune.core.bitpack",
     # channel.importance
     "IMPORTANCES": "lightning_prune.core.channel.importance",
+    "ImportanceName": "lightning_prune.core.channel.importance",
+    "ImportanceSpec": "lightning_prune.core.channel.importance",
     "build_importance": "lightning_prune.core.channel.importance",
     "importance_name": "lightning_prune.core.channel.importance",
     "needs_gradients": "lightning_prune.core.channel.importance",
@@ -83,6 +86,7 @@ _LAZY: dict[str, str] = {
     "frozen_copy": "lightning_prune.core.distill",
     "kd_loss": "lightning_prune.core.distill",
     # export
+    "ExportFormat": "lightning_prune.core.export",
     "ExportMismatchError": "lightning_prune.core.export",
     "FORMATS": "lightning_prune.core.export",
     "SUFFIXES": "lightning_prune.core.export",
@@ -129,6 +133,9 @@ _LAZY: dict[str, str] = {
     # sensitivity
     "DEFAULT_RATIOS": "lightning_prune.core.sensitivity",
     "KINDS": "lightning_prune.core.sensitivity",
+    "SENSITIVITY_NORMS": "lightning_prune.core.sensitivity",
+    "SensitivityKind": "lightning_prune.core.sensitivity",
+    "SensitivityNorm": "lightning_prune.core.sensitivity",
     "SensitivityResult": "lightning_prune.core.sensitivity",
     "accuracy": "lightning_prune.core.sensitivity",
     "channel_macs_of": "lightning_prune.core.sensitivity",
@@ -190,6 +197,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.bitpack import (
+        BitOrder,
         pack_bits,
         pack_mask,
         unpack_bits,
@@ -197,6 +205,8 @@ if TYPE_CHECKING:  # static tools see the eager imports
     )
     from lightning_prune.core.channel.importance import (
         IMPORTANCES,
+        ImportanceName,
+        ImportanceSpec,
         build_importance,
         importance_name,
         needs_gradients,
@@ -261,6 +271,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.export import (
         FORMATS,
         SUFFIXES,
+        ExportFormat,
         ExportMismatchError,
         deployable_copy,
         format_for_path,
@@ -309,6 +320,9 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.sensitivity import (
         DEFAULT_RATIOS,
         KINDS,
+        SENSITIVITY_NORMS,
+        SensitivityKind,
+        SensitivityNorm,
         SensitivityResult,
         accuracy,
         channel_macs_of,

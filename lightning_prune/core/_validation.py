@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, TypeVar, cast, overload
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
-def check_choice(arg: str, value: Any, allowed: Iterable[str]) -> str:
-    """Return ``value`` lower-cased if it is one of ``allowed`` (case-insensitive), else raise."""
-    allowed = list(allowed)
+def check_choice(arg: str, value: Any, allowed: Iterable[_Choice]) -> _Choice:
+    """Return ``value`` lower-cased if it is one of ``allowed`` (case-insensitive), else raise.
+
+    Typed like ``allowed``: with a tuple of ``Literal`` values the result is that ``Literal`` type.
+    """
+    choices = list(allowed)
     if not isinstance(value, str):
-        raise TypeError(f"`{arg}` must be a string, one of {allowed}; got {value!r} ({type(value).__name__})")
+        raise TypeError(f"`{arg}` must be a string, one of {choices}; got {value!r} ({type(value).__name__})")
     lowered = value.lower()
-    if lowered not in allowed:
-        raise ValueError(f"`{arg}` must be one of {allowed}; got {value!r}")
-    return lowered
+    if lowered not in choices:
+        raise ValueError(f"`{arg}` must be one of {choices}; got {value!r}")
+    return cast(_Choice, lowered)  # equal to one of `choices`, so one of their type
 
 
 def check_bool(arg: str, value: Any) -> bool:
@@ -29,6 +34,10 @@ def check_bool(arg: str, value: Any) -> bool:
     return value
 
 
+@overload
+def check_int(arg: str, value: Any, minimum: int | None = None, allow_none: Literal[False] = False) -> int: ...
+@overload
+def check_int(arg: str, value: Any, minimum: int | None = None, *, allow_none: bool) -> int | None: ...
 def check_int(arg: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
     """Return ``value`` if it is an int (not a bool) >= ``minimum``, else raise."""
     if value is None and allow_none:

@@ -17,17 +17,19 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["pack_bits", "pack_mask", "unpack_bits", "unpack_mask"]
+__all__ = ["BitOrder", "pack_bits", "pack_mask", "unpack_bits", "unpack_mask"]
 
-_SHIFTS = {"big": (7, 6, 5, 4, 3, 2, 1, 0), "little": (0, 1, 2, 3, 4, 5, 6, 7)}
+#: the bit order of a packed byte: ``"big"`` (first entry in the most significant bit) or ``"little"``
+BitOrder = Literal["big", "little"]
+_SHIFTS: dict[BitOrder, tuple[int, ...]] = {"big": (7, 6, 5, 4, 3, 2, 1, 0), "little": (0, 1, 2, 3, 4, 5, 6, 7)}
 
 
-def _shifts(bitorder: str, device: torch.device) -> Tensor:
+def _shifts(bitorder: BitOrder, device: torch.device) -> Tensor:
     if bitorder not in _SHIFTS:
         raise ValueError(f"`bitorder` must be one of {list(_SHIFTS)}; got {bitorder!r}")
     return torch.tensor(_SHIFTS[bitorder], dtype=torch.uint8, device=device)
@@ -43,7 +45,7 @@ def pack_bits(bits: Tensor) -> Tensor:
     return (padded.view(-1, 8) << _shifts("big", flat.device)).sum(dim=1, dtype=torch.uint8)
 
 
-def unpack_bits(packed: Tensor, n: int, bitorder: str = "big") -> Tensor:
+def unpack_bits(packed: Tensor, n: int, bitorder: BitOrder = "big") -> Tensor:
     """The first ``n`` bits of ``packed`` as a flat bool tensor (``bitorder="little"``: version-1 files).
 
     Raises:

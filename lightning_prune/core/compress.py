@@ -34,12 +34,12 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lightning_prune.core.bitpack import pack_bits, unpack_bits
+from lightning_prune.core.bitpack import BitOrder, pack_bits, unpack_bits
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.unstructured.reparam import effective
 
@@ -75,6 +75,10 @@ _SPARSE_OK = {
 }
 
 
+#: how an entry stores its positions (``"encoding"``) and its negative zeros (``"negzero_encoding"``)
+_Encoding = Literal["dense", "bitmask", "indices"]
+_SparseEncoding = Literal["bitmask", "indices"]
+
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -102,7 +106,7 @@ def _negative_zeros(flat: torch.Tensor) -> torch.Tensor:
     return (flat == 0) & torch.signbit(flat)
 
 
-def _plan(t: torch.Tensor, nonzero: int | None = None) -> tuple[str, str | None, int]:
+def _plan(t: torch.Tensor, nonzero: int | None = None) -> tuple[_Encoding, _SparseEncoding | None, int]:
     """Choose the encoding of ``t``: ``(positions, negative-zero record, payload bytes)``.
 
     ``positions`` is ``"dense"``, ``"bitmask"`` or ``"indices"``; the negative-zero record is ``None``,
@@ -114,8 +118,10 @@ def _plan(t: torch.Tensor, nonzero: int | None = None) -> tuple[str, str | None,
         return "dense", None, dense
     nz = int(torch.count_nonzero(t).item()) if nonzero is None else nonzero
     ib = _index_bytes(n)
+    pos_kind: _SparseEncoding
     pos_kind, pos_bytes = ("bitmask", _bitmask_bytes(n)) if _bitmask_bytes(n) <= nz * ib else ("indices", nz * ib)
-    neg_kind, neg_bytes = None, 0
+    neg_kind: _SparseEncoding | None = None
+    neg_bytes = 0
     if t.is_floating_point() and nz < n:
         # -0.0 is the only value that equals 0 with a non-zero bit pattern: one fast count on the raw bits
         bits = t.detach().reshape(-1).view(_INT_OF_SIZE[t.element_size()])
@@ -167,7 +173,7 @@ def encode_entry(t: torch.Tensor) -> dict[str, Any]:
     return entry
 
 
-def decode_entry(entry: Mapping[str, Any], bitorder: str = "big") -> torch.Tensor:
+def decode_entry(entry: Mapping[str, Any], bitorder: BitOrder = "big") -> torch.Tensor:
     """Inverse of :func:`encode_entry`: the dense tensor, bit for bit (``bitorder="little"``: the bitmasks
     of a version-1 file)."""
     if entry["encoding"] == "dense":

@@ -44,9 +44,9 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,11 +57,18 @@ from lightning_prune.core.unstructured import masks as mask_ops
 
 log = logging.getLogger(__name__)
 
+#: an export format, by name
+ExportFormat = Literal["onnx", "torchscript", "pt2"]
 #: export formats, by name
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2")
+FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript", "pt2")
 
 #: file suffixes that name one format (used to infer it, and to catch a format that contradicts the name)
-SUFFIXES: dict[str, str] = {".onnx": "onnx", ".pt2": "pt2", ".ts": "torchscript", ".torchscript": "torchscript"}
+SUFFIXES: dict[str, ExportFormat] = {
+    ".onnx": "onnx",
+    ".pt2": "pt2",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+}
 
 #: ONNX keeps a model inside one protobuf file up to 2 GB; larger ones need external data files
 _ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
@@ -74,7 +81,7 @@ class ExportMismatchError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def format_for_path(path: str | os.PathLike) -> str | None:
+def format_for_path(path: str | os.PathLike) -> ExportFormat | None:
     """The format a file name implies by its suffix (``.onnx``, ``.pt2``, ``.ts``/``.torchscript``), or None."""
     return SUFFIXES.get(Path(path).suffix.lower())
 
@@ -152,7 +159,7 @@ def _dynamic_batch(inputs: tuple[Tensor, ...]) -> tuple[dict[int, Any] | None, .
 
 
 @contextlib.contextmanager
-def _quiet_torchscript():
+def _quiet_torchscript() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=Warning)
         warnings.filterwarnings(
@@ -188,7 +195,7 @@ def _write_onnx(model: nn.Module, inputs: tuple[Tensor, ...], path: Path, opset:
 def _write_torchscript(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> None:
     if hasattr(type(model), "_jit_is_scripting"):
         # a LightningModule raises on `.trainer` (which tracing reads) unless it knows it is being scripted
-        model._jit_is_scripting = True
+        model._jit_is_scripting = True  # type: ignore[assignment]  # nn.Module.__getattr__ types it Tensor or Module
     with _quiet_torchscript():
         traced = torch.jit.trace(model, inputs, check_trace=False)
         frozen = torch.jit.freeze(traced)  # inlines the weights and folds BatchNorm into the convolutions
@@ -201,7 +208,7 @@ def _write_pt2(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> None
 
 
 # ----------------------------------------------------------------------------------------------- readers
-def load_exported(path: str | os.PathLike, format: str | None = None) -> Callable[..., list[Tensor]]:
+def load_exported(path: str | os.PathLike, format: ExportFormat | None = None) -> Callable[..., list[Tensor]]:
     """Load an exported file as a function of the input tensors returning the list of output tensors.
 
     ONNX runs in onnxruntime on the CPU (inputs go through numpy; outputs come back as CPU tensors); the
@@ -246,7 +253,7 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Callabl
 
 
 def max_abs_difference(
-    path: str | os.PathLike, model: nn.Module, example_input: Any, format: str | None = None
+    path: str | os.PathLike, model: nn.Module, example_input: Any, format: ExportFormat | None = None
 ) -> float:
     """Largest absolute difference between the exported file's outputs and ``model``'s on ``example_input``.
 
@@ -271,7 +278,7 @@ def max_abs_difference(
 def export(
     model: nn.Module,
     path: str | os.PathLike,
-    format: str = "onnx",
+    format: ExportFormat = "onnx",
     example_input: Tensor | Sequence[Tensor] | None = None,
     *,
     check: bool = True,
@@ -358,6 +365,7 @@ def export(
 
 
 __all__ = [
+    "ExportFormat",
     "ExportMismatchError",
     "FORMATS",
     "SUFFIXES",

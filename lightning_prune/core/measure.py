@@ -32,7 +32,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +210,7 @@ def architecture_key(model: nn.Module, example_inputs: Any = None) -> tuple:
                 if p is not None
             )
         )
-        conv = ()
+        conv: tuple = ()
         if isinstance(module, nn.modules.conv._ConvNd):
             conv = (module.stride, module.padding, module.dilation, module.groups, module.output_padding)
         if params or conv:
@@ -229,7 +229,7 @@ def use_counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     uses: dict[str, int] = {}
     handles = []
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if isinstance(module, nn.modules.conv._ConvTransposeNd):
                 # each input element meets out_channels / groups x kernel weights: uses = input elements / C_in

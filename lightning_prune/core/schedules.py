@@ -28,11 +28,13 @@ from typing import Literal
 
 from lightning_prune.core._validation import check_choice, check_fraction, check_int
 
+#: a schedule's shape, by name
 ScheduleName = Literal["constant", "linear", "cubic", "geometric"]
-SCHEDULES: tuple[str, ...] = ("constant", "linear", "cubic", "geometric")
+#: the schedule names (what ``Schedule`` validates against)
+SCHEDULES: tuple[ScheduleName, ...] = ("constant", "linear", "cubic", "geometric")
 
 
-def schedule_fraction(schedule: str, t: float, amount: float) -> float:
+def schedule_fraction(schedule: ScheduleName, t: float, amount: float) -> float:
     """Target at progress ``t`` in (0, 1] of a schedule that ends at ``amount``."""
     if schedule == "constant":
         return amount
@@ -75,7 +77,7 @@ def default_end_epoch(start_epoch: int, max_epochs: int | None) -> int:
 
 
 def build_schedule(
-    amount: float, schedule: str, start_epoch: int, end_epoch: int, every_n_epochs: int = 1
+    amount: float, schedule: ScheduleName, start_epoch: int, end_epoch: int, every_n_epochs: int = 1
 ) -> dict[int, float]:
     """Map each event epoch to its absolute target; the last event reaches ``amount`` exactly."""
     epochs = event_epochs(start_epoch, end_epoch, every_n_epochs)
@@ -119,7 +121,7 @@ class Schedule:
     def __init__(
         self,
         amount: float | Mapping[int, float],
-        schedule: str = "cubic",
+        schedule: ScheduleName = "cubic",
         start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -44,11 +44,29 @@ from lightning_prune.core._inputs import device_dtype
 from lightning_prune.core._validation import check_choice, check_fraction
 from lightning_prune.core.measure import count_macs, count_macs_nonzero
 
-__all__ = ["DEFAULT_RATIOS", "KINDS", "SensitivityResult", "accuracy", "channel_macs_of", "sensitivity_scan"]
+if TYPE_CHECKING:
+    from lightning_prune.core.channel.importance import ImportanceSpec
+
+__all__ = [
+    "DEFAULT_RATIOS",
+    "KINDS",
+    "SENSITIVITY_NORMS",
+    "SensitivityKind",
+    "SensitivityNorm",
+    "SensitivityResult",
+    "accuracy",
+    "channel_macs_of",
+    "sensitivity_scan",
+]
 
 #: the ratios scanned by default
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-KINDS: tuple[str, ...] = ("channel", "unstructured")
+#: what a scan prunes: whole channels (coupled groups) or single weights
+SensitivityKind = Literal["channel", "unstructured"]
+KINDS: tuple[SensitivityKind, ...] = ("channel", "unstructured")
+#: the weight ranking of an unstructured scan
+SensitivityNorm = Literal["l1", "l2"]
+SENSITIVITY_NORMS: tuple[SensitivityNorm, ...] = ("l1", "l2")
 
 
 def accuracy(loader: Iterable, max_batches: int | None = None) -> Callable[[nn.Module], float]:
@@ -92,7 +110,7 @@ class SensitivityResult:
         params: ``{layer: number of weights}`` (unstructured: the tensor's size; channel: 0, unused).
     """
 
-    kind: str
+    kind: SensitivityKind
     baseline: float
     dense_macs: int
     layers: list[str]
@@ -268,7 +286,7 @@ class SensitivityResult:
         return written
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def _progress(total: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -280,10 +298,10 @@ def sensitivity_scan(
     model: nn.Module,
     evaluate: Callable[[nn.Module], float],
     example_inputs: Any,
-    kind: str = "channel",
+    kind: SensitivityKind = "channel",
     ratios: Sequence[float] = DEFAULT_RATIOS,
-    importance: Any = "l2",
-    norm: str = "l1",
+    importance: ImportanceSpec = "l2",
+    norm: SensitivityNorm = "l1",
     channel_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> SensitivityResult:
@@ -306,20 +324,29 @@ def sensitivity_scan(
         ValueError: an unknown ``kind``, a ratio outside (0, 1), or nothing to scan.
     """
     kind = check_choice("kind", kind, KINDS)
-    ratios = sorted({check_fraction("ratios[]", r) for r in ratios})
-    if not ratios or ratios[0] <= 0.0:
-        raise ValueError(f"`ratios` must be fractions in (0, 1); got {list(ratios)}")
+    scanned = sorted({check_fraction("ratios[]", r) for r in ratios})
+    if not scanned or scanned[0] <= 0.0:
+        raise ValueError(f"`ratios` must be fractions in (0, 1); got {list(scanned)}")
     baseline = float(evaluate(model))
     if not math.isfinite(baseline):
         raise ValueError(f"`evaluate` returned {baseline!r} for the unpruned model")
     if kind == "channel":
         return _scan_channels(
-            model, evaluate, example_inputs, ratios, importance, channel_options or {}, progress, baseline
+            model, evaluate, example_inputs, scanned, importance, channel_options or {}, progress, baseline
         )
-    return _scan_unstructured(model, evaluate, example_inputs, ratios, norm, progress, baseline)
+    return _scan_unstructured(model, evaluate, example_inputs, scanned, norm, progress, baseline)
 
 
-def _scan_channels(model, evaluate, example_inputs, ratios, importance, options, progress, baseline):
+def _scan_channels(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], float],
+    example_inputs: Any,
+    ratios: list[float],
+    importance: ImportanceSpec,
+    options: Mapping[str, Any],
+    progress: bool,
+    baseline: float,
+) -> SensitivityResult:
     from lightning_prune.core.channel.pruner import ChannelPruner
 
     options = {k: v for k, v in options.items() if k != "global_pruning"}
@@ -359,10 +386,18 @@ def _scan_channels(model, evaluate, example_inputs, ratios, importance, options,
     return result
 
 
-def _scan_unstructured(model, evaluate, example_inputs, ratios, norm, progress, baseline):
+def _scan_unstructured(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], float],
+    example_inputs: Any,
+    ratios: list[float],
+    norm: SensitivityNorm,
+    progress: bool,
+    baseline: float,
+) -> SensitivityResult:
     from lightning_prune.core.unstructured.masks import compute_masks, find_prunable
 
-    norm = check_choice("norm", norm, ("l1", "l2"))
+    norm = check_choice("norm", norm, SENSITIVITY_NORMS)
     targets = find_prunable(model)
     modules = dict(model.named_modules())
     layers = [name for name, _ in targets]
@@ -394,7 +429,10 @@ def _scan_unstructured(model, evaluate, example_inputs, ratios, norm, progress, 
 
 
 def channel_macs_of(
-    model: nn.Module, example_inputs: Any, importance: Any = "l2", channel_options: Mapping[str, Any] | None = None
+    model: nn.Module,
+    example_inputs: Any,
+    importance: ImportanceSpec = "l2",
+    channel_options: Mapping[str, Any] | None = None,
 ) -> Callable[[dict[str, float]], int]:
     """``{layer: ratio} -> MACs`` of ``model`` with those groups pruned together (measured on a copy), for
     :meth:`SensitivityResult.suggest` of a channel scan."""

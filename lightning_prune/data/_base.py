@@ -18,6 +18,8 @@ class SplitDataModule(pl.LightningDataModule):
     test_set: Dataset | None = None
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call `setup()` for this stage before asking for its loader")
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

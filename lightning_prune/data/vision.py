@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10, MNIST
+from torchvision.datasets import CIFAR10, MNIST, VisionDataset
 
 from lightning_prune.core._validation import check_int
 from lightning_prune.data._base import SplitDataModule
@@ -46,7 +46,7 @@ class _TorchvisionDataModule(SplitDataModule):
         self.shuffle = bool(shuffle)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
 
-    def _dataset(self, train: bool, download: bool) -> Dataset:
+    def _dataset(self, train: bool, download: bool) -> VisionDataset:
         raise NotImplementedError
 
     def _missing_message(self, err: Exception) -> str:
@@ -56,7 +56,7 @@ class _TorchvisionDataModule(SplitDataModule):
             f"Pass `download=True` to fetch them (needs network access), or copy the files there and set `data_dir`."
         )
 
-    def _load(self, train: bool, download: bool) -> Dataset:
+    def _load(self, train: bool, download: bool) -> VisionDataset:
         try:
             return self._dataset(train, download)
         except RuntimeError as err:
@@ -121,7 +121,7 @@ class MNISTDataModule(_TorchvisionDataModule):
         self.transform = transforms.Compose(steps)
         self.save_hyperparameters()
 
-    def _dataset(self, train: bool, download: bool) -> Dataset:
+    def _dataset(self, train: bool, download: bool) -> VisionDataset:
         return MNIST(self.data_dir, train=train, transform=self.transform, download=download)
 
 
@@ -168,17 +168,22 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         self.train_transform = transforms.Compose(aug + normalize)
         self.save_hyperparameters()
 
-    def _dataset(self, train: bool, download: bool) -> Dataset:
+    def _dataset(self, train: bool, download: bool) -> VisionDataset:
         cls = CIFAR10 if self.verify_checksums else _CIFAR10Unchecked
         return cls(self.data_dir, train=train, transform=self.transform, download=download)
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         # the val split shares the training files: give the training subset its own augmented view
-        if self.augment and isinstance(self.train_set, Subset) and self.train_set.dataset.transform is self.transform:
+        train_set = self.train_set
+        if (
+            self.augment
+            and isinstance(train_set, Subset)
+            and getattr(train_set.dataset, "transform", None) is self.transform
+        ):
             cls = CIFAR10 if self.verify_checksums else _CIFAR10Unchecked
             augmented = cls(self.data_dir, train=True, transform=self.train_transform, download=False)
-            self.train_set = Subset(augmented, self.train_set.indices)
+            self.train_set = Subset(augmented, train_set.indices)
 
 
 __all__ = [

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from lightning_prune.models.lenet import LeNet
 from lightning_prune.models.resnet import resnet18, resnet18_cifar
 
-MODELS = {"lenet": LeNet, "resnet18": resnet18, "resnet18_cifar": resnet18_cifar}
+MODELS: dict[str, Callable[..., nn.Module]] = {"lenet": LeNet, "resnet18": resnet18, "resnet18_cifar": resnet18_cifar}
 
 #: input height/width each named model expects
 INPUT_SIZES = {"lenet": (32, 32), "resnet18": (224, 224), "resnet18_cifar": (32, 32)}

@@ -12,7 +12,7 @@ from torchvision.models import resnet18 as tv_resnet18
 from lightning_prune.core._validation import check_int
 
 
-def _load_weights(weights: str):
+def _load_weights(weights: str) -> ResNet18_Weights:
     """Resolve a torchvision weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"`` or ``"ResNet18_Weights.X"``)."""
     name = weights.split(".")[-1]
     try:
@@ -22,7 +22,7 @@ def _load_weights(weights: str):
         raise ValueError(f"`weights` must be one of {allowed} (or None); got {weights!r}") from None
 
 
-def _fetch_state_dict(w) -> dict:
+def _fetch_state_dict(w: ResNet18_Weights) -> dict:
     try:
         return w.get_state_dict(progress=False, check_hash=True)
     except Exception as err:  # URLError, socket errors, hash mismatch: all mean "no usable weights here"

@@ -7,15 +7,21 @@ before planning then.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal
 
 from lightning_prune.core._validation import check_choice
 
-#: importance criteria accepted by name (``group_norm`` is the seed's old ``GroupNormImportance``)
-IMPORTANCES: tuple[str, ...] = ("l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random", "group_norm")
+#: an importance criterion by name (``group_norm`` is the seed's old ``GroupNormImportance``)
+ImportanceName = Literal["l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random", "group_norm"]
+#: importance criteria accepted by name
+IMPORTANCES: tuple[ImportanceName, ...] = ("l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random", "group_norm")
+#: what :func:`build_importance` accepts: a name, a ``{class_path, init_args}`` dict, or a torch-pruning
+#: ``Importance`` object (``Any``: torch-pruning ships no type information)
+ImportanceSpec = ImportanceName | Mapping[str, Any] | Any
 
 
-def _tp():
+def _tp() -> ModuleType:
     import torch_pruning as tp  # local import keeps `import lightning_prune` light
 
     return tp
@@ -45,7 +51,8 @@ def _importance_from_spec(spec: Mapping[str, Any]) -> Any:
         # import the longest importable module prefix, then follow attributes (``torch_pruning.importance`` is
         # an attribute of ``torch_pruning``, not a module of its own)
         parts = path.split(".")
-        obj, err = None, None
+        obj: Any = None
+        err: Exception | None = None
         for i in range(len(parts) - 1, 0, -1):
             try:
                 obj = importlib.import_module(".".join(parts[:i]))
@@ -78,7 +85,7 @@ def _importance_from_spec(spec: Mapping[str, Any]) -> Any:
         raise ValueError(f"`importance` {path!r} rejected init_args {dict(init_args)!r}: {err}") from None
 
 
-def build_importance(importance: Any) -> Any:
+def build_importance(importance: ImportanceSpec) -> Any:
     """A torch-pruning ``Importance`` from a name in :data:`IMPORTANCES`, a ``class_path`` dict, or an object.
 
     ``l1``/``l2`` (and the alias ``group_norm``) are group magnitudes with ``p=1``/``p=2``, i.e. the seed's
@@ -126,7 +133,7 @@ def build_importance(importance: Any) -> Any:
     return imp.RandomImportance()
 
 
-def importance_name(importance: Any) -> str:
+def importance_name(importance: ImportanceSpec) -> str:
     """A short, stable name for ``importance`` (as given to :func:`build_importance`), e.g. for a ``state_key``."""
     if isinstance(importance, str):
         return importance
@@ -142,4 +149,4 @@ def needs_gradients(importance: Any) -> bool:
     return isinstance(importance, (tp.importance.GroupTaylorImportance, tp.importance.GroupHessianImportance))
 
 
-__all__ = ["IMPORTANCES", "build_importance", "importance_name", "needs_gradients"]
+__all__ = ["IMPORTANCES", "ImportanceName", "ImportanceSpec", "build_importance", "importance_name", "needs_gradients"]

@@ -48,7 +48,7 @@ def tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def sync_attention(m: nn.Module) -> None:
+def sync_attention(m: nn.MultiheadAttention) -> None:
     """A ``MultiheadAttention``'s ``embed_dim``/``kdim``/``vdim``/``head_dim`` from its projection shapes."""
     w = m.in_proj_weight if m.in_proj_weight is not None else m.q_proj_weight
     if w is None:
@@ -98,9 +98,9 @@ def sync_width_attributes(
             value = getattr(m, attr, None)
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
-            new = pairs.get(value)
-            if new is not None and len(new) == 1:
-                setattr(m, attr, next(iter(new)))
+            widths = pairs.get(value)
+            if widths is not None and len(widths) == 1:
+                setattr(m, attr, next(iter(widths)))
                 changed.append(prefix + attr)
         query = getattr(m, "query", None)
         if isinstance(getattr(m, "all_head_size", None), int) and isinstance(query, nn.Linear):
@@ -312,11 +312,12 @@ def load_channel_pruned(
         >>> fresh.conv2.out_channels
         8
     """
-    if not isinstance(checkpoint, Mapping):
-        checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    if architecture is None and state is not checkpoint:
-        architecture = architecture_in(checkpoint)
+    loaded: Any = checkpoint  # torch.load gives whatever the file holds
+    if not isinstance(loaded, Mapping):
+        loaded = torch.load(loaded, map_location=map_location, weights_only=True)
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else loaded
+    if architecture is None and state is not loaded:
+        architecture = architecture_in(loaded)
     reshape_to_state_dict(module, state, architecture)
     module.load_state_dict(state, strict=strict)
     return module

@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,16 +186,15 @@ def search_ratio(
         plan = pruner.plan(model, example_inputs, ratio, scale)
         return evaluate_plan(ratio, plan), plan
 
-    best: SpeedupSearch | None = None
+    lo = lower
+    f_lo, plan_lo = evaluate(lo)
+    best = SpeedupSearch(lo, plan_lo, f_lo, float(target_macs))  # the first point considered
 
     def consider(ratio: float, macs: int, plan: list) -> None:
         nonlocal best
-        if best is None or abs(macs - target_macs) < abs(best.macs - target_macs):
+        if abs(macs - target_macs) < abs(best.macs - target_macs):
             best = SpeedupSearch(ratio, plan, macs, float(target_macs))
 
-    lo = lower
-    f_lo, plan_lo = evaluate(lo)
-    consider(lo, f_lo, plan_lo)
     if f_lo <= target_macs:  # already there
         return _finish(best, seen, tried)
     # virtual upper end: (1.0, 0 MACs) until a real point above the target's ratio is known
@@ -229,7 +228,16 @@ def search_ratio(
     return _finish(best, seen, tried)
 
 
-def _refine(best, evaluate_plan, consider, plan_lo: list, plan_hi: list, lo: float, target_macs: float, budget: int):
+def _refine(
+    best: SpeedupSearch,
+    evaluate_plan: Callable[[float, list], int],
+    consider: Callable[[float, int, list], None],
+    plan_lo: list,
+    plan_hi: list,
+    lo: float,
+    target_macs: float,
+    budget: int,
+) -> None:
     """Between the bracket's plans (``plan_lo`` above the target, ``plan_hi`` below), take ``plan_hi``'s entry
     for the first ``k`` differing groups and ``plan_lo``'s for the rest, bisecting on ``k``.
 
@@ -265,8 +273,7 @@ def _refine(best, evaluate_plan, consider, plan_lo: list, plan_hi: list, lo: flo
             k_hi = k
 
 
-def _finish(best: SpeedupSearch | None, seen: dict, tried: list) -> SpeedupSearch:
-    assert best is not None
+def _finish(best: SpeedupSearch, seen: dict, tried: list) -> SpeedupSearch:
     best.evaluations = sum(1 for plan in seen if plan)  # the empty plan is counted, not dry-run
     best.tried = list(tried)
     return best

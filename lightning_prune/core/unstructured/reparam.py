@@ -47,5 +47,7 @@ def _zero(dtype: torch.dtype, device: torch.device) -> Tensor:
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:
     """``module.<name>`` as the forward pass sees it, detached: the mask applied when pruned."""
     if is_pruned(module, name):
-        return effective(module._parameters[name + "_orig"].detach(), module._buffers[name + "_mask"])
+        orig, mask = module._parameters[name + "_orig"], module._buffers[name + "_mask"]
+        assert orig is not None and mask is not None  # is_pruned: both are registered, by torch.nn.utils.prune
+        return effective(orig.detach(), mask)
     return getattr(module, name).detach()
