@@ -147,11 +147,18 @@ def architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _set_tensor(module: nn.Module, key: str, shape: Sequence[int]) -> None:
+def _set_tensor(module: nn.Module, key: str, shape: Sequence[int], made: dict[int, torch.Tensor]) -> None:
+    """Give ``module.key`` a zero tensor of ``shape``; ``made`` maps ``id(old tensor)`` to its replacement, so a
+    tensor shared by several modules (tied weights) gets one replacement, shared the same way."""
     old = getattr(module, key)
-    new = torch.zeros(tuple(shape), dtype=old.dtype, device=old.device)
+    new = made.get(id(old))
+    if new is None:
+        new = torch.zeros(tuple(shape), dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+        made[id(old)] = new
     if isinstance(old, nn.Parameter):
-        setattr(module, key, nn.Parameter(new, requires_grad=old.requires_grad))
+        setattr(module, key, new)
     else:
         module._buffers[key] = new
 
@@ -265,6 +272,8 @@ def reshape_to_state_dict(
     """
     changed = []
     before = tensor_shapes(model)
+    made: dict[int, torch.Tensor] = {}
+    olds: list[torch.Tensor] = []  # keeps the replaced tensors alive, so their ids stay unique
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         todo = []
@@ -278,7 +287,8 @@ def reshape_to_state_dict(
             continue
         old = {a: getattr(m, a) for a in ("in_channels", "out_channels", "groups") if hasattr(m, a)}
         for key, shape in todo:
-            _set_tensor(m, key, shape)
+            olds.append(getattr(m, key))
+            _set_tensor(m, key, shape, made)
         _update_channel_attrs(m, old)
         changed.append(name)
     if changed:
