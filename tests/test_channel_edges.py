@@ -94,3 +94,128 @@ def test_tied_parameters_survive_load_from_checkpoint_and_resume(tmp_path):
     make_trainer(tmp_path, 3, [cb2], limit_val_batches=0).fit(resumed, _tokens(), ckpt_path=tmp_path / "tied.ckpt")
     assert resumed.net.head.weight is resumed.net.emb.weight
     assert _params(resumed) == in_run
+
+
+# ------------------------------------------------------------------------------------------------ wrong checkpoints
+def _convnet(width: int = 16, kernel: int = 3, head: str = "linear") -> nn.Sequential:
+    """Conv -> ReLU -> conv -> pool -> linear, on 3x12x12 inputs; ``head="conv"`` puts a conv where the linear is."""
+    last = nn.Linear(8, 10) if head == "linear" else nn.Conv2d(8, 10, 1)
+    return nn.Sequential(
+        nn.Conv2d(3, width, kernel, padding=kernel // 2), nn.ReLU(), nn.Conv2d(width, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), last,
+    )
+
+
+def _snapshot(model: nn.Module):
+    return repr(model), [(n, p, p.detach().clone()) for n, p in model.state_dict(keep_vars=True).items()]
+
+
+def _assert_untouched(model: nn.Module, snap) -> None:
+    text, tensors = snap
+    assert repr(model) == text  # kernel sizes, channel counts, groups
+    now = model.state_dict(keep_vars=True)
+    assert list(now) == [n for n, _p, _v in tensors]
+    for n, p, v in tensors:
+        assert now[n] is p and torch.equal(now[n].detach(), v), n  # the same tensor objects, bit-identical
+
+
+def _pruned_state(make) -> dict:
+    torch.manual_seed(0)
+    net = make()
+    ChannelPruner().step(net, torch.zeros(1, 3, 12, 12), 0.5)
+    return net.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("make_fresh", "source", "match"),
+    [
+        (lambda: _convnet(kernel=5), lambda: _pruned_state(_convnet), "kernel size"),  # same names, another kernel
+        (lambda: _convnet(kernel=5, head="conv"), lambda: _pruned_state(_convnet), "-D tensor"),  # other layers
+        (lambda: _convnet(width=4), lambda: _convnet(width=16).state_dict(), "wider than the model"),  # never pruned
+    ],
+    ids=["other_kernel_size", "other_layers", "never_pruned_wider"],
+)
+def test_a_checkpoint_of_another_architecture_is_refused_with_the_model_untouched(make_fresh, source, match):
+    from lightning_prune.core.channel.reshape import ArchitectureMismatchError, reshape_to_state_dict
+
+    state = source()
+    fresh = make_fresh()
+    snap = _snapshot(fresh)
+    with pytest.raises(ArchitectureMismatchError, match=match):
+        reshape_to_state_dict(fresh, state)
+    _assert_untouched(fresh, snap)
+    with pytest.raises(ValueError, match=match):
+        load_channel_pruned(fresh, state)
+    _assert_untouched(fresh, snap)
+
+
+def test_recorded_architecture_with_other_layers_or_groups_is_refused():
+    from lightning_prune.core.channel.reshape import ArchitectureMismatchError, architecture, reshape_to_state_dict
+
+    torch.manual_seed(0)
+    pruned = _convnet()
+    ChannelPruner().step(pruned, torch.zeros(1, 3, 12, 12), 0.5)
+    arch = architecture(pruned)
+    fresh = _convnet()
+    snap = _snapshot(fresh)
+    for name, bad in [("9", {"type": "Linear"}), ("2", {**arch["2"], "groups": 2}), ("5", {**arch["5"], "type": "Conv2d"})]:
+        with pytest.raises(ArchitectureMismatchError, match=repr(name)):
+            reshape_to_state_dict(fresh, pruned.state_dict(), {**arch, name: bad})
+        _assert_untouched(fresh, snap)
+    assert reshape_to_state_dict(fresh, pruned.state_dict(), arch) == ["0", "2", "5"]  # the consistent record loads
+
+
+class Wrapped(pl.LightningModule):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.example_input_array = torch.zeros(1, 3, 12, 12)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def _images(n: int = 24) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 3, 12, 12, generator=g), torch.arange(n) % 10), batch_size=8)
+
+
+def test_resume_from_a_wider_never_pruned_checkpoint_is_refused_before_the_weights_load(tmp_path):
+    pl.seed_everything(0)
+    trainer = make_trainer(tmp_path, 1, [], limit_val_batches=0)
+    trainer.fit(Wrapped(_convnet(width=16)), _images())
+    trainer.save_checkpoint(tmp_path / "wide.ckpt")
+    narrow = Wrapped(_convnet(width=4))
+    snap = _snapshot(narrow)
+    cb = ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=1, verbose=False)
+    with pytest.raises(ValueError, match="wider than the model"):
+        make_trainer(tmp_path, 3, [cb], limit_val_batches=0).fit(narrow, _images(), ckpt_path=tmp_path / "wide.ckpt")
+    _assert_untouched(narrow, snap)
+    assert cb.history == []
+
+
+def test_a_pruned_module_still_loads_an_earlier_wider_checkpoint_of_its_run(tmp_path):
+    """``trainer.validate(ckpt_path=...)`` of a checkpoint saved before an event: the module grows back to it (no
+    wider than its unpruned widths)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0)
+    module = Wrapped(_convnet())
+    cb = ChannelPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+    trainer = make_trainer(tmp_path, 2, [cb, ckpt], enable_checkpointing=True)
+    trainer.fit(module, _images(), _images(8))
+    assert module.net[0].out_channels < 16
+    trainer.validate(module, _images(8), ckpt_path=tmp_path / "epoch=0.ckpt", verbose=False)
+    assert module.net[0].out_channels == 16 and module.net[0].weight.shape[0] == 16

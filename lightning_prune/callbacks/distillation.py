@@ -169,7 +169,8 @@ class Distillation(Callback):
 
     def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
         teacher = frozen_copy(pl_module)
-        reshape_to_state_dict(teacher, state)  # a channel-pruned student: the teacher gets its own shapes back
+        # a channel-pruned student: the teacher gets its own (wider) shapes back
+        reshape_to_state_dict(teacher, state, max_shapes={k: tuple(v.shape) for k, v in state.items()})
         teacher.load_state_dict(state, strict=True)
         return teacher
 
