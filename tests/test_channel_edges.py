@@ -219,3 +219,70 @@ def test_a_pruned_module_still_loads_an_earlier_wider_checkpoint_of_its_run(tmp_
     assert module.net[0].out_channels < 16
     trainer.validate(module, _images(8), ckpt_path=tmp_path / "epoch=0.ckpt", verbose=False)
     assert module.net[0].out_channels == 16 and module.net[0].weight.shape[0] == 16
+
+
+# ------------------------------------------------------------------------------------------------ any optimizer
+def _optimizer(name: str, params):
+    if name == "Adadelta":
+        return torch.optim.Adadelta(params, lr=1.0)
+    if name == "Lion":
+        return pytest.importorskip("lion_pytorch").Lion(params, lr=1e-3, weight_decay=1e-2)
+    timm_optim = pytest.importorskip("timm.optim")
+    if name == "Lookahead":  # a wrapper: the state lives in the AdamW it wraps (slow weights every k=2 steps)
+        return timm_optim.Lookahead(torch.optim.AdamW(params, lr=1e-2), k=2)
+    return getattr(timm_optim, name)(params, lr=1e-2)
+
+
+def _state_of(opt, p):
+    inner = getattr(opt, "_base_optimizer", opt)
+    return inner.state[p]
+
+
+@pytest.mark.parametrize("name", ["Lion", "Lamb", "AdamP", "Adadelta", "Lookahead"])
+def test_optimizer_state_shaped_like_the_parameter_is_sliced_for_any_optimizer(name):
+    from lightning_prune.core.channel.optim import check_optimizer, rebind_optimizer
+
+    torch.manual_seed(0)
+    net = _convnet()
+    opt = _optimizer(name, net.parameters())
+    x, y = torch.randn(8, 3, 12, 12), torch.arange(8) % 10
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    check_optimizer(opt)
+    w0 = net[0].weight
+    before = {k: v.clone() for k, v in _state_of(opt, w0).items() if isinstance(v, torch.Tensor)}
+    assert any(v.shape == w0.shape for v in before.values())
+    result = ChannelPruner("l1").step(net, x[:1], 0.5)
+    rebind_optimizer(opt, result.changes)
+    w1 = net[0].weight
+    rows = [next(i for i in range(w0.shape[0]) if torch.equal(w0[i], w1[j])) for j in range(w1.shape[0])]
+    after = _state_of(opt, w1)
+    for key, old in before.items():
+        expected = old[rows] if old.shape == w0.shape else old  # parameter-shaped: sliced; scalars: kept
+        assert torch.equal(after[key], expected), key
+    assert all(p in getattr(opt, "_base_optimizer", opt).state for p in net.parameters())
+    assert not any(p is w0 for g in opt.param_groups for p in g["params"])
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()  # the state fits the new shapes
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_lion_trains_through_channel_pruning_events(tmp_path):
+    lion = pytest.importorskip("lion_pytorch")
+
+    class LionModule(Wrapped):
+        def configure_optimizers(self):
+            return lion.Lion(self.parameters(), lr=1e-3)
+
+    pl.seed_everything(0)
+    module = LionModule(_convnet())
+    cb = ChannelPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    trainer = make_trainer(tmp_path, 3, [cb], limit_val_batches=0)
+    trainer.fit(module, _images())
+    assert [h["epoch"] for h in cb.history] == [1, 2]
+    opt = trainer.optimizers[0]
+    assert all(opt.state[p]["exp_avg"].shape == p.shape for p in module.parameters())

@@ -161,8 +161,8 @@ class ChannelPruning(ScheduledPruning):
             is changed); an event failed (``ChannelPruningError``: pruning or the check forward of the pruned
             model, naming the layer and the reason; or moving the optimizer state): the model, optimizers and LR
             schedulers are then exactly as before the event.
-        TypeError: when fit starts, an optimizer whose state cannot follow an event (see
-            ``lightning_prune.core.channel.optim.SUPPORTED``).
+        TypeError / ValueError: when fit starts, an optimizer whose state cannot follow an event (see
+            ``lightning_prune.core.channel.optim.check_optimizer``).
 
     Example::
 
