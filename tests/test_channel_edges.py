@@ -286,3 +286,52 @@ def test_lion_trains_through_channel_pruning_events(tmp_path):
     assert [h["epoch"] for h in cb.history] == [1, 2]
     opt = trainer.optimizers[0]
     assert all(opt.state[p]["exp_avg"].shape == p.shape for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ distillation
+class DistilledUser(Wrapped):
+    def training_step(self, batch, batch_idx):
+        from lightning_prune import distillation_loss
+
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits, y) + distillation_loss(self, x, logits)
+
+
+def _sparsity(model: nn.Module) -> float:
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_distillation_keeps_its_teacher_across_a_second_fit_that_continues_the_schedule(tmp_path):
+    from lightning_prune import Distillation, UnstructuredPruning
+
+    pl.seed_everything(0)
+    module = DistilledUser(_convnet())
+    prune = UnstructuredPruning(0.8, start_epoch=1, end_epoch=3, verbose=False)
+    kd = Distillation(verbose=False)
+    trainer = make_trainer(tmp_path, 2, [prune, kd], limit_val_batches=0)
+    trainer.fit(module, _images())
+    teacher = kd.teacher
+    assert teacher is not None and _sparsity(teacher) == 0.0 and _sparsity(module) > 0
+    weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer.fit_loop.max_epochs = 4
+    trainer.fit(module, _images())  # continues the schedule: epochs 2 and 3
+    assert [h["epoch"] for h in prune.history] == [1, 2, 3]
+    assert kd.teacher is teacher and _sparsity(kd.teacher) == 0.0  # not re-taken from the pruned student
+    assert all(torch.equal(v, weights[k]) for k, v in kd.teacher.state_dict().items())
+
+
+def test_resume_without_a_teacher_in_the_checkpoint_warns_that_the_teacher_is_the_pruned_model(tmp_path):
+    from lightning_prune import Distillation
+
+    pl.seed_everything(0)
+    module = DistilledUser(_convnet())
+    trainer = make_trainer(tmp_path, 2, [ChannelPruning(0.5, start_epoch=1, end_epoch=2, verbose=False)])
+    trainer.fit(module, _images(), _images(8))
+    trainer.save_checkpoint(tmp_path / "no_teacher.ckpt")  # a run without Distillation
+    resumed, kd = DistilledUser(_convnet()), Distillation(verbose=False)
+    trainer = make_trainer(tmp_path, 3, [ChannelPruning(0.5, start_epoch=1, end_epoch=2, verbose=False), kd])
+    with pytest.warns(UserWarning, match="holds no teacher and the model is pruned"):
+        trainer.fit(resumed, _images(), _images(8), ckpt_path=tmp_path / "no_teacher.ckpt")
+    assert kd.teacher.net[0].out_channels == module.net[0].out_channels < 16

@@ -117,6 +117,8 @@ class Distillation(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self._pl_module is pl_module and self._teacher is not None:
+            return  # a second fit of the same module (it continues the schedule): the teacher stays
         self._pl_module = pl_module
         self._teacher, self._teacher_state, self._taken_at = None, None, None  # a fresh run (restored later)
 
@@ -125,6 +127,8 @@ class Distillation(Callback):
         if self._teacher_state is not None:  # resumed: rebuild the teacher the checkpoint holds
             self._teacher = self._build(pl_module, self._teacher_state)
             self._teacher_state = None
+            return
+        if self._teacher is not None:  # kept from an earlier fit of this module
             return
         if self.teacher_checkpoint is not None:
             self._teacher = self._build(pl_module, _load_state(self.teacher_checkpoint))
