@@ -335,3 +335,72 @@ def test_resume_without_a_teacher_in_the_checkpoint_warns_that_the_teacher_is_th
     with pytest.warns(UserWarning, match="holds no teacher and the model is pruned"):
         trainer.fit(resumed, _images(), _images(8), ckpt_path=tmp_path / "no_teacher.ckpt")
     assert kd.teacher.net[0].out_channels == module.net[0].out_channels < 16
+
+
+# ------------------------------------------------------------------------------------------------ validate/test/predict
+def _bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertForSequenceClassification(cfg)
+
+
+class BertModule(pl.LightningModule):
+    """A user's own module around a tiny Hugging Face BERT (no mixin)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = _bert()
+        self.example_input_array = torch.zeros(1, 8, dtype=torch.long)
+
+    def forward(self, ids):
+        return self.bert(input_ids=ids).logits
+
+    def training_step(self, batch, batch_idx):
+        ids, y = batch
+        return F.cross_entropy(self(ids), y)
+
+    def validation_step(self, batch, batch_idx):
+        ids, y = batch
+        self.log("val_loss", F.cross_entropy(self(ids), y))
+
+    test_step = validation_step
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _ids(n: int = 24) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randint(0, 50, (n, 8), generator=g), torch.arange(n) % 3), batch_size=8)
+
+
+def _heads(module: BertModule) -> tuple[int, int, int]:
+    attn = module.bert.bert.encoder.layer[0].attention.self
+    return attn.num_attention_heads, attn.attention_head_size, attn.all_head_size
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_validate_test_predict_with_ckpt_path_use_the_recorded_head_counts(tmp_path, stage):
+    pl.seed_everything(0)
+    module = BertModule()
+    cb = ChannelPruning(0.5, start_epoch=1, end_epoch=1, prune_num_heads=True, head_pruning_ratio=0.5, verbose=False)
+    trainer = make_trainer(tmp_path, 2, [cb], limit_val_batches=0)
+    trainer.fit(module, _ids())
+    assert _heads(module)[0] == 2
+    trainer.save_checkpoint(tmp_path / "heads.ckpt")
+
+    fresh = BertModule()  # a user's module without the mixin, a new callback
+    trainer = make_trainer(tmp_path, 2, [ChannelPruning(0.5, prune_num_heads=True, head_pruning_ratio=0.5)])
+    out = getattr(trainer, stage)(fresh, _ids(8), ckpt_path=tmp_path / "heads.ckpt")
+    assert _heads(fresh) == _heads(module)
+    ids = next(iter(_ids(8)))[0]
+    module.eval(), fresh.eval()
+    assert torch.equal(fresh(ids), module(ids))
+    if stage == "predict":
+        assert torch.equal(out[0], module(ids))
