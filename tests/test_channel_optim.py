@@ -105,27 +105,41 @@ def test_lbfgs_flat_history_is_cut_per_parameter():
     _step(model, opt)  # runs on the cut history
 
 
-def test_unknown_optimizer_is_refused_before_training(tmp_path):
-    class Mine(torch.optim.Optimizer):
+def test_optimizer_with_state_that_matches_no_dimension_is_refused_by_name(tmp_path):
+    """An optimizer outside torch is accepted when its state follows the parameter's shape; one whose state
+    matches nothing (a preconditioner matrix) is refused by name, at fit start when the state is there."""
+
+    class Preconditioned(torch.optim.Optimizer):
         def __init__(self, params):
             super().__init__(params, {"lr": 0.1})
 
         def step(self, closure=None):
-            return None
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self.state[p].setdefault("precond", torch.eye(p.numel() % 7 + 2))
+            return loss
 
-    with pytest.raises(TypeError, match="optimizer Mine"):
-        check_optimizer(Mine(_net().parameters()))
+    net = _net()
+    opt = Preconditioned(net.parameters())
+    check_optimizer(opt)  # no state yet: nothing to refuse
+    _step(net, opt)
+    with pytest.raises(ValueError, match="Preconditioned: state 'precond'"):
+        check_optimizer(opt)
 
     class Module(UserClassifier):
         def configure_optimizers(self):
-            return Mine(self.parameters())
+            return Preconditioned(self.parameters())
 
     module = Module()
-    before = copy.deepcopy(module.state_dict())
     data = DataLoader(TensorDataset(torch.randn(8, 1, 32, 32), torch.arange(8) % 10), batch_size=4)
-    with pytest.raises(TypeError, match="optimizer Mine"):
-        make_trainer(tmp_path, 1, [ChannelPruning(0.5)]).fit(module, data)
-    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(RuntimeError, match="optimizer Preconditioned.*its state 'precond'"):
+        make_trainer(tmp_path, 2, [ChannelPruning(0.5, start_epoch=1, end_epoch=1)]).fit(module, data)
+    assert module.backbone.conv1.out_channels == 6  # the event was undone
 
 
 # ------------------------------------------------------------------------------------------------ atomic events

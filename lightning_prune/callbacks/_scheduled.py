@@ -65,7 +65,11 @@ class _BeforeWeightsLoad:
         if pruners:
             for cb in pruners:
                 cb._before_weights_load(trainer, module, state)
-        elif self.reshape:
+        elif self.reshape:  # e.g. validate/test/predict(ckpt_path=...) with a fresh callback
+            reshapers = [cb for cb in trainer.callbacks if getattr(cb, "_reshape_on_load", False)] if trainer else []
+            if reshapers:  # with the checkpoint's recorded architecture (head counts)
+                reshapers[0]._before_weights_load(trainer, module, state)
+                return
             from lightning_prune.core.channel.reshape import reshape_to_state_dict
 
             reshape_to_state_dict(module, state)

@@ -29,7 +29,7 @@ from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.importance import needs_gradients
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules, preserved_modes
-from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
+from lightning_prune.core.channel.reshape import architecture, architecture_in, remember_shapes, reshape_to_state_dict
 from lightning_prune.core.measure import count_macs, count_params
 from lightning_prune.core.schedules import Schedule
 
@@ -161,8 +161,8 @@ class ChannelPruning(ScheduledPruning):
             is changed); an event failed (``ChannelPruningError``: pruning or the check forward of the pruned
             model, naming the layer and the reason; or moving the optimizer state): the model, optimizers and LR
             schedulers are then exactly as before the event.
-        TypeError: when fit starts, an optimizer whose state cannot follow an event (see
-            ``lightning_prune.core.channel.optim.SUPPORTED``).
+        TypeError / ValueError: when fit starts, an optimizer whose state cannot follow an event (see
+            ``lightning_prune.core.channel.optim.check_optimizer``).
 
     Example::
 
@@ -329,6 +329,7 @@ class ChannelPruning(ScheduledPruning):
         epoch = trainer.current_epoch
         event = self._due_event(epoch)
         if event is not None:
+            remember_shapes(pl_module)  # its unpruned widths: it can load an earlier, wider checkpoint of the run
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         if self._last_event_epoch >= 0 and self._current:
             model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}

@@ -117,6 +117,8 @@ class Distillation(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self._pl_module is pl_module and self._teacher is not None:
+            return  # a second fit of the same module (it continues the schedule): the teacher stays
         self._pl_module = pl_module
         self._teacher, self._teacher_state, self._taken_at = None, None, None  # a fresh run (restored later)
 
@@ -125,6 +127,8 @@ class Distillation(Callback):
         if self._teacher_state is not None:  # resumed: rebuild the teacher the checkpoint holds
             self._teacher = self._build(pl_module, self._teacher_state)
             self._teacher_state = None
+            return
+        if self._teacher is not None:  # kept from an earlier fit of this module
             return
         if self.teacher_checkpoint is not None:
             self._teacher = self._build(pl_module, _load_state(self.teacher_checkpoint))
@@ -169,7 +173,8 @@ class Distillation(Callback):
 
     def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
         teacher = frozen_copy(pl_module)
-        reshape_to_state_dict(teacher, state)  # a channel-pruned student: the teacher gets its own shapes back
+        # a channel-pruned student: the teacher gets its own (wider) shapes back
+        reshape_to_state_dict(teacher, state, max_shapes={k: tuple(v.shape) for k, v in state.items()})
         teacher.load_state_dict(state, strict=True)
         return teacher
 

@@ -36,8 +36,9 @@ _LAZY: dict[str, str] = {
     "importance_name": "lightning_prune.core.channel.importance",
     "needs_gradients": "lightning_prune.core.channel.importance",
     # channel.optim
-    "SUPPORTED": "lightning_prune.core.channel.optim",
     "check_optimizer": "lightning_prune.core.channel.optim",
+    "optimizer_layers": "lightning_prune.core.channel.optim",
+    "state_problems": "lightning_prune.core.channel.optim",
     "params_missing_from": "lightning_prune.core.channel.optim",
     "rebind_optimizer": "lightning_prune.core.channel.optim",
     "rebind_optimizers": "lightning_prune.core.channel.optim",
@@ -57,13 +58,16 @@ _LAZY: dict[str, str] = {
     # channel.reshape
     "HEAD_ATTRS": "lightning_prune.core.channel.reshape",
     "WIDTH_ATTRS": "lightning_prune.core.channel.reshape",
+    "ArchitectureMismatchError": "lightning_prune.core.channel.reshape",
     "architecture": "lightning_prune.core.channel.reshape",
     "architecture_in": "lightning_prune.core.channel.reshape",
     "load_channel_pruned": "lightning_prune.core.channel.reshape",
+    "remember_shapes": "lightning_prune.core.channel.reshape",
     "reshape_to_state_dict": "lightning_prune.core.channel.reshape",
     "sync_attention": "lightning_prune.core.channel.reshape",
     "sync_width_attributes": "lightning_prune.core.channel.reshape",
     "tensor_shapes": "lightning_prune.core.channel.reshape",
+    "widest_shapes": "lightning_prune.core.channel.reshape",
     # channel.speedup
     "SpeedupSearch": "lightning_prune.core.channel.speedup",
     "check_speedup": "lightning_prune.core.channel.speedup",
@@ -212,12 +216,13 @@ if TYPE_CHECKING:  # static tools see the eager imports
         needs_gradients,
     )
     from lightning_prune.core.channel.optim import (
-        SUPPORTED,
         check_optimizer,
+        optimizer_layers,
         params_missing_from,
         rebind_optimizer,
         rebind_optimizers,
         slice_state_value,
+        state_problems,
     )
     from lightning_prune.core.channel.pruner import (
         ChannelPruner,
@@ -236,13 +241,16 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.channel.reshape import (
         HEAD_ATTRS,
         WIDTH_ATTRS,
+        ArchitectureMismatchError,
         architecture,
         architecture_in,
         load_channel_pruned,
+        remember_shapes,
         reshape_to_state_dict,
         sync_attention,
         sync_width_attributes,
         tensor_shapes,
+        widest_shapes,
     )
     from lightning_prune.core.channel.speedup import (
         SpeedupSearch,

@@ -34,22 +34,6 @@ import torch
 #: (the old flat index of every new element), or ``None`` (unknown: that parameter's state restarts)
 Changes = Mapping[torch.Tensor, tuple]
 
-#: optimizers whose state is one value per weight (or a factored row/column form of it) and carries over
-SUPPORTED = (
-    "SGD",
-    "Adam",
-    "AdamW",
-    "NAdam",
-    "RAdam",
-    "Adamax",
-    "RMSprop",
-    "Adagrad",
-    "ASGD",
-    "Rprop",
-    "Adafactor",
-    "LBFGS",
-)
-
 
 def _slice_dims(value: torch.Tensor, keep: list) -> torch.Tensor:
     for dim, idx in enumerate(keep):
@@ -112,75 +96,142 @@ def _lbfgs_state(optimizer: torch.optim.Optimizer, olds: list, news: list, chang
     return {news[0]: moved}
 
 
+def _is_optimizer(obj: Any) -> bool:
+    return isinstance(getattr(obj, "param_groups", None), list) and isinstance(getattr(obj, "state", None), Mapping)
+
+
+def optimizer_layers(optimizer: Any) -> list[Any]:
+    """``optimizer`` and the optimizers it wraps (attributes with ``.state`` and ``.param_groups``, e.g. the base
+    optimizer of timm's ``Lookahead``), outermost first."""
+    out: list[Any] = []
+    todo = [optimizer]
+    while todo:
+        opt = todo.pop(0)
+        if any(o is opt for o in out):
+            continue
+        out.append(opt)
+        todo += [v for v in getattr(opt, "__dict__", {}).values() if _is_optimizer(v)]
+    return out
+
+
+def _entry_problem(value: Any, shape: tuple) -> str | None:
+    """Why a per-parameter state entry cannot follow a parameter of ``shape`` (None: it can)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 or value.numel() == 1:  # a scalar (a step counter)
+            return None
+        if value.dim() == len(shape) and all(v in (o, 1) for v, o in zip(value.shape, shape, strict=False)):
+            return None  # the parameter's shape, or a factored form of it (size-1 dimensions)
+        return f"a tensor of shape {list(value.shape)}, not its parameter's {list(shape)} (nor a factored form)"
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) and v.numel() > 1 for v in value):
+        return "a collection of tensors"
+    return None
+
+
+def state_problems(optimizer: Any) -> list[str]:
+    """Per-parameter state entries of ``optimizer`` (and the optimizers it wraps) that an event could not slice:
+    ``["Optimizer: state 'key' ...", ...]``. LBFGS's flat history is handled by :func:`rebind_optimizer`."""
+    problems = []
+    for opt in optimizer_layers(optimizer):
+        if isinstance(opt, torch.optim.LBFGS):
+            continue
+        for p, state in opt.state.items():
+            if not isinstance(p, torch.Tensor) or not isinstance(state, Mapping):
+                continue
+            for key, value in state.items():
+                why = _entry_problem(value, tuple(p.shape))
+                if why is not None:
+                    problems.append(f"{type(opt).__name__}: state {key!r} is {why}")
+    return problems
+
+
+def _moved_state(opt: Any, changes: Changes) -> tuple[dict, dict]:
+    """``(state of the new parameters, state of the others)`` of one optimizer; raises on unmappable state."""
+    new_state, keep_others = {}, {}
+    for old, state in opt.state.items():
+        entry = changes.get(old)
+        if entry is None:
+            keep_others[old] = state
+            continue
+        new, index = entry[0], entry[1]
+        old_shape = tuple(entry[2]) if len(entry) > 2 else tuple(old.shape)
+        moved: dict = {}
+        for key, value in state.items():
+            why = _entry_problem(value, old_shape)
+            if why is not None:
+                raise ValueError(
+                    f"cannot carry the state of optimizer {type(opt).__name__} over the event: its state {key!r} "
+                    f"is {why}; only tensors shaped like the parameter (or with size-1 dimensions) and scalars are "
+                    "sliced"
+                )
+            moved[key] = slice_state_value(value, old_shape, new, index)
+        if all(moved[k] is not None or v is None for k, v in state.items()):  # else its state restarts (the kept
+            new_state[new] = moved  # elements are unknown)
+    return new_state, keep_others
+
+
 def rebind_optimizer(optimizer: torch.optim.Optimizer, changes: Changes) -> int:
     """Point ``optimizer`` at the new parameters and slice its per-parameter state, in place, all or nothing.
 
-    Param groups keep their order, membership and hyperparameters; a parameter not in ``changes`` is left
-    alone. State whose mapping is unknown is dropped for that parameter (it restarts, like a fresh one). LBFGS's
-    flat history is cut parameter by parameter. The new state is built before anything is swapped in, so an
-    error leaves the optimizer as it was.
+    Any optimizer works whose per-parameter state entries are tensors shaped like the parameter (or with size-1
+    dimensions, as Adafactor's factored statistics), scalars or other plain values: SGD, Adam(W), Lion, Lamb,
+    AdamP, Adadelta, ... A wrapper exposing ``.state`` and ``.param_groups`` (timm's ``Lookahead``) is rebound
+    with the optimizers it wraps. Param groups keep their order, membership and hyperparameters; a parameter not
+    in ``changes`` is left alone. State whose mapping is unknown is dropped for that parameter (it restarts, like
+    a fresh one). LBFGS's flat history is cut parameter by parameter. State that matches no dimension of its
+    parameter raises a ``ValueError`` naming the optimizer and the state key. The new state is built before
+    anything is swapped in, so an error leaves the optimizer as it was.
 
     Args:
-        optimizer: a ``torch.optim.Optimizer`` (see :data:`SUPPORTED`).
+        optimizer: a ``torch.optim.Optimizer`` (or an object with ``.state`` and ``.param_groups``).
         changes: ``{old parameter: (new parameter, keep or None[, old shape])}``.
 
     Returns:
         How many parameter references were replaced.
     """
-    new_groups = []
-    replaced = 0
-    for group in optimizer.param_groups:
-        params = []
-        for p in group["params"]:
-            entry = changes.get(p)
-            params.append(p if entry is None else entry[0])
-            replaced += entry is not None
-        new_groups.append(params)
-    if isinstance(optimizer, torch.optim.LBFGS):
-        olds = list(optimizer.param_groups[0]["params"])
-        new_state = _lbfgs_state(optimizer, olds, new_groups[0], changes)
-        keep_others = {}
-    else:
-        new_state, keep_others = {}, {}
-        for old, state in optimizer.state.items():
-            entry = changes.get(old)
-            if entry is None:
-                keep_others[old] = state
-                continue
-            new, index = entry[0], entry[1]
-            old_shape = tuple(entry[2]) if len(entry) > 2 else tuple(old.shape)
-            moved = {}
-            for key, value in state.items():
-                v = slice_state_value(value, old_shape, new, index)
-                if v is None:
-                    moved = None
-                    break
-                moved[key] = v
-            if moved is not None:
-                new_state[new] = moved
+    layers = optimizer_layers(optimizer)
+    groups = list({id(g): g for opt in layers for g in opt.param_groups}.values())  # shared groups once
+    new_params = [[changes[p][0] if p in changes else p for p in g["params"]] for g in groups]
+    replaced = sum(p in changes for g in groups for p in g["params"])
+    states: list[tuple[dict, dict]] = []
+    for opt in layers:
+        if isinstance(opt, torch.optim.LBFGS):
+            olds = list(opt.param_groups[0]["params"])
+            news = [changes[p][0] if p in changes else p for p in olds]
+            states.append((_lbfgs_state(opt, olds, news, changes), {}))
+        else:
+            states.append(_moved_state(opt, changes))
     # everything computed: swap in
-    for group, params in zip(optimizer.param_groups, new_groups, strict=False):
+    for group, params in zip(groups, new_params, strict=True):
         group["params"] = params
-    optimizer.state.clear()
-    optimizer.state.update(keep_others)
-    optimizer.state.update(new_state)
-    if isinstance(optimizer, torch.optim.LBFGS):
-        optimizer._params = optimizer.param_groups[0]["params"]
-        optimizer._numel_cache = None
+    for opt, (new_state, keep_others) in zip(layers, states, strict=True):
+        opt.state.clear()
+        opt.state.update(keep_others)
+        opt.state.update(new_state)
+        if isinstance(opt, torch.optim.LBFGS):
+            opt._params = opt.param_groups[0]["params"]
+            opt._numel_cache = None
     return replaced
 
 
 def check_optimizer(optimizer: Any) -> None:
-    """Refuse an optimizer whose state cannot follow a channel pruning event (named in the error).
+    """Refuse, when fit starts, an optimizer whose state could not follow a channel pruning event (named).
 
     Raises:
-        TypeError: not a ``torch.optim.Optimizer`` subclass listed in :data:`SUPPORTED` (nor a subclass of one).
+        TypeError: not an optimizer (no ``.state`` mapping and ``.param_groups`` list).
+        ValueError: state already present (e.g. restored) that matches no dimension of its parameter
+            (see :func:`state_problems`).
     """
-    names = {c.__name__ for c in type(optimizer).__mro__}
-    if not (names & set(SUPPORTED)):
+    if not _is_optimizer(optimizer):
         raise TypeError(
-            f"ChannelPruning cannot carry the state of optimizer {type(optimizer).__name__} over a pruning event "
-            f"(its state layout is unknown); supported: {list(SUPPORTED)}"
+            f"ChannelPruning cannot rebind optimizer {type(optimizer).__name__}: it has no `.state` mapping and "
+            "`.param_groups` list"
+        )
+    problems = state_problems(optimizer)
+    if problems:
+        raise ValueError(
+            "ChannelPruning cannot carry the optimizer state over a pruning event: " + "; ".join(problems[:5])
         )
 
 
@@ -196,10 +247,11 @@ def params_missing_from(optimizers: Iterable[torch.optim.Optimizer], params: Ite
 
 
 __all__ = [
-    "SUPPORTED",
     "check_optimizer",
+    "optimizer_layers",
     "params_missing_from",
     "rebind_optimizer",
     "rebind_optimizers",
     "slice_state_value",
+    "state_problems",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -147,34 +148,39 @@ def architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _set_tensor(module: nn.Module, key: str, shape: Sequence[int]) -> None:
+def _set_tensor(module: nn.Module, key: str, shape: Sequence[int], made: dict[int, torch.Tensor]) -> None:
+    """Give ``module.key`` a zero tensor of ``shape``; ``made`` maps ``id(old tensor)`` to its replacement, so a
+    tensor shared by several modules (tied weights) gets one replacement, shared the same way."""
     old = getattr(module, key)
-    new = torch.zeros(tuple(shape), dtype=old.dtype, device=old.device)
+    new = made.get(id(old))
+    if new is None:
+        new = torch.zeros(tuple(shape), dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+        made[id(old)] = new
     if isinstance(old, nn.Parameter):
-        setattr(module, key, nn.Parameter(new, requires_grad=old.requires_grad))
+        setattr(module, key, new)
     else:
         module._buffers[key] = new
 
 
-def _update_channel_attrs(m: nn.Module, old: dict[str, Any]) -> None:
-    """Set a reshaped layer's channel attributes from its new tensor shapes."""
+def _conv_channels(m: nn.modules.conv._ConvNd, shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(in_channels, out_channels, groups)`` of conv ``m`` once its weight has ``shape`` (``m`` unchanged)."""
+    o_out, o_in, o_groups = m.out_channels, m.in_channels, m.groups
+    a, b = int(shape[0]), int(shape[1])  # (out, in/g) or, transposed, (in, out/g)
+    if m.transposed:
+        return a, b * o_groups, o_groups
+    if o_groups > 1 and o_groups == o_in:  # depthwise (with channel multiplier o_out // o_in)
+        groups = a // max(1, o_out // o_in)
+        return groups, a, groups
+    return b * o_groups, a, o_groups
+
+
+def _update_channel_attrs(m: nn.Module) -> None:
+    """Set a reshaped layer's channel attributes from its new tensor shapes (called once per layer)."""
     w = getattr(m, "weight", None)
     if isinstance(m, nn.modules.conv._ConvNd) and w is not None:
-        o_out, o_in, o_groups = old["out_channels"], old["in_channels"], old["groups"]
-        a, b = w.shape[0], w.shape[1]  # (out, in/g) or, transposed, (in, out/g)
-        n_out, n_in_per_group = (b, a) if m.transposed else (a, b)
-        if m.transposed:
-            n_in = a
-            n_out = b * o_groups
-            m.in_channels, m.out_channels = n_in, n_out
-            return
-        if o_groups > 1 and o_groups == o_in:  # depthwise (with channel multiplier o_out // o_in)
-            mult = max(1, o_out // o_in)
-            m.out_channels = n_out
-            m.in_channels = m.groups = n_out // mult
-        else:
-            m.out_channels = n_out
-            m.in_channels = n_in_per_group * o_groups
+        m.in_channels, m.out_channels, m.groups = _conv_channels(m, w.shape)
         return
     if isinstance(m, nn.Linear) and w is not None:
         m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
@@ -234,10 +240,116 @@ def _apply_recorded_attrs(model: nn.Module, arch: Mapping[str, Mapping[str, Any]
     return changed
 
 
+class ArchitectureMismatchError(ValueError):
+    """A checkpoint's tensors or recorded architecture do not fit the model (another kernel size, other layers,
+    wider layers than the model, ...). Raised by :func:`reshape_to_state_dict` before anything changes."""
+
+
+#: the first tensor shapes seen of each model that was reshaped or channel-pruned (see :func:`remember_shapes`)
+_FIRST_SHAPES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[int, ...]]] = weakref.WeakKeyDictionary()
+
+
+def remember_shapes(model: nn.Module) -> None:
+    """Record ``model``'s tensor shapes as the widest :func:`reshape_to_state_dict` may give it back later.
+
+    The first call for a model wins (its unpruned shapes); :func:`reshape_to_state_dict` calls it before it
+    changes a model, and ``ChannelPruning`` before its first event, so a pruned model can still load an earlier,
+    wider checkpoint of the same run (``trainer.test(ckpt_path="best")``). Kept per model object in memory only.
+    """
+    if model not in _FIRST_SHAPES:
+        _FIRST_SHAPES[model] = tensor_shapes(model)
+
+
+def widest_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shapes recorded by :func:`remember_shapes` (the model's current shapes when none were)."""
+    return dict(_FIRST_SHAPES.get(model) or tensor_shapes(model))
+
+
+_Plan = list[tuple[str, nn.Module, list[tuple[str, tuple[int, ...]]]]]
+
+
+def _shape_problems(
+    m: nn.Module, name: str, now: tuple[int, ...], new: tuple[int, ...], limit: Sequence[int]
+) -> list[str]:
+    if len(new) != len(now):
+        return [f"{name}: a {len(new)}-D tensor {list(new)} in the checkpoint, {len(now)}-D {list(now)} in the model"]
+    if isinstance(m, nn.modules.conv._ConvNd) and name.endswith(".weight") and new[2:] != now[2:]:
+        return [f"{name}: kernel size {list(new[2:])} in the checkpoint, {list(now[2:])} in the model"]
+    if len(limit) == len(new) and any(n > w for n, w in zip(new, limit, strict=True)):
+        return [
+            f"{name}: {list(new)} in the checkpoint is wider than the model ({list(limit)}); a channel-pruned "
+            "checkpoint only has fewer channels"
+        ]
+    return []
+
+
+def _architecture_problems(model: nn.Module, arch: Mapping[str, Mapping[str, Any]], plan: _Plan) -> list[str]:
+    """What the recorded architecture says that the model (once reshaped by ``plan``) would not match."""
+    modules = dict(model.named_modules())
+    new_weight = {name: dict(todo).get("weight") for name, _m, todo in plan}
+    problems = []
+    for name, entry in arch.items():
+        m = modules.get(name)
+        kind = entry.get("type")
+        if m is None:
+            problems.append(f"layer {name!r} ({kind}) of the recorded architecture is not in the model")
+            continue
+        if name and isinstance(kind, str) and kind != type(m).__name__:
+            problems.append(f"{name!r} is a {kind} in the checkpoint, a {type(m).__name__} in the model")
+            continue
+        weight = new_weight.get(name) or getattr(getattr(m, "weight", None), "shape", None)
+        if isinstance(m, nn.modules.conv._ConvNd) and weight is not None:
+            n_in, n_out, groups = _conv_channels(m, weight)
+            if isinstance(entry.get("groups"), int) and entry["groups"] != groups:
+                problems.append(f"{name!r}: groups={entry['groups']} in the checkpoint, {groups} in the model")
+            elif n_in % groups or n_out % groups:
+                problems.append(f"{name!r}: {n_in} -> {n_out} channels do not divide into {groups} groups")
+    return problems
+
+
+def _plan_reshape(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    architecture: Mapping[str, Mapping[str, Any]] | None,
+    limits: Mapping[str, Sequence[int]],
+) -> _Plan:
+    """``[(module name, module, [(tensor key, new shape)])]``, or :class:`ArchitectureMismatchError` listing every
+    inconsistency (nothing is changed here)."""
+    plan: _Plan = []
+    problems: list[str] = []
+    targets: dict[int, tuple[str, tuple[int, ...]]] = {}  # id(tensor) -> (first name, shape): tied tensors agree
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        todo = []
+        for key, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            src = state_dict.get(prefix + key)
+            if t is None or not isinstance(src, torch.Tensor):
+                continue
+            new, now = tuple(int(s) for s in src.shape), tuple(t.shape)
+            first, shape = targets.setdefault(id(t), (prefix + key, new))
+            if shape != new:
+                problems.append(f"{prefix + key} and {first} are one tied tensor, {list(new)} and {list(shape)}")
+            if new != now:
+                problems += _shape_problems(m, prefix + key, now, new, limits.get(prefix + key, now))
+                todo.append((key, new))
+        if todo:
+            plan.append((name, m, todo))
+    if architecture:
+        problems += _architecture_problems(model, architecture, plan)
+    if problems:
+        raise ArchitectureMismatchError(
+            f"the checkpoint does not fit {type(model).__name__} ({len(problems)} problem(s)); nothing was changed: "
+            + "; ".join(problems[:10])
+            + ("; ..." if len(problems) > 10 else "")
+        )
+    return plan
+
+
 def reshape_to_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     architecture: Mapping[str, Mapping[str, Any]] | None = None,
+    max_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
     """Reshape ``model``'s layers to the tensor shapes in ``state_dict`` (e.g. a channel-pruned checkpoint).
 
@@ -246,10 +358,16 @@ def reshape_to_state_dict(
     ``out_features``/``num_features``/... so that ``model.load_state_dict(state_dict, strict=True)`` then
     works. Keys of ``state_dict`` are relative to ``model`` (pass a LightningModule and its checkpoint's
     ``state_dict``, or a network and its own). A no-op when the shapes already match. ``requires_grad`` flags
-    are kept.
+    are kept, and a tensor shared by several modules (tied weights) stays one tensor.
 
     ``architecture`` (what :func:`architecture` recorded, e.g. in a ChannelPruning checkpoint) also restores
     attribute values that shapes cannot tell, such as the number of attention heads after head pruning.
+
+    Everything is checked before anything changes: every reshaped tensor keeps its rank and (convolutions) its
+    kernel size, is no wider than ``max_shapes`` in any dimension (default: :func:`widest_shapes`, the model's
+    unpruned shapes), tied tensors get one shape, and the recorded ``architecture``'s layers exist in the model
+    with the same type and ``groups``. Otherwise :class:`ArchitectureMismatchError` (a ``ValueError``) names
+    every mismatch and the model is untouched.
 
     Returns:
         The names of the modules that were reshaped.
@@ -263,29 +381,23 @@ def reshape_to_state_dict(
         ['conv1', 'conv2']
         >>> _ = fresh.load_state_dict(small.state_dict())
     """
-    changed = []
+    limits = dict(max_shapes) if max_shapes is not None else widest_shapes(model)
+    plan = _plan_reshape(model, state_dict, architecture, limits)
     before = tensor_shapes(model)
-    for name, m in model.named_modules():
-        prefix = f"{name}." if name else ""
-        todo = []
-        for key, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
-            if t is None:
-                continue
-            src = state_dict.get(prefix + key)
-            if isinstance(src, torch.Tensor) and tuple(src.shape) != tuple(t.shape):
-                todo.append((key, tuple(src.shape)))
-        if not todo:
-            continue
-        old = {a: getattr(m, a) for a in ("in_channels", "out_channels", "groups") if hasattr(m, a)}
+    if plan:
+        remember_shapes(model)
+    made: dict[int, torch.Tensor] = {}
+    olds: list[torch.Tensor] = []  # keeps the replaced tensors alive, so their ids stay unique
+    for _name, m, todo in plan:
         for key, shape in todo:
-            _set_tensor(m, key, shape)
-        _update_channel_attrs(m, old)
-        changed.append(name)
-    if changed:
+            olds.append(getattr(m, key))
+            _set_tensor(m, key, shape, made)
+        _update_channel_attrs(m)
+    if plan:
         sync_width_attributes(model, before)
     if architecture:
         _apply_recorded_attrs(model, architecture)
-    return changed
+    return [name for name, _m, _todo in plan]
 
 
 def load_channel_pruned(
@@ -326,11 +438,14 @@ def load_channel_pruned(
 __all__ = [
     "HEAD_ATTRS",
     "WIDTH_ATTRS",
+    "ArchitectureMismatchError",
     "architecture",
     "architecture_in",
     "load_channel_pruned",
+    "remember_shapes",
     "reshape_to_state_dict",
     "sync_attention",
     "sync_width_attributes",
     "tensor_shapes",
+    "widest_shapes",
 ]
