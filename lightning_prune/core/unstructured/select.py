@@ -272,7 +272,9 @@ def select_with_keys(
     masks = [torch.ones(s, dtype=torch.bool, device=w.device) for s, w in zip(keys.shapes, keys.flat, strict=True)]
     sizes = keys.sizes()
     local_pruned = [0 if m is None else m.numel() - int(torch.count_nonzero(m).item()) for m in keys.prev]
-    prev_pruned = [int(c) for c in keys.reduce(torch.tensor(local_pruned, dtype=torch.int64)).tolist()]
+    prev_pruned = [
+        int(c) for c in keys.reduce(torch.tensor(local_pruned, dtype=torch.int64, device=keys.device)).tolist()
+    ]
     if scope == "layerwise":
         if target is None:
             raise ValueError("`target` is needed for the layerwise scope")
