@@ -61,3 +61,28 @@ def test_two_processes_exact_selection_over_shards(tmp_path):
     for r in (r0, r1):
         assert len(r["cases"]) == 132
         assert [name for name, ok in r["cases"] if not ok] == []
+
+
+def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
+    """Under ModelParallelStrategy (fully_shard, 2 processes), every event's masks, gathered, equal the
+    single-process selection on the gathered weights (ties included: weights of 9 values at the first event),
+    pruned weights stay zero through training, and PruningMetrics logs the whole model's figures."""
+    r0, r1 = _run_script("fsdp2_prune.py", tmp_path, timeout=400)
+    total = 16 * 12 + 12 * 8 + 8 * 3
+    expected_events = {
+        "global_l1": [(0, round(0.5 * total)), (1, round(0.8 * total))],
+        "layerwise_l1": [(0, 86 + 43 + 11), (1, 144 + 72 + 18)],
+        "nm_2_4": [(0, round(0.3 * total)), (1, total // 2)],
+    }
+    for r in (r0, r1):
+        assert set(r) == set(expected_events)
+        for name, events in expected_events.items():
+            got = r[name]["events"]
+            assert [(e, n) for e, _, n, _ in got] == events, name
+            assert all(equal and n == ref for _, equal, n, ref in got), (name, got)
+            assert r[name]["zeros_ok"] == [True, True], name
+    metrics = r0["global_l1"]["metrics"]
+    expected = {k.replace("sparsity/", "sparsity/net."): v for k, v in metrics["expected"].items()}
+    logged = {k: v for k, v in metrics["logged"].items() if k in expected}
+    assert logged == pytest.approx(expected, rel=1e-12) and len(logged) == len(expected) == 11
+    assert logged["pruning/params_nonzero"] < logged["pruning/params"]
