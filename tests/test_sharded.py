@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_prune import UnstructuredPruning
 from lightning_prune.core.unstructured.masks import compute_masks
 from lightning_prune.core.unstructured.sharded import Collective, draw_slice, select_masks_sharded
 
@@ -86,3 +88,56 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
     logged = {k: v for k, v in metrics["logged"].items() if k in expected}
     assert logged == pytest.approx(expected, rel=1e-12) and len(logged) == len(expected) == 11
     assert logged["pruning/params_nonzero"] < logged["pruning/params"]
+
+
+class _Probe(pl.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.masks = [m.weight_mask.bool().clone() for m in pl_module.net if hasattr(m, "weight_mask")]
+
+
+def test_fsdp2_resume_both_checkpoint_formats(tmp_path):
+    """A run resumed mid-schedule from Lightning's distributed checkpoint, and one from the full state dict, end
+    bit-exact on the uninterrupted run's weights; the full checkpoint holds plain weights (zeros where pruned) and
+    every rank's packed masks, and resumes on one process (another world size) with the same masks."""
+    r0, r1 = _run_script("fsdp2_resume.py", tmp_path, timeout=400)
+    for r in (r0, r1):
+        for fmt in ("dcp", "full"):
+            whole, resumed = r[fmt]["whole"], r[fmt]["resumed"]
+            assert [(h["epoch"], h["pruned"]) for h in resumed["history"]] == [(0, 156), (1, 218), (2, 265)]
+            assert resumed["history"] == whole["history"]
+            assert all(torch.equal(a, b) for a, b in zip(whole["weights"], resumed["weights"], strict=True))
+            assert sum(int((w == 0).sum()) for w in whole["weights"]) == 265
+        assert all(
+            torch.equal(a, b) for a, b in zip(r["dcp"]["whole"]["weights"], r["full"]["whole"]["weights"], strict=True)
+        )
+    info = r0["full_ckpt"]
+    assert info["keys"] == [f"net.{i}.{p}" for i in (0, 2, 4) for p in ("bias", "weight")]
+    assert info["zeros"] == 218 and info["world_size"] == info["ranks"] == 2
+    assert r0["dcp_files"] == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+    # the 2-process full checkpoint of epoch 0 resumed on one process (no FSDP)
+    sys.path.insert(0, str(SCRIPTS))
+    from fsdp2_prune import data, mlp
+    from fsdp2_resume import AMOUNT, Sharded
+
+    class Plain(Sharded):
+        def configure_model(self) -> None:
+            if self.net is None:
+                self.net = mlp()
+
+    ckpt = tmp_path / "full" / "e0.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    probe, cb = _Probe(), UnstructuredPruning(amount=AMOUNT, verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[cb, probe],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Plain(), data(), ckpt_path=ckpt)
+    assert [saved[f"net.{i}.weight"].ne(0).equal(m) for i, m in zip((0, 2, 4), probe.masks, strict=True)] == [True] * 3
+    assert [(h["epoch"], h["pruned"]) for h in cb.history] == [(0, 156), (1, 218)]
