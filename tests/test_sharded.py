@@ -77,7 +77,7 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
         "nm_2_4": [(0, round(0.3 * total)), (1, total // 2)],
     }
     for r in (r0, r1):
-        assert set(r) == set(expected_events)
+        assert set(r) == {*expected_events, "refused"}
         for name, events in expected_events.items():
             got = r[name]["events"]
             assert [(e, n) for e, _, n, _ in got] == events, name
@@ -88,6 +88,19 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
     logged = {k: v for k, v in metrics["logged"].items() if k in expected}
     assert logged == pytest.approx(expected, rel=1e-12) and len(logged) == len(expected) == 11
     assert logged["pruning/params_nonzero"] < logged["pruning/params"]
+    # refused up front, before any training step
+    for name, needle in (
+        (
+            "channel",
+            "ChannelPruning supports single-device and DDP training only; the Trainer's strategy is "
+            "ModelParallelStrategy",
+        ),
+        ("lamp", "`norm`='lamp' is not supported under ModelParallelStrategy"),
+        ("distillation", "Distillation does not support ModelParallelStrategy"),
+        ("partly_sharded", "these are plain tensors: ['net.2.weight', 'net.4.weight']"),
+    ):
+        message, steps = r0["refused"][name]
+        assert message.startswith("ValueError") and needle in message and steps == 0, (name, message, steps)
 
 
 class _Probe(pl.Callback):
@@ -141,3 +154,26 @@ def test_fsdp2_resume_both_checkpoint_formats(tmp_path):
     trainer.fit(Plain(), data(), ckpt_path=ckpt)
     assert [saved[f"net.{i}.weight"].ne(0).equal(m) for i, m in zip((0, 2, 4), probe.masks, strict=True)] == [True] * 3
     assert [(h["epoch"], h["pruned"]) for h in cb.history] == [(0, 156), (1, 218)]
+
+
+def test_fsdp1_and_tensor_parallelism_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    from lightning_prune.callbacks._sharded import check_strategy
+
+    with pytest.raises(ValueError, match="does not support FSDPStrategy .* use ModelParallelStrategy"):
+        check_strategy(SimpleNamespace(strategy=FSDPStrategy()), "UnstructuredPruning")
+
+    class Mesh:
+        mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+        def __getitem__(self, name):
+            return SimpleNamespace(size=lambda: 2 if name == "tensor_parallel" else 1)
+
+    monkeypatch.setattr(ModelParallelStrategy, "device_mesh", property(lambda self: Mesh()))
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2"):
+        check_strategy(SimpleNamespace(strategy=strategy), "UnstructuredPruning")
+    assert check_strategy(SimpleNamespace(strategy=SimpleNamespace()), "UnstructuredPruning") is False

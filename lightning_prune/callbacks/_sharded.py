@@ -42,7 +42,8 @@ def is_fsdp2(trainer: pl.Trainer) -> bool:
 def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
     """Refuse, naming the strategy, what ``who`` cannot do under it; return whether it is FSDP2.
 
-    ``unsupported``: argument name -> a value that FSDP2 cannot honour (``None``/``False`` when unused)."""
+    ``unsupported``: argument name -> ``(value, why)``, a value that FSDP2 cannot honour (``None``/``False`` when
+    unused) and the reason."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     if isinstance(trainer.strategy, FSDPStrategy):
@@ -58,9 +59,12 @@ def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
             f"{who} under ModelParallelStrategy supports data parallelism only (fully_shard: weights sharded along "
             f"dim 0); got tensor_parallel_size={mesh['tensor_parallel'].size()}. Use tensor_parallel_size=1"
         )
-    for name, value in unsupported.items():
+    for name, (value, why) in unsupported.items():
         if value not in (None, False):
-            raise ValueError(f"{who}: `{name}`={value!r} is not supported under ModelParallelStrategy (FSDP2)")
+            raise ValueError(
+                f"{who}: `{name}`={value!r} is not supported under ModelParallelStrategy (FSDP2): {why} "
+                "(see docs/distributed.md)"
+            )
     return True
 
 

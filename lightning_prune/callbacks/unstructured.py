@@ -379,9 +379,12 @@ class UnstructuredPruning(ScheduledPruning):
         return _sharded.check_strategy(
             trainer,
             "UnstructuredPruning",
-            norm="lamp" if self.norm == "lamp" else None,
-            rewind_epoch=self.rewind_epoch,
-            callbacks=averaging or None,
+            norm=(
+                "lamp" if self.norm == "lamp" else None,
+                "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'",
+            ),
+            rewind_epoch=(self.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
+            callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
         )
 
     @override

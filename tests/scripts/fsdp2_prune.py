@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from lightning_prune import PruningMetrics, UnstructuredPruning
+from lightning_prune import ChannelPruning, Distillation, PruningMetrics, UnstructuredPruning
 from lightning_prune.core.measure import measure
 from lightning_prune.core.unstructured.masks import compute_masks
 from lightning_prune.core.unstructured.nm import compute_nm_masks
@@ -57,6 +57,7 @@ class Sharded(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
+        self.steps = getattr(self, "steps", 0) + 1
         x, y = batch
         return F.cross_entropy(self(x), y)
 
@@ -153,6 +154,36 @@ def fit(out: str, cb: UnstructuredPruning, reference, metrics: PruningMetrics | 
     return result
 
 
+class PartlySharded(Sharded):
+    """Only the first layer is sharded: the others stay plain tensors."""
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            self.net = mlp()
+            fully_shard(self.net[0], mesh=self.device_mesh["data_parallel"])
+
+
+def refused(out: str, callbacks: list, module: pl.LightningModule) -> tuple[str, int]:
+    """The error a refused fit raises (type and message) and the training steps it ran before."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=out,
+        callbacks=callbacks,
+    )
+    try:
+        trainer.fit(module, data())
+    except ValueError as err:
+        return f"ValueError: {err}", getattr(module, "steps", 0)
+    return "no error", getattr(module, "steps", 0)
+
+
 def main(out: str) -> None:
     torch.set_num_threads(1)
     results = {}
@@ -172,6 +203,14 @@ def main(out: str) -> None:
         UnstructuredPruning(amount={0: 0.3, 1: 0.5}, pattern="2:4", scope="global", verbose=False),
         lambda w, t, prev: compute_nm_masks(w, [1, 1, 1], 2, 4, t, "l1", "global", prev),
     )
+    results["refused"] = {
+        "channel": refused(
+            out, [ChannelPruning(pruning_ratio=0.5, start_epoch=0, input_shape=[1, 16], verbose=False)], Sharded()
+        ),
+        "lamp": refused(out, [UnstructuredPruning(amount=0.5, norm="lamp", start_epoch=0)], Sharded()),
+        "distillation": refused(out, [UnstructuredPruning(amount=0.5, start_epoch=0), Distillation()], Sharded()),
+        "partly_sharded": refused(out, [UnstructuredPruning(amount=0.5, start_epoch=0)], PartlySharded()),
+    }
     torch.save(results, os.path.join(out, f"rank{dist.get_rank()}.pt"))
 
 
