@@ -24,7 +24,7 @@ Example (one process: the collective is an identity, and the masks are those of 
 
     >>> import torch
     >>> w = [torch.tensor([0.5, -0.1, 0.3]), torch.tensor([[0.1, 0.0], [2.0, -0.3]])]
-    >>> [m.tolist() for m in select_masks_sharded(w, Collective.single(), target=0.5)]
+    >>> [m.tolist() for m in select_masks_sharded(w, Collective.single(), k=3)]
     [[True, False, True], [[False, False], [True, True]]]
 """
 
