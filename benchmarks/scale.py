@@ -262,13 +262,17 @@ def import_times(repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated weight counts")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant below 1e8 (1e8: one run)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1e5 weights, 100 layers, nothing written")
     p.add_argument("--sharded", action="store_true", help="only the event over 2 processes vs 1 (part 4)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     started = time.time()
     torch.set_num_threads(1)
     sizes = [int(float(s)) for s in args.sizes.split(",")] if not args.quick else [100_000]

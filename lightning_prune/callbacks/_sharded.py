@@ -29,7 +29,15 @@ from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
 
-__all__ = ["ShardedMasks", "check_strategy", "is_fsdp2", "join_sharded_masks", "prune_event", "target_params"]
+__all__ = [
+    "ShardedMasks",
+    "check_strategy",
+    "check_unstructured",
+    "is_fsdp2",
+    "join_sharded_masks",
+    "prune_event",
+    "target_params",
+]
 
 
 def is_fsdp2(trainer: pl.Trainer) -> bool:
@@ -66,6 +74,23 @@ def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
                 "(see docs/distributed.md)"
             )
     return True
+
+
+def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
+    """``UnstructuredPruning``'s refusals under FSDP/FSDP2 (before anything changes); whether the run is FSDP2."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    averaging = [type(c).__name__ for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+    return check_strategy(
+        trainer,
+        "UnstructuredPruning",
+        norm=(
+            "lamp" if cb.norm == "lamp" else None,
+            "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'",
+        ),
+        rewind_epoch=(cb.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
+        callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
+    )
 
 
 def join_sharded_masks(state: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -226,7 +226,7 @@ class UnstructuredPruning(ScheduledPruning):
         # every check that can refuse the run comes before any change
         schedule_map = self._check_schedule(trainer, pl_module)
         self._check_averaging(trainer)
-        self._fsdp2 = self._check_sharding(trainer)
+        self._fsdp2 = _sharded.check_unstructured(self, trainer)
         self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
         early = not is_overridden("configure_model", pl_module) and not continuing
@@ -370,22 +370,6 @@ class UnstructuredPruning(ScheduledPruning):
         if self._fsdp2:
             keys = [mask_ops.target_key(t) for t in self._targets]
             self._shard = _sharded.ShardedMasks(_sharded.target_params(pl_module, self._targets), keys)
-
-    def _check_sharding(self, trainer: pl.Trainer) -> bool:
-        """Refuse what FSDP/FSDP2 cannot do (before anything changes); whether the run is FSDP2."""
-        from lightning.pytorch.callbacks import WeightAveraging
-
-        averaging = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]
-        return _sharded.check_strategy(
-            trainer,
-            "UnstructuredPruning",
-            norm=(
-                "lamp" if self.norm == "lamp" else None,
-                "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'",
-            ),
-            rewind_epoch=(self.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
-            callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
-        )
 
     @override
     def on_before_optimizer_step(

@@ -214,6 +214,33 @@ def _nm_candidates(
     return candidates, room, pruned
 
 
+def _check_nm(shards: list[Tensor], dims: list[int], n: int, m: int, norm: str, target: float) -> None:
+    if any(d == 0 for d in dims):
+        raise ValueError("N:M over shards of dim 0 needs groups along another dim (a transposed convolution's are cut)")
+    if norm not in ("l1", "l2", "random"):
+        raise ValueError(f"`norm` must be 'l1', 'l2' or 'random' over shards; got {norm!r}")
+    final = nm_ops.pattern_sparsity(n, m)
+    if not 0.0 <= target <= final + 1e-9:
+        raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
+    for w, d in zip(shards, dims, strict=True):
+        if w.numel() and not nm_ops.nm_eligible(w.shape, d, m):
+            raise ValueError(f"a shard of shape {tuple(w.shape)} does not split into groups of {m} along dim {d}")
+
+
+def _nm_scores(shards: list[Tensor], norm: str, comm: Collective, generator: torch.Generator | None) -> list[Tensor]:
+    """Flat float64 scores of the shards: those ``masks.score`` gives for the whole tensors, sliced."""
+    if norm != "random":  # |w| or w**2 in float64
+        flat = [w.detach().reshape(-1).double() for w in shards]
+        return [f.abs() if norm == "l1" else f.square() for f in flat]
+    device = shards[0].device if shards else torch.device("cpu")
+    sizes = comm.table(torch.tensor([w.numel() for w in shards], dtype=torch.int64, device=device))
+    gen = generator if generator is not None else torch.default_generator
+    starts, totals = sizes[: comm.rank].sum(0).tolist(), sizes.sum(0).tolist()
+    return [
+        draw_slice(int(t), int(s), w.numel(), gen).to(w.device) for t, s, w in zip(totals, starts, shards, strict=True)
+    ]
+
+
 def nm_masks_sharded(
     shards: Sequence[Tensor],
     dims: Sequence[int],
@@ -234,33 +261,12 @@ def nm_masks_sharded(
         ValueError: a group dim of 0, a shard that does not split into groups, ``norm="lamp"``, a bad target.
     """
     shards, dims = list(shards), list(dims)
-    if any(d == 0 for d in dims):
-        raise ValueError("N:M over shards of dim 0 needs groups along another dim (a transposed convolution's are cut)")
-    if norm not in ("l1", "l2", "random"):
-        raise ValueError(f"`norm` must be 'l1', 'l2' or 'random' over shards; got {norm!r}")
     final = nm_ops.pattern_sparsity(n, m)
     target = final if target is None else float(target)
-    if not 0.0 <= target <= final + 1e-9:
-        raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
+    _check_nm(shards, dims, n, m, norm, target)
     prev = list(prev_masks) if prev_masks is not None else [None] * len(shards)
-    for w, d in zip(shards, dims, strict=True):
-        if w.numel() and not nm_ops.nm_eligible(w.shape, d, m):
-            raise ValueError(f"a shard of shape {tuple(w.shape)} does not split into groups of {m} along dim {d}")
     device = shards[0].device if shards else torch.device("cpu")
-    if norm == "random":
-        sizes = comm.table(torch.tensor([w.numel() for w in shards], dtype=torch.int64, device=device))
-        gen = generator if generator is not None else torch.default_generator
-        starts = sizes[: comm.rank].sum(0).tolist()
-        totals = sizes.sum(0).tolist()
-        scores = [
-            draw_slice(int(t), int(s), w.numel(), gen).to(w.device)
-            for t, s, w in zip(totals, starts, shards, strict=True)
-        ]
-    else:  # as `masks.score`: |w| or w**2 in float64
-        scores = [
-            w.detach().reshape(-1).double().abs() if norm == "l1" else w.detach().reshape(-1).double().square()
-            for w in shards
-        ]
+    scores = _nm_scores(shards, norm, comm, generator)
     candidates, room, pruned = _nm_candidates(shards, dims, n, m, prev, scores)
     keys = _CandidateKeys(candidates, comm)
     room_all = [int(c) for c in keys.reduce(torch.tensor(room, dtype=torch.int64, device=device)).tolist()]
