@@ -15,8 +15,16 @@
 3. ``import lightning_prune`` / ``import lightning_prune.core`` wall time in a fresh interpreter, next to
    ``import torch`` and to resolving ``lightning_prune.UnstructuredPruning`` (which loads Lightning).
 
-Run: ``python benchmarks/scale.py`` (``--sizes 1e6,1e7`` to skip 1e8; ``--quick`` for a smoke run). The
-state_dict ratio must stay within 5x: the script exits with status 1 otherwise.
+4. ``--sharded``: the FSDP2 event (``core.unstructured.sharded``): global L1 to 50% over the same 1,000 tensors,
+   each split by rows over 2 processes (gloo, as ``fully_shard``'s ``Shard(0)``), every rank selecting over its
+   shards with all-reduced histograms and zeroing its local weights in place (what ``UnstructuredPruning`` does
+   under ``ModelParallelStrategy``), against the same code on one process holding everything. Per-rank peak
+   extra memory per local weight (the local masks, 1 byte/weight, included) and event time (the slowest rank).
+   Written as its own part of RESULTS.md (``scale_sharded``).
+
+Run: ``python benchmarks/scale.py`` (``--sizes 1e6,1e7`` to skip 1e8; ``--quick`` for a smoke run;
+``--sharded --sizes 1e7,1e8`` for part 4 only). The state_dict ratio must stay within 5x: the script exits with
+status 1 otherwise.
 """
 
 from __future__ import annotations
@@ -58,7 +66,100 @@ def _measured(fn):
     return out, dt, _rss()[1] - before
 
 
+def _sharded_rank(rank: int, n: int, world: int, store: str, out: str) -> None:
+    """One rank of the sharded event: its rows of every tensor, selection over the shards, in-place zeroing."""
+    import json
+
+    import torch.distributed as dist
+
+    from lightning_prune.core.unstructured.sharded import Collective, select_masks_sharded
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    comm = Collective.process_group() if world > 1 else Collective.single()
+    per = min(PER_TENSOR, n // 1000)
+    g = torch.Generator().manual_seed(rank)
+    shards = [torch.randn(100 // world, per // 100, generator=g) for _ in range(n // per)]
+    warm = [torch.randn(10, 10, generator=g) for _ in range(20)]
+    select_masks_sharded(warm, comm, target=0.5)  # load code, grow pools
+    local = sum(w.numel() for w in shards)
+
+    def event():
+        masks = select_masks_sharded(shards, comm, target=0.5)
+        for w, m in zip(shards, masks, strict=True):
+            w.masked_fill_(~m, 0)
+        return masks
+
+    if world > 1:
+        dist.barrier()
+    masks, dt, extra = _measured(event)
+    pruned = comm.sum(torch.tensor([sum(int((~m).sum()) for m in masks)]))
+    assert int(pruned) == round(0.5 * local * world)
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"event_s": dt, "extra": extra, "local": local}))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def sharded_worker(n: int, world: int) -> dict:
+    import json
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if world > 1:
+            mp.spawn(_sharded_rank, args=(n, world, f"{tmp}/store", tmp), nprocs=world)
+        else:
+            _sharded_rank(0, n, 1, "", tmp)
+        ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+    return {
+        "n": n,
+        "world": world,
+        "event_s": max(r["event_s"] for r in ranks),
+        "extra_per_local": max(r["extra"] / r["local"] for r in ranks),
+        "extra_mib": max(r["extra"] for r in ranks) / 2**20,
+    }
+
+
+def sharded_main(sizes: list[int], repeats: int, started: float) -> int:
+    script = Path(__file__).resolve()
+    rows = []
+    for n in sizes:
+        runs: dict[int, list[dict]] = {1: [], 2: []}
+        for _ in range(1 if n >= 10**8 else repeats):
+            for world in runs:  # interleaved, fresh processes
+                runs[world].append(common.run_worker(script, {"n": n, "sharded_world": world}, timeout=3600))
+        for world, rs in runs.items():
+            med = lambda key: statistics.median(r[key] for r in rs)  # noqa: E731
+            rows.append([f"{n:.0e}", str(world), len(rs), f"{med('event_s'):.3f}",
+                         f"{med('extra_per_local'):.2f}", f"{med('extra_mib'):.1f}"])
+            print(rows[-1], flush=True)
+    table = common.md_table(
+        ["weights", "processes", "runs", "event (s, slowest rank)", "peak extra bytes / local weight (per rank)",
+         "peak extra MiB (per rank)"],
+        rows,
+    )
+    text = (
+        common.header("8b. Scale over shards (FSDP2 event)", "python benchmarks/scale.py --sharded", started)
+        + "\nGlobal L1 to 50% over 1,000 tensors of 100 rows, split by rows over the processes (gloo on this "
+        "machine's CPU cores; each rank holds half of every tensor, as `fully_shard`'s `Shard(0)`); every rank "
+        "runs `select_masks_sharded` (radix select, histograms all-reduced) and zeroes its local weights in place, "
+        "as `UnstructuredPruning` does under `ModelParallelStrategy`. One fresh process group per run, medians. "
+        "Peak extra memory = peak RSS during the event minus RSS before it, per rank, over the rank's own weights; "
+        "it includes the returned local masks (1 byte per local weight). The ranks share the machine's cores: on "
+        "a loaded 2-core machine the sharded time is no speed-up measurement; the memory per rank is the point.\n\n"
+        + table + "\n"
+    )
+    print(table)
+    common.write_part("scale_sharded", text)
+    return 0
+
+
 def worker(args: dict) -> None:
+    if "sharded_world" in args:
+        common.worker_result(sharded_worker(int(args["n"]), int(args["sharded_world"])))
+        return
     torch.set_num_threads(1)
     from torch.nn.utils import prune
 
@@ -161,15 +262,22 @@ def import_times(repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated weight counts")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant below 1e8 (1e8: one run)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1e5 weights, 100 layers, nothing written")
-    args = p.parse_args(argv)
+    p.add_argument("--sharded", action="store_true", help="only the event over 2 processes vs 1 (part 4)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     started = time.time()
     torch.set_num_threads(1)
     sizes = [int(float(s)) for s in args.sizes.split(",")] if not args.quick else [100_000]
+    if args.sharded:
+        return sharded_main(sizes, args.repeats, started)
     script = Path(__file__).resolve()
     rows = []
     for n in sizes:

@@ -14,6 +14,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.callbacks._sharded import check_strategy
 from lightning_prune.core._validation import check_bool
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.distill import frozen_copy, kd_loss
@@ -117,6 +118,11 @@ class Distillation(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if check_strategy(trainer, "Distillation"):  # FSDP1 is refused in there
+            raise ValueError(
+                "Distillation does not support ModelParallelStrategy (FSDP2): its teacher is a full, unsharded copy "
+                "of the module on every rank. Distil under DDP or on one device (see docs/distributed.md)"
+            )
         if self._pl_module is pl_module and self._teacher is not None:
             return  # a second fit of the same module (it continues the schedule): the teacher stays
         self._pl_module = pl_module

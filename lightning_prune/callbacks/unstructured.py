@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lightning_prune.callbacks import _sharded
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, starts_from_trained
 from lightning_prune.core._validation import check_bool, check_choice, check_fraction, check_int
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
@@ -195,6 +196,8 @@ class UnstructuredPruning(ScheduledPruning):
         self._targets: list[mask_ops.Target] = []
         self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
         self._rewind: dict[str, torch.Tensor] | None = None
+        self._shard: _sharded.ShardedMasks | None = None  # FSDP2: the local masks (see callbacks._sharded)
+        self._fsdp2 = False
 
     def _check_rewind(self, from_trained: bool) -> None:
         first_event = self._sched.first_epoch(from_trained)
@@ -223,6 +226,7 @@ class UnstructuredPruning(ScheduledPruning):
         # every check that can refuse the run comes before any change
         schedule_map = self._check_schedule(trainer, pl_module)
         self._check_averaging(trainer)
+        self._fsdp2 = _sharded.check_unstructured(self, trainer)
         self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
         early = not is_overridden("configure_model", pl_module) and not continuing
@@ -297,10 +301,12 @@ class UnstructuredPruning(ScheduledPruning):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        sharded = self._shard.state() if self._shard is not None else None  # a collective: on every rank
         return {
             "version": _STATE_VERSION,
             "targets": [mask_ops.target_key(t) for t in self._targets],
-            "masks": dict(self._packed),
+            "masks": dict(self._packed) if sharded is None else {},
+            "sharded_masks": sharded,
             **self._schedule_state(),
             "rewind": dict(self._rewind) if self._rewind is not None else None,
             "pattern": self.pattern,
@@ -308,6 +314,8 @@ class UnstructuredPruning(ScheduledPruning):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("sharded_masks"):  # saved under FSDP2: the whole masks are the ranks' in order
+            state_dict = {**state_dict, "masks": _sharded.join_sharded_masks(state_dict["sharded_masks"])}
         masks = state_dict.get("masks") or {}
         pl_module = self._module
         if masks and not (self._fitting and pl_module is not None):
@@ -323,6 +331,9 @@ class UnstructuredPruning(ScheduledPruning):
             return
         # The model weights (plain, zeros where pruned) are loaded by now, and the optimizer is not yet built:
         # re-apply the masks so that training continues on exactly the same reparametrised model.
+        if self._shard is not None:  # FSDP2: this rank's slices of the whole masks
+            self._packed = self._shard.load(self._packed)
+            return
         self._apply_packed(pl_module)
         self._follow_averaged(pl_module.trainer, pl_module)
 
@@ -355,6 +366,22 @@ class UnstructuredPruning(ScheduledPruning):
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._targets:
             self._targets = self._find_targets(pl_module, self._schedule_map)
+        self._shard = None
+        if self._fsdp2:
+            keys = [mask_ops.target_key(t) for t in self._targets]
+            self._shard = _sharded.ShardedMasks(_sharded.target_params(pl_module, self._targets), keys)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._shard is not None:  # FSDP2: pruned entries get no gradient, as under the reparametrisation
+            self._shard.zero_grads()
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._shard is not None:
+            self._shard.zero_weights()
 
     def _check_averaging(self, trainer: pl.Trainer) -> None:
         """Refuse a weight averaging whose arithmetic cannot run on the boolean mask buffers."""
@@ -403,6 +430,9 @@ class UnstructuredPruning(ScheduledPruning):
 
     def _apply_packed(self, model: torch.nn.Module) -> None:
         """Apply this callback's current masks to ``model`` (the module, or an averaged copy of it)."""
+        if self._shard is not None:
+            self._shard.adopt(self._packed)
+            return
         keys = [mask_ops.target_key(t) for t in self._targets]
         device_of = [mask_ops.get_param(model.get_submodule(n), p).device for n, p in self._targets]
         mask_ops.apply_masks(
@@ -445,12 +475,18 @@ class UnstructuredPruning(ScheduledPruning):
         return kept, dims
 
     def _total(self) -> int:
+        if self._shard is not None:
+            return self._shard.counts[1]
         return sum(int(torch.tensor(p["shape"]).prod()) if p["shape"] else 1 for p in self._packed.values())
 
     def _sparsity(self) -> float:
+        if self._shard is not None:
+            return self._shard.counts[0] / self._shard.counts[1]
         return mask_ops.mask_sparsity(unpack_mask(p) for p in self._packed.values())
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        if self._shard is not None:
+            return _sharded.prune_event(self, trainer, target, epoch, event)
         targets = self._targets
         weights = mask_ops.current_weights(pl_module, targets)
         prev = mask_ops.get_masks(pl_module, targets)

@@ -180,6 +180,13 @@ _LAZY: dict[str, str] = {
     # unstructured.select
     "CHUNK": "lightning_prune.core.unstructured.select",
     "select_masks": "lightning_prune.core.unstructured.select",
+    "select_with_keys": "lightning_prune.core.unstructured.select",
+    # unstructured.sharded
+    "Collective": "lightning_prune.core.unstructured.sharded",
+    "ShardedKeys": "lightning_prune.core.unstructured.sharded",
+    "draw_slice": "lightning_prune.core.unstructured.sharded",
+    "nm_masks_sharded": "lightning_prune.core.unstructured.sharded",
+    "select_masks_sharded": "lightning_prune.core.unstructured.sharded",
 }
 
 __all__ = sorted(_LAZY)
@@ -376,4 +383,12 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.unstructured.select import (
         CHUNK,
         select_masks,
+        select_with_keys,
+    )
+    from lightning_prune.core.unstructured.sharded import (
+        Collective,
+        ShardedKeys,
+        draw_slice,
+        nm_masks_sharded,
+        select_masks_sharded,
     )

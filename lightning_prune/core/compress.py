@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lightning_prune.core._dtensor import count_nonzero, local_tensor, sum_over_mesh
 from lightning_prune.core.bitpack import BitOrder, pack_bits, unpack_bits
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.unstructured.reparam import effective
@@ -116,7 +117,7 @@ def _plan(t: torch.Tensor, nonzero: int | None = None) -> tuple[_Encoding, _Spar
     dense = n * es
     if n == 0 or t.dtype not in _SPARSE_OK or t.is_sparse:
         return "dense", None, dense
-    nz = int(torch.count_nonzero(t).item()) if nonzero is None else nonzero
+    nz = count_nonzero(t) if nonzero is None else nonzero
     ib = _index_bytes(n)
     pos_kind: _SparseEncoding
     pos_kind, pos_bytes = ("bitmask", _bitmask_bytes(n)) if _bitmask_bytes(n) <= nz * ib else ("indices", nz * ib)
@@ -124,8 +125,8 @@ def _plan(t: torch.Tensor, nonzero: int | None = None) -> tuple[_Encoding, _Spar
     neg_bytes = 0
     if t.is_floating_point() and nz < n:
         # -0.0 is the only value that equals 0 with a non-zero bit pattern: one fast count on the raw bits
-        bits = t.detach().reshape(-1).view(_INT_OF_SIZE[t.element_size()])
-        n_neg = int(torch.count_nonzero(bits).item()) - nz
+        bits = local_tensor(t).detach().reshape(-1).view(_INT_OF_SIZE[t.element_size()])
+        n_neg = sum_over_mesh(int(torch.count_nonzero(bits).item()), t) - nz  # a DTensor: over its shards
         if n_neg:
             neg_kind, neg_bytes = (
                 ("bitmask", _bitmask_bytes(n - nz)) if _bitmask_bytes(n - nz) <= n_neg * ib else ("indices", n_neg * ib)

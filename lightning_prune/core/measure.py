@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.core._dtensor import count_nonzero
 from lightning_prune.core._inputs import as_args, device_dtype, move
 from lightning_prune.core.patterns import strip_wrappers
 from lightning_prune.core.unstructured.reparam import effective_weight, is_pruned
@@ -129,7 +130,7 @@ def prunable_layers(model: nn.Module, types: Sequence[type[nn.Module]] | None = 
 
 
 def _nnz(t: torch.Tensor) -> int:
-    return int(torch.count_nonzero(t).item()) if t.numel() else 0
+    return count_nonzero(t)  # a DTensor (FSDP2): summed over its shards
 
 
 # --------------------------------------------------------------------------------------------------------

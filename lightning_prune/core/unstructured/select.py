@@ -35,7 +35,7 @@ from torch import Tensor
 from lightning_prune.core.schedules import count_for
 from lightning_prune.core.unstructured.scores import lamp_scores
 
-__all__ = ["CHUNK", "select_masks"]
+__all__ = ["CHUNK", "select_masks", "select_with_keys"]
 
 #: elements per chunk: the memory of a pass is a few chunks of keys (int32/int64) and bools
 CHUNK = 1 << 14
@@ -57,6 +57,7 @@ class _Keys:
         generator: torch.Generator | None,
     ) -> None:
         self.flat = [w.detach().reshape(-1) for w in weights]
+        self.shapes = [w.shape for w in weights]
         self.prev = [None if m is None else m.detach().reshape(-1) for m in prev]
         self.norm = norm
         self.device = self.flat[0].device if self.flat else torch.device("cpu")
@@ -72,6 +73,21 @@ class _Keys:
         self._drawn: tuple[int, Tensor] | None = None
         self._lamp: tuple[int, Tensor] | None = None  # lamp: one tensor's scores at a time
         self.caps: dict[int, tuple[int, int]] = {}  # tensor -> (key, position): eligible up to (key, position)
+
+    # hooks of a selection spread over processes (each holding a shard of every tensor, see
+    # core.unstructured.sharded); on one process they are identities
+    def sizes(self) -> list[int]:
+        """Number of weights of each tensor, over all processes."""
+        return [w.numel() for w in self.flat]
+
+    def reduce(self, counts: Tensor) -> Tensor:
+        """``counts`` (a histogram, per-tensor counts) summed over all processes."""
+        return counts
+
+    def local_ties(self, tensors: range, t: int, r: int) -> int:
+        """How many of this process's keys equal to ``t`` in ``tensors`` are among the first ``r`` of all
+        processes' (ordered by tensor, then flat position in the whole tensor)."""
+        return r
 
     def finish(self) -> None:
         """Leave a random generator where drawing every tensor's scores once leaves it."""
@@ -154,6 +170,7 @@ def _kth(keys: _Keys, tensors: range, k: int) -> tuple[int, int]:
             sel = key[(key >> high) == prefix]  # negative sentinels never match
             if sel.numel():
                 hist += torch.bincount((sel >> shift) & ((1 << width) - 1), minlength=1 << width)
+        hist = keys.reduce(hist)
         cum = torch.cumsum(hist, 0)
         digit = int(torch.searchsorted(cum, torch.tensor([k], device=cum.device)).item())
         if digit >= hist.numel():
@@ -187,7 +204,11 @@ def _write(keys: _Keys, tensors: range, t: int, r: int, masks: list[Tensor]) -> 
 
 
 def _position_of(keys: _Keys, i: int, t: int, r: int) -> int:
-    """Flat position in tensor ``i`` of the ``r``-th key equal to ``t`` (``r >= 1``)."""
+    """Flat position in (this process's part of) tensor ``i`` of the ``r``-th key equal to ``t`` (``r >= 1``);
+    -1 when none of this process's keys equal to ``t`` is among the first ``r``."""
+    r = keys.local_ties(range(i, i + 1), t, r)
+    if r == 0:
+        return -1
     seen = 0
     for key, pieces in keys.chunks(range(i, i + 1)):
         eq = (key == t).nonzero().reshape(-1)
@@ -200,6 +221,7 @@ def _position_of(keys: _Keys, i: int, t: int, r: int) -> int:
 def _select(keys: _Keys, tensors: range, k: int, masks: list[Tensor]) -> None:
     if k > 0:
         t, r = _kth(keys, tensors, k)
+        r = keys.local_ties(tensors, t, r)
     else:
         t, r = _PRUNED, 0
     _write(keys, tensors, t, r, masks)
@@ -235,10 +257,24 @@ def select_masks(
     """
     weights = list(weights)
     prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
-    keys = _Keys(weights, prev, norm, generator)
-    masks = [torch.ones(w.shape, dtype=torch.bool, device=w.device) for w in weights]
-    sizes = [w.numel() for w in weights]
-    prev_pruned = [0 if m is None else m.numel() - int(torch.count_nonzero(m).item()) for m in prev]
+    return select_with_keys(_Keys(weights, prev, norm, generator), k, scope, max_layer_sparsity, target)
+
+
+def select_with_keys(
+    keys: _Keys,
+    k: int | None = None,
+    scope: str = "global",
+    max_layer_sparsity: float | None = None,
+    target: float | None = None,
+) -> list[Tensor]:
+    """:func:`select_masks` on prepared keys (those of one process, or of one process's shards: then counts
+    and histograms are summed over the processes through the keys' hooks). Masks of ``keys.flat``'s shapes."""
+    masks = [torch.ones(s, dtype=torch.bool, device=w.device) for s, w in zip(keys.shapes, keys.flat, strict=True)]
+    sizes = keys.sizes()
+    local_pruned = [0 if m is None else m.numel() - int(torch.count_nonzero(m).item()) for m in keys.prev]
+    prev_pruned = [
+        int(c) for c in keys.reduce(torch.tensor(local_pruned, dtype=torch.int64, device=keys.device)).tolist()
+    ]
     if scope == "layerwise":
         if target is None:
             raise ValueError("`target` is needed for the layerwise scope")
@@ -255,24 +291,28 @@ def select_masks(
         raise ValueError(f"`k` must be in [0, {total}]; got {k}")
     k = max(k, sum(prev_pruned))
     if max_layer_sparsity is not None:
-        limits = [
-            max(int(math.floor(max_layer_sparsity * n + 1e-9)), p) for n, p in zip(sizes, prev_pruned, strict=False)
-        ]
-        room = sum(min(n, lim) for n, lim in zip(sizes, limits, strict=False))
-        if k > room:
-            raise ValueError(
-                f"`max_layer_sparsity`={max_layer_sparsity} allows at most {room} of {total} weights "
-                f"({room / total:.4f}) to be pruned, fewer than the target ({k} weights)"
-            )
-        for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, limits, strict=False)):
-            allowed = lim - p  # weights of tensor i that may still be pruned: its `allowed` smallest
-            if allowed >= n - p:
-                continue
-            if allowed == 0:
-                keys.caps[i] = (-1, -1)
-                continue
-            t, r = _kth(keys, range(i, i + 1), allowed)
-            keys.caps[i] = (t, _position_of(keys, i, t, r))
-    _select(keys, range(len(weights)), k - sum(prev_pruned), masks)
+        _set_caps(keys, k, sizes, prev_pruned, max_layer_sparsity)
+    _select(keys, range(len(keys.flat)), k - sum(prev_pruned), masks)
     keys.finish()
     return masks
+
+
+def _set_caps(keys: _Keys, k: int, sizes: list[int], prev_pruned: list[int], cap: float) -> None:
+    """Limit each tensor to its ``floor(cap * numel)`` smallest keys (raises if ``k`` then is out of reach)."""
+    limits = [max(int(math.floor(cap * n + 1e-9)), p) for n, p in zip(sizes, prev_pruned, strict=False)]
+    room = sum(min(n, lim) for n, lim in zip(sizes, limits, strict=False))
+    total = sum(sizes)
+    if k > room:
+        raise ValueError(
+            f"`max_layer_sparsity`={cap} allows at most {room} of {total} weights "
+            f"({room / total:.4f}) to be pruned, fewer than the target ({k} weights)"
+        )
+    for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, limits, strict=False)):
+        allowed = lim - p  # weights of tensor i that may still be pruned: its `allowed` smallest
+        if allowed >= n - p:
+            continue
+        if allowed == 0:
+            keys.caps[i] = (-1, -1)
+            continue
+        t, r = _kth(keys, range(i, i + 1), allowed)
+        keys.caps[i] = (t, _position_of(keys, i, t, r))

@@ -1,0 +1,244 @@
+"""``UnstructuredPruning`` under FSDP2 (Lightning's ``ModelParallelStrategy``, ``fully_shard`` in
+``configure_model``): the refusals, and the masks of the local shards.
+
+Every selected weight is a ``DTensor`` sharded along dim 0 on a 1-D mesh. ``torch.nn.utils.prune``'s
+reparametrisation cannot sit under FSDP2 (FSDP2 swaps ``module.weight`` between the sharded parameter and the
+gathered one at every forward, by name), so the masks are plain bool tensors of the local shards, kept here and
+enforced in place: at the event the local weights and their optimizer state are zeroed where pruned, before every
+optimizer step the local gradients are (so clipping and momentum see what one device sees), and after every
+training batch the local weights are zeroed again. The model's ``state_dict`` is therefore plain (zeros where
+pruned), as on one device.
+
+Checkpoint state: every rank's bit-packed local masks, in rank order (``"sharded_masks"``; the model's rows are
+split in rank order, so concatenated they are the whole masks). Lightning's distributed checkpoint writes the
+callback state from rank 0 only, so ``state_dict`` gathers the packed masks (1 bit per weight) to every rank; on
+load each rank takes its slice of the concatenation, so a resume with another number of processes, or on one
+device, works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_prune.core.bitpack import pack_mask, unpack_mask
+from lightning_prune.core.unstructured import masks as mask_ops
+from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
+
+__all__ = [
+    "ShardedMasks",
+    "check_strategy",
+    "check_unstructured",
+    "is_fsdp2",
+    "join_sharded_masks",
+    "prune_event",
+    "target_params",
+]
+
+
+def is_fsdp2(trainer: pl.Trainer) -> bool:
+    """Whether the Trainer runs Lightning's ``ModelParallelStrategy`` (FSDP2 / tensor parallelism)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(trainer.strategy, ModelParallelStrategy)
+
+
+def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
+    """Refuse, naming the strategy, what ``who`` cannot do under it; return whether it is FSDP2.
+
+    ``unsupported``: argument name -> ``(value, why)``, a value that FSDP2 cannot honour (``None``/``False`` when
+    unused) and the reason."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        raise ValueError(
+            f"{who} does not support FSDPStrategy (FSDP1: its flat parameters hide the weights): use "
+            "ModelParallelStrategy (FSDP2) with `fully_shard` in `configure_model` (see docs/distributed.md)"
+        )
+    if not is_fsdp2(trainer):
+        return False
+    mesh = trainer.strategy.device_mesh
+    if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            f"{who} under ModelParallelStrategy supports data parallelism only (fully_shard: weights sharded along "
+            f"dim 0); got tensor_parallel_size={mesh['tensor_parallel'].size()}. Use tensor_parallel_size=1"
+        )
+    for name, (value, why) in unsupported.items():
+        if value not in (None, False):
+            raise ValueError(
+                f"{who}: `{name}`={value!r} is not supported under ModelParallelStrategy (FSDP2): {why} "
+                "(see docs/distributed.md)"
+            )
+    return True
+
+
+def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
+    """``UnstructuredPruning``'s refusals under FSDP/FSDP2 (before anything changes); whether the run is FSDP2."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    averaging = [type(c).__name__ for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+    return check_strategy(
+        trainer,
+        "UnstructuredPruning",
+        norm=(
+            "lamp" if cb.norm == "lamp" else None,
+            "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'",
+        ),
+        rewind_epoch=(cb.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
+        callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
+    )
+
+
+def join_sharded_masks(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The whole packed masks of a ``"sharded_masks"`` checkpoint state (for a resume on one device)."""
+    ranks = state["ranks"]
+    out = {}
+    for key in ranks[0]:
+        parts = [unpack_mask(r[key]).reshape(-1) for r in ranks]
+        out[key] = pack_mask(torch.cat(parts).reshape(state["shapes"][key]))
+    return out
+
+
+class ShardedMasks:
+    """The local masks of one fit's sharded targets, and the operations on them."""
+
+    def __init__(self, params: list[Tensor], names: list[str]) -> None:
+        from torch.distributed.tensor import DTensor, Shard
+
+        plain = [n for n, p in zip(names, params, strict=True) if not isinstance(p, DTensor)]
+        if plain:
+            raise ValueError(
+                "UnstructuredPruning under ModelParallelStrategy needs every selected weight sharded by `fully_shard` "
+                f"(a DTensor); these are plain tensors: {plain[:10]}. Call fully_shard on the root module too, or "
+                "leave them out with `exclude`"
+            )
+        odd = [n for n, p in zip(names, params, strict=True) if tuple(p.placements) != (Shard(0),)]
+        if odd or any(p.device_mesh != params[0].device_mesh or p.device_mesh.ndim != 1 for p in params):
+            raise ValueError(
+                f"UnstructuredPruning under ModelParallelStrategy needs weights sharded along dim 0 on one 1-D mesh "
+                f"(fully_shard's default); these are not: {odd[:10]}"
+            )
+        mesh = params[0].device_mesh
+        group = mesh.get_group()
+        self.comm = Collective.process_group(group)
+        if mesh.get_local_rank() != self.comm.rank:
+            raise ValueError("UnstructuredPruning: the mesh's shard order differs from the process group's ranks")
+        self.params = params
+        self.names = names
+        self.shapes = {n: list(p.shape) for n, p in zip(names, params, strict=True)}
+        self.local: list[Tensor] | None = None
+        self.counts = (0, sum(p.numel() for p in params))  # (pruned, total) over the whole model
+
+    def shards(self) -> list[Tensor]:
+        return [p.to_local() for p in self.params]
+
+    def select(self, cb: Any, target: float, generator: torch.Generator | None) -> list[Tensor]:
+        """The local masks of an event (the callback's arguments: norm, scope, pattern, cap)."""
+        shards = [s.detach() for s in self.shards()]
+        if cb._nm is not None:
+            return nm_masks_sharded(
+                shards, cb._nm_dims, *cb._nm, self.comm, target, cb.norm, cb.scope, self.local, generator
+            )
+        return select_masks_sharded(
+            shards,
+            self.comm,
+            norm=cb.norm,
+            scope=cb.scope,
+            prev_masks=self.local,
+            max_layer_sparsity=cb.max_layer_sparsity,
+            generator=generator,
+            target=target,
+        )
+
+    def set(self, masks: list[Tensor], optimizers: list[torch.optim.Optimizer]) -> None:
+        """Adopt ``masks`` (local): zero the local weights and their optimizer state where pruned."""
+        self.local = [m.to(device=s.device, dtype=torch.bool) for m, s in zip(masks, self.shards(), strict=True)]
+        self.zero_weights()
+        for optimizer in optimizers:
+            for param, keep in zip(self.params, self.local, strict=True):
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, Tensor) and value.shape == param.shape:
+                        local = value.to_local() if hasattr(value, "to_local") else value
+                        local.masked_fill_(~keep, 0)
+        self._count()
+
+    def zero_weights(self) -> None:
+        if self.local is None:
+            return
+        with torch.no_grad():
+            for shard, keep in zip(self.shards(), self.local, strict=True):
+                shard.masked_fill_(~keep, 0)
+
+    def zero_grads(self) -> None:
+        if self.local is None:
+            return
+        for param, keep in zip(self.params, self.local, strict=True):
+            if param.grad is not None:
+                grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+                grad.masked_fill_(~keep, 0)
+
+    def packed(self) -> dict[str, dict[str, Any]]:
+        return {n: pack_mask(m.cpu()) for n, m in zip(self.names, self.local or [], strict=False)}
+
+    def state(self) -> dict[str, Any]:
+        """Every rank's packed local masks, in rank order (a collective: call it on every rank)."""
+        import torch.distributed as dist
+
+        ranks: list[Any] = [None] * self.comm.world
+        dist.all_gather_object(ranks, self.packed(), group=self.params[0].device_mesh.get_group())
+        return {"world_size": self.comm.world, "shapes": dict(self.shapes), "ranks": ranks}
+
+    def adopt(self, packed: dict[str, dict[str, Any]]) -> None:
+        """Adopt this rank's packed local masks (``packed()`` of an earlier fit) and enforce them."""
+        self.local = [unpack_mask(packed[n], s.device) for n, s in zip(self.names, self.shards(), strict=True)]
+        self.zero_weights()
+        self._count()
+
+    def _count(self) -> None:
+        pruned = sum(int((~m).sum()) for m in self.local or [])
+        device = self.params[0].device
+        total = self.comm.table(torch.tensor([pruned], dtype=torch.int64, device=device)).sum()
+        self.counts = (int(total), self.counts[1])
+
+    def load(self, packed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """This rank's slices of whole packed masks (``{key: packed}``, as one device saves them); returns them
+        packed (the callback's ``_packed``) after adopting them."""
+        shards = self.shards()
+        sizes = self.comm.table(torch.tensor([s.numel() for s in shards], dtype=torch.int64, device=shards[0].device))
+        starts = sizes[: self.comm.rank].sum(0).tolist()
+        local = []
+        for name, shard, start in zip(self.names, shards, starts, strict=True):
+            whole = unpack_mask(packed[name]).reshape(-1)
+            local.append(whole[int(start) : int(start) + shard.numel()].reshape(shard.shape).to(shard.device))
+        self.local = local
+        self.zero_weights()
+        self._count()
+        return self.packed()
+
+
+def target_params(pl_module: pl.LightningModule, targets: list[mask_ops.Target]) -> list[Tensor]:
+    return [mask_ops.get_param(pl_module.get_submodule(n), p) for n, p in targets]
+
+
+def prune_event(cb: Any, trainer: pl.Trainer, target: float, epoch: int, event: int) -> None:
+    """``UnstructuredPruning._prune`` over shards: select, enforce, record (every rank at once)."""
+    shard: ShardedMasks = cb._shard
+    generator = torch.Generator().manual_seed(cb.seed * 1_000_003 + event) if cb.norm == "random" else None
+    masks = shard.select(cb, target, generator)
+    shard.set(masks, list(trainer.optimizers))
+    cb._packed = shard.packed()
+    cb._last_event_epoch = event
+    pruned, total = shard.counts
+    cb._history.append(
+        {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
+    )
+    if cb.verbose:
+        rank_zero_info(
+            f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned (sparsity "
+            f"{pruned / total:.4f}, target {target:.4f}, {cb.norm}, {cb.scope}"
+            f"{', pattern ' + cb.pattern if cb.pattern else ''}; sharded over {shard.comm.world} processes)"
+        )
