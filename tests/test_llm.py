@@ -287,3 +287,36 @@ def test_activation_criterion_ranks_by_training_inputs_and_resumes(tmp_path):
     sums = cb.state_dict()["activation_sums"]
     assert set(sums) == {f"0|{i}|{k}" for i in (0, 1) for k in ("mlp", "attn")}
     assert sums["0|0|mlp"].shape == (64,)  # accumulated since the event, over the kept channels
+
+
+class DistilledLM(TinyLM):
+    """The module adds the distillation term (the teacher is called like the module: ``self(batch)``)."""
+
+    def forward(self, batch):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def training_step(self, batch, batch_idx):
+        from lightning_prune import distillation_loss
+
+        logits = self(batch)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), batch["labels"][:, 1:].reshape(-1))
+        return loss + distillation_loss(self, batch, logits)
+
+
+def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
+    from lightning_prune import Distillation
+
+    def callbacks():
+        return [DecoderPruning(mlp_ratio=0.5, head_ratio=0.5, start_epoch=1, end_epoch=2), Distillation()]
+
+    full, cbs = DistilledLM(), callbacks()
+    _trainer(tmp_path, 3, [*cbs, _ckpt_callback(tmp_path)], enable_checkpointing=True).fit(full, loader())
+    teacher = cbs[1].teacher.model
+    assert teacher.config.intermediate_size == 128 and teacher.model.layers[0].mlp.gate_proj.out_features == 128
+    assert full.model.config.intermediate_size == 64
+    resumed, cbs2 = DistilledLM(), callbacks()
+    _trainer(tmp_path, 3, cbs2).fit(resumed, loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
+    teacher2 = cbs2[1].teacher.model
+    assert teacher2.config.intermediate_size == 128 and teacher2.config.num_key_value_heads == 2
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks._scheduled import ScheduledPruning
 from lightning_prune.core._validation import check_bool
+from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.distill import frozen_copy, kd_loss
 
@@ -169,6 +170,7 @@ class Distillation(Callback):
 
     def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
         teacher = frozen_copy(pl_module)
+        reshape_decoder_to_state_dict(teacher, state)  # a width-pruned LLM: its config's widths too
         reshape_to_state_dict(teacher, state)  # a channel-pruned student: the teacher gets its own shapes back
         teacher.load_state_dict(state, strict=True)
         return teacher

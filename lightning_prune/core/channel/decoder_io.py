@@ -44,9 +44,8 @@ from lightning_prune.core.channel.decoder import (
     decoder_widths,
     find_decoders,
     own_config,
-    prune_kv_groups,
-    prune_mlp,
     set_config_widths,
+    sync_attention_attrs,
 )
 
 
@@ -69,12 +68,27 @@ def _state_widths(state: Mapping[str, Any], prefix: str, n_layers: int, head_dim
     return found[0] if found else None
 
 
+def _resize_from_state(module: Any, prefix: str, state: Mapping[str, Any]) -> None:
+    """Give ``module``'s Linear children the shapes ``state`` holds (zero-filled; the values load next)."""
+    for child_name, child in module.named_children():
+        if not isinstance(child, nn.Linear):
+            continue
+        for key in ("weight", "bias"):
+            old, src = getattr(child, key, None), state.get(f"{prefix}{child_name}.{key}")
+            if old is None or not isinstance(src, torch.Tensor) or tuple(src.shape) == tuple(old.shape):
+                continue
+            new = torch.zeros(tuple(src.shape), dtype=old.dtype, device=old.device)
+            setattr(child, key, nn.Parameter(new, requires_grad=old.requires_grad))
+        child.out_features, child.in_features = int(child.weight.shape[0]), int(child.weight.shape[1])
+
+
 def reshape_decoder_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
     """Give every decoder in ``model`` the widths its blocks have in ``state_dict`` (keys relative to ``model``).
 
-    The blocks get zero-filled tensors of the checkpoint's shapes (their first channels and groups: the values
-    come from ``load_state_dict`` next), the head-count and width attributes and the config follow. A no-op when
-    the widths already match. Returns the names of the decoders reshaped.
+    The blocks' projections get zero-filled tensors of the checkpoint's shapes (narrower after pruning, or the
+    full widths back, e.g. for an unpruned teacher built from a pruned model); their head-count attributes and
+    the config follow (``head_dim`` and the query heads per KV head are kept). A no-op when the widths already
+    match. Returns the names of the decoders reshaped.
     """
     changed = []
     for name, decoder in find_decoders(model):
@@ -84,24 +98,17 @@ def reshape_decoder_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any
         if target is None or target == now:
             continue
         group = now.num_attention_heads // now.num_key_value_heads
-        if (
-            target.intermediate_size > now.intermediate_size
-            or target.num_key_value_heads > now.num_key_value_heads
-            or target.num_attention_heads != target.num_key_value_heads * group
-        ):
+        if target.num_attention_heads != target.num_key_value_heads * group:
             raise DecoderPruningError(
-                f"the checkpoint's widths under {prefix!r} ({target}) are not a KV-group pruning of the model's "
-                f"({now}): build the model from the same config as the pruned run"
+                f"the checkpoint's widths under {prefix!r} ({target}) do not keep {group} query heads per KV head "
+                f"as the model does ({now}): build the model from the same config as the pruned run"
             )
-        scratch: dict[torch.Tensor, tuple] = {}
-        for layer in decoder.layers:
-            if target.intermediate_size != now.intermediate_size:
-                prune_mlp(layer, torch.arange(target.intermediate_size), scratch)
-            if target.num_key_value_heads != now.num_key_value_heads:
-                prune_kv_groups(layer, torch.arange(target.num_key_value_heads), now, scratch)
-        with torch.no_grad():
-            for new, _keep, _shape in scratch.values():
-                new.zero_()
+        for i, layer in enumerate(decoder.layers):
+            _resize_from_state(layer.mlp, f"{prefix}layers.{i}.mlp.", state_dict)
+            _resize_from_state(layer.self_attn, f"{prefix}layers.{i}.self_attn.", state_dict)
+            if isinstance(getattr(layer.mlp, "intermediate_size", None), int):
+                layer.mlp.intermediate_size = target.intermediate_size
+            sync_attention_attrs(layer.self_attn, target.num_attention_heads, target.num_key_value_heads)
         set_config_widths(own_config(model, decoder), target)
         changed.append(name)
     return changed
