@@ -320,3 +320,15 @@ def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
     assert teacher2.config.intermediate_size == 128 and teacher2.config.num_key_value_heads == 2
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_ranks_keep_the_same_channels_and_weights(tmp_path):
+    from helpers import run_ddp_script
+
+    r0, r1 = run_ddp_script("decoder_ddp.py", tmp_path)
+    assert (
+        r0["widths"]
+        == r1["widths"]
+        == [{"intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}]
+    )
+    assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
