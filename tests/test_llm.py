@@ -178,6 +178,13 @@ def test_compiled_and_tensor_parallel_models_are_refused_naming_the_reason():
     assert model.config.intermediate_size == 128  # refused before anything changed
 
 
+def test_fit_of_a_compiled_module_is_refused_before_any_change(tmp_path):
+    module = TinyLM()
+    with pytest.raises(DecoderPruningError, match="torch.compile"):
+        _trainer(tmp_path, 2, [DecoderPruning(start_epoch=0)]).fit(torch.compile(module), loader())
+    assert module.model.config.intermediate_size == 128
+
+
 def test_partial_rotary_and_sliding_window_are_handled(tmp_path):
     # whole heads are removed, so head_dim (and its rotary part) and the sequence axis stay as they were
     torch.manual_seed(0)
@@ -259,6 +266,9 @@ def test_fit_prunes_generates_resumes_bit_exact_and_reloads(tmp_path, arch):
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert cb2.history == cb.history
+    fresh = TinyLM(arch)  # validate(ckpt_path=...) with the callback reshapes a fresh model too
+    _trainer(tmp_path, 4, [callback()]).validate(fresh, loader(), ckpt_path=tmp_path / "ckpt" / "epoch=3.ckpt")
+    assert fresh.model.config.intermediate_size == 64 and torch.equal(fresh.state_dict()[key := next(iter(a))], a[key])
 
     loaded = TinyLM.load_from_checkpoint(tmp_path / "ckpt" / "epoch=3.ckpt")
     assert (_logits(loaded.model, ids) - _logits(full.model, ids)).abs().max().item() == 0

@@ -119,6 +119,11 @@ class DecoderPruning(ScheduledPruning):
             self._install_load_hook(pl_module)
             return
         self._check_strategy(trainer)
+        if getattr(pl_module, "_compiler_ctx", None) is not None:  # trainer.fit(torch.compile(module))
+            raise DecoderPruningError(
+                "cannot prune a torch.compile'd LightningModule: the compiled graph keeps the old shapes; prune the "
+                "eager model and compile the pruned one afterwards"
+            )
         for _, decoder in find_decoders(pl_module):  # none yet when the model is built in configure_model
             check_decoder(pl_module, decoder)
         schedule_map = self._check_schedule(trainer, pl_module)
