@@ -197,6 +197,11 @@ _LAZY: dict[str, str] = {
     # unstructured.select
     "CHUNK": "lightning_prune.core.unstructured.select",
     "select_masks": "lightning_prune.core.unstructured.select",
+    # unstructured.wanda
+    "InputNorms": "lightning_prune.core.unstructured.wanda",
+    "input_dim": "lightning_prune.core.unstructured.wanda",
+    "wanda_scores": "lightning_prune.core.unstructured.wanda",
+    "wanda_weights": "lightning_prune.core.unstructured.wanda",
 }
 
 __all__ = sorted(_LAZY)
@@ -412,4 +417,10 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.unstructured.select import (
         CHUNK,
         select_masks,
+    )
+    from lightning_prune.core.unstructured.wanda import (
+        InputNorms,
+        input_dim,
+        wanda_scores,
+        wanda_weights,
     )
