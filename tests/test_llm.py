@@ -139,6 +139,16 @@ def test_targets_are_absolute_and_the_config_is_the_models_own():
     assert model.model.layers[0].mlp.config is model.config
 
 
+def test_a_frozen_decoder_in_the_module_is_left_alone():
+    student, teacher = make_lm(), make_lm(seed=1).requires_grad_(False)
+    both = torch.nn.ModuleDict({"student": student, "teacher": teacher})
+    DecoderPruner().step(both, mlp_ratio=0.5)
+    assert (student.config.intermediate_size, teacher.config.intermediate_size) == (64, 128)
+    assert teacher.model.layers[0].mlp.gate_proj.weight.shape == (128, 64)
+    with pytest.raises(DecoderPruningError, match="trainable"):
+        DecoderPruner().step(teacher, mlp_ratio=0.5)
+
+
 def test_head_ratio_rounds_to_whole_kv_groups_and_says_so():
     assert kept_groups(2, 0.25, 2) == (1, kept_groups(2, 0.25, 2)[1])
     assert "rounded to 1 whole group" in kept_groups(2, 0.25, 2)[1]
@@ -342,3 +352,11 @@ def test_ddp_ranks_keep_the_same_channels_and_weights(tmp_path):
         == [{"intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}]
     )
     assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
+
+
+def test_a_second_fit_continues_the_schedule_from_the_original_widths(tmp_path):
+    module, cb = TinyLM(), DecoderPruning(mlp_ratio=0.5, start_epoch=0, end_epoch=3)
+    with pytest.warns(UserWarning, match="before the final pruning target"):
+        _trainer(tmp_path, 2, [cb]).fit(module, loader())
+    _trainer(tmp_path, 4, [cb]).fit(module, loader())
+    assert [h["widths"][0]["intermediate_size"] for h in cb.history] == [112, 96, 80, 64]

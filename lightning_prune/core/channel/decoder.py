@@ -447,12 +447,18 @@ class DecoderPruner:
         self.original = [{k: int(v) for k, v in o.items()} for o in state.get("original", [])]
 
     def prepare(self, model: nn.Module) -> list[Any]:
-        """Find the decoders, check them, and record their original widths (once); returns the decoders."""
-        decoders = [m for _, m in find_decoders(model)]
+        """Find the decoders, check them, and record their original widths (once); returns the decoders.
+
+        A decoder whose parameters are all frozen (``requires_grad=False``, e.g. a teacher kept inside the module)
+        is left alone."""
+        found = [m for _, m in find_decoders(model)]
+        decoders = [m for m in found if any(p.requires_grad for p in m.parameters())]
         if not decoders:
             raise DecoderPruningError(
-                f"no Hugging Face style decoder found in {type(model).__name__}: expected a module with `config` and "
-                "`layers[i].mlp.gate_proj/up_proj/down_proj` and `layers[i].self_attn.q_proj/k_proj/v_proj/o_proj`"
+                f"no Hugging Face style decoder with trainable parameters found in {type(model).__name__} "
+                f"({len(found)} frozen): expected a module with `config` and `layers[i].mlp.gate_proj/up_proj/"
+                "down_proj` and `layers[i].self_attn.q_proj/k_proj/v_proj/o_proj` (LoRA-wrapped projections are "
+                "not supported)"
             )
         for decoder in decoders:
             check_decoder(model, decoder)
