@@ -152,6 +152,8 @@ class DecoderPruning(ScheduledPruning):
 
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         decoders = self.core.prepare(pl_module)  # raises, naming the reason, on a model it cannot prune
+        for note in self.core.notes if self.verbose else []:
+            rank_zero_info(f"DecoderPruning: {note}")
         for kind, ratio in (("mlp", self.mlp_ratio), ("attn", self.head_ratio)):
             if ratio > 0 and kind in self.core.refused:
                 raise DecoderPruningError(self.core.refused[kind])

@@ -426,10 +426,9 @@ class DecoderPruner:
         round_to: keep the intermediate width a multiple of this (e.g. 8 or 64 for fast matmuls).
         seed: seed of the ``"random"`` criterion.
 
-    A channel's (group's) score is summed over the layers, so every layer keeps the same indices count (not the
-    same indices: each layer keeps its own top channels). ``original`` (the widths before any pruning) is state:
-    :meth:`state_dict` gives it as plain data and :meth:`load_state_dict` restores it, so targets stay relative
-    to the unpruned model after a resume.
+    Every layer keeps the same number of channels (and KV groups), each layer its own top-scored ones.
+    ``original`` (the widths before any pruning) is state: :meth:`state_dict` gives it as plain data and
+    :meth:`load_state_dict` restores it, so targets stay relative to the unpruned model after a resume.
     """
 
     def __init__(self, criterion: DecoderCriterion = "l2", round_to: int = 1, seed: int = 0) -> None:
@@ -437,6 +436,8 @@ class DecoderPruner:
         self.round_to = int(check_int("round_to", round_to, minimum=1) or 1)
         self.seed = int(check_int("seed", seed, minimum=0) or 0)
         self.original: list[dict[str, int]] = []
+        #: what :func:`check_decoder` found handled as is (partial rotary, sliding window), after :meth:`prepare`
+        self.notes: list[str] = []
         #: ``{"mlp" | "attn": reason}``: parts of the blocks this model's layout does not let the engine prune
         self.refused: dict[str, str] = {}
 
@@ -460,8 +461,9 @@ class DecoderPruner:
                 "down_proj` and `layers[i].self_attn.q_proj/k_proj/v_proj/o_proj` (LoRA-wrapped projections are "
                 "not supported)"
             )
+        self.notes = []
         for decoder in decoders:
-            check_decoder(model, decoder)
+            self.notes += check_decoder(model, decoder)
             head_dim = decoder_widths(decoder).head_dim
             extra = unsupported_parameters(decoder.layers[0], head_dim)
             for kind, names in extra.items():
