@@ -61,6 +61,7 @@ def test_llm_prune_finetune(monkeypatch, capsys, tmp_path):
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 8,
+        "hidden_size": 64,
     }
     assert result["pruned_params"] < result["dense_params"]
     assert result["logits_diff"] < 1e-5

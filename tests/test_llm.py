@@ -118,7 +118,7 @@ def test_removing_zeroed_channels_and_groups_keeps_the_logits():
     before = _logits(model, ids)
     result = DecoderPruner("l2").step(model, mlp_ratio=0.25, head_ratio=0.5)
     assert [w.as_dict() for w in result.widths] == [
-        {"intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}
+        {"intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "hidden_size": 64}
     ]
     assert model.model.layers[1].mlp.down_proj.in_features == 96
     assert (_logits(model, ids) - before).abs().max().item() < 1e-5
@@ -133,7 +133,15 @@ def test_targets_are_absolute_and_the_config_is_the_models_own():
     pruner.step(model, mlp_ratio=0.5)  # relative to the original 128, not to 120
     assert model.config.intermediate_size == 64 and model.model.layers[0].mlp.gate_proj.out_features == 64
     assert pruner.state_dict() == {
-        "original": [{"intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}]
+        "original": [
+            {
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "hidden_size": 64,
+            }
+        ]
     }
     assert config.intermediate_size == 128  # the config object it was built from is untouched
     assert model.model.layers[0].mlp.config is model.config
@@ -292,7 +300,9 @@ def test_model_built_in_configure_model_and_a_rounded_head_ratio(tmp_path):
     cb = DecoderPruning(mlp_ratio=0.25, head_ratio=0.25, schedule="constant", start_epoch=0, end_epoch=0)
     with pytest.warns(UserWarning, match="rounded to 1 whole group"):
         _trainer(tmp_path, 1, [cb]).fit(module, loader())
-    assert cb.widths == [{"intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}]
+    assert cb.widths == [
+        {"intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "hidden_size": 64}
+    ]
 
 
 def test_activation_criterion_ranks_by_training_inputs_and_resumes(tmp_path):
@@ -349,7 +359,15 @@ def test_ddp_ranks_keep_the_same_channels_and_weights(tmp_path):
     assert (
         r0["widths"]
         == r1["widths"]
-        == [{"intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}]
+        == [
+            {
+                "intermediate_size": 64,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "hidden_size": 64,
+            }
+        ]
     )
     assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
 
@@ -360,3 +378,49 @@ def test_a_second_fit_continues_the_schedule_from_the_original_widths(tmp_path):
         _trainer(tmp_path, 2, [cb]).fit(module, loader())
     _trainer(tmp_path, 4, [cb]).fit(module, loader())
     assert [h["widths"][0]["intermediate_size"] for h in cb.history] == [112, 96, 80, 64]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_hidden_size_pruning_keeps_ties_generate_reload_and_optimizer_state(tmp_path, arch):
+    tied = arch == "llama"
+    model = make_lm(arch, tie_word_embeddings=tied)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 128, (2, 9))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    gate_before = model.model.layers[0].mlp.gate_proj.weight
+    result = DecoderPruner().step(model, mlp_ratio=0.25, head_ratio=0.5, hidden_ratio=0.25)
+    from lightning_prune.core.channel.optim import rebind_optimizer
+
+    rebind_optimizer(opt, result.changes)
+    assert model.config.hidden_size == 48 and model.config.head_dim == 16
+    assert (model.model.embed_tokens.embedding_dim, model.lm_head.in_features) == (48, 48)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    gate = model.model.layers[0].mlp.gate_proj.weight
+    assert gate.shape == (96, 48) and opt.state[gate]["exp_avg"].shape == (96, 48)  # both cuts, one entry
+    assert torch.equal(result.changes[gate_before][0], gate)
+    assert all(p in opt.state for p in model.parameters())
+    out = model.generate(ids[:, :4], attention_mask=torch.ones(2, 4, dtype=torch.long), max_new_tokens=4)
+    assert out.shape == (2, 8)
+    save_pretrained(model, tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert (_logits(loaded, ids) - _logits(model, ids)).abs().max().item() < 1e-5
+    fresh = make_lm(arch, tie_word_embeddings=tied)
+    reshape_decoder_to_state_dict(fresh, model.state_dict())
+    fresh.load_state_dict(model.state_dict())
+    assert (fresh.lm_head.weight is fresh.model.embed_tokens.weight) == tied
+    assert (_logits(fresh, ids) - _logits(model, ids)).abs().max().item() == 0
+
+
+def test_hidden_size_pruning_in_a_fit_resumes_bit_exact(tmp_path):
+    def callback():
+        return DecoderPruning(mlp_ratio=0.5, hidden_ratio=0.25, start_epoch=0, end_epoch=1)
+
+    full, cb = TinyLM(), callback()
+    _trainer(tmp_path, 3, [cb, _ckpt_callback(tmp_path)], enable_checkpointing=True).fit(full, loader())
+    assert [h["widths"][0]["hidden_size"] for h in cb.history] == [56, 48]
+    resumed = TinyLM()
+    _trainer(tmp_path, 3, [callback()]).fit(resumed, loader(), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert TinyLM.load_from_checkpoint(tmp_path / "ckpt" / "epoch=2.ckpt").model.config.hidden_size == 48

@@ -58,8 +58,12 @@ class DecoderPruning(ScheduledPruning):
             or ``"random"``.
         schedule, start_epoch, end_epoch, every_n_epochs: as in ``ChannelPruning``; both ratios follow the same
             schedule (at each event ``ratio * progress``).
-        round_to: keep the intermediate width a multiple of this.
+        round_to: keep the intermediate width (and the hidden size) a multiple of this.
         verbose: print a rank-zero line after each event.
+        hidden_ratio: fraction of the original ``hidden_size`` channels removed by the last event (the embedding,
+            every norm, the projections that read and write the residual stream and the output head, tied or
+            not, together); ranked by weight norms (``"l1"`` with ``criterion="l1"``, else ``"l2"``). Norms then
+            average over fewer channels, so the outputs change a little even for channels that carry nothing.
 
     Raises:
         ValueError: bad arguments (at construction); at setup or fit start, no decoder found, a
@@ -85,14 +89,16 @@ class DecoderPruning(ScheduledPruning):
         every_n_epochs: int = 1,
         round_to: int = 1,
         verbose: bool = True,
+        hidden_ratio: float = 0.0,
     ) -> None:
         self.mlp_ratio = check_fraction("mlp_ratio", mlp_ratio)
         self.head_ratio = check_fraction("head_ratio", head_ratio)
-        amount = max(self.mlp_ratio, self.head_ratio)
+        self.hidden_ratio = check_fraction("hidden_ratio", hidden_ratio)
+        amount = max(self.mlp_ratio, self.head_ratio, self.hidden_ratio)
         if amount == 0:
             raise ValueError(
-                f"`mlp_ratio`={mlp_ratio!r} and `head_ratio`={head_ratio!r}: at least one must be > 0 "
-                "(nothing to prune)"
+                f"`mlp_ratio`={mlp_ratio!r}, `head_ratio`={head_ratio!r} and `hidden_ratio`={hidden_ratio!r}: at "
+                "least one must be > 0 (nothing to prune)"
             )
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="ratio"))
         self.core = DecoderPruner(criterion, round_to=round_to)
@@ -104,7 +110,10 @@ class DecoderPruning(ScheduledPruning):
 
     @property
     def state_key(self) -> str:
-        return self._schedule_state_key(mlp_ratio=self.mlp_ratio, head_ratio=self.head_ratio, criterion=self.criterion)
+        ratios = {"mlp_ratio": self.mlp_ratio, "head_ratio": self.head_ratio}
+        if self.hidden_ratio:
+            ratios["hidden_ratio"] = self.hidden_ratio
+        return self._schedule_state_key(**ratios, criterion=self.criterion)
 
     @property
     def widths(self) -> list[dict[str, int]]:
@@ -174,7 +183,10 @@ class DecoderPruning(ScheduledPruning):
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], trainer.current_epoch, event)
         if self._last_event_epoch >= 0:
-            own = {"pruning/mlp_ratio": self._ratios()[0], "pruning/head_ratio": self._ratios()[1]}
+            mlp, head, hidden = self._ratios()
+            own = {"pruning/mlp_ratio": mlp, "pruning/head_ratio": head}
+            if self.hidden_ratio:
+                own["pruning/hidden_ratio"] = hidden
             self._log_epoch(trainer, pl_module, own, {"pruning/params": float(count_params(pl_module))})
 
     @override
@@ -204,12 +216,12 @@ class DecoderPruning(ScheduledPruning):
         self._stats.sums = sums
 
     # ------------------------------------------------------------------------------------------ internals
-    def _ratios(self, target: float | None = None) -> tuple[float, float]:
-        """The (mlp, head) ratios at a schedule ``target`` (default: the latest event's)."""
+    def _ratios(self, target: float | None = None) -> tuple[float, float, float]:
+        """The (mlp, head, hidden) ratios at a schedule ``target`` (default: the latest event's)."""
         if target is None:
             target = self._schedule_map.get(self._last_event_epoch, 0.0) if self._last_event_epoch >= 0 else 0.0
         progress = target / self._sched.amount
-        return self.mlp_ratio * progress, self.head_ratio * progress
+        return self.mlp_ratio * progress, self.head_ratio * progress, self.hidden_ratio * progress
 
     def _check_strategy(self, trainer: pl.Trainer) -> None:
         from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
@@ -234,9 +246,9 @@ class DecoderPruning(ScheduledPruning):
         return self._stats.norms()
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
-        mlp, head = self._ratios(target)
+        mlp, head, hidden = self._ratios(target)
         params_before = count_params(pl_module)
-        result = self.core.step(pl_module, mlp, head, self._activations(trainer))
+        result = self.core.step(pl_module, mlp, head, self._activations(trainer), hidden_ratio=hidden)
         optim_ops.rebind_optimizers(trainer.optimizers, result.changes)
         self._rewrap_ddp(trainer, pl_module)
         self._stats.reset()
@@ -249,6 +261,7 @@ class DecoderPruning(ScheduledPruning):
                 "target": float(target),
                 "mlp_ratio": float(mlp),
                 "head_ratio": float(head),
+                "hidden_ratio": float(hidden),
                 "widths": [dict(w) for w in self._widths],
                 "channels_removed": int(result.channels_removed),
                 "groups_removed": int(result.groups_removed),
@@ -263,8 +276,8 @@ class DecoderPruning(ScheduledPruning):
             w = self._widths[0]
             rank_zero_info(
                 f"DecoderPruning: epoch {epoch}: mlp ratio {mlp:.4f}, head ratio {head:.4f} ({self.criterion}): "
-                f"intermediate_size {w['intermediate_size']}, heads {w['num_attention_heads']}/"
-                f"{w['num_key_value_heads']} KV, params {params_before:,} -> {params:,}"
+                f"hidden_size {w['hidden_size']}, intermediate_size {w['intermediate_size']}, heads "
+                f"{w['num_attention_heads']}/{w['num_key_value_heads']} KV, params {params_before:,} -> {params:,}"
             )
 
     @staticmethod

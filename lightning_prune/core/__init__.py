@@ -49,6 +49,12 @@ _LAZY: dict[str, str] = {
     "set_config_widths": "lightning_prune.core.channel.decoder",
     "sync_attention_attrs": "lightning_prune.core.channel.decoder",
     "unsupported_parameters": "lightning_prune.core.channel.decoder",
+    # channel.decoder_hidden
+    "hidden_entries": "lightning_prune.core.channel.decoder_hidden",
+    "hidden_scores": "lightning_prune.core.channel.decoder_hidden",
+    "output_heads": "lightning_prune.core.channel.decoder_hidden",
+    "prune_hidden": "lightning_prune.core.channel.decoder_hidden",
+    "sync_hidden_attrs": "lightning_prune.core.channel.decoder_hidden",
     # channel.decoder_io
     "head_pruning_unsupported": "lightning_prune.core.channel.decoder_io",
     "pretrained_model": "lightning_prune.core.channel.decoder_io",
@@ -250,6 +256,13 @@ if TYPE_CHECKING:  # static tools see the eager imports
         set_config_widths,
         sync_attention_attrs,
         unsupported_parameters,
+    )
+    from lightning_prune.core.channel.decoder_hidden import (
+        hidden_entries,
+        hidden_scores,
+        output_heads,
+        prune_hidden,
+        sync_hidden_attrs,
     )
     from lightning_prune.core.channel.decoder_io import (
         head_pruning_unsupported,

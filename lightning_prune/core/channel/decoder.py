@@ -60,6 +60,7 @@ class DecoderWidths:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
+    hidden_size: int = 0  # 0: not recorded (a state written before hidden-size pruning existed)
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}
@@ -99,7 +100,8 @@ def config_widths(config: Any) -> DecoderWidths:
     heads = int(config.num_attention_heads)
     kv = getattr(config, "num_key_value_heads", None)
     head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
-    return DecoderWidths(int(config.intermediate_size), heads, int(kv if kv is not None else heads), int(head_dim))
+    kv = int(kv if kv is not None else heads)
+    return DecoderWidths(int(config.intermediate_size), heads, kv, int(head_dim), int(config.hidden_size))
 
 
 def layer_widths(layer: Any, head_dim: int) -> DecoderWidths:
@@ -110,6 +112,7 @@ def layer_widths(layer: Any, head_dim: int) -> DecoderWidths:
         int(attn.q_proj.weight.shape[0]) // head_dim,
         int(attn.k_proj.weight.shape[0]) // head_dim,
         head_dim,
+        int(attn.q_proj.weight.shape[1]),
     )
 
 
@@ -415,6 +418,8 @@ def set_config_widths(config: Any, widths: DecoderWidths) -> None:
     config.num_attention_heads = int(widths.num_attention_heads)
     config.num_key_value_heads = int(widths.num_key_value_heads)
     config.head_dim = int(widths.head_dim)
+    if widths.hidden_size:
+        config.hidden_size = int(widths.hidden_size)
 
 
 class DecoderPruner:
@@ -484,11 +489,13 @@ class DecoderPruner:
         mlp_ratio: float = 0.0,
         head_ratio: float = 0.0,
         activations: Mapping[tuple[int, int, str], torch.Tensor] | None = None,
+        hidden_ratio: float = 0.0,
     ) -> DecoderStepResult:
-        """Prune every decoder in ``model`` to ``mlp_ratio`` of the original intermediate channels and
-        ``head_ratio`` of the original KV groups removed (absolute targets; nothing grows back)."""
-        check_fraction("mlp_ratio", mlp_ratio)
-        check_fraction("head_ratio", head_ratio)
+        """Prune every decoder in ``model`` to ``mlp_ratio`` of the original intermediate channels, ``head_ratio``
+        of the original KV groups and ``hidden_ratio`` of the original hidden channels removed (absolute targets;
+        nothing grows back). Hidden channels are ranked by weight norms (``l1`` with ``"l1"``, else ``l2``)."""
+        for arg, value in (("mlp_ratio", mlp_ratio), ("head_ratio", head_ratio), ("hidden_ratio", hidden_ratio)):
+            check_fraction(arg, value)
         decoders = self.prepare(model)
         for kind, ratio in (("mlp", mlp_ratio), ("attn", head_ratio)):
             if ratio > 0 and kind in self.refused:
@@ -509,13 +516,28 @@ class DecoderPruner:
                 if keep_g < now.num_key_value_heads:
                     scores = group_scores(layer, now, self.criterion, acts.get((d, i, "attn")), gen)
                     prune_kv_groups(layer, _top(scores, keep_g), now, result.changes)
+            keep_h = now.hidden_size
+            if hidden_ratio > 0 and orig.hidden_size:
+                keep_h = self._prune_hidden(model, decoder, orig.hidden_size, hidden_ratio, now.hidden_size, result)
             group = now.num_attention_heads // now.num_key_value_heads
-            after = DecoderWidths(keep_c, keep_g * group, keep_g, now.head_dim)
+            after = DecoderWidths(keep_c, keep_g * group, keep_g, now.head_dim, keep_h)
             set_config_widths(own_config(model, decoder), after)
             result.widths.append(after)
             result.channels_removed += (now.intermediate_size - keep_c) * len(decoder.layers)
             result.groups_removed += (now.num_key_value_heads - keep_g) * len(decoder.layers)
         return result
+
+    def _prune_hidden(
+        self, model: nn.Module, decoder: Any, original: int, ratio: float, current: int, result: DecoderStepResult
+    ) -> int:
+        from lightning_prune.core.channel.decoder_hidden import hidden_entries, hidden_scores, prune_hidden
+
+        keep = kept_channels(original, ratio, current, self.round_to)
+        if keep < current:
+            scores = hidden_scores(hidden_entries(model, decoder), "l1" if self.criterion == "l1" else "l2")
+            prune_hidden(model, decoder, _top(scores, keep), result.changes)
+            result.channels_removed += current - keep
+        return keep
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

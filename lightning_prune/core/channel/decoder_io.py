@@ -47,6 +47,7 @@ from lightning_prune.core.channel.decoder import (
     set_config_widths,
     sync_attention_attrs,
 )
+from lightning_prune.core.channel.decoder_hidden import output_heads, sync_hidden_attrs
 
 
 def _state_widths(state: Mapping[str, Any], prefix: str, n_layers: int, head_dim: int) -> DecoderWidths | None:
@@ -59,7 +60,7 @@ def _state_widths(state: Mapping[str, Any], prefix: str, n_layers: int, head_dim
             return None
         gate, q, k = (state[key] for key in keys)
         heads, kv = int(q.shape[0]) // head_dim, int(k.shape[0]) // head_dim
-        found.append(DecoderWidths(int(gate.shape[0]), heads, kv, head_dim))
+        found.append(DecoderWidths(int(gate.shape[0]), heads, kv, head_dim, int(q.shape[1])))
     if any(w != found[0] for w in found[1:]):
         raise DecoderPruningError(
             f"the checkpoint's decoder blocks under {prefix!r} have different widths "
@@ -68,26 +69,39 @@ def _state_widths(state: Mapping[str, Any], prefix: str, n_layers: int, head_dim
     return found[0] if found else None
 
 
-def _resize_from_state(module: Any, prefix: str, state: Mapping[str, Any]) -> None:
-    """Give ``module``'s Linear children the shapes ``state`` holds (zero-filled; the values load next)."""
-    for child_name, child in module.named_children():
-        if not isinstance(child, nn.Linear):
+def _resize_from_state(model: nn.Module, modules: list[nn.Module], state: Mapping[str, Any]) -> None:
+    """Give the direct parameters of ``modules`` (inside ``model``) the shapes ``state`` holds, zero-filled (the
+    values load next); parameters shared by several modules (a tied ``lm_head``) stay shared."""
+    wanted = {id(m) for m in modules}
+    fresh: dict[int, nn.Parameter] = {}
+    for name, module in model.named_modules():
+        if id(module) not in wanted:
             continue
-        for key in ("weight", "bias"):
-            old, src = getattr(child, key, None), state.get(f"{prefix}{child_name}.{key}")
-            if old is None or not isinstance(src, torch.Tensor) or tuple(src.shape) == tuple(old.shape):
-                continue
-            new = torch.zeros(tuple(src.shape), dtype=old.dtype, device=old.device)
-            setattr(child, key, nn.Parameter(new, requires_grad=old.requires_grad))
-        child.out_features, child.in_features = int(child.weight.shape[0]), int(child.weight.shape[1])
+        prefix = f"{name}." if name else ""
+        for key, old in list(module.named_parameters(recurse=False)):
+            src = state.get(prefix + key)
+            if id(old) in fresh:
+                setattr(module, key, fresh[id(old)])
+            elif isinstance(src, torch.Tensor) and tuple(src.shape) != tuple(old.shape):
+                new = nn.Parameter(torch.zeros(tuple(src.shape), dtype=old.dtype, device=old.device), old.requires_grad)
+                fresh[id(old)] = new
+                setattr(module, key, new)
+
+
+def _sync_sizes(module: nn.Module, old_hidden: int, new_hidden: int) -> None:
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = int(module.weight.shape[0]), int(module.weight.shape[1])
+    if old_hidden != new_hidden:
+        sync_hidden_attrs(module, old_hidden, new_hidden)
 
 
 def reshape_decoder_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
     """Give every decoder in ``model`` the widths its blocks have in ``state_dict`` (keys relative to ``model``).
 
-    The blocks' projections get zero-filled tensors of the checkpoint's shapes (narrower after pruning, or the
-    full widths back, e.g. for an unpruned teacher built from a pruned model); their head-count attributes and
-    the config follow (``head_dim`` and the query heads per KV head are kept). A no-op when the widths already
+    The decoder's tensors (and the output head's) get zero-filled tensors of the checkpoint's shapes (narrower
+    after pruning, or the full widths back, e.g. for an unpruned teacher built from a pruned model); the sizes,
+    head counts, ``hidden_size`` attributes and the config follow (``head_dim`` and the query heads per KV head
+    are kept; a tied output head stays tied). A no-op when the widths already
     match. Returns the names of the decoders reshaped.
     """
     changed = []
@@ -103,9 +117,11 @@ def reshape_decoder_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any
                 f"the checkpoint's widths under {prefix!r} ({target}) do not keep {group} query heads per KV head "
                 f"as the model does ({now}): build the model from the same config as the pruned run"
             )
-        for i, layer in enumerate(decoder.layers):
-            _resize_from_state(layer.mlp, f"{prefix}layers.{i}.mlp.", state_dict)
-            _resize_from_state(layer.self_attn, f"{prefix}layers.{i}.self_attn.", state_dict)
+        modules = list(decoder.modules()) + output_heads(model, decoder)
+        _resize_from_state(model, modules, state_dict)
+        for m in modules:
+            _sync_sizes(m, now.hidden_size, target.hidden_size)
+        for layer in decoder.layers:
             if isinstance(getattr(layer.mlp, "intermediate_size", None), int):
                 layer.mlp.intermediate_size = target.intermediate_size
             sync_attention_attrs(layer.self_attn, target.num_attention_heads, target.num_key_value_heads)
