@@ -337,7 +337,10 @@ def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
     from lightning_prune import Distillation
 
     def callbacks():
-        return [DecoderPruning(mlp_ratio=0.5, head_ratio=0.5, start_epoch=1, end_epoch=2), Distillation()]
+        return [
+            DecoderPruning(mlp_ratio=0.5, head_ratio=0.5, hidden_ratio=0.25, start_epoch=1, end_epoch=2),
+            Distillation(),
+        ]
 
     full, cbs = DistilledLM(), callbacks()
     _trainer(tmp_path, 3, [*cbs, _ckpt_callback(tmp_path)], enable_checkpointing=True).fit(full, loader())
@@ -348,6 +351,7 @@ def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
     _trainer(tmp_path, 3, cbs2).fit(resumed, loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
     teacher2 = cbs2[1].teacher.model
     assert teacher2.config.intermediate_size == 128 and teacher2.config.num_key_value_heads == 2
+    assert teacher2.config.hidden_size == 64 and teacher2.model.embed_tokens.weight.shape == (128, 64)
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
