@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -41,15 +40,13 @@ import torch
 from torch import nn
 
 from lightning_prune.core._validation import check_choice, check_fraction, check_int
+from lightning_prune.core.channel._decoder_common import DecoderPruningError, own_config
+from lightning_prune.core.channel.decoder_hidden import hidden_entries, hidden_scores, prune_hidden
 
 DecoderCriterion = Literal["l2", "l1", "activation", "random"]
 DECODER_CRITERIA: tuple[str, ...] = ("l2", "l1", "activation", "random")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-class DecoderPruningError(ValueError):
-    """A decoder model this engine cannot prune (the message names the reason)."""
 
 
 @dataclass
@@ -399,18 +396,6 @@ def sync_attention_attrs(attn: Any, heads: int, kv_heads: int) -> None:
         attn.num_key_value_groups = heads // kv_heads
 
 
-def own_config(model: nn.Module, decoder: Any) -> Any:
-    """Give the decoder a config object of its own before its widths change: Hugging Face models keep the
-    config object they were built from, so a teacher (or a fresh copy) built from the same object would
-    otherwise see the student's pruned widths. Every module of ``model`` holding the old object gets the copy."""
-    old = decoder.config
-    new = copy.deepcopy(old)
-    for m in model.modules():
-        if getattr(m, "config", None) is old:
-            m.config = new
-    return new
-
-
 def set_config_widths(config: Any, widths: DecoderWidths) -> None:
     """Write the widths into a decoder's config (``head_dim`` explicitly, so a reload with fewer heads does not
     derive it from ``hidden_size // num_attention_heads``)."""
@@ -530,8 +515,6 @@ class DecoderPruner:
     def _prune_hidden(
         self, model: nn.Module, decoder: Any, original: int, ratio: float, current: int, result: DecoderStepResult
     ) -> int:
-        from lightning_prune.core.channel.decoder_hidden import hidden_entries, hidden_scores, prune_hidden
-
         keep = kept_channels(original, ratio, current, self.round_to)
         if keep < current:
             scores = hidden_scores(hidden_entries(model, decoder), "l1" if self.criterion == "l1" else "l2")

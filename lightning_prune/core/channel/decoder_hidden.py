@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.core.channel.decoder import DecoderPruningError, own_config
+from lightning_prune.core.channel._decoder_common import DecoderPruningError, own_config
 
 _READS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 _WRITES = ("self_attn.o_proj", "mlp.down_proj")
