@@ -305,7 +305,7 @@ def test_model_built_in_configure_model_and_a_rounded_head_ratio(tmp_path):
     ]
 
 
-def test_activation_criterion_ranks_by_training_inputs_and_resumes(tmp_path):
+def test_activation_criterion_ranks_by_training_inputs_kept_in_the_state(tmp_path):
     with pytest.raises(ValueError, match="epoch 0"):
         _trainer(tmp_path, 2, [DecoderPruning(criterion="activation", start_epoch=0)]).fit(TinyLM(), loader())
     cb = DecoderPruning(mlp_ratio=0.5, criterion="activation", start_epoch=1, end_epoch=1)
