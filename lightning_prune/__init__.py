@@ -15,6 +15,11 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str]] = {
     "ChannelPruning": ("lightning_prune.callbacks.channel", "ChannelPruning"),
     "ChannelPrunedCheckpointMixin": ("lightning_prune.callbacks.channel", "ChannelPrunedCheckpointMixin"),
+    "DecoderPruning": ("lightning_prune.callbacks.decoder", "DecoderPruning"),
+    "DecoderPrunedCheckpointMixin": ("lightning_prune.callbacks.decoder", "DecoderPrunedCheckpointMixin"),
+    "DecoderPruner": ("lightning_prune.core.channel.decoder", "DecoderPruner"),
+    "save_pretrained": ("lightning_prune.core.channel.decoder_io", "save_pretrained"),
+    "reshape_decoder_to_state_dict": ("lightning_prune.core.channel.decoder_io", "reshape_decoder_to_state_dict"),
     "PruningMetrics": ("lightning_prune.callbacks.metrics", "PruningMetrics"),
     "Distillation": ("lightning_prune.callbacks.distillation", "Distillation"),
     "ChannelRegularization": ("lightning_prune.callbacks.regularization", "ChannelRegularization"),
@@ -62,10 +67,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
+    from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin, DecoderPruning
     from lightning_prune.callbacks.distillation import Distillation
     from lightning_prune.callbacks.metrics import PruningMetrics
     from lightning_prune.callbacks.regularization import ChannelRegularization
     from lightning_prune.callbacks.unstructured import UnstructuredPruning
+    from lightning_prune.core.channel.decoder import DecoderPruner
+    from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict, save_pretrained
     from lightning_prune.core.channel.pruner import ChannelPruner
     from lightning_prune.core.channel.reshape import load_channel_pruned, reshape_to_state_dict
     from lightning_prune.core.compress import compressed_nbytes, load_compressed, save_compressed

@@ -10,7 +10,19 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ["common", "quality", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "run_all"]
+SCRIPTS = [
+    "common",
+    "quality",
+    "channel_quality",
+    "overhead",
+    "speedup",
+    "size",
+    "resume",
+    "deploy",
+    "scale",
+    "run_all",
+    "llm_text",
+]
 
 
 def test_benchmark_scripts_import_and_size_quick_reports_compression():

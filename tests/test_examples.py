@@ -16,7 +16,12 @@ def run_example(name, args, monkeypatch):
 
 
 def test_every_example_is_tested():
-    assert SCRIPTS == ["finetune_prune_export.py", "seed_lenet_global_l1.py", "seed_resnet18_channels.py"]
+    assert SCRIPTS == [
+        "finetune_prune_export.py",
+        "llm_prune_finetune.py",
+        "seed_lenet_global_l1.py",
+        "seed_resnet18_channels.py",
+    ]
 
 
 def test_seed_resnet18_table(monkeypatch, capsys):
@@ -45,3 +50,20 @@ def test_finetune_prune_export(monkeypatch, capsys, tmp_path):
     assert result["exported_matches"] is True
     assert (tmp_path / "pruned_lenet.pt2").exists() and (tmp_path / "dense.ckpt").exists()
     assert "reloaded outputs match: True" in out
+
+
+def test_llm_prune_finetune(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("transformers")
+    result = run_example("llm_prune_finetune.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
+    out = capsys.readouterr().out
+    assert result["widths"] == {
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "hidden_size": 64,
+    }
+    assert result["pruned_params"] < result["dense_params"]
+    assert result["logits_diff"] < 1e-5
+    assert result["text"].startswith("Beautiful is better") and len(result["text"]) > len("Beautiful is better")
+    assert (tmp_path / "pruned" / "config.json").exists() and "from_pretrained logits max abs diff" in out

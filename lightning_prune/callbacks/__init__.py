@@ -1,6 +1,7 @@
 """Lightning callbacks (thin glue over the pure-PyTorch core)."""
 
 from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
+from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin, DecoderPruning
 from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.callbacks.regularization import ChannelRegularization
@@ -10,6 +11,8 @@ __all__: list[str] = [
     "ChannelPrunedCheckpointMixin",
     "ChannelPruning",
     "ChannelRegularization",
+    "DecoderPrunedCheckpointMixin",
+    "DecoderPruning",
     "Distillation",
     "PruningMetrics",
     "UnstructuredPruning",

@@ -28,6 +28,40 @@ _LAZY: dict[str, str] = {
     "pack_mask": "lightning_prune.core.bitpack",
     "unpack_bits": "lightning_prune.core.bitpack",
     "unpack_mask": "lightning_prune.core.bitpack",
+    # channel.decoder
+    "ActivationStats": "lightning_prune.core.channel.decoder",
+    "DECODER_CRITERIA": "lightning_prune.core.channel.decoder",
+    "DecoderPruner": "lightning_prune.core.channel.decoder",
+    "DecoderPruningError": "lightning_prune.core.channel.decoder",
+    "DecoderStepResult": "lightning_prune.core.channel.decoder",
+    "DecoderWidths": "lightning_prune.core.channel.decoder",
+    "check_decoder": "lightning_prune.core.channel.decoder",
+    "config_widths": "lightning_prune.core.channel.decoder",
+    "decoder_widths": "lightning_prune.core.channel.decoder",
+    "find_decoders": "lightning_prune.core.channel.decoder",
+    "group_scores": "lightning_prune.core.channel.decoder",
+    "kept_channels": "lightning_prune.core.channel.decoder",
+    "kept_groups": "lightning_prune.core.channel.decoder",
+    "layer_widths": "lightning_prune.core.channel.decoder",
+    "mlp_scores": "lightning_prune.core.channel.decoder",
+    "own_config": "lightning_prune.core.channel.decoder",
+    "prune_kv_groups": "lightning_prune.core.channel.decoder",
+    "prune_mlp": "lightning_prune.core.channel.decoder",
+    "set_config_widths": "lightning_prune.core.channel.decoder",
+    "sync_attention_attrs": "lightning_prune.core.channel.decoder",
+    "unsupported_parameters": "lightning_prune.core.channel.decoder",
+    # channel.decoder_hidden
+    "hidden_entries": "lightning_prune.core.channel.decoder_hidden",
+    "hidden_scores": "lightning_prune.core.channel.decoder_hidden",
+    "output_heads": "lightning_prune.core.channel.decoder_hidden",
+    "prune_hidden": "lightning_prune.core.channel.decoder_hidden",
+    "sync_hidden_attrs": "lightning_prune.core.channel.decoder_hidden",
+    # channel.decoder_io
+    "head_pruning_unsupported": "lightning_prune.core.channel.decoder_io",
+    "pretrained_model": "lightning_prune.core.channel.decoder_io",
+    "rebuilt_shape_mismatches": "lightning_prune.core.channel.decoder_io",
+    "reshape_decoder_to_state_dict": "lightning_prune.core.channel.decoder_io",
+    "save_pretrained": "lightning_prune.core.channel.decoder_io",
     # channel.importance
     "IMPORTANCES": "lightning_prune.core.channel.importance",
     "ImportanceName": "lightning_prune.core.channel.importance",
@@ -38,11 +72,11 @@ _LAZY: dict[str, str] = {
     # channel.optim
     "check_optimizer": "lightning_prune.core.channel.optim",
     "optimizer_layers": "lightning_prune.core.channel.optim",
-    "state_problems": "lightning_prune.core.channel.optim",
     "params_missing_from": "lightning_prune.core.channel.optim",
     "rebind_optimizer": "lightning_prune.core.channel.optim",
     "rebind_optimizers": "lightning_prune.core.channel.optim",
     "slice_state_value": "lightning_prune.core.channel.optim",
+    "state_problems": "lightning_prune.core.channel.optim",
     # channel.pruner
     "ChannelPruner": "lightning_prune.core.channel.pruner",
     "ChannelPruningError": "lightning_prune.core.channel.pruner",
@@ -56,9 +90,9 @@ _LAZY: dict[str, str] = {
     # channel.regularize
     "GroupRegularizer": "lightning_prune.core.channel.regularize",
     # channel.reshape
+    "ArchitectureMismatchError": "lightning_prune.core.channel.reshape",
     "HEAD_ATTRS": "lightning_prune.core.channel.reshape",
     "WIDTH_ATTRS": "lightning_prune.core.channel.reshape",
-    "ArchitectureMismatchError": "lightning_prune.core.channel.reshape",
     "architecture": "lightning_prune.core.channel.reshape",
     "architecture_in": "lightning_prune.core.channel.reshape",
     "load_channel_pruned": "lightning_prune.core.channel.reshape",
@@ -187,6 +221,11 @@ _LAZY: dict[str, str] = {
     "draw_slice": "lightning_prune.core.unstructured.sharded",
     "nm_masks_sharded": "lightning_prune.core.unstructured.sharded",
     "select_masks_sharded": "lightning_prune.core.unstructured.sharded",
+    # unstructured.wanda
+    "InputNorms": "lightning_prune.core.unstructured.wanda",
+    "input_dim": "lightning_prune.core.unstructured.wanda",
+    "wanda_scores": "lightning_prune.core.unstructured.wanda",
+    "wanda_weights": "lightning_prune.core.unstructured.wanda",
 }
 
 __all__ = sorted(_LAZY)
@@ -213,6 +252,43 @@ if TYPE_CHECKING:  # static tools see the eager imports
         pack_mask,
         unpack_bits,
         unpack_mask,
+    )
+    from lightning_prune.core.channel.decoder import (
+        DECODER_CRITERIA,
+        ActivationStats,
+        DecoderPruner,
+        DecoderPruningError,
+        DecoderStepResult,
+        DecoderWidths,
+        check_decoder,
+        config_widths,
+        decoder_widths,
+        find_decoders,
+        group_scores,
+        kept_channels,
+        kept_groups,
+        layer_widths,
+        mlp_scores,
+        own_config,
+        prune_kv_groups,
+        prune_mlp,
+        set_config_widths,
+        sync_attention_attrs,
+        unsupported_parameters,
+    )
+    from lightning_prune.core.channel.decoder_hidden import (
+        hidden_entries,
+        hidden_scores,
+        output_heads,
+        prune_hidden,
+        sync_hidden_attrs,
+    )
+    from lightning_prune.core.channel.decoder_io import (
+        head_pruning_unsupported,
+        pretrained_model,
+        rebuilt_shape_mismatches,
+        reshape_decoder_to_state_dict,
+        save_pretrained,
     )
     from lightning_prune.core.channel.importance import (
         IMPORTANCES,
@@ -391,4 +467,10 @@ if TYPE_CHECKING:  # static tools see the eager imports
         draw_slice,
         nm_masks_sharded,
         select_masks_sharded,
+    )
+    from lightning_prune.core.unstructured.wanda import (
+        InputNorms,
+        input_dim,
+        wanda_scores,
+        wanda_weights,
     )
