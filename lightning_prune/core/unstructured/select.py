@@ -104,8 +104,8 @@ class _Keys:
                 key = w.float().view(torch.int32) & 0x7FFFFFFF  # the bits of |w|, a float32
             elif self.norm == "l1":
                 key = w.double().abs().view(torch.int64)
-            else:
-                key = w.double().square().view(torch.int64)
+            else:  # the sign bit cleared: a NaN with its sign bit set ranks as the largest, as under l1
+                key = w.double().square().view(torch.int64) & 0x7FFFFFFFFFFFFFFF
         prev = self.prev[i]
         if prev is not None:
             key.masked_fill_(~prev[start:end].to(device=key.device, dtype=torch.bool), _PRUNED)
