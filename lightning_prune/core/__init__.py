@@ -136,6 +136,8 @@ _LAZY: dict[str, str] = {
     # unstructured.masks
     "DEFAULT_MODULE_TYPES": "lightning_prune.core.unstructured.masks",
     "NORMS": "lightning_prune.core.unstructured.masks",
+    "Norm": "lightning_prune.core.unstructured.masks",
+    "custom_scores": "lightning_prune.core.unstructured.masks",
     "SCOPES": "lightning_prune.core.unstructured.masks",
     "Target": "lightning_prune.core.unstructured.masks",
     "apply_masks": "lightning_prune.core.unstructured.masks",
@@ -169,6 +171,18 @@ _LAZY: dict[str, str] = {
     # unstructured.select
     "CHUNK": "lightning_prune.core.unstructured.select",
     "select_masks": "lightning_prune.core.unstructured.select",
+    # unstructured.targets
+    "BIAS_PARAMETERS": "lightning_prune.core.unstructured.targets",
+    "DEFAULT_PARAMETERS": "lightning_prune.core.unstructured.targets",
+    "check_parameter_patterns": "lightning_prune.core.unstructured.targets",
+    "dedupe": "lightning_prune.core.unstructured.targets",
+    "find_targets": "lightning_prune.core.unstructured.targets",
+    "find_ties": "lightning_prune.core.unstructured.targets",
+    "named_tensors": "lightning_prune.core.unstructured.targets",
+    "parameter_matches": "lightning_prune.core.unstructured.targets",
+    "resolve_objects": "lightning_prune.core.unstructured.targets",
+    "unselected_matrices": "lightning_prune.core.unstructured.targets",
+    "with_ties": "lightning_prune.core.unstructured.targets",
 }
 
 __all__ = sorted(_LAZY)
@@ -318,10 +332,12 @@ if TYPE_CHECKING:  # static tools see the eager imports
         DEFAULT_MODULE_TYPES,
         NORMS,
         SCOPES,
+        Norm,
         Target,
         apply_masks,
         compute_masks,
         current_weights,
+        custom_scores,
         find_prunable,
         get_masks,
         get_param,
@@ -354,4 +370,17 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.unstructured.select import (
         CHUNK,
         select_masks,
+    )
+    from lightning_prune.core.unstructured.targets import (
+        BIAS_PARAMETERS,
+        DEFAULT_PARAMETERS,
+        check_parameter_patterns,
+        dedupe,
+        find_targets,
+        find_ties,
+        named_tensors,
+        parameter_matches,
+        resolve_objects,
+        unselected_matrices,
+        with_ties,
     )

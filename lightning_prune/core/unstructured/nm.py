@@ -123,16 +123,10 @@ def compute_nm_masks(
         One bool tensor per weight, same shape and device, ``True`` where kept.
     """
     final = pattern_sparsity(n, m)
-    if target is None:
-        target = final
-    if not 0.0 <= float(target) <= final + 1e-9:
-        raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
-    if scope not in mask_ops.SCOPES:
-        raise ValueError(f"`scope` must be one of {list(mask_ops.SCOPES)}; got {scope!r}")
+    target = final if target is None else target
     weights, dims = list(weights), list(dims)
     prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
-    if not len(weights) == len(dims) == len(prev):
-        raise ValueError(f"got {len(weights)} weights, {len(dims)} dims and {len(prev)} previous masks")
+    _check_nm_args(n, m, float(target), scope, len(weights), len(dims), len(prev))
     at_final = float(target) >= final - 1e-9
     found = [_candidates(w, d, p, n, m, norm, generator) for w, d, p in zip(weights, dims, prev, strict=False)]
     candidates = [c for c, _ in found]
@@ -153,6 +147,16 @@ def compute_nm_masks(
         _ungroup(keep.reshape(-1, m), w.shape, d).contiguous().to(w.device)
         for keep, w, d in zip(keeps, weights, dims, strict=False)
     ]
+
+
+def _check_nm_args(n: int, m: int, target: float, scope: str, n_weights: int, n_dims: int, n_prev: int) -> None:
+    final = pattern_sparsity(n, m)
+    if not 0.0 <= target <= final + 1e-9:
+        raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
+    if scope not in mask_ops.SCOPES:
+        raise ValueError(f"`scope` must be one of {list(mask_ops.SCOPES)}; got {scope!r}")
+    if not n_weights == n_dims == n_prev:
+        raise ValueError(f"got {n_weights} weights, {n_dims} dims and {n_prev} previous masks")
 
 
 def _candidates(
