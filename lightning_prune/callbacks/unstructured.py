@@ -246,8 +246,9 @@ class UnstructuredPruning(helpers.MaskState):
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # a fused fast path (nn.TransformerEncoderLayer in eval) reads `self_attn.in_proj_weight` without calling
-        # the attention's forward, so without its pruning hook: give it the weights of the latest step
+        # code that reads a pruned attribute (`self_attn.in_proj_weight`) without calling its module, so without
+        # the pruning hook, sees the weights of the latest step (nn.TransformerEncoderLayer's fused fast path does
+        # read it directly, but refuses to run while hooks are attached, so it only runs once pruning is permanent)
         mask_ops.refresh_weights(pl_module, self._all_targets())
 
     @override
