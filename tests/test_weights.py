@@ -167,10 +167,10 @@ def test_fit_resume_reload_export_count_over_unique_weights(kind, tmp_path):
     assert sum(int((p == 0).sum()) for p in _unique(loaded, names)) == zeros
     if kind == "tied":
         assert loaded.net.head.weight is loaded.net.embed.weight
-    # export: a traced TorchScript module checked against the model (pt2 too for the non-recurrent ones)
+    # export (checked against the model by `export`): pt2 and TorchScript for every kind (ONNX also works for all six,
+    # LSTM and GRU included, with torch 2.x's exporter; left out here for time)
+    export(loaded, tmp_path / f"{kind}.pt2", format="pt2", verbose=False)
     export(loaded, tmp_path / f"{kind}.ts", format="torchscript", verbose=False)
-    if kind not in ("lstm", "gru"):
-        export(loaded, tmp_path / f"{kind}.pt2", format="pt2", verbose=False)
 
 
 def test_default_selection_reaches_attention_recurrent_and_names_what_it_leaves(caplog):
@@ -192,7 +192,10 @@ def test_default_selection_reaches_attention_recurrent_and_names_what_it_leaves(
     assert T.find_targets(lstm, module_types=["Module"], parameters=[r"weight_ih_l\d"], prune_bias=True) == [
         ("", "weight_ih_l0"), ("", "bias_ih_l0"), ("", "bias_hh_l0"), ("", "weight_ih_l1"), ("", "bias_ih_l1"),
         ("", "bias_hh_l1")]
-    with pytest.raises(ValueError, match=r"`parameters` pattern\(s\) \['weight_xx'\] match no parameter"):
+    # one list serves models with and without a layer kind; nothing matched at all is an error naming the names
+    assert T.find_targets(lstm, module_types=["Module"], parameters=["weight_hh_l0", "in_proj_weight"]) == [
+        ("", "weight_hh_l0")]
+    with pytest.raises(ValueError, match=r"nothing to prune.*its parameter names \['bias_hh_l0'"):
         T.find_targets(lstm, parameters=["weight_xx"])
     # Python objects, as ModelPruning's parameters_to_prune
     seq = nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 3))

@@ -78,7 +78,7 @@ def find_prunable(
             ``nn.MultiheadAttention``'s ``in_proj_weight``, the recurrent ``weight_ih_l*``/``weight_hh_l*``).
 
     Raises:
-        ValueError: a pattern in ``modules``, ``exclude`` or ``parameters`` matches nothing, or nothing is left.
+        ValueError: a pattern in ``modules`` or ``exclude`` matches no module, or nothing is left to prune.
     """
     return find_targets(model, modules, exclude, module_types, prune_bias, parameters)
 

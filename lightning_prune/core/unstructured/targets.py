@@ -152,7 +152,8 @@ def find_targets(
         parameters: patterns of the parameter names (see the module doc); ``None``: :data:`DEFAULT_PARAMETERS`.
 
     Raises:
-        ValueError: a pattern in ``modules``/``exclude``/``parameters`` matches nothing, or nothing is left.
+        ValueError: a pattern in ``modules``/``exclude`` matches no module, or nothing is left to prune. (A
+            ``parameters`` pattern may match nothing: one list serves models with and without, say, an LSTM.)
     """
     types = list(module_types) if module_types is not None else list(DEFAULT_MODULE_TYPES)
     wanted = list(parameters) if parameters is not None else list(DEFAULT_PARAMETERS)
@@ -163,14 +164,6 @@ def find_targets(
     names = [n for n, _ in named if n]
     check_patterns_match("modules", modules, names)
     check_patterns_match("exclude", exclude, names)
-    if parameters is not None:
-        every = [(n, _qualified(mn, n)) for mn, m in named for n, _ in named_tensors(m)]
-        unmatched = [p for p in parameters if not any(parameter_matches(n, q, p) for n, q in every)]
-        if unmatched:
-            shown = sorted({n for n, _ in every})[:30]
-            raise ValueError(
-                f"`parameters` pattern(s) {unmatched} match no parameter of the model; its names are {shown}"
-            )
     out: list[Target] = []
     seen: set[int] = set()
     for mname, module in named:
@@ -183,10 +176,11 @@ def find_targets(
                 seen.add(id(p))
                 out.append((mname, pname))
     if not out:
+        pnames = sorted({n for _, m in named for n, _ in named_tensors(m)})[:30]
         raise ValueError(
             f"nothing to prune: no module matches `modules`={modules or None}, `exclude`={exclude or None} and "
             f"`module_types`={types} with a floating parameter named like `parameters`={wanted}; the model's "
-            f"modules are {[(n, type(m).__name__) for n, m in named if n][:30]}"
+            f"modules are {[(n, type(m).__name__) for n, m in named if n][:30]}, its parameter names {pnames}"
         )
     return out
 
