@@ -336,3 +336,27 @@ def test_modelpruning_parity_arguments(tmp_path):
         M.compute_masks([torch.randn(5)], 0.5, norm=lambda w: w - 10)
     masks = M.compute_masks([torch.tensor([-3.0, 1.0, 2.0, -0.5])], 0.5, norm=negative_first)
     assert masks[0].tolist() == [False, True, True, False]
+
+
+def test_layer_amounts_per_layer_targets(tmp_path):
+    """Per-layer targets {layer name or regex: amount}: those tensors pruned on their own, the rest by `amount`."""
+    from helpers import UserClassifier
+
+    from lightning_prune.data import DigitsDataModule
+
+    model = UserClassifier()
+    cb = UnstructuredPruning(0.5, schedule="linear", start_epoch=0, end_epoch=1, verbose=False,
+                             layer_amounts={"backbone.fc1": 0.9, r"backbone\.conv.*": 0.2})
+    make_trainer(tmp_path, 2, [cb], limit_train_batches=1, limit_val_batches=0).fit(
+        model, DigitsDataModule(batch_size=8))
+    net = model.backbone
+    zeros = {n: int((m.weight == 0).sum()) for n, m in net.named_children() if hasattr(m, "weight")}
+    assert zeros["fc1"] == round(0.9 * net.fc1.weight.numel())
+    assert zeros["conv1"] == round(0.2 * net.conv1.weight.numel()) and zeros["conv2"] == round(0.2 * net.conv2.weight.numel())
+    rest = net.fc2.weight.numel() + net.fc3.weight.numel()
+    assert zeros["fc2"] + zeros["fc3"] == round(0.5 * rest)
+    with pytest.raises(ValueError, match=r"`layer_amounts` key\(s\) \['fc9'\] name no selected weight"):
+        make_trainer(tmp_path, 2, [UnstructuredPruning(0.5, layer_amounts={"fc9": 0.5})]).fit(
+            UserClassifier(), DigitsDataModule(batch_size=8))
+    with pytest.raises(ValueError, match=r"layer_amounts\['a'\]"):
+        UnstructuredPruning(0.5, layer_amounts={"a": 1.5})

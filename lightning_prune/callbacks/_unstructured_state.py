@@ -18,6 +18,7 @@ from typing_extensions import override
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, starts_from_trained
 from lightning_prune.core._validation import check_choice, check_fraction
 from lightning_prune.core.bitpack import unpack_mask
+from lightning_prune.core.patterns import compile_patterns, name_matches
 from lightning_prune.core.schedules import Schedule, count_for
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured import nm as nm_ops
@@ -29,6 +30,8 @@ __all__ = [
     "MaskState",
     "check_cap",
     "check_checkpoint_state",
+    "check_layer_amounts",
+    "check_layer_amounts_match",
     "check_module_types",
     "check_norm",
     "check_resample",
@@ -36,6 +39,7 @@ __all__ = [
     "collapsed",
     "event_summary",
     "find_targets",
+    "layer_fractions",
     "nm_targets",
     "norm_name",
     "resampled_weights",
@@ -76,6 +80,7 @@ class MaskState(ScheduledPruning):
     parameters: list[str] | None
     _objects: list[Any]
     _amount_repr: Any
+    layer_amounts: dict[str, float]
 
     def filter_parameters(self, pl_module: pl.LightningModule, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return targets
@@ -94,10 +99,11 @@ class MaskState(ScheduledPruning):
                 f"`amount`={self._amount_repr!r} does not reach `pattern`={pattern!r}, which prunes {sparsity} of "
                 f"the weights: the final target must be the pattern's sparsity (amount={sparsity})"
             )
-        if self.max_layer_sparsity is not None or self.prune_bias:
+        if self.max_layer_sparsity is not None or self.prune_bias or self.layer_amounts:
             raise ValueError(
                 f"`pattern`={pattern!r} fixes every layer's sparsity to {sparsity} and prunes weights only; got "
-                f"max_layer_sparsity={self.max_layer_sparsity!r}, prune_bias={self.prune_bias!r}"
+                f"max_layer_sparsity={self.max_layer_sparsity!r}, prune_bias={self.prune_bias!r}, "
+                f"layer_amounts={self.layer_amounts or None!r}"
             )
 
     def _find_targets(
@@ -114,6 +120,10 @@ class MaskState(ScheduledPruning):
                 f"({[mask_ops.target_key(t) for t in targets][:10]})"
             )
         final = self._count / sum(sizes) if self._count is not None else max(schedule_map.values())
+        if self.layer_amounts:  # the room check is over the weights that follow `amount`
+            own = layer_fractions(self.layer_amounts, targets)
+            check_layer_amounts_match(self.layer_amounts, targets)
+            sizes = [n for n, a in zip(sizes, own, strict=True) if a is None] or sizes
         check_room(self, sizes, final)
         return targets, ties
 
@@ -194,16 +204,36 @@ class MaskState(ScheduledPruning):
             return nm_ops.compute_nm_masks(
                 weights, self._nm_dims, *self._nm, target, self.norm, self.scope, prev, generator=generator
             )
-        return mask_ops.compute_masks(
-            weights,
-            target,
-            self.norm,
-            self.scope,
-            prev,
-            self.max_layer_sparsity,
-            generator=generator,
-            min_kept=self.min_kept_per_layer,
-        )
+        own = layer_fractions(self.layer_amounts, self._targets)
+        rest = [i for i, a in enumerate(own) if a is None]
+        masks: list[Tensor | None] = [None] * len(weights)
+        if rest:
+            got = mask_ops.compute_masks(
+                [weights[i] for i in rest],
+                target,
+                self.norm,
+                self.scope,
+                [prev[i] for i in rest],
+                self.max_layer_sparsity,
+                generator=generator,
+                min_kept=self.min_kept_per_layer,
+            )
+            for i, m in zip(rest, got, strict=True):
+                masks[i] = m
+        final = max(self._schedule_map.values()) if self._schedule_map else target
+        progress = target / final if final > 0 else 1.0
+        for i, a in enumerate(own):  # a layer with its own amount: layerwise, scaled by the schedule's progress
+            if a is not None:
+                masks[i] = mask_ops.compute_masks(
+                    [weights[i]],
+                    a * progress,
+                    self.norm,
+                    "layerwise",
+                    [prev[i]],
+                    generator=generator,
+                    min_kept=self.min_kept_per_layer,
+                )[0]
+        return [m for m in masks if m is not None]
 
     def _reset_survivors(self, pl_module: pl.LightningModule, params: list[Tensor], masks: list[Tensor], event: int):
         """Lottery-ticket rewinding: the surviving weights back to saved (``rewind_epoch``) or fresh values."""
@@ -283,6 +313,38 @@ def check_resample(resample: bool, rewind_epoch: int | None) -> None:
         raise ValueError(
             f"`resample_parameters`=True (a fresh initialisation) and `rewind_epoch`={rewind_epoch} (saved "
             "weights) are two ways to reset the surviving weights: give one"
+        )
+
+
+def check_layer_amounts(layer_amounts: Any) -> dict[str, float]:
+    """``{module or tensor name / regex: final sparsity}``, checked at construction."""
+    if layer_amounts is None:
+        return {}
+    if not isinstance(layer_amounts, dict) or not all(isinstance(k, str) for k in layer_amounts):
+        raise TypeError(
+            f"`layer_amounts` must be a dict {{layer name or regex: amount}}, e.g. {{'model.fc1': 0.95}}; got "
+            f"{layer_amounts!r}"
+        )
+    compile_patterns("layer_amounts", list(layer_amounts))
+    return {k: check_fraction(f"layer_amounts[{k!r}]", v) for k, v in layer_amounts.items()}
+
+
+def layer_fractions(layer_amounts: dict[str, float], targets: Sequence[Target]) -> list[float | None]:
+    """Per target, the final amount of the first ``layer_amounts`` entry that names its module or its tensor
+    (full-match regex), or None."""
+    out: list[float | None] = []
+    for t in targets:
+        key = mask_ops.target_key(t)
+        out.append(next((a for p, a in layer_amounts.items() if name_matches(t[0], p) or name_matches(key, p)), None))
+    return out
+
+
+def check_layer_amounts_match(layer_amounts: dict[str, float], targets: Sequence[Target]) -> None:
+    keys = [(t[0], mask_ops.target_key(t)) for t in targets]
+    unmatched = [p for p in layer_amounts if not any(name_matches(m, p) or name_matches(k, p) for m, k in keys)]
+    if unmatched:
+        raise ValueError(
+            f"`layer_amounts` key(s) {unmatched} name no selected weight; the selected are {[k for _, k in keys][:20]}"
         )
 
 

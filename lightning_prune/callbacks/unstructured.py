@@ -90,6 +90,10 @@ class UnstructuredPruning(helpers.MaskState):
             input dimension is not a multiple of ``M`` stay dense (a warning names them). Not combinable with
             ``max_layer_sparsity`` or ``prune_bias``.
         prune_frozen: also prune (and count towards ``amount``) weights with ``requires_grad=False``.
+        layer_amounts: per-layer final sparsities ``{module or tensor name, or full-match regex: amount}`` (e.g.
+            ``{"model.fc1": 0.95, "model\\.conv.*": 0.5}``): each tensor named is pruned on its own (layerwise) to
+            ``round(its amount x progress x numel)``, where progress is the schedule's ``target / amount``;
+            ``amount`` and ``scope`` apply to the other selected weights. Not with ``pattern``.
 
     Hook: override ``filter_parameters(pl_module, targets)`` in a subclass to change the list of
     ``(module name, parameter name)`` pairs the arguments select (``ModelPruning.filter_parameters_to_prune``).
@@ -137,6 +141,7 @@ class UnstructuredPruning(helpers.MaskState):
         verbose: bool = True,
         pattern: str | None = None,
         prune_frozen: bool = False,
+        layer_amounts: dict[str, float] | None = None,
     ) -> None:
         sched_amount, self._count = helpers.split_amount(amount)
         super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
@@ -159,6 +164,7 @@ class UnstructuredPruning(helpers.MaskState):
         self.seed = int(seed)
         self.verbose = check_bool("verbose", verbose)
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
+        self.layer_amounts = helpers.check_layer_amounts(layer_amounts)
         self._amount_repr = self._count if self._count is not None else (self._sched.milestones or self._sched.amount)
         self._set_pattern(pattern)
         # run-time state (set at setup / events / restore)
@@ -183,7 +189,9 @@ class UnstructuredPruning(helpers.MaskState):
 
     @property
     def state_key(self) -> str:
-        extra = {"pattern": self.pattern} if self.pattern is not None else {}
+        extra: dict[str, Any] = {"pattern": self.pattern} if self.pattern is not None else {}
+        if self.layer_amounts:
+            extra["layer_amounts"] = self.layer_amounts
         norm = helpers.norm_name(self.norm)
         return self._schedule_state_key(amount=self._amount_repr, norm=norm, scope=self.scope, **extra)
 
