@@ -360,3 +360,36 @@ def test_layer_amounts_per_layer_targets(tmp_path):
             UserClassifier(), DigitsDataModule(batch_size=8))
     with pytest.raises(ValueError, match=r"layer_amounts\['a'\]"):
         UnstructuredPruning(0.5, layer_amounts={"a": 1.5})
+
+
+def test_structured_zeroing_along_a_dim_keeps_shapes(tmp_path):
+    """`structured_dim` (ln_structured-like): whole output rows/channels zeroed, round(target x slices) per tensor,
+    pruned slices stay pruned through the schedule, shapes unchanged."""
+    from helpers import UserClassifier
+
+    from lightning_prune.core.unstructured.structured import compute_structured_masks
+    from lightning_prune.data import DigitsDataModule
+
+    model = UserClassifier()
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(pl_module.backbone.fc1.weight_mask.clone())
+
+    cb = UnstructuredPruning(0.5, norm="l2", structured_dim=0, schedule="linear", start_epoch=0, end_epoch=1,
+                             verbose=False)
+    make_trainer(tmp_path, 2, [cb, Watch()], limit_train_batches=1, limit_val_batches=0).fit(
+        model, DigitsDataModule(batch_size=8))
+    assert {n: tuple(p.shape) for n, p in model.named_parameters()} == shapes
+    for m in (model.backbone.conv1, model.backbone.conv2, model.backbone.fc1, model.backbone.fc2):
+        rows = (m.weight.reshape(m.weight.shape[0], -1) == 0).all(1)
+        assert int(rows.sum()) == round(0.5 * m.weight.shape[0])
+    assert not bool((seen[1] > seen[0]).any())  # nothing grows back between events
+    w = torch.tensor([[3.0, 0.0], [0.1, 0.1], [1.0, 1.0]])
+    assert compute_structured_masks([w], 2 / 3, dim=0, norm="l1")[0][:, 0].tolist() == [True, False, False]
+    assert compute_structured_masks([w], 2 / 3, dim=0, norm="l2")[0][:, 0].tolist() == [True, False, False]
+    assert compute_structured_masks([w], 1.0, dim=1, min_kept=1)[0].tolist() == [[True, False]] * 3
+    with pytest.raises(ValueError, match="`structured_dim`=0 ranks slices"):
+        UnstructuredPruning(0.5, norm="lamp", structured_dim=0)

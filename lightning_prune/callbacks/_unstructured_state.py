@@ -24,6 +24,7 @@ from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured import nm as nm_ops
 from lightning_prune.core.unstructured import targets as target_ops
 from lightning_prune.core.unstructured.reparam import effective
+from lightning_prune.core.unstructured.structured import STRUCTURED_NORMS, compute_structured_masks
 from lightning_prune.core.unstructured.targets import with_ties
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "check_norm",
     "check_resample",
     "check_room",
+    "check_structured",
     "collapsed",
     "event_summary",
     "find_targets",
@@ -81,6 +83,7 @@ class MaskState(ScheduledPruning):
     _objects: list[Any]
     _amount_repr: Any
     layer_amounts: dict[str, float]
+    structured_dim: int | None
 
     def filter_parameters(self, pl_module: pl.LightningModule, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return targets
@@ -203,6 +206,17 @@ class MaskState(ScheduledPruning):
         if self._nm is not None:
             return nm_ops.compute_nm_masks(
                 weights, self._nm_dims, *self._nm, target, self.norm, self.scope, prev, generator=generator
+            )
+        if self.structured_dim is not None:
+            norm = self.norm if isinstance(self.norm, str) else "l1"
+            return compute_structured_masks(
+                weights,
+                target,
+                self.structured_dim,
+                norm,
+                prev,
+                generator,
+                self.min_kept_per_layer,  # type: ignore[arg-type]
             )
         own = layer_fractions(self.layer_amounts, self._targets)
         rest = [i for i, a in enumerate(own) if a is None]
@@ -348,6 +362,25 @@ def check_layer_amounts_match(layer_amounts: dict[str, float], targets: Sequence
         )
 
 
+def check_structured(dim: Any, cb: MaskState) -> int | None:
+    """``structured_dim``: an int, with an ``l1``/``l2``/``random`` norm, not combined with the per-weight options."""
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"`structured_dim` must be an int (the dimension whose slices are pruned); got {dim!r}")
+    if not isinstance(cb.norm, str) or cb.norm not in STRUCTURED_NORMS:
+        raise ValueError(
+            f"`structured_dim`={dim} ranks slices by their L1/L2 norm (or randomly): `norm` must be one of "
+            f"{list(STRUCTURED_NORMS)}; got {norm_name(cb.norm)!r}"
+        )
+    if cb.pattern is not None or cb.max_layer_sparsity is not None or cb.layer_amounts:
+        raise ValueError(
+            f"`structured_dim`={dim} prunes round(target x slices) of every tensor; it does not combine with "
+            f"pattern={cb.pattern!r}, max_layer_sparsity={cb.max_layer_sparsity!r} or layer_amounts"
+        )
+    return int(dim)
+
+
 def check_module_types(module_types: Any) -> list[str]:
     if module_types is None:
         return list(mask_ops.DEFAULT_MODULE_TYPES)
@@ -464,7 +497,7 @@ def nm_targets(
 def check_room(cb: MaskState, sizes: list[int], final: float) -> None:
     """Refuse a ``max_layer_sparsity``/``min_kept_per_layer`` that leaves fewer weights to prune than the final
     target needs (global scope)."""
-    if cb.scope != "global" or cb._nm is not None:
+    if cb.scope != "global" or cb._nm is not None or cb.structured_dim is not None:
         return
     cap, floor = cb.max_layer_sparsity, cb.min_kept_per_layer
     by_cap = [int(cap * s + 1e-9) if cap is not None else s for s in sizes]

@@ -94,6 +94,9 @@ class UnstructuredPruning(helpers.MaskState):
             ``{"model.fc1": 0.95, "model\\.conv.*": 0.5}``): each tensor named is pruned on its own (layerwise) to
             ``round(its amount x progress x numel)``, where progress is the schedule's ``target / amount``;
             ``amount`` and ``scope`` apply to the other selected weights. Not with ``pattern``.
+        structured_dim: structured zeroing with shapes kept (``ln_structured``): whole slices along this dimension
+            (0: output units/channels) are pruned, ``round(target x slices)`` of every tensor, ranked by their
+            ``norm`` (``l1``, ``l2`` or ``random``); ``scope`` is not used.
 
     Hook: override ``filter_parameters(pl_module, targets)`` in a subclass to change the list of
     ``(module name, parameter name)`` pairs the arguments select (``ModelPruning.filter_parameters_to_prune``).
@@ -142,6 +145,7 @@ class UnstructuredPruning(helpers.MaskState):
         pattern: str | None = None,
         prune_frozen: bool = False,
         layer_amounts: dict[str, float] | None = None,
+        structured_dim: int | None = None,
     ) -> None:
         sched_amount, self._count = helpers.split_amount(amount)
         super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
@@ -167,6 +171,7 @@ class UnstructuredPruning(helpers.MaskState):
         self.layer_amounts = helpers.check_layer_amounts(layer_amounts)
         self._amount_repr = self._count if self._count is not None else (self._sched.milestones or self._sched.amount)
         self._set_pattern(pattern)
+        self.structured_dim = helpers.check_structured(structured_dim, self)
         # run-time state (set at setup / events / restore)
         self._fitting = False
         self._targets: list[mask_ops.Target] = []
@@ -192,6 +197,8 @@ class UnstructuredPruning(helpers.MaskState):
         extra: dict[str, Any] = {"pattern": self.pattern} if self.pattern is not None else {}
         if self.layer_amounts:
             extra["layer_amounts"] = self.layer_amounts
+        if self.structured_dim is not None:
+            extra["structured_dim"] = self.structured_dim
         norm = helpers.norm_name(self.norm)
         return self._schedule_state_key(amount=self._amount_repr, norm=norm, scope=self.scope, **extra)
 

@@ -171,6 +171,10 @@ _LAZY: dict[str, str] = {
     # unstructured.select
     "CHUNK": "lightning_prune.core.unstructured.select",
     "select_masks": "lightning_prune.core.unstructured.select",
+    # unstructured.structured
+    "STRUCTURED_NORMS": "lightning_prune.core.unstructured.structured",
+    "compute_structured_masks": "lightning_prune.core.unstructured.structured",
+    "slice_norms": "lightning_prune.core.unstructured.structured",
     # unstructured.targets
     "BIAS_PARAMETERS": "lightning_prune.core.unstructured.targets",
     "DEFAULT_PARAMETERS": "lightning_prune.core.unstructured.targets",
@@ -370,6 +374,11 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.unstructured.select import (
         CHUNK,
         select_masks,
+    )
+    from lightning_prune.core.unstructured.structured import (
+        STRUCTURED_NORMS,
+        compute_structured_masks,
+        slice_norms,
     )
     from lightning_prune.core.unstructured.targets import (
         BIAS_PARAMETERS,
