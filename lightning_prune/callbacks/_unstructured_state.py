@@ -117,16 +117,16 @@ class MaskState(ScheduledPruning):
         if self._nm is not None:
             targets, self._nm_dims = nm_targets(self.pattern, self._nm[1], pl_module, targets)
         sizes = [mask_ops.get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
-        if self._count is not None and self._count > sum(sizes):
+        if self.layer_amounts:  # `amount` (a count too) and the room check are over the weights it governs
+            check_layer_amounts_match(self.layer_amounts, targets)
+            own = layer_fractions(self.layer_amounts, targets)
+            sizes = [n for n, a in zip(sizes, own, strict=True) if a is None] or sizes
+        if self._count is not None and self._count >= sum(sizes):
             raise ValueError(
-                f"`amount`={self._count} weights is more than the {sum(sizes)} selected weights "
+                f"`amount`={self._count} weights is not fewer than the {sum(sizes)} selected weights "
                 f"({[mask_ops.target_key(t) for t in targets][:10]})"
             )
         final = self._count / sum(sizes) if self._count is not None else max(schedule_map.values())
-        if self.layer_amounts:  # the room check is over the weights that follow `amount`
-            own = layer_fractions(self.layer_amounts, targets)
-            check_layer_amounts_match(self.layer_amounts, targets)
-            sizes = [n for n, a in zip(sizes, own, strict=True) if a is None] or sizes
         check_room(self, sizes, final)
         return targets, ties
 
@@ -139,7 +139,12 @@ class MaskState(ScheduledPruning):
         """An int ``amount``: the schedule becomes the fraction of the selected weights (before any event)."""
         if self._count is None or self._last_event_epoch >= 0:
             return
-        total = sum(mask_ops.get_param(pl_module.get_submodule(n), p).numel() for n, p in self._targets)
+        own = layer_fractions(self.layer_amounts, self._targets)  # a count is of the weights `amount` governs
+        total = sum(
+            mask_ops.get_param(pl_module.get_submodule(n), p).numel()
+            for (n, p), a in zip(self._targets, own, strict=True)
+            if a is None
+        )
         s = self._sched
         self._sched = Schedule(self._count / total, s.schedule, s.start_epoch, s.end_epoch, s.every_n_epochs, "amount")
         self._schedule_map = self._sched.resolve(trainer.max_epochs, starts_from_trained(pl_module))

@@ -123,7 +123,7 @@ class UnstructuredPruning(helpers.MaskState):
 
     def __init__(
         self,
-        amount: float | int | dict[int, float],
+        amount: int | float | dict[int, float],
         norm: Literal["l1", "l2", "lamp", "random"] | Callable[[Tensor], Tensor] = "l1",
         scope: Literal["global", "layerwise"] = "global",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "cubic",
@@ -214,7 +214,9 @@ class UnstructuredPruning(helpers.MaskState):
         if not self._fitting:
             return
         # every check that can refuse the run comes before any change
+        verbose, self.verbose = self.verbose, self.verbose and self._count is None  # a count: printed once known
         schedule_map = self._check_schedule(trainer, pl_module)
+        self.verbose = verbose
         self._check_averaging(trainer)
         self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
