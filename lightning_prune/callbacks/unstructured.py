@@ -266,7 +266,8 @@ class UnstructuredPruning(helpers.MaskState):
         # code that reads a pruned attribute (`self_attn.in_proj_weight`) without calling its module, so without
         # the pruning hook, sees the weights of the latest step (nn.TransformerEncoderLayer's fused fast path does
         # read it directly, but refuses to run while hooks are attached, so it only runs once pruning is permanent)
-        mask_ops.refresh_weights(pl_module, self._all_targets())
+        if self._fitting:
+            mask_ops.refresh_weights(pl_module, self._all_targets())
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
