@@ -44,29 +44,35 @@ def _trainer(tmp_path, max_epochs, callbacks, **kw):
     return pl.Trainer(**opts)
 
 
-CASES = [(pairs, scope, norm) for pairs in (False, True) for scope in ("global", "layerwise")
-         for norm in ("l1", "random", every_other)]
+CRITERIA = ["l1", "random", "ln_structured", every_other]  # Lightning's TestPruningMethod as a score callable
+CASES = [(pairs, scope, norm, rewind) for pairs in (False, True) for scope in ("global", "layerwise")
+         for norm in CRITERIA for rewind in (False, True)]
 
 
-@pytest.mark.parametrize(("pairs", "scope", "norm"), CASES)
-def test_pruning_callback_matrix(tmp_path, pairs, scope, norm):
+@pytest.mark.parametrize(("pairs", "scope", "norm", "rewind"), CASES)
+def test_pruning_callback_matrix(tmp_path, pairs, scope, norm, rewind):
     pl.seed_everything(1)
     model = PortModel()
     assert torch.all(model.layer.mlp_2.weight != 0)
-    rewind = 0 if CASES.index((pairs, scope, norm)) % 2 else None  # lottery ticket on half of the cases
-    params = [(model.layer.mlp_1, "weight"), (model.layer.mlp_2, "weight")] if pairs else ["weight", "bias"]
-    cb = UnstructuredPruning(0.3, norm=norm, scope=scope, schedule="linear", start_epoch=0, end_epoch=1,
-                             parameters=params, prune_bias=not pairs, rewind_epoch=rewind, verbose=False)
+    structured = norm == "ln_structured"
+    names = ["weight"] if structured else ["weight", "bias"]  # as Lightning's test: structured prunes weights only
+    params = [(model.layer.mlp_1, "weight"), (model.layer.mlp_2, "weight")] if pairs else names
+    cb = UnstructuredPruning(0.3, norm="l1" if structured else norm, scope=scope, schedule="linear", start_epoch=0,
+                             end_epoch=1, parameters=params, prune_bias=not pairs and not structured,
+                             rewind_epoch=0 if rewind else None, structured_dim=0 if structured else None,
+                             verbose=False)
     trainer = _trainer(tmp_path, 3, [cb])
     trainer.fit(model)
     trainer.test(model)
     assert torch.any(model.layer.mlp_2.weight == 0)
     tensors = [model.layer.mlp_1.weight, model.layer.mlp_2.weight]
     if not pairs:
-        tensors += [model.layer.mlp_1.bias, model.layer.mlp_3.weight, model.layer.mlp_3.bias]
+        tensors += [model.layer.mlp_3.weight] + ([] if structured else [model.layer.mlp_1.bias, model.layer.mlp_3.bias])
     total = sum(t.numel() for t in tensors)
     assert cb.history[-1]["total"] == total
-    if scope == "global":
+    if structured:  # whole output rows, round(0.3 x rows) of each tensor
+        assert all(int((t == 0).all(1).sum()) == round(0.3 * t.shape[0]) for t in tensors)
+    elif scope == "global":
         assert sum(int((t == 0).sum()) for t in tensors) == round(0.3 * total)
     else:
         assert all(int((t == 0).sum()) == round(0.3 * t.numel()) for t in tensors)
