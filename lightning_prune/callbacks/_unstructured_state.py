@@ -259,6 +259,12 @@ class MaskState(ScheduledPruning):
         if self.resample_parameters:
             fresh = resampled_weights(pl_module, self._targets, self.seed * 1_000_003 + event)
             saved = {mask_ops.target_key(t): w for t, w in fresh.items()}
+            kept = [mask_ops.target_key(t) for t in self._targets if t not in fresh]
+            if kept:
+                rank_zero_warn(
+                    f"UnstructuredPruning: resample_parameters: {kept} belong to modules without `reset_parameters()`;"
+                    " their surviving weights keep their values"
+                )
         else:
             saved = self._rewind
         with torch.no_grad():
