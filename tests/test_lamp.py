@@ -90,3 +90,22 @@ def test_callback_with_a_users_own_module_prunes_the_lamp_masks():
         assert torch.equal(layer.weight != 0, keep)
     assert cb.history[0]["pruned"] == round(0.9 * cb.history[0]["total"])
     assert UnstructuredPruning(0.5, norm="LAMP").norm == "lamp"  # case-insensitive, as YAML may write it
+
+
+def test_nan_and_inf_rank_like_l1_and_leave_the_other_scores_alone():
+    """(issue 20b) one NaN zeroed every score of its tensor, an inf made the rest NaN; now the finite entries score as
+    without them and the non-finite ones rank above every finite one (inf, then NaN), as under l1."""
+    finite = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    for bad in (float("nan"), -float("nan"), float("inf"), -float("inf")):
+        w = torch.tensor([1.0, -2.0, bad, 3.0, 0.5])
+        s = lamp_scores(w)
+        keep = torch.tensor([True, True, False, True, True])
+        assert torch.equal(s[keep], lamp_scores(finite))
+        assert not torch.signbit(s[2]) and not bool(torch.isfinite(s[2]))
+    # global scope: the layer with a NaN keeps its large weights; the non-finite weights are pruned last
+    big = torch.tensor([5.0, float("nan"), 4.0, 0.01])
+    small = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    masks = M.compute_masks([big, small], 0.5, "lamp")
+    assert masks[0].tolist() == [True, True, True, False]
+    masks = M.compute_masks([torch.tensor([float("inf"), float("nan"), 1.0])], 2 / 3, "lamp")
+    assert masks[0].tolist() == [False, True, False]

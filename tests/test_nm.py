@@ -179,3 +179,16 @@ def test_to_semi_structured_on_gpu():
         assert to_semi_structured(net) == ["0", "2"]
         sparse = net(x)
     assert (sparse.float() - dense.float()).abs().max() < 1e-2
+
+
+def test_previous_mask_with_more_than_m_minus_n_pruned_in_a_group_is_refused():
+    """(issue 20c) a group with more than M - N entries pruned before was silently regrown."""
+    w = torch.randn(2, 8)
+    prev = torch.ones(2, 8, dtype=torch.bool)
+    prev[1, 4:7] = False  # 3 of a group of 4 pruned: more than 2:4 allows
+    for scope in ("layerwise", "global"):
+        with pytest.raises(ValueError, match="more than M - N = 2"):
+            compute_nm_masks([w], [1], 2, 4, 0.25, scope=scope, prev_masks=[prev])
+    prev[1, 6] = True  # at most M - N: fine, and they stay pruned
+    (keep,) = compute_nm_masks([w], [1], 2, 4, prev_masks=[prev])
+    assert not keep[1, 4:6].any() and group_counts(keep, 4, 1).tolist() == [2, 2, 2, 2]

@@ -51,3 +51,13 @@ def test_readers():
     for mask in (torch.tensor([0.0, 1.0]), torch.tensor([False, True])):
         out = effective(orig, mask)
         assert out.tolist() == [0.0, 3.0] and not torch.signbit(out[0])
+
+
+def test_effective_is_plus_zero_where_pruned_for_non_finite_orig_with_either_mask_dtype():
+    """(issue 20d) a NaN or inf orig under a 0 float mask gave NaN (0.0 with a bool mask)."""
+    orig = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, float("nan"), 2.0])
+    keep = torch.tensor([False, False, False, False, True, True])
+    for mask in (keep, keep.float(), keep.double().float()):
+        out = effective(orig, mask)
+        assert out[:4].tolist() == [0.0] * 4 and not torch.signbit(out[:4]).any()
+        assert out[4].isnan() and out[5] == 2.0

@@ -98,3 +98,17 @@ def test_nan_and_inf_weights_rank_last_like_the_sort():
     w = [torch.tensor([float("nan"), 1.0, float("inf"), -2.0, 0.5, float("-inf")])]
     for target in (0.3, 0.5, 0.7, 1.0):
         assert torch.equal(compute_masks(w, target)[0], reference_masks(w, target)[0])
+
+
+def test_float64_l2_nan_with_its_sign_bit_ranks_like_l1():
+    """(issue 20a) a NaN with its sign bit set squared kept the sign: a negative key, never prunable, and a high
+    target raised an internal RuntimeError. It now ranks last, exactly as under l1."""
+    nan = -torch.tensor(float("nan"), dtype=torch.float64)
+    assert torch.signbit(nan)
+    w = [torch.tensor([0.5, 0.0, 2.0, 0.1], dtype=torch.float64), torch.tensor([1.0, 3.0], dtype=torch.float64)]
+    w[0][1] = nan
+    for target in (0.5, 5 / 6, 1.0):
+        for scope in ("global", "layerwise"):
+            l1, l2 = compute_masks(w, target, "l1", scope), compute_masks(w, target, "l2", scope)
+            assert all(torch.equal(a, b) for a, b in zip(l1, l2)), (target, scope)
+    assert not compute_masks(w, 1.0, "l2")[0].any()

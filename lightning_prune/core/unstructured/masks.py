@@ -33,7 +33,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -41,24 +41,16 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from lightning_prune.core.bitpack import pack_mask, unpack_mask  # noqa: F401  (re-exported)
-from lightning_prune.core.patterns import check_patterns_match, matches_any, type_matches
 from lightning_prune.core.unstructured.reparam import effective, effective_weight, is_pruned, pruned_names
 from lightning_prune.core.unstructured.scores import lamp_scores
 from lightning_prune.core.unstructured.select import select_masks
+from lightning_prune.core.unstructured.targets import DEFAULT_MODULE_TYPES, find_targets
 
 NORMS: tuple[str, ...] = ("l1", "l2", "lamp", "random")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
-DEFAULT_MODULE_TYPES: tuple[str, ...] = (
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvTranspose1d",
-    "ConvTranspose2d",
-    "ConvTranspose3d",
-    "Linear",
-)
 
 Target = tuple[str, str]  # (qualified module name, parameter name), e.g. ("model.conv1", "weight")
+Norm = str | Callable[[Tensor], Tensor]  # a name in NORMS, or a callable weight -> scores
 
 _HOOKS_ATTR = "_lightning_prune_hooks"
 
@@ -70,43 +62,25 @@ def find_prunable(
     exclude: Sequence[str] | None = None,
     module_types: Sequence[str] = DEFAULT_MODULE_TYPES,
     prune_bias: bool = False,
+    parameters: Sequence[str] | None = None,
 ) -> list[Target]:
-    """The ``(module name, parameter name)`` pairs to prune, in ``model.named_modules()`` order.
+    """The ``(module name, parameter name)`` pairs to prune, in ``model.named_modules()`` order, each tensor once
+    (a parameter tied under two module paths is named by its first: see :mod:`.targets`).
 
     Args:
         model: the model to scan.
         modules: names or regexes (full match) of the modules to consider; ``None`` = every module.
         exclude: names or regexes of modules to leave alone.
-        module_types: class names (the class or one of its bases) of the modules to prune.
-        prune_bias: prune the ``bias`` too (the ``weight`` always).
+        module_types: class names (the class or one of its bases) of the modules to prune (``"Module"``: any).
+        prune_bias: prune the biases too.
+        parameters: names, globs or regexes of the parameters to prune (``"weight"``, ``"weight_ih_l*"``);
+            default :data:`~lightning_prune.core.unstructured.targets.DEFAULT_PARAMETERS` (``weight``,
+            ``nn.MultiheadAttention``'s ``in_proj_weight``, the recurrent ``weight_ih_l*``/``weight_hh_l*``).
 
     Raises:
         ValueError: a pattern in ``modules`` or ``exclude`` matches no module, or nothing is left to prune.
     """
-    modules = list(modules or [])
-    exclude = list(exclude or [])
-    named = [(name, m) for name, m in model.named_modules() if name]
-    names = [name for name, _ in named]
-    check_patterns_match("modules", modules, names)
-    check_patterns_match("exclude", exclude, names)
-    out: list[Target] = []
-    for name, module in named:
-        if modules and not matches_any(name, modules):
-            continue
-        if exclude and matches_any(name, exclude):
-            continue
-        if not type_matches(module, module_types):
-            continue
-        for pname in ("weight", "bias") if prune_bias else ("weight",):
-            if get_param(module, pname) is not None:
-                out.append((name, pname))
-    if not out:
-        raise ValueError(
-            f"nothing to prune: no module matches `modules`={modules or None}, `exclude`={exclude or None} and "
-            f"`module_types`={list(module_types)} with a weight tensor; the model's modules are "
-            f"{[(n, type(m).__name__) for n, m in named][:30]}"
-        )
-    return out
+    return find_targets(model, modules, exclude, module_types, prune_bias, parameters)
 
 
 def target_key(target: Target) -> str:
@@ -124,14 +98,16 @@ def get_param(module: nn.Module, pname: str) -> Tensor | None:
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = None) -> Tensor:
+def score(weight: Tensor, norm: Norm = "l1", generator: torch.Generator | None = None) -> Tensor:
     """Importance of each weight as a flat float64 tensor: ``|w|`` (l1), ``w**2`` (l2), LAMP scores (lamp, see
-    :mod:`lightning_prune.core.unstructured.scores`), or uniform noise (random).
+    :mod:`lightning_prune.core.unstructured.scores`), uniform noise (random), or a callable's scores.
 
     ``generator`` (a CPU generator) drives ``random``; give every rank the same seed for identical masks.
     (:func:`compute_masks` ranks by the same scores without materialising them; N:M selection uses these.)
     """
     w = weight.detach().reshape(-1)
+    if callable(norm):
+        return custom_scores(norm, weight).reshape(-1)
     if norm == "l1":
         return w.double().abs()
     if norm == "l2":
@@ -140,17 +116,40 @@ def score(weight: Tensor, norm: str = "l1", generator: torch.Generator | None = 
         return lamp_scores(w)
     if norm == "random":
         return torch.rand(w.numel(), generator=generator, dtype=torch.float64).to(w.device)
-    raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}")
+    raise ValueError(f"`norm` must be one of {list(NORMS)} or a callable; got {norm!r}")
+
+
+def custom_scores(fn: Callable[[Tensor], Tensor], weight: Tensor) -> Tensor:
+    """``fn(weight)`` checked as scores: one non-negative float per weight (NaN ranks last), as float64.
+
+    Raises:
+        ValueError: a shape other than the weight's, or a negative score.
+    """
+    s = fn(weight.detach())
+    if not isinstance(s, Tensor) or s.numel() != weight.numel():
+        shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+        raise ValueError(
+            f"`norm` callable {getattr(fn, '__name__', fn)!r} must return one score per weight (shape "
+            f"{tuple(weight.shape)}); got {shape}"
+        )
+    s = s.detach().reshape(weight.shape).double()
+    if bool((s < 0).any()):
+        raise ValueError(
+            f"`norm` callable {getattr(fn, '__name__', fn)!r} returned negative scores (min {float(s.min())}); "
+            "scores must be >= 0 (the lowest are pruned first)"
+        )
+    return s
 
 
 def compute_masks(
     weights: Sequence[Tensor],
     target: float,
-    norm: str = "l1",
+    norm: Norm = "l1",
     scope: str = "global",
     prev_masks: Sequence[Tensor | None] | None = None,
     max_layer_sparsity: float | None = None,
     generator: torch.Generator | None = None,
+    min_kept: int = 0,
 ) -> list[Tensor]:
     """Boolean keep-masks that prune exactly the scheduled share of ``weights``.
 
@@ -163,22 +162,26 @@ def compute_masks(
         weights: the tensors to prune (their current effective values; pruned entries are ignored).
         target: absolute sparsity in [0, 1]. ``global``: exactly ``round(target * total)`` entries over all
             tensors are pruned; ``layerwise``: exactly ``round(target * numel)`` in each tensor.
-        norm: ``"l1"``, ``"l2"`` or ``"random"``.
+        norm: ``"l1"``, ``"l2"``, ``"lamp"``, ``"random"``, or a callable ``weight -> scores`` (same shape,
+            non-negative; the lowest are pruned first).
         scope: ``"global"`` (rank all tensors together) or ``"layerwise"`` (each tensor on its own).
         prev_masks: masks already applied (``True`` = kept), or None. Previously pruned entries stay pruned
             and count towards the target; if they already exceed it, nothing more is pruned.
         max_layer_sparsity: global scope only: no tensor is pruned beyond ``floor(cap * numel)`` (or its
             previous pruned count, if higher), a guard against layer collapse.
         generator: CPU generator for ``norm="random"``.
+        min_kept: a floor against layer collapse: no tensor is left with fewer than ``min_kept`` weights (all of
+            them if smaller) unless earlier masks left it so; the global count stays exact (other tensors give
+            the weights up). ``layerwise``: a tensor's count is lowered to keep them.
 
     Returns:
         One bool tensor per weight, same shape and device, ``True`` where the weight is kept.
 
     Raises:
-        ValueError: bad ``norm``/``scope``/``target``, or the cap makes the global target unreachable.
+        ValueError: bad ``norm``/``scope``/``target``, or the cap or floor makes the global target unreachable.
     """
-    if norm not in NORMS:
-        raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}")
+    if not callable(norm) and norm not in NORMS:
+        raise ValueError(f"`norm` must be one of {list(NORMS)} or a callable; got {norm!r}")
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {list(SCOPES)}; got {scope!r}")
     if not 0.0 <= float(target) <= 1.0:
@@ -186,15 +189,49 @@ def compute_masks(
     weights = list(weights)
     if prev_masks is not None and len(prev_masks) != len(weights):
         raise ValueError(f"`prev_masks` has {len(prev_masks)} entries for {len(weights)} weights")
-    return select_masks(
-        weights,
-        norm=norm,
-        scope=scope,
-        prev_masks=prev_masks,
-        max_layer_sparsity=max_layer_sparsity if scope == "global" else None,
-        generator=generator,
-        target=float(target),
-    )
+    if callable(norm):  # the scores rank like the l1 of themselves (non-negative)
+        weights, norm = [custom_scores(norm, w) for w in weights], "l1"
+    return _floored_select(weights, float(target), norm, scope, prev_masks, max_layer_sparsity, generator, min_kept)
+
+
+def _floored_select(
+    weights: list[Tensor],
+    target: float,
+    norm: str,
+    scope: str,
+    prev_masks: Sequence[Tensor | None] | None,
+    max_layer_sparsity: float | None,
+    generator: torch.Generator | None,
+    min_kept: int,
+) -> list[Tensor]:
+    """:func:`select_masks`, run again with a limit on every tensor that fell below ``min_kept`` (only where the
+    floor bites: a limit costs a pass over that tensor), until none does; random draws replayed each time."""
+    gen = (generator if generator is not None else torch.default_generator) if norm == "random" else None
+    state = gen.get_state() if gen is not None else None
+    limits: list[int | None] | None = None
+    while True:
+        masks = select_masks(
+            weights,
+            norm=norm,
+            scope=scope,
+            prev_masks=prev_masks,
+            max_layer_sparsity=max_layer_sparsity if scope == "global" else None,
+            generator=generator,
+            target=target,
+            limits=limits,
+        )
+        low = [i for i, m in enumerate(masks) if _below_floor(m, min_kept) and (limits is None or limits[i] is None)]
+        if not low:
+            return masks
+        limits = limits if limits is not None else [None] * len(weights)
+        for i in low:
+            limits[i] = max(weights[i].numel() - min_kept, 0)
+        if gen is not None and state is not None:
+            gen.set_state(state)
+
+
+def _below_floor(mask: Tensor, min_kept: int) -> bool:
+    return min_kept > 0 and int(torch.count_nonzero(mask)) < min(min_kept, mask.numel())
 
 
 def mask_sparsity(masks: Iterable[Tensor]) -> float:
@@ -387,11 +424,13 @@ def make_permanent(model: nn.Module, targets: Sequence[Target]) -> None:
 __all__ = [
     "DEFAULT_MODULE_TYPES",
     "NORMS",
+    "Norm",
     "SCOPES",
     "Target",
     "apply_masks",
     "compute_masks",
     "current_weights",
+    "custom_scores",
     "find_prunable",
     "get_masks",
     "get_param",

@@ -114,69 +114,86 @@ def compute_nm_masks(
             of its group.
         norm: ``"l1"``, ``"l2"`` or ``"random"`` (as :func:`lightning_prune.core.unstructured.masks.score`).
         scope: ``"layerwise"`` or ``"global"`` (only matters before the final target).
-        prev_masks: masks already applied (``True`` = kept) or None; their pruned entries stay pruned (a group
-            may hold at most ``m - n`` of them).
+        prev_masks: masks already applied (``True`` = kept) or None; their pruned entries stay pruned. A group
+            may hold at most ``m - n`` of them (checked: a ``ValueError`` otherwise, since the pattern would
+            have to regrow weights).
         generator: CPU generator for ``norm="random"``.
 
     Returns:
         One bool tensor per weight, same shape and device, ``True`` where kept.
     """
     final = pattern_sparsity(n, m)
-    if target is None:
-        target = final
-    if not 0.0 <= float(target) <= final + 1e-9:
-        raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
-    if scope not in mask_ops.SCOPES:
-        raise ValueError(f"`scope` must be one of {list(mask_ops.SCOPES)}; got {scope!r}")
+    target = final if target is None else target
     weights, dims = list(weights), list(dims)
     prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
-    if not len(weights) == len(dims) == len(prev):
-        raise ValueError(f"got {len(weights)} weights, {len(dims)} dims and {len(prev)} previous masks")
+    _check_nm_args(n, m, float(target), scope, len(weights), len(dims), len(prev))
     at_final = float(target) >= final - 1e-9
-
-    candidates: list[Tensor] = []  # per tensor, flat over groups: the score if prunable now, +inf if not
-    eligible: list[int] = []
-    prev_pruned: list[int] = []
-    for w, d, p in zip(weights, dims, prev, strict=False):
-        if not nm_eligible(w.shape, d, m):
-            raise ValueError(
-                f"a weight of shape {tuple(w.shape)} does not split into groups of {m} along dim {d} "
-                f"({w.shape[d] if w.dim() > d else 'missing'} is not a multiple of {m})"
-            )
-        s = mask_ops.score(w, norm, generator).reshape(w.shape)
-        n_prev = 0
-        if p is not None:
-            pruned = ~p.to(device=s.device, dtype=torch.bool)
-            s = s.masked_fill(pruned, -math.inf)  # already pruned: first in its group, and stays pruned
-            n_prev = int(pruned.sum())
-        g = _groups(s, d, m)
-        order = torch.sort(g, dim=1, stable=True).indices
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(m, device=g.device).expand_as(order))
-        candidates.append(g.masked_fill(rank >= m - n, math.inf).reshape(-1))
-        eligible.append(g.shape[0] * (m - n))
-        prev_pruned.append(n_prev)
-
-    def choose(scores: Tensor, k: int) -> Tensor:
-        keep = torch.ones_like(scores, dtype=torch.bool)
-        keep[torch.sort(scores, stable=True).indices[:k]] = False
-        return keep
-
+    found = [_candidates(w, d, p, n, m, norm, generator) for w, d, p in zip(weights, dims, prev, strict=False)]
+    candidates = [c for c, _ in found]
+    eligible = [c.numel() // m * (m - n) for c in candidates]
+    prev_pruned = [k for _, k in found]
     if scope == "layerwise":
         keeps = []
         for c, w, room, n_prev in zip(candidates, weights, eligible, prev_pruned, strict=False):
             k = room if at_final else min(max(count_for(target, w.numel()), n_prev), room)
-            keeps.append(choose(c, k))
+            keeps.append(_choose(c, k))
     else:
         total = sum(w.numel() for w in weights)
         room = sum(eligible)
         k = room if at_final else min(max(count_for(target, total), sum(prev_pruned)), room)
         all_candidates = torch.cat([c.to(candidates[0].device) for c in candidates]) if candidates else torch.zeros(0)
-        keeps = list(torch.split(choose(all_candidates, k), [c.numel() for c in candidates]))
+        keeps = list(torch.split(_choose(all_candidates, k), [c.numel() for c in candidates]))
     return [
         _ungroup(keep.reshape(-1, m), w.shape, d).contiguous().to(w.device)
         for keep, w, d in zip(keeps, weights, dims, strict=False)
     ]
+
+
+def _check_nm_args(n: int, m: int, target: float, scope: str, n_weights: int, n_dims: int, n_prev: int) -> None:
+    final = pattern_sparsity(n, m)
+    if not 0.0 <= target <= final + 1e-9:
+        raise ValueError(f"`target` must be in [0, {final}] for the {n}:{m} pattern; got {target!r}")
+    if scope not in mask_ops.SCOPES:
+        raise ValueError(f"`scope` must be one of {list(mask_ops.SCOPES)}; got {scope!r}")
+    if not n_weights == n_dims == n_prev:
+        raise ValueError(f"got {n_weights} weights, {n_dims} dims and {n_prev} previous masks")
+
+
+def _candidates(
+    w: Tensor, d: int, p: Tensor | None, n: int, m: int, norm: str, generator: torch.Generator | None
+) -> tuple[Tensor, int]:
+    """One tensor's scores, flat over its groups: the score if prunable now, ``+inf`` if not (not among the
+    ``m - n`` lowest of its group); and how many of its entries ``p`` pruned before."""
+    if not nm_eligible(w.shape, d, m):
+        raise ValueError(
+            f"a weight of shape {tuple(w.shape)} does not split into groups of {m} along dim {d} "
+            f"({w.shape[d] if w.dim() > d else 'missing'} is not a multiple of {m})"
+        )
+    s = mask_ops.score(w, norm, generator).reshape(w.shape)
+    n_prev = 0
+    if p is not None:
+        pruned = ~p.to(device=s.device, dtype=torch.bool)
+        over = _groups(pruned, d, m).sum(dim=1) > m - n
+        if bool(over.any()):
+            raise ValueError(
+                f"`prev_masks`: {int(over.sum())} group(s) of a weight of shape {tuple(w.shape)} already have more "
+                f"than M - N = {m - n} entries pruned (up to {int(_groups(pruned, d, m).sum(dim=1).max())} of {m}); "
+                f"the {n}:{m} pattern cannot keep them pruned (it would regrow weights)"
+            )
+        s = s.masked_fill(pruned, -math.inf)  # already pruned: first in its group, and stays pruned
+        n_prev = int(pruned.sum())
+    g = _groups(s, d, m)
+    order = torch.sort(g, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(m, device=g.device).expand_as(order))
+    return g.masked_fill(rank >= m - n, math.inf).reshape(-1), n_prev
+
+
+def _choose(scores: Tensor, k: int) -> Tensor:
+    """Keep-mask pruning the ``k`` lowest ``scores`` (ties by position)."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep[torch.sort(scores, stable=True).indices[:k]] = False
+    return keep
 
 
 def to_semi_structured(model: nn.Module, modules: Sequence[str] | None = None) -> list[str]:

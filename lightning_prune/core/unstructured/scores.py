@@ -28,9 +28,20 @@ def lamp_scores(weight: Tensor) -> Tensor:
 
     Ties in magnitude are ordered by position (a stable sort), so equal weights get distinct denominators,
     as in the paper's definition over a sorted list; zeros score 0 (unless the whole tensor is zero: then
-    0/0 is taken as 0 too).
+    0/0 is taken as 0 too). Non-finite entries rank as ``l1`` ranks them, above every finite one (``inf``
+    scores ``+inf``, NaN a positive NaN, which orders last); the finite entries' scores are computed among
+    the finite entries only, so one NaN or inf leaves the rest of its tensor ranked as without it.
     """
     squares = weight.detach().reshape(-1).double().square()
+    finite = torch.isfinite(squares)
+    if bool(finite.all()):
+        return _finite_lamp(squares)
+    out = squares.abs()  # +inf, or a NaN with its sign bit cleared
+    out[finite] = _finite_lamp(squares[finite])
+    return out
+
+
+def _finite_lamp(squares: Tensor) -> Tensor:
     order = torch.sort(squares, stable=True).indices
     ascending = squares[order]
     # suffix sums: sum of s_v for v >= u in sorted order

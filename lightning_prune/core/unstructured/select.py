@@ -120,8 +120,8 @@ class _Keys:
                 key = w.float().view(torch.int32) & 0x7FFFFFFF  # the bits of |w|, a float32
             elif self.norm == "l1":
                 key = w.double().abs().view(torch.int64)
-            else:
-                key = w.double().square().view(torch.int64)
+            else:  # the sign bit cleared: a NaN with its sign bit set ranks as the largest, as under l1
+                key = w.double().square().view(torch.int64) & 0x7FFFFFFFFFFFFFFF
         prev = self.prev[i]
         if prev is not None:
             key.masked_fill_(~prev[start:end].to(device=key.device, dtype=torch.bool), _PRUNED)
@@ -236,6 +236,7 @@ def select_masks(
     max_layer_sparsity: float | None = None,
     generator: torch.Generator | None = None,
     target: float | None = None,
+    limits: Sequence[int | None] | None = None,
 ) -> list[Tensor]:
     """Keep-masks (``True`` = kept) that prune the ``k`` smallest-scoring weights, exactly.
 
@@ -251,13 +252,16 @@ def select_masks(
             previously pruned count, if higher); the smallest of each tensor are the ones it may lose.
         generator: CPU generator for ``random`` (the global one if None).
         target: fraction to prune (``k = round(target * total)``), instead of ``k``.
+        limits: per tensor, the most weights it may have pruned (``None``: no limit; its previously pruned count
+            if that is higher), as ``max_layer_sparsity`` gives them; both apply when both are given.
 
     Raises:
-        ValueError: ``k`` out of range, or the cap leaves fewer than ``k`` weights to prune.
+        ValueError: ``k`` out of range, or the limits leave fewer than ``k`` weights to prune.
     """
     weights = list(weights)
     prev = list(prev_masks) if prev_masks is not None else [None] * len(weights)
-    return select_with_keys(_Keys(weights, prev, norm, generator), k, scope, max_layer_sparsity, target)
+    keys = _Keys(weights, prev, norm, generator)
+    return select_with_keys(keys, k, scope, max_layer_sparsity, target, limits)
 
 
 def select_with_keys(
@@ -266,6 +270,7 @@ def select_with_keys(
     scope: str = "global",
     max_layer_sparsity: float | None = None,
     target: float | None = None,
+    limits: Sequence[int | None] | None = None,
 ) -> list[Tensor]:
     """:func:`select_masks` on prepared keys (those of one process, or of one process's shards: then counts
     and histograms are summed over the processes through the keys' hooks). Masks of ``keys.flat``'s shapes."""
@@ -275,13 +280,28 @@ def select_with_keys(
     prev_pruned = [
         int(c) for c in keys.reduce(torch.tensor(local_pruned, dtype=torch.int64, device=keys.device)).tolist()
     ]
+    lims = _limits(sizes, prev_pruned, max_layer_sparsity if scope == "global" else None, limits)
     if scope == "layerwise":
         if target is None:
             raise ValueError("`target` is needed for the layerwise scope")
-        for i, (n, p) in enumerate(zip(sizes, prev_pruned, strict=False)):
-            _select(keys, range(i, i + 1), max(count_for(target, n), p) - p, masks)
-        keys.finish()
-        return masks
+        for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, lims, strict=False)):
+            _select(keys, range(i, i + 1), min(max(count_for(target, n), p), lim) - p, masks)
+    else:
+        _select_global(keys, sizes, prev_pruned, lims, k, target, max_layer_sparsity, masks)
+    keys.finish()
+    return masks
+
+
+def _select_global(
+    keys: _Keys,
+    sizes: list[int],
+    prev_pruned: list[int],
+    lims: list[int],
+    k: int | None,
+    target: float | None,
+    max_layer_sparsity: float | None,
+    masks: list[Tensor],
+) -> None:
     total = sum(sizes)
     if k is None:
         if target is None:
@@ -290,24 +310,37 @@ def select_with_keys(
     if not 0 <= k <= total:
         raise ValueError(f"`k` must be in [0, {total}]; got {k}")
     k = max(k, sum(prev_pruned))
-    if max_layer_sparsity is not None:
-        _set_caps(keys, k, sizes, prev_pruned, max_layer_sparsity)
-    _select(keys, range(len(keys.flat)), k - sum(prev_pruned), masks)
-    keys.finish()
-    return masks
+    if any(lim < n for n, lim in zip(sizes, lims, strict=False)):
+        room = sum(lims)
+        if k > room:
+            cap = f"`max_layer_sparsity`={max_layer_sparsity}" if max_layer_sparsity is not None else "the limits"
+            raise ValueError(
+                f"{cap} allows at most {room} of {total} weights ({room / total:.4f}) to be pruned, fewer than the "
+                f"target ({k} weights)"
+            )
+        _set_caps(keys, sizes, prev_pruned, lims)
+    _select(keys, range(len(sizes)), k - sum(prev_pruned), masks)
 
 
-def _set_caps(keys: _Keys, k: int, sizes: list[int], prev_pruned: list[int], cap: float) -> None:
-    """Limit each tensor to its ``floor(cap * numel)`` smallest keys (raises if ``k`` then is out of reach)."""
-    limits = [max(int(math.floor(cap * n + 1e-9)), p) for n, p in zip(sizes, prev_pruned, strict=False)]
-    room = sum(min(n, lim) for n, lim in zip(sizes, limits, strict=False))
-    total = sum(sizes)
-    if k > room:
-        raise ValueError(
-            f"`max_layer_sparsity`={cap} allows at most {room} of {total} weights "
-            f"({room / total:.4f}) to be pruned, fewer than the target ({k} weights)"
-        )
-    for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, limits, strict=False)):
+def _limits(
+    sizes: list[int], prev_pruned: list[int], cap: float | None, limits: Sequence[int | None] | None
+) -> list[int]:
+    """Per tensor, the most weights it may have pruned after this call (its size when unlimited)."""
+    out = []
+    for i, (n, p) in enumerate(zip(sizes, prev_pruned, strict=False)):
+        lim = n
+        if cap is not None:
+            lim = min(lim, int(math.floor(cap * n + 1e-9)))
+        limit = limits[i] if limits is not None else None
+        if limit is not None:
+            lim = min(lim, int(limit))
+        out.append(min(n, max(lim, p)))
+    return out
+
+
+def _set_caps(keys: _Keys, sizes: list[int], prev_pruned: list[int], lims: list[int]) -> None:
+    """Make each limited tensor's weights beyond its ``lims`` smallest unselectable."""
+    for i, (n, p, lim) in enumerate(zip(sizes, prev_pruned, lims, strict=False)):
         allowed = lim - p  # weights of tensor i that may still be pruned: its `allowed` smallest
         if allowed >= n - p:
             continue
