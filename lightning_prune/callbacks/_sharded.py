@@ -18,10 +18,11 @@ device, works.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
@@ -61,7 +62,7 @@ def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
         )
     if not is_fsdp2(trainer):
         return False
-    mesh = trainer.strategy.device_mesh
+    mesh = cast(ModelParallelStrategy, trainer.strategy).device_mesh
     if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
         raise ValueError(
             f"{who} under ModelParallelStrategy supports data parallelism only (fully_shard: weights sharded along "
@@ -116,18 +117,19 @@ class ShardedMasks:
                 f"(a DTensor); these are plain tensors: {plain[:10]}. Call fully_shard on the root module too, or "
                 "leave them out with `exclude`"
             )
-        odd = [n for n, p in zip(names, params, strict=True) if tuple(p.placements) != (Shard(0),)]
-        if odd or any(p.device_mesh != params[0].device_mesh or p.device_mesh.ndim != 1 for p in params):
+        dparams = cast("list[DTensor]", list(params))  # every one checked above
+        odd = [n for n, p in zip(names, dparams, strict=True) if tuple(p.placements) != (Shard(0),)]
+        if odd or any(p.device_mesh != dparams[0].device_mesh or p.device_mesh.ndim != 1 for p in dparams):
             raise ValueError(
                 f"UnstructuredPruning under ModelParallelStrategy needs weights sharded along dim 0 on one 1-D mesh "
                 f"(fully_shard's default); these are not: {odd[:10]}"
             )
-        mesh = params[0].device_mesh
+        mesh = dparams[0].device_mesh
         group = mesh.get_group()
         self.comm = Collective.process_group(group)
         if mesh.get_local_rank() != self.comm.rank:
             raise ValueError("UnstructuredPruning: the mesh's shard order differs from the process group's ranks")
-        self.params = params
+        self.params = dparams
         self.names = names
         self.shapes = {n: list(p.shape) for n, p in zip(names, params, strict=True)}
         self.local: list[Tensor] | None = None
@@ -140,8 +142,9 @@ class ShardedMasks:
         """The local masks of an event (the callback's arguments: norm, scope, pattern, cap)."""
         shards = [s.detach() for s in self.shards()]
         if cb._nm is not None:
+            n, m = cb._nm
             return nm_masks_sharded(
-                shards, cb._nm_dims, *cb._nm, self.comm, target, cb.norm, cb.scope, self.local, generator
+                shards, cb._nm_dims, n, m, self.comm, target, cb.norm, cb.scope, self.local, generator
             )
         return select_masks_sharded(
             shards,
@@ -221,7 +224,8 @@ class ShardedMasks:
 
 
 def target_params(pl_module: pl.LightningModule, targets: list[mask_ops.Target]) -> list[Tensor]:
-    return [mask_ops.get_param(pl_module.get_submodule(n), p) for n, p in targets]
+    params = [mask_ops.get_param(pl_module.get_submodule(n), p) for n, p in targets]
+    return [p for p in params if p is not None]  # every target was found by name: none is missing
 
 
 def prune_event(cb: Any, trainer: pl.Trainer, target: float, epoch: int, event: int) -> None:

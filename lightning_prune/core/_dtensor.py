@@ -7,13 +7,18 @@ so the measuring code counts through here. Every process must call these at the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeGuard
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 __all__ = ["count_nonzero", "is_dtensor", "local_tensor", "sum_over_mesh"]
 
 
-def is_dtensor(t: Tensor) -> bool:
+def is_dtensor(t: Tensor) -> TypeGuard[DTensor]:
     """Whether ``t`` is a ``torch.distributed.tensor.DTensor``."""
     try:
         from torch.distributed.tensor import DTensor

@@ -92,7 +92,7 @@ def target_key(target: Target) -> str:
 def get_param(module: nn.Module, pname: str) -> Tensor | None:
     """The trainable tensor behind ``pname`` (``<pname>_orig`` when pruned), or None."""
     if pname + "_orig" in module._parameters:
-        return module._parameters[pname + "_orig"]
+        return _orig(module, pname)
     p = module._parameters.get(pname)
     return p if isinstance(p, Tensor) else None
 
@@ -254,7 +254,7 @@ def get_masks(model: nn.Module, targets: Sequence[Target]) -> list[Tensor | None
     out: list[Tensor | None] = []
     for module_name, pname in targets:
         module = model.get_submodule(module_name)
-        out.append(module._buffers[pname + "_mask"].bool() if is_pruned(module, pname) else None)
+        out.append(_mask(module, pname).bool() if is_pruned(module, pname) else None)
     return out
 
 
@@ -308,7 +308,7 @@ def _plain_load_pre_hook(module: nn.Module, state_dict: dict, prefix: str, *args
         k, k_orig, k_mask = prefix + pname, prefix + pname + "_orig", prefix + pname + "_mask"
         if k in state_dict and k_orig not in state_dict:
             state_dict[k_orig] = state_dict.pop(k)
-            state_dict.setdefault(k_mask, module._buffers[pname + "_mask"])
+            state_dict.setdefault(k_mask, _mask(module, pname))
 
 
 def _register_hooks(module: nn.Module) -> None:
@@ -350,14 +350,28 @@ def apply_masks(model: nn.Module, targets: Sequence[Target], masks: Sequence[Ten
             )
         keep = mask.to(device=param.device, dtype=torch.bool)
         if is_pruned(module, pname):
-            module._buffers[pname + "_mask"].copy_(keep)
+            _mask(module, pname).copy_(keep)
         else:
             _reparametrise(module, pname, keep)
-        orig = module._parameters[pname + "_orig"]
+        orig = _orig(module, pname)
         with torch.no_grad():
             orig.masked_fill_(~keep, 0.0)
             # what refresh_weights does, here while the module is at hand
-            setattr(module, pname, effective(orig, module._buffers[pname + "_mask"]))
+            setattr(module, pname, effective(orig, _mask(module, pname)))
+
+
+def _orig(module: nn.Module, pname: str) -> nn.Parameter:
+    """``<pname>_orig`` of a module pruned through ``torch.nn.utils.prune``."""
+    orig = module._parameters[pname + "_orig"]
+    assert orig is not None, f"{pname} is not pruned"
+    return orig
+
+
+def _mask(module: nn.Module, pname: str) -> Tensor:
+    """``<pname>_mask`` of a module pruned through ``torch.nn.utils.prune``."""
+    mask = module._buffers[pname + "_mask"]
+    assert mask is not None, f"{pname} is not pruned"
+    return mask
 
 
 def _reparametrise(module: nn.Module, pname: str, keep: Tensor) -> None:
@@ -368,6 +382,7 @@ def _reparametrise(module: nn.Module, pname: str, keep: Tensor) -> None:
     ``<pname>_orig`` takes ``<pname>``'s place in the parameter order (see :func:`_reorder`)."""
     params = module._parameters
     orig = params[pname]
+    assert orig is not None, pname  # the caller found the parameter
     items = list(params.items())
     params.clear()
     for n, p in items:
@@ -390,7 +405,7 @@ def refresh_weights(model: nn.Module, targets: Sequence[Target]) -> None:
         for module_name, pname in targets:
             module = model.get_submodule(module_name)
             if is_pruned(module, pname):
-                setattr(module, pname, effective(module._parameters[pname + "_orig"], module._buffers[pname + "_mask"]))
+                setattr(module, pname, effective(_orig(module, pname), _mask(module, pname)))
 
 
 def zero_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, keep: Tensor) -> None:
