@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from typing_extensions import override
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._scheduled import (
     ScheduledPruning,
     averaged_models,
@@ -42,13 +44,20 @@ _SPEEDUP_TOLERANCE = 0.03  # a speed-up target missed by more than this (relativ
 @contextlib.contextmanager
 def _isolated_rng():
     """Restore the torch (CPU and CUDA), numpy and Python RNG states on exit."""
-    from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-
-    states = _collect_rng_states()
     try:
-        yield
+        import numpy as np
+    except ImportError:  # numpy is optional
+        np = None  # type: ignore[assignment]
+    python_state = random.getstate()
+    numpy_state = np.random.get_state() if np is not None else None
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
     finally:
-        _set_rng_states(states)
+        random.setstate(python_state)
+        if np is not None:
+            np.random.set_state(numpy_state)
 
 
 def _metric_states(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
@@ -372,8 +381,8 @@ class ChannelPruning(ScheduledPruning):
     def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
         """Reshape the module, and the averaged copies of weight averaging, to the checkpoint's shapes (and its
         recorded head counts and widths, which shapes alone cannot tell)."""
-        checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
-        arch = architecture_in(checkpoint) if isinstance(checkpoint, Mapping) else None
+        checkpoint = compat.loaded_checkpoint(trainer)
+        arch = architecture_in(checkpoint) if checkpoint else None
         reshape_to_state_dict(pl_module, state, arch)
         if trainer is not None:
             for averaged in averaged_models(trainer):
@@ -487,10 +496,7 @@ class ChannelPruning(ScheduledPruning):
                 f"{type(strategy).__name__}, whose sharded/wrapped parameters torch-pruning cannot reshape. "
                 "Use strategy='auto', 'ddp' or 'ddp_spawn'"
             )
-        compiled = getattr(pl_module, "_compiler_ctx", None) is not None or any(
-            type(m).__name__ == "OptimizedModule" for m in pl_module.modules()
-        )
-        if compiled:
+        if compat.is_compiled(pl_module):
             raise ValueError(
                 "ChannelPruning cannot prune a torch.compile'd model (the compiled graph keeps the old shapes); "
                 "prune without torch.compile, and compile the pruned model afterwards"
@@ -517,6 +523,14 @@ class ChannelPruning(ScheduledPruning):
         if isinstance(x, Mapping):
             raise ValueError("ChannelPruning cannot take a tracing input from a dict batch; pass `input_shape`")
         return _move(x[:1], device, dtype)
+
+    def example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """The tracing input of ``pl_module`` (its ``example_input_array``, ``input_shape``, or the first
+        training sample), with the engine prepared on it (original widths and ignored layers recorded)."""
+        inputs = self._example_inputs(trainer, pl_module)
+        if not self._prepared:
+            self._prepare(pl_module, inputs)
+        return inputs
 
     def _prepare(self, pl_module: pl.LightningModule, inputs: Any) -> None:
         with self._frozen_policy(pl_module):
@@ -601,9 +615,7 @@ class ChannelPruning(ScheduledPruning):
                 "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
                 "unstructured pruning"
             )
-        inputs = self._example_inputs(trainer, pl_module)
-        if not self._prepared:
-            self._prepare(pl_module, inputs)
+        inputs = self.example_inputs(trainer, pl_module)
         if not self._baseline:
             self._baseline = self._measure(pl_module, inputs)
         final = max(self._schedule_map.values()) if self._schedule_map else target

@@ -84,12 +84,13 @@ def masked_modules(model: nn.Module) -> list[str]:
         >>> masked_modules(net)
         ['conv2']
     """
-    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.prune import is_pruned
 
+    # is_pruned(module) also sees the submodules' hooks: the module's own ``<name>_orig`` says the hook is its own
     return [
         name
         for name, module in model.named_modules()
-        if any(isinstance(hook, BasePruningMethod) for hook in module._forward_pre_hooks.values())
+        if is_pruned(module) and any(n.endswith("_orig") for n, _ in module.named_parameters(recurse=False))
     ]
 
 
