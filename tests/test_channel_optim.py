@@ -255,3 +255,54 @@ def test_reshape_module_does_not_import_torch_pruning():
 
     code = "import sys, lightning_prune.core.channel.reshape as r; assert 'torch_pruning' not in sys.modules, 'imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+# ------------------------------------------------------------------------------------ scoped torch-pruning patch
+def _slicing_method():
+    import torch_pruning as tp
+
+    return tp.pruner.function.BasePruningFunc.__dict__["_prune_parameter_and_grad"]
+
+
+def test_slice_listener_is_installed_only_during_an_event_and_always_removed(monkeypatch):
+    original = _slicing_method()
+    net = _net()
+    pruner = ChannelPruner("l1")
+    pruner.step(net, X[:1], 0.5)
+    assert _slicing_method() is original  # after a successful event
+    with _tp_compat.record_slices():
+        assert _slicing_method() is not original  # listening only inside the block
+    assert _slicing_method() is original
+
+    def fail(*args):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(_tp_compat.SliceRecord, "add", fail)  # fails inside the block, while slicing
+    with pytest.raises(ChannelPruningError, match="injected"):
+        ChannelPruner("l1").step(_net(), X[:1], 0.5)
+    assert _slicing_method() is original  # after an event that raised
+    with pytest.raises(KeyError), _tp_compat.record_slices():
+        raise KeyError("inside the block")
+    assert _slicing_method() is original
+
+
+def test_slices_of_other_threads_are_not_recorded():
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    results = {}
+
+    def other():
+        entered.wait(10)
+        net = _net()
+        results["other"] = ChannelPruner("l1").step(net, X[:1], 0.5)  # waits for the lock, then records its own
+        results["other_changes"] = len(results["other"].changes)
+
+    t = threading.Thread(target=other)
+    t.start()
+    with _tp_compat.record_slices() as record:
+        entered.set()
+        t.join(0.5)  # the other thread is blocked on the lock meanwhile
+        assert t.is_alive() and record.by_new == {}
+    t.join(30)
+    assert results["other_changes"] > 0
