@@ -29,8 +29,9 @@ from lightning_prune.core._inputs import move as _move
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
+from lightning_prune.core.channel.gradients import GradientSum
 from lightning_prune.core.channel.importance import needs_gradients
-from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules, preserved_modes
+from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
 from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
 from lightning_prune.core.measure import count_macs, count_params
 from lightning_prune.core.schedules import Schedule
@@ -58,22 +59,6 @@ def _isolated_rng():
         random.setstate(python_state)
         if np is not None:
             np.random.set_state(numpy_state)
-
-
-def _metric_states(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    """Snapshot of every torchmetrics ``Metric`` in ``module`` (accumulated states and update bookkeeping)."""
-    out = []
-    for m in module.modules():
-        if hasattr(m, "_copy_state_dict") and hasattr(m, "_defaults"):
-            extra = {a: getattr(m, a) for a in ("_update_count", "_computed", "_forward_cache") if hasattr(m, a)}
-            out.append((m, {**m._copy_state_dict(), **extra}))
-    return out
-
-
-def _restore_metric_states(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    for m, state in snapshot:
-        for attr, value in state.items():
-            setattr(m, attr, value)
 
 
 def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
@@ -111,9 +96,9 @@ class ChannelPruning(ScheduledPruning):
             the other options (ranking, ``round_to``, ignored layers, caps, ``pruning_ratio_dict``); the target
             and the resolved ratio are logged (``pruning/speedup``, ``pruning/channel_ratio``), printed, kept in
             :attr:`history` and in checkpoints.
-        importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (gradients are computed on
-            ``taylor_batches`` training batches before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
-            ``"random"``, the seed's ``"group_norm"`` (= ``"l2"``), a torch-pruning ``Importance`` class as
+        importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (the gradients of the last
+            ``taylor_batches`` training steps before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
+            ``"random"``, ``"group_norm"`` (an alias of ``"l2"``), a torch-pruning ``Importance`` class as
             ``{"class_path": "torch_pruning.pruner.importance.GroupMagnitudeImportance", "init_args": {"p": 1}}``
             (a ``class_path`` block in YAML; instantiated by the callback), or, from Python, an ``Importance``
             object.
@@ -134,11 +119,10 @@ class ChannelPruning(ScheduledPruning):
         isomorphic: rank groups of identical structure together (torch-pruning's isomorphic pruning).
         input_shape: shape of the tracing input, e.g. ``[1, 3, 32, 32]``; used when the module has no
             ``example_input_array``. Without either, the first training batch is used.
-        ignore_output_layer: ignore the layer(s) producing the model's output (the classifier), as the seed
-            does by hand.
-        taylor_batches: training batches whose gradients feed ``"taylor"`` importance. That pass leaves the run
-            as it was: RNG states, torchmetrics states, logged values and the training data order are restored,
-            fp16 losses are scaled like training's (GradScaler), and a failure on one rank is raised on all.
+        ignore_output_layer: ignore the layer(s) producing the model's output (the classifier).
+        taylor_batches: the last training steps of the epoch before an event whose gradients (summed, unscaled)
+            feed ``"taylor"`` importance; no extra pass runs. An event with no step before it in the fit (epoch 0,
+            after a resume) runs after this many steps of its epoch.
         verbose: print a rank-zero summary line after each event.
         num_heads: ``{Linear name: heads}`` for attention built from Linear layers (query/key/value), so their
             widths are pruned per head. Hugging Face style modules (``num_attention_heads`` with ``query``/
@@ -255,6 +239,9 @@ class ChannelPruning(ScheduledPruning):
         self._current: dict[str, int] = {}
         self._prepared = False
         self._fitting = False
+        self._gradients = GradientSum()  # Taylor: gradients of the training steps before the next event
+        self._waiting: int | None = None  # an event that waits for its first training steps' gradients
+        self._batch_idx = 0
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -323,6 +310,8 @@ class ChannelPruning(ScheduledPruning):
             self._baseline, self._current = {}, {}
             self._prepared = inputs is not None
         self._start_schedule(trainer, pl_module, schedule_map)
+        self._gradients.reset()
+        self._waiting = None
         if inputs is not None:
             self._inspected = True
         self._install_load_hook(pl_module)
@@ -337,8 +326,69 @@ class ChannelPruning(ScheduledPruning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         event = self._due_event(epoch)
-        if event is not None:
+        self._waiting = None
+        if event is not None and self._wants_gradients() and self._gradients.steps == 0:
+            self._waiting = event  # no training step of this fit before it: it runs after this epoch's first steps
+        elif event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
+        self._gradients.reset()
+        if self._waiting is None:  # (a waiting event logs once it ran: one value per key and epoch)
+            self._log_state(trainer, pl_module)
+
+    # ------------------------------------------------------------------------------------------ Taylor gradients
+    def _wants_gradients(self) -> bool:
+        return needs_gradients(self.core.importance)
+
+    def _collecting(self, trainer: pl.Trainer) -> bool:
+        """Whether this training step's gradients feed the next event: the last ``taylor_batches`` batches of the
+        epoch before it (the first ones when the epoch length is unknown), or an event waiting in this epoch."""
+        if not self._wants_gradients():
+            return False
+        if self._waiting is not None:
+            return True
+        if self._due_event(trainer.current_epoch + 1) is None:
+            return False
+        batches = trainer.num_training_batches
+        if batches == float("inf"):
+            return self._batch_idx < self.taylor_batches
+        return self._batch_idx >= int(batches) - self.taylor_batches
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_idx = batch_idx
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._collecting(trainer) and (not trainer.optimizers or optimizer is trainer.optimizers[0]):
+            self._gradients.add(pl_module)  # unscaled (mixed precision) and, under DDP, already averaged
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if self._waiting is not None and (self._gradients.steps >= self.taylor_batches or last):
+            self._run_waiting(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._waiting is not None:  # an epoch without batches
+            self._run_waiting(trainer, pl_module)
+
+    def _run_waiting(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        event, self._waiting = self._waiting, None
+        assert event is not None
+        try:
+            self._prune(trainer, pl_module, self._schedule_map[event], trainer.current_epoch, event)
+        finally:
+            self._gradients.reset()
+        self._log_state(trainer, pl_module)
+
+    def _log_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_event_epoch >= 0 and self._current:
             model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
             own = {"pruning/channel_ratio": self._current_target}
@@ -540,49 +590,6 @@ class ChannelPruning(ScheduledPruning):
     def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
         return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
 
-    def _compute_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fill ``.grad`` from a few training batches (for Taylor importance), leaving no other trace: no step,
-        no BatchNorm statistics or dropout (eval mode), RNG states and torchmetrics states restored, and what
-        ``training_step`` logs goes to a scratch result collection. fp16 losses are scaled by the precision
-        plugin's GradScaler (then the gradients unscaled), so small gradients do not underflow."""
-        from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
-
-        loader = trainer.train_dataloader
-        if loader is None:
-            raise ValueError("`importance`='taylor' needs training batches to compute gradients; none available")
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-        pl_module.zero_grad(set_to_none=True)
-        epoch_loop = trainer.fit_loop.epoch_loop
-        results, fx_name = epoch_loop._results, pl_module._current_fx_name
-        scratch = _ResultCollection(training=True)
-        metrics = _metric_states(pl_module)
-        try:
-            epoch_loop._results = scratch
-            pl_module._current_fx_name = "training_step"
-            with _isolated_rng(), preserved_modes(pl_module), torch.enable_grad():
-                pl_module.eval()  # no BatchNorm statistics or dropout from this pass
-                for i, batch in enumerate(loader):
-                    if i >= self.taylor_batches:
-                        break
-                    batch = trainer.strategy.batch_to_device(batch)
-                    scratch.batch = batch
-                    with trainer.precision_plugin.train_step_context():
-                        out = pl_module.training_step(batch, i)
-                    loss = out["loss"] if isinstance(out, Mapping) else out
-                    if loss is None:
-                        continue
-                    (loss.float() * scale).backward()
-        finally:
-            epoch_loop._results = results
-            pl_module._current_fx_name = fx_name
-            _restore_metric_states(metrics)
-        if scale != 1.0:
-            for p in pl_module.parameters():
-                if p.grad is not None:
-                    p.grad.div_(scale)
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-
     def _agree(self, trainer: pl.Trainer, error: BaseException | None, epoch: int) -> None:
         """Raise ``error`` on this rank, or a RuntimeError on the other ranks, so no rank waits for a broadcast."""
         failed = error is not None
@@ -625,12 +632,11 @@ class ChannelPruning(ScheduledPruning):
         with self._frozen_policy(pl_module):
             plan, error = None, None
             try:
-                if needs_gradients(self.core.importance):
-                    self._compute_gradients(trainer, pl_module)
-                if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
-                    target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
-                else:
-                    plan = self.core.plan(pl_module, inputs, target, scale)
+                with self._gradients.as_gradients(pl_module):  # Taylor: the sums of the last training steps
+                    if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
+                        target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
+                    else:
+                        plan = self.core.plan(pl_module, inputs, target, scale)
             except Exception as err:  # noqa: BLE001 - raised below, on every rank
                 error = err
             self._agree(trainer, error, epoch)

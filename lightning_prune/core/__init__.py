@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "pack_mask": "lightning_prune.core.bitpack",
     "unpack_bits": "lightning_prune.core.bitpack",
     "unpack_mask": "lightning_prune.core.bitpack",
+    # channel.gradients
+    "GradientSum": "lightning_prune.core.channel.gradients",
     # channel.importance
     "IMPORTANCES": "lightning_prune.core.channel.importance",
     "build_importance": "lightning_prune.core.channel.importance",
@@ -195,6 +197,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
         unpack_bits,
         unpack_mask,
     )
+    from lightning_prune.core.channel.gradients import GradientSum
     from lightning_prune.core.channel.importance import (
         IMPORTANCES,
         build_importance,
