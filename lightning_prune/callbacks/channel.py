@@ -6,14 +6,13 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import nn
 from typing_extensions import override
 
 from lightning_prune.callbacks import _lightning_compat as compat
@@ -33,6 +32,7 @@ from lightning_prune.core.channel.gradients import GradientSum
 from lightning_prune.core.channel.importance import needs_gradients
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
 from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
+from lightning_prune.core.channel.transaction import run_channel_event
 from lightning_prune.core.measure import count_macs, count_params
 from lightning_prune.core.schedules import Schedule
 
@@ -464,42 +464,6 @@ class ChannelPruning(ScheduledPruning):
             for n, p in pl_module.named_parameters():
                 p.requires_grad_(flags.get(n, p.requires_grad))
 
-    def _slice_averaged(
-        self, pl_module: pl.LightningModule, averaged: list[nn.Module], result: Any, names: dict
-    ) -> None:
-        """Give each averaged copy the module's new architecture, keeping its averaged values of the surviving
-        elements (the event's index map), and the module's values where no map exists (e.g. buffers)."""
-        if not averaged:
-            return
-        state = pl_module.state_dict()
-        by_name = {
-            names[id(old)]: (new, index) for old, (new, index, _shape) in result.changes.items() if id(old) in names
-        }
-        for copy in averaged:
-            saved = {n: p.detach().clone() for n, p in copy.named_parameters()}
-            reshaped = reshape_to_state_dict(copy, state)
-            if not reshaped:
-                continue
-            current = dict(pl_module.named_parameters())
-            with torch.no_grad():
-                for n, p in copy.named_parameters():
-                    if n not in by_name or tuple(saved[n].shape) == tuple(p.shape):
-                        continue
-                    _new, index = by_name[n]
-                    sliced = (
-                        None
-                        if index is None
-                        else optim_ops.slice_state_value(saved[n], tuple(saved[n].shape), p, index)
-                    )
-                    if sliced is not None and tuple(sliced.shape) == tuple(p.shape):
-                        p.copy_(sliced)
-                    else:
-                        p.copy_(current[n].detach().to(p.device, p.dtype))
-                own = dict(pl_module.named_buffers())
-                for n, b in copy.named_buffers():
-                    if n in own and own[n].shape == b.shape and n.rsplit(".", 1)[0] in reshaped:
-                        b.copy_(own[n].to(b.device, b.dtype))
-
     # ------------------------------------------------------------------------------------------ internals
     def _check_no_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before anything changes, a model with ``torch.nn.utils.prune`` masks, or an
@@ -603,16 +567,28 @@ class ChannelPruning(ScheduledPruning):
                 "nothing was pruned"
             )
 
-    def _rewrap_ddp(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _rewrap_ddp(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[], None] | None:
+        """Wrap the pruned module in a new DDP (its reducer knows the new parameters); returns the undo."""
         from lightning.pytorch.strategies import DDPStrategy
         from torch.nn.parallel import DistributedDataParallel
 
         strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
-            strategy.model = pl_module
-            strategy.configure_ddp()
+        if not (isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel)):
+            return None
+        old = strategy.model
 
-    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        def undo() -> None:
+            strategy.model = old
+
+        strategy.model = pl_module
+        try:
+            strategy.configure_ddp()
+        except BaseException:
+            undo()
+            raise
+        return undo
+
+    def _refuse_masks(self, pl_module: pl.LightningModule, epoch: int) -> None:
         masked = masked_modules(pl_module)  # e.g. added by hand or by another callback during the run
         if masked:
             raise RuntimeError(
@@ -622,78 +598,82 @@ class ChannelPruning(ScheduledPruning):
                 "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
                 "unstructured pruning"
             )
-        inputs = self.example_inputs(trainer, pl_module)
-        if not self._baseline:
-            self._baseline = self._measure(pl_module, inputs)
+
+    def _planner(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any, target: float, epoch: int
+    ) -> tuple[Callable[[], list], dict[str, Any]]:
+        """The event's planning step (the same plan on every rank) and what it decides besides the plan: the
+        channel ratio (``target``; found by the search for ``speedup`` runs) and the speed-up figures."""
         final = max(self._schedule_map.values()) if self._schedule_map else target
         scale = target / final if final > 0 else 1.0
-        averaged = averaged_models(trainer)
-        extra: dict[str, float] = {}
-        with self._frozen_policy(pl_module):
-            plan, error = None, None
+        decided: dict[str, Any] = {"target": target, "extra": {}}
+
+        def plan() -> list:
+            chosen, error = None, None
             try:
                 with self._gradients.as_gradients(pl_module):  # Taylor: the sums of the last training steps
-                    if self.speedup is not None:  # `target` is the fraction of the dense MACs removed: find the ratio
-                        target, plan, extra = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
+                    if self.speedup is not None:  # `target` is the fraction of the dense MACs removed
+                        ratio, chosen, decided["extra"] = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
+                        decided["target"] = ratio
                     else:
-                        plan = self.core.plan(pl_module, inputs, target, scale)
+                        chosen = self.core.plan(pl_module, inputs, target, scale)
             except Exception as err:  # noqa: BLE001 - raised below, on every rank
                 error = err
             self._agree(trainer, error, epoch)
             if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
-                target, plan = trainer.strategy.broadcast((target, plan), src=0)
-            names = {id(p): n for n, p in pl_module.named_parameters()}
-            result = self.core.apply(pl_module, plan, inputs)  # all or nothing: raises with the model unchanged
-        saved = [([list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
-        try:
-            optim_ops.rebind_optimizers(trainer.optimizers, result.changes)
-        except Exception as err:
-            result.undo()
-            for opt, (params, state) in zip(
-                trainer.optimizers, saved, strict=False
-            ):  # references only: exactly as before
-                for group, p in zip(opt.param_groups, params, strict=False):
-                    group["params"] = p
-                opt.state.clear()
-                opt.state.update(state)
-            raise RuntimeError(
-                f"ChannelPruning: epoch {epoch}: moving the optimizer state failed ({type(err).__name__}: {err}); "
-                "the model is unchanged"
-            ) from err
-        self._slice_averaged(pl_module, averaged, result, names)
-        self._rewrap_ddp(trainer, pl_module)
+                decided["target"], chosen = trainer.strategy.broadcast((decided["target"], chosen), src=0)
+            return chosen
+
+        return plan, decided
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        """One event: a transaction in core (plan, apply, optimizers, averaged copies, DDP re-wrap, measure: any
+        failure leaves everything as before), then this callback's records and logs."""
+        self._refuse_masks(pl_module, epoch)
+        inputs = self.example_inputs(trainer, pl_module)
+        if not self._baseline:
+            self._baseline = self._measure(pl_module, inputs)
+        plan, decided = self._planner(trainer, pl_module, inputs, target, epoch)
+        done = run_channel_event(
+            self.core,
+            pl_module,
+            plan,
+            inputs,
+            optimizers=trainer.optimizers,
+            averaged=averaged_models(trainer),
+            rewrap=lambda: self._rewrap_ddp(trainer, pl_module),
+            measure=lambda model: self._measure(model, inputs),
+            tracing=lambda: self._frozen_policy(pl_module),
+        )
         missing = optim_ops.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
         if missing and trainer.optimizers:
             rank_zero_warn(f"ChannelPruning: {len(missing)} trainable parameters are in no optimizer after pruning")
-        self._current = self._measure(pl_module, inputs)
+        self._record_event(pl_module, done, float(decided["target"]), decided["extra"], epoch, event)
+
+    def _record_event(
+        self, pl_module: pl.LightningModule, done: Any, target: float, extra: dict, epoch: int, event: int
+    ) -> None:
+        self._current = done.measured
         self._architecture = architecture(pl_module)
         self._last_event_epoch = event
-        self._current_target = float(target)
-        self._history.append(
-            {
-                "epoch": int(epoch),
-                "target": float(target),
-                "channels_removed": int(result.channels_removed),
-                "params": self._current["params"],
-                "macs": self._current["macs"],
-                **extra,
-            }
-        )
+        self._current_target = target
+        entry = {
+            "epoch": int(epoch),
+            "target": target,
+            "channels_removed": int(done.result.channels_removed),
+            "params": self._current["params"],
+            "macs": self._current["macs"],
+            **extra,
+        }
         if extra:
-            self._history[-1]["speedup"] = self._baseline["macs"] / max(1, self._current["macs"])
+            entry["speedup"] = self._baseline["macs"] / max(1, self._current["macs"])
+        self._history.append(entry)
         if self.verbose:
-            goal = (
-                f", speed-up {self._history[-1]['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)"
-                if extra
-                else ""
+            goal = f", speed-up {entry['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
+            summary = _fmt_summary(
+                self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"]
             )
-            rank_zero_info(
-                f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), "
-                + _fmt_summary(
-                    self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"]
-                )
-                + goal
-            )
+            rank_zero_info(f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), {summary}{goal}")
 
     def _resolve_speedup(
         self, pl_module: pl.LightningModule, inputs: Any, reduction: float, scale: float, epoch: int
