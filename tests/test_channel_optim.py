@@ -349,7 +349,7 @@ def test_slice_listener_is_installed_only_during_an_event_and_always_removed(mon
 def test_slices_of_other_threads_are_not_recorded():
     import threading
 
-    entered, release = threading.Event(), threading.Event()
+    entered = threading.Event()
     results = {}
 
     def other():
