@@ -2,70 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import random
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.callbacks import _lightning_compat as compat
-from lightning_prune.callbacks._scheduled import (
-    ScheduledPruning,
-    averaged_models,
-    frozen_module_names,
-    starts_from_trained,
-)
-from lightning_prune.callbacks.unstructured import UnstructuredPruning
-from lightning_prune.core._inputs import device_dtype as _device_dtype
-from lightning_prune.core._inputs import move as _move
+from lightning_prune.callbacks._channel_event import ChannelEvents
+from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
+from lightning_prune.callbacks._taylor import TaylorSteps
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
-from lightning_prune.core.channel.gradients import GradientSum
 from lightning_prune.core.channel.importance import needs_gradients
-from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
-from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
-from lightning_prune.core.channel.transaction import run_channel_event
-from lightning_prune.core.measure import count_macs, count_params
+from lightning_prune.core.channel.pruner import ChannelPruner
+from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 from lightning_prune.core.schedules import Schedule
 
-log = logging.getLogger(__name__)
-
 _STATE_VERSION = 1
-_SPEEDUP_TOLERANCE = 0.03  # a speed-up target missed by more than this (relative MACs) is reported
 
 
-@contextlib.contextmanager
-def _isolated_rng():
-    """Restore the torch (CPU and CUDA), numpy and Python RNG states on exit."""
-    try:
-        import numpy as np
-    except ImportError:  # numpy is optional
-        np = None  # type: ignore[assignment]
-    python_state = random.getstate()
-    numpy_state = np.random.get_state() if np is not None else None
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        if np is not None:
-            np.random.set_state(numpy_state)
-
-
-def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
-    return f"MACs {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G, params {params0 / 1e6:.2f} M -> {params1 / 1e6:.2f} M"
-
-
-class ChannelPruning(ScheduledPruning):
+class ChannelPruning(TaylorSteps, ChannelEvents):
     """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
 
     At the **start** of each pruning epoch the LightningModule's coupled layers lose the least important
@@ -137,25 +97,20 @@ class ChannelPruning(ScheduledPruning):
             (``requires_grad=False``). By default they keep their output channels and do not count towards the
             target, as in ``UnstructuredPruning``.
 
-    Lifecycle: a second ``trainer.fit`` of the same module continues the schedule (original widths and history
-    kept, no event repeats); training that ends before the final target warns; the averaged copy of Lightning's
-    ``WeightAveraging``/``EMAWeightAveraging`` loses the same channels at every event (its averaged values
-    sliced), so the model swapped in at the end has the scheduled architecture; a network built in
-    ``configure_model`` is traced at ``on_fit_start``; the reshape on resume runs in the module's
-    ``load_state_dict`` (a pre-hook, removed at teardown), so the module pickles and deep-copies at any time.
+    Lifecycle (docs/lifecycle.md): a second ``fit`` continues the schedule; an early end warns; the averaged copy
+    of ``WeightAveraging``/``EMAWeightAveraging`` loses the same channels (its averaged values sliced); a network
+    built in ``configure_model`` is traced at ``on_fit_start``; a resume reshapes in ``load_state_dict``.
 
     Raises:
         ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
             no module, every layer ignored, a tracing input that does not fit the model, an unsupported
             strategy / compiled model, a model that already carries ``torch.nn.utils.prune`` masks, or an
             ``UnstructuredPruning`` callback whose first event is not after the last channel event.
-        TypeError: a value of the wrong type.
-        RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run (nothing
-            is changed); an event failed (``ChannelPruningError``: pruning or the check forward of the pruned
-            model, naming the layer and the reason; or moving the optimizer state): the model, optimizers and LR
-            schedulers are then exactly as before the event.
-        TypeError: when fit starts, an optimizer whose state cannot follow an event (see
-            ``lightning_prune.core.channel.optim.SUPPORTED``).
+        TypeError: a value of the wrong type; when fit starts, an optimizer whose state cannot follow an event
+            (see ``lightning_prune.core.channel.optim.SUPPORTED``).
+        RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run; any step
+            of an event failed (``ChannelPruningError`` names the layer and the reason): the model, optimizers,
+            LR schedulers and averaged copies are then exactly as before the event.
 
     Example::
 
@@ -190,30 +145,14 @@ class ChannelPruning(ScheduledPruning):
         unwrapped_parameters: dict[str, int] | None = None,
         prune_frozen: bool = False,
     ) -> None:
-        if speedup is not None and pruning_ratio is not None:
-            raise ValueError(
-                f"give either `pruning_ratio` (a channel ratio) or `speedup` (a MACs target), not both; got "
-                f"pruning_ratio={pruning_ratio!r} and speedup={speedup!r}"
-            )
-        self.speedup = speedup_ops.check_speedup("speedup", speedup) if speedup is not None else None
-        if self.speedup is None:
-            amount: Any = 0.5 if pruning_ratio is None else pruning_ratio
-            arg = "pruning_ratio"
-        elif isinstance(self.speedup, dict):  # the schedule runs on the fraction of MACs removed
-            amount, arg = {e: speedup_ops.speedup_reduction(v) for e, v in self.speedup.items()}, "speedup"
-        else:
-            amount, arg = speedup_ops.speedup_reduction(self.speedup), "speedup"
+        self.speedup, amount, arg = support.schedule_amount(pruning_ratio, speedup)
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg=arg))
-        if self.speedup is not None:
-            self._ratio_repr: Any = None
-        else:
-            self._ratio_repr = (
-                dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
-            )
+        milestones = self._sched.milestones
+        given = dict(milestones) if milestones is not None else self._sched.amount
+        self._ratio_repr: Any = given if self.speedup is None else None
         check_bool("global_pruning", global_pruning)
         check_bool("isomorphic", isomorphic)
         check_bool("ignore_output_layer", ignore_output_layer)
-        check_bool("verbose", verbose)
         self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
         self.input_shape = check_shape("input_shape", input_shape)
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
@@ -232,16 +171,14 @@ class ChannelPruning(ScheduledPruning):
             unwrapped_parameters=unwrapped_parameters,
         )
         self.importance = self.core.importance_name
-        self.verbose = verbose
+        self.verbose = check_bool("verbose", verbose)
         self._current_target = 0.0
         self._architecture: dict[str, Any] = {}
         self._baseline: dict[str, int] = {}  # macs/params of the unpruned model
         self._current: dict[str, int] = {}
         self._prepared = False
         self._fitting = False
-        self._gradients = GradientSum()  # Taylor: gradients of the training steps before the next event
-        self._waiting: int | None = None  # an event that waits for its first training steps' gradients
-        self._batch_idx = 0
+        self._init_taylor()
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -282,8 +219,9 @@ class ChannelPruning(ScheduledPruning):
             self._install_load_hook(pl_module)
             return
         # every check that can refuse the run comes before any change (a refused setup leaves all as it was)
-        self._check_supported(trainer, pl_module)
-        self._check_no_masks(trainer, pl_module)
+        support.check_supported(trainer, pl_module)
+        from_trained = starts_from_trained(pl_module)
+        support.check_no_masks(trainer, pl_module, self._sched.resolve(trainer.max_epochs, from_trained), from_trained)
         if needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
             raise ValueError(
                 f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
@@ -310,8 +248,7 @@ class ChannelPruning(ScheduledPruning):
             self._baseline, self._current = {}, {}
             self._prepared = inputs is not None
         self._start_schedule(trainer, pl_module, schedule_map)
-        self._gradients.reset()
-        self._waiting = None
+        self._init_taylor()  # a fresh fit: no training step seen yet
         if inputs is not None:
             self._inspected = True
         self._install_load_hook(pl_module)
@@ -326,68 +263,14 @@ class ChannelPruning(ScheduledPruning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         event = self._due_event(epoch)
-        self._waiting = None
-        if event is not None and self._wants_gradients() and self._gradients.steps == 0:
-            self._waiting = event  # no training step of this fit before it: it runs after this epoch's first steps
-        elif event is not None:
+        waits = self._taylor_epoch_start(trainer, pl_module, event)  # Taylor: no step before it yet
+        if event is not None and not waits:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         self._gradients.reset()
-        if self._waiting is None:  # (a waiting event logs once it ran: one value per key and epoch)
+        if not waits:  # (a waiting event logs once it ran: one value per key and epoch)
             self._log_state(trainer, pl_module)
 
-    # ------------------------------------------------------------------------------------------ Taylor gradients
-    def _wants_gradients(self) -> bool:
-        return needs_gradients(self.core.importance)
-
-    def _collecting(self, trainer: pl.Trainer) -> bool:
-        """Whether this training step's gradients feed the next event: the last ``taylor_batches`` batches of the
-        epoch before it (the first ones when the epoch length is unknown), or an event waiting in this epoch."""
-        if not self._wants_gradients():
-            return False
-        if self._waiting is not None:
-            return True
-        if self._due_event(trainer.current_epoch + 1) is None:
-            return False
-        batches = trainer.num_training_batches
-        if batches == float("inf"):
-            return self._batch_idx < self.taylor_batches
-        return self._batch_idx >= int(batches) - self.taylor_batches
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._batch_idx = batch_idx
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self._collecting(trainer) and (not trainer.optimizers or optimizer is trainer.optimizers[0]):
-            self._gradients.add(pl_module)  # unscaled (mixed precision) and, under DDP, already averaged
-
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        last = batch_idx + 1 >= trainer.num_training_batches
-        if self._waiting is not None and (self._gradients.steps >= self.taylor_batches or last):
-            self._run_waiting(trainer, pl_module)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._waiting is not None:  # an epoch without batches
-            self._run_waiting(trainer, pl_module)
-
-    def _run_waiting(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        event, self._waiting = self._waiting, None
-        assert event is not None
-        try:
-            self._prune(trainer, pl_module, self._schedule_map[event], trainer.current_epoch, event)
-        finally:
-            self._gradients.reset()
-        self._log_state(trainer, pl_module)
-
+    # ------------------------------------------------------------------------------------------ logging
     def _log_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_event_epoch >= 0 and self._current:
             model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
@@ -442,255 +325,6 @@ class ChannelPruning(ScheduledPruning):
         if not self._current or not self._baseline:
             return ""
         return f" (params {self._baseline['params']:,} -> {self._current['params']:,})"
-
-    @contextlib.contextmanager
-    def _frozen_policy(self, pl_module: pl.LightningModule):
-        """Frozen layers keep their output channels (ignored), unless ``prune_frozen``: then they are traced
-        like trainable ones (flags restored by name afterwards)."""
-        if not self.prune_frozen:
-            patterns = list(self.core.ignored_patterns)
-            self.core.ignored_patterns = patterns + [re.escape(n) for n in frozen_module_names(pl_module)]
-            try:
-                yield
-            finally:
-                self.core.ignored_patterns = patterns
-            return
-        flags = {n: p.requires_grad for n, p in pl_module.named_parameters()}
-        for p in pl_module.parameters():
-            p.requires_grad_(True)
-        try:
-            yield
-        finally:
-            for n, p in pl_module.named_parameters():
-                p.requires_grad_(flags.get(n, p.requires_grad))
-
-    # ------------------------------------------------------------------------------------------ internals
-    def _check_no_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Refuse, before anything changes, a model with ``torch.nn.utils.prune`` masks, or an
-        ``UnstructuredPruning`` schedule that would add masks before (or at) the last channel event."""
-        masked = masked_modules(pl_module)
-        if masked:
-            raise ValueError(
-                f"ChannelPruning cannot remove channels of a model with active torch.nn.utils.prune masks "
-                f"(weight_orig/weight_mask and a forward pre-hook) on modules {masked}: torch-pruning would replace "
-                "the masked weights and break the next forward. Make the pruning permanent first, e.g. "
-                "torch.nn.utils.prune.remove(module, 'weight') for each of them, or "
-                "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
-            )
-
-        from_trained = starts_from_trained(pl_module)
-        channel_events = self._sched.resolve(trainer.max_epochs, from_trained)
-        last_channel = max(channel_events)
-        for cb in trainer.callbacks:
-            if not isinstance(cb, UnstructuredPruning):
-                continue
-            try:
-                unstructured_events = cb.targets(trainer.max_epochs, from_trained)
-            except (ValueError, TypeError):  # that callback refuses its own schedule in its setup
-                continue
-            if unstructured_events and min(unstructured_events) <= last_channel:
-                raise ValueError(
-                    "ChannelPruning and UnstructuredPruning cannot interleave: UnstructuredPruning's masks "
-                    "(torch.nn.utils.prune) are active until the end of fit, and removing channels of a masked "
-                    f"layer breaks the run. ChannelPruning's events are {channel_events}, UnstructuredPruning's "
-                    f"are {unstructured_events} (epoch: target); all channel events must come before the first "
-                    f"unstructured event (epoch {min(unstructured_events)} <= last channel event {last_channel}). "
-                    "Move UnstructuredPruning's start_epoch after ChannelPruning's end_epoch, or run them one after "
-                    "the other"
-                )
-
-    def _check_supported(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
-
-        strategy = trainer.strategy
-        ok = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
-        if not ok:
-            raise ValueError(
-                f"ChannelPruning supports single-device and DDP training only; the Trainer's strategy is "
-                f"{type(strategy).__name__}, whose sharded/wrapped parameters torch-pruning cannot reshape. "
-                "Use strategy='auto', 'ddp' or 'ddp_spawn'"
-            )
-        if compat.is_compiled(pl_module):
-            raise ValueError(
-                "ChannelPruning cannot prune a torch.compile'd model (the compiled graph keeps the old shapes); "
-                "prune without torch.compile, and compile the pruned model afterwards"
-            )
-
-    def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_batch: bool = True) -> Any:
-        device, dtype = _device_dtype(pl_module)
-        x = getattr(pl_module, "example_input_array", None)
-        if x is not None:
-            return _move(x, device, dtype)
-        if self.input_shape is not None:
-            return torch.zeros(self.input_shape, device=device, dtype=dtype or torch.float32)
-        if not allow_batch:
-            return None
-        loader = trainer.train_dataloader
-        if loader is None:
-            raise ValueError(
-                "ChannelPruning needs a tracing input: set `example_input_array` on the LightningModule, pass "
-                "`input_shape`, or give the Trainer a training dataloader"
-            )
-        with _isolated_rng():  # a fresh iterator draws from the RNG (shuffling): training's order stays the same
-            batch = next(iter(loader))
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        if isinstance(x, Mapping):
-            raise ValueError("ChannelPruning cannot take a tracing input from a dict batch; pass `input_shape`")
-        return _move(x[:1], device, dtype)
-
-    def example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        """The tracing input of ``pl_module`` (its ``example_input_array``, ``input_shape``, or the first
-        training sample), with the engine prepared on it (original widths and ignored layers recorded)."""
-        inputs = self._example_inputs(trainer, pl_module)
-        if not self._prepared:
-            self._prepare(pl_module, inputs)
-        return inputs
-
-    def _prepare(self, pl_module: pl.LightningModule, inputs: Any) -> None:
-        with self._frozen_policy(pl_module):
-            self.core.prepare(pl_module, inputs)
-        self._prepared = True
-
-    def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
-        return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
-
-    def _agree(self, trainer: pl.Trainer, error: BaseException | None, epoch: int) -> None:
-        """Raise ``error`` on this rank, or a RuntimeError on the other ranks, so no rank waits for a broadcast."""
-        failed = error is not None
-        if trainer.world_size > 1:
-            failed = bool(trainer.strategy.reduce_boolean_decision(failed, all=False))
-        if error is not None:
-            raise error
-        if failed:
-            raise RuntimeError(
-                f"ChannelPruning: epoch {epoch}: another rank failed while planning the event (see its error); "
-                "nothing was pruned"
-            )
-
-    def _rewrap_ddp(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[], None] | None:
-        """Wrap the pruned module in a new DDP (its reducer knows the new parameters); returns the undo."""
-        from lightning.pytorch.strategies import DDPStrategy
-        from torch.nn.parallel import DistributedDataParallel
-
-        strategy = trainer.strategy
-        if not (isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel)):
-            return None
-        old = strategy.model
-
-        def undo() -> None:
-            strategy.model = old
-
-        strategy.model = pl_module
-        try:
-            strategy.configure_ddp()
-        except BaseException:
-            undo()
-            raise
-        return undo
-
-    def _refuse_masks(self, pl_module: pl.LightningModule, epoch: int) -> None:
-        masked = masked_modules(pl_module)  # e.g. added by hand or by another callback during the run
-        if masked:
-            raise RuntimeError(
-                f"ChannelPruning: epoch {epoch}: the model has active torch.nn.utils.prune masks on modules "
-                f"{masked}; removing their channels would break the next forward, so nothing was pruned and the "
-                "model and optimizers are unchanged. Make the pruning permanent before a channel event "
-                "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
-                "unstructured pruning"
-            )
-
-    def _planner(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any, target: float, epoch: int
-    ) -> tuple[Callable[[], list], dict[str, Any]]:
-        """The event's planning step (the same plan on every rank) and what it decides besides the plan: the
-        channel ratio (``target``; found by the search for ``speedup`` runs) and the speed-up figures."""
-        final = max(self._schedule_map.values()) if self._schedule_map else target
-        scale = target / final if final > 0 else 1.0
-        decided: dict[str, Any] = {"target": target, "extra": {}}
-
-        def plan() -> list:
-            chosen, error = None, None
-            try:
-                with self._gradients.as_gradients(pl_module):  # Taylor: the sums of the last training steps
-                    if self.speedup is not None:  # `target` is the fraction of the dense MACs removed
-                        ratio, chosen, decided["extra"] = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
-                        decided["target"] = ratio
-                    else:
-                        chosen = self.core.plan(pl_module, inputs, target, scale)
-            except Exception as err:  # noqa: BLE001 - raised below, on every rank
-                error = err
-            self._agree(trainer, error, epoch)
-            if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
-                decided["target"], chosen = trainer.strategy.broadcast((decided["target"], chosen), src=0)
-            return chosen
-
-        return plan, decided
-
-    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
-        """One event: a transaction in core (plan, apply, optimizers, averaged copies, DDP re-wrap, measure: any
-        failure leaves everything as before), then this callback's records and logs."""
-        self._refuse_masks(pl_module, epoch)
-        inputs = self.example_inputs(trainer, pl_module)
-        if not self._baseline:
-            self._baseline = self._measure(pl_module, inputs)
-        plan, decided = self._planner(trainer, pl_module, inputs, target, epoch)
-        done = run_channel_event(
-            self.core,
-            pl_module,
-            plan,
-            inputs,
-            optimizers=trainer.optimizers,
-            averaged=averaged_models(trainer),
-            rewrap=lambda: self._rewrap_ddp(trainer, pl_module),
-            measure=lambda model: self._measure(model, inputs),
-            tracing=lambda: self._frozen_policy(pl_module),
-        )
-        missing = optim_ops.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
-        if missing and trainer.optimizers:
-            rank_zero_warn(f"ChannelPruning: {len(missing)} trainable parameters are in no optimizer after pruning")
-        self._record_event(pl_module, done, float(decided["target"]), decided["extra"], epoch, event)
-
-    def _record_event(
-        self, pl_module: pl.LightningModule, done: Any, target: float, extra: dict, epoch: int, event: int
-    ) -> None:
-        self._current = done.measured
-        self._architecture = architecture(pl_module)
-        self._last_event_epoch = event
-        self._current_target = target
-        entry = {
-            "epoch": int(epoch),
-            "target": target,
-            "channels_removed": int(done.result.channels_removed),
-            "params": self._current["params"],
-            "macs": self._current["macs"],
-            **extra,
-        }
-        if extra:
-            entry["speedup"] = self._baseline["macs"] / max(1, self._current["macs"])
-        self._history.append(entry)
-        if self.verbose:
-            goal = f", speed-up {entry['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
-            summary = _fmt_summary(
-                self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"]
-            )
-            rank_zero_info(f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), {summary}{goal}")
-
-    def _resolve_speedup(
-        self, pl_module: pl.LightningModule, inputs: Any, reduction: float, scale: float, epoch: int
-    ) -> tuple[float, list, dict[str, float]]:
-        """The channel ratio and plan that cut the dense MACs by ``reduction`` (searched on a copy)."""
-        dense = self._baseline["macs"]
-        goal = speedup_ops.reduction_speedup(reduction)
-        found = speedup_ops.search_ratio(
-            self.core, pl_module, inputs, dense * (1.0 - reduction), lower=self._current_target, scale=scale
-        )
-        if abs(found.error) > _SPEEDUP_TOLERANCE:
-            rank_zero_warn(
-                f"ChannelPruning: epoch {epoch}: speed-up target {goal:.3f}x reached only "
-                f"{dense / max(1, found.macs):.3f}x (MACs {found.error:+.1%} off the target): the nearest the "
-                "model's channel granularity allows with these options (round_to, ignored layers, caps)"
-            )
-        return found.ratio, found.plan, {"speedup_target": goal, "macs_target": dense * (1.0 - reduction)}
 
 
 class ChannelPrunedCheckpointMixin:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -22,8 +21,6 @@ from lightning_prune.core.schedules import Schedule, count_for
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured import nm as nm_ops
 from lightning_prune.core.unstructured.reparam import effective
-
-log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 

@@ -51,6 +51,12 @@ _LAZY: dict[str, str] = {
     "find_output_layers": "lightning_prune.core.channel.pruner",
     "masked_modules": "lightning_prune.core.channel.pruner",
     "preserved_modes": "lightning_prune.core.channel.pruner",
+    # channel.transaction
+    "ChannelEvent": "lightning_prune.core.channel.transaction",
+    "Transaction": "lightning_prune.core.channel.transaction",
+    "follow_pruned": "lightning_prune.core.channel.transaction",
+    "run_channel_event": "lightning_prune.core.channel.transaction",
+    "snapshot_optimizers": "lightning_prune.core.channel.transaction",
     # channel.regularize
     "GroupRegularizer": "lightning_prune.core.channel.regularize",
     # channel.reshape
@@ -244,6 +250,13 @@ if TYPE_CHECKING:  # static tools see the eager imports
         reduction_speedup,
         search_ratio,
         speedup_reduction,
+    )
+    from lightning_prune.core.channel.transaction import (
+        ChannelEvent,
+        Transaction,
+        follow_pruned,
+        run_channel_event,
+        snapshot_optimizers,
     )
     from lightning_prune.core.compress import (
         FORMAT,

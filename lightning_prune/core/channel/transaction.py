@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from lightning_prune.core.channel import optim as optim_ops
-from lightning_prune.core.channel.pruner import ChannelPruner, ChannelPruningError, Plan, StepResult, _Snapshot
+from lightning_prune.core.channel.applying import ChannelPruningError, StepResult
+from lightning_prune.core.channel.modules import _Snapshot
+from lightning_prune.core.channel.pruner import ChannelPruner, Plan
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 
 #: an undo: puts back what its step changed
