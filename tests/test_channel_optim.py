@@ -206,6 +206,66 @@ def test_failed_event_leaves_model_optimizer_and_scheduler_exactly_as_before(tmp
     assert module.trainer.lr_scheduler_configs[0].scheduler.state_dict() == seen["sched"]
 
 
+@pytest.mark.parametrize("failing", ["averaged copy", "measure"])
+def test_event_failing_in_a_late_step_leaves_model_optimizer_and_averaged_copy_as_before(tmp_path, monkeypatch, failing):
+    """The event is one transaction: a failure after the optimizers moved (slicing the EMA copy, measuring the
+    pruned model) undoes every step, the averaged copy's too."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from lightning_prune.core.channel import transaction
+
+    torch.manual_seed(0)
+    module = UserClassifier()
+    data = DataLoader(TensorDataset(torch.randn(12, 1, 32, 32), torch.arange(12) % 10), batch_size=4)
+    ema = EMAWeightAveraging()
+    seen = {}
+
+    def averaged():
+        return ema._average_model.module  # the test may read Lightning's private here
+
+    class Probe(ChannelPruning):
+        def _prune(self, trainer, pl_module, *args):
+            seen["params"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            seen["objects"] = [id(p) for p in pl_module.parameters()]
+            seen["ema"] = {k: v.clone() for k, v in averaged().state_dict().items()}
+            seen["ema_objects"] = [id(p) for p in averaged().parameters()]
+            opt = trainer.optimizers[0]
+            seen["opt"] = copy.deepcopy(opt.state_dict())
+            seen["opt_params"] = [id(p) for g in opt.param_groups for p in g["params"]]
+            super()._prune(trainer, pl_module, *args)
+
+        def _measure(self, pl_module, inputs):
+            if failing == "measure" and self._baseline:  # the pruned model's measurement
+                raise RuntimeError("injected failure")
+            return super()._measure(pl_module, inputs)
+
+    if failing == "averaged copy":
+        real = transaction.follow_pruned
+
+        def follow(*args):
+            real(*args)  # the copy is pruned, then the step fails
+            raise RuntimeError("injected failure")
+
+        monkeypatch.setattr(transaction, "follow_pruned", follow)
+    cb = Probe(pruning_ratio={1: 0.5}, verbose=False)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        make_trainer(tmp_path, 2, [cb, ema]).fit(module, data)
+    after = module.state_dict()
+    assert after.keys() == seen["params"].keys() and all(torch.equal(after[k], seen["params"][k]) for k in after)
+    assert [id(p) for p in module.parameters()] == seen["objects"]
+    assert module.backbone.conv2.out_channels == 16
+    copy_after = averaged().state_dict()
+    assert copy_after.keys() == seen["ema"].keys() and all(torch.equal(copy_after[k], seen["ema"][k]) for k in copy_after)
+    assert [id(p) for p in averaged().parameters()] == seen["ema_objects"]
+    assert averaged().backbone.conv2.out_channels == 16
+    opt = module.trainer.optimizers[0]
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == seen["opt_params"]
+    st = opt.state_dict()
+    assert st["param_groups"] == seen["opt"]["param_groups"] and st["state"].keys() == seen["opt"]["state"].keys()
+    assert all(torch.equal(st["state"][i]["momentum_buffer"], seen["opt"]["state"][i]["momentum_buffer"]) for i in st["state"])
+    assert cb.history == [] and cb.core.history == []
+
+
 def test_check_forward_failure_names_the_layer_and_restores():
     class Fragile(nn.Module):
         def __init__(self):
@@ -269,3 +329,54 @@ def test_reshape_module_does_not_import_torch_pruning():
 
     code = "import sys, lightning_prune.core.channel.reshape as r; assert 'torch_pruning' not in sys.modules, 'imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+# ------------------------------------------------------------------------------------ scoped torch-pruning patch
+def _slicing_method():
+    import torch_pruning as tp
+
+    return tp.pruner.function.BasePruningFunc.__dict__["_prune_parameter_and_grad"]
+
+
+def test_slice_listener_is_installed_only_during_an_event_and_always_removed(monkeypatch):
+    original = _slicing_method()
+    net = _net()
+    pruner = ChannelPruner("l1")
+    pruner.step(net, X[:1], 0.5)
+    assert _slicing_method() is original  # after a successful event
+    with _tp_compat.record_slices():
+        assert _slicing_method() is not original  # listening only inside the block
+    assert _slicing_method() is original
+
+    def fail(*args):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(_tp_compat.SliceRecord, "add", fail)  # fails inside the block, while slicing
+    with pytest.raises(ChannelPruningError, match="injected"):
+        ChannelPruner("l1").step(_net(), X[:1], 0.5)
+    assert _slicing_method() is original  # after an event that raised
+    with pytest.raises(KeyError), _tp_compat.record_slices():
+        raise KeyError("inside the block")
+    assert _slicing_method() is original
+
+
+def test_slices_of_other_threads_are_not_recorded():
+    import threading
+
+    entered = threading.Event()
+    results = {}
+
+    def other():
+        entered.wait(10)
+        net = _net()
+        results["other"] = ChannelPruner("l1").step(net, X[:1], 0.5)  # waits for the lock, then records its own
+        results["other_changes"] = len(results["other"].changes)
+
+    t = threading.Thread(target=other)
+    t.start()
+    with _tp_compat.record_slices() as record:
+        entered.set()
+        t.join(0.5)  # the other thread is blocked on the lock meanwhile
+        assert t.is_alive() and record.by_new == {}
+    t.join(30)
+    assert results["other_changes"] > 0

@@ -300,46 +300,76 @@ class MetricClassifier(UserClassifier):
         return loss
 
 
-def _run_with_optional_pass(tmp_path, do_pass):
-    grads = ChannelPruning(pruning_ratio=0.5, importance="taylor", taylor_batches=2)
+def _planned_gradients(cb):
+    """Wrap ``cb.core.plan``: the ``.grad`` each parameter holds while the event plans, by name."""
+    seen = []
+    real = cb.core.plan
+
+    def plan(model, *args, **kwargs):
+        seen.append({n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()})
+        return real(model, *args, **kwargs)
+
+    cb.core.plan = plan
+    return seen
+
+
+def test_taylor_ranks_with_the_gradients_of_the_last_training_steps(tmp_path):
+    """The gradients of the last ``taylor_batches`` training steps before the event (summed, as the optimizer saw
+    them) rank the channels; no extra pass runs (same RNG, weights and logged values as an ``l2`` run up to the
+    event)."""
+    steps = []
 
     class Probe(Callback):
-        seen = {}
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            steps.append((trainer.current_epoch, {n: p.grad.clone() for n, p in pl_module.named_parameters()}))
 
         def on_train_epoch_start(self, trainer, pl_module):
-            if do_pass and trainer.current_epoch == 1:
-                grads._compute_gradients(trainer, pl_module)
-                assert pl_module.backbone.conv1.weight.grad is not None
-                pl_module.zero_grad(set_to_none=True)
-            self.seen[trainer.current_epoch] = {
-                "rng": torch.get_rng_state().clone(),
-                "acc": {k: v.clone() for k, v in pl_module.acc.metric_state.items()},
-            }
+            if trainer.current_epoch == 1:
+                self.rng = torch.get_rng_state().clone()
+                self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+                self.logged = {k: v.clone() for k, v in trainer.callback_metrics.items()}
 
+    def run(importance):
+        steps.clear()
+        probe = Probe()
+        cb = ChannelPruning(pruning_ratio=0.5, importance=importance, taylor_batches=2, start_epoch=1, end_epoch=1)
+        planned = _planned_gradients(cb)
+        pl.seed_everything(0, verbose=False)
+        model = MetricClassifier()
+        make_trainer(tmp_path / importance, 2, [probe, cb], limit_train_batches=4).fit(model, datamodule=_data(shuffle=True))
+        return probe, planned, [g for e, g in steps if e == 0]
+
+    probe, planned, epoch0 = run("taylor")
+    assert len(planned) == 1 and len(epoch0) == 4
+    for name, grad in planned[0].items():
+        if grad is not None:
+            assert torch.allclose(grad, epoch0[2][name] + epoch0[3][name]), name  # the epoch's last two steps
+    assert planned[0]["backbone.conv1.weight"] is not None
+    reference, _, _ = run("l2")
+    assert torch.equal(probe.rng, reference.rng)
+    assert all(torch.equal(v, reference.weights[k]) for k, v in probe.weights.items())
+    assert probe.logged.keys() == reference.logged.keys()
+    assert all(torch.equal(v, reference.logged[k]) for k, v in probe.logged.items())
+
+
+def test_taylor_event_without_earlier_steps_waits_for_the_epochs_first_steps(tmp_path):
+    """An event at the first epoch of a fit (no training step before it) runs after ``taylor_batches`` steps."""
+    seen = {}
+
+    class Probe(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.seen.setdefault("batches", []).append(batch[1].clone())
+            seen.setdefault("width", []).append(pl_module.backbone.conv1.out_channels)
 
-    pl.seed_everything(0, verbose=False)
-    model = MetricClassifier()
-    trainer = make_trainer(tmp_path / str(do_pass), 2, [Probe()], limit_train_batches=4)
-    trainer.fit(model, datamodule=_data(shuffle=True))
-    logged = {k: v.clone() for k, v in trainer.callback_metrics.items()}
-    return Probe.seen, logged, {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def test_taylor_gradient_pass_leaves_no_trace(tmp_path):
-    seen_a, logged_a, weights_a = _run_with_optional_pass(tmp_path, False)
-    seen_b, logged_b, weights_b = _run_with_optional_pass(tmp_path, True)
-    assert torch.equal(seen_a[1]["rng"], seen_b[1]["rng"])
-    assert all(torch.equal(v, seen_b[1]["acc"][k]) for k, v in seen_a[1]["acc"].items())
-    assert len(seen_a["batches"]) == len(seen_b["batches"]) == 8
-    assert all(torch.equal(a, b) for a, b in zip(seen_a["batches"], seen_b["batches"]))  # same data order
-    assert logged_a.keys() == logged_b.keys()
-    assert all(torch.equal(v, logged_b[k]) for k, v in logged_a.items()), (logged_a, logged_b)
-    assert all(torch.equal(v, weights_b[k]) for k, v in weights_a.items())
+    cb = ChannelPruning(pruning_ratio=0.5, importance="taylor", taylor_batches=2, start_epoch=0, end_epoch=0)
+    planned = _planned_gradients(cb)
+    model = UserClassifier()
+    width = model.backbone.conv1.out_channels
+    make_trainer(tmp_path, 1, [Probe(), cb], limit_train_batches=4).fit(model, datamodule=_data())
+    assert len(planned) == 1 and planned[0]["backbone.conv1.weight"] is not None
+    assert seen["width"][:2] == [width, width] and seen["width"][2] < width and cb.history[0]["epoch"] == 0
 
 
-def test_taylor_gradients_are_scaled_under_fp16(tmp_path):
+def test_taylor_gradients_are_unscaled_under_fp16(tmp_path):
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     class Tiny(UserClassifier):
@@ -347,23 +377,18 @@ def test_taylor_gradients_are_scaled_under_fp16(tmp_path):
             x, y = batch
             return F.cross_entropy(self(x), y) * 1e-6  # fp16 activation gradients underflow without scaling
 
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)  # the same weights in both runs
+
     def grads(plugins):
         torch.manual_seed(0)
         model = Tiny()
-        cb = ChannelPruning(pruning_ratio=0.5, importance="taylor", taylor_batches=1)
-
-        class Probe(Callback):
-            out = {}
-
-            def on_train_epoch_start(self, trainer, pl_module):
-                cb._compute_gradients(trainer, pl_module)
-                self.out.update({n: p.grad.clone() for n, p in pl_module.named_parameters()})
-                pl_module.zero_grad(set_to_none=True)
-
-        make_trainer(tmp_path, 1, [Probe()], limit_train_batches=1, limit_val_batches=0, plugins=plugins).fit(
+        cb = ChannelPruning(pruning_ratio=0.5, importance="taylor", taylor_batches=1, start_epoch=1, end_epoch=1)
+        planned = _planned_gradients(cb)
+        make_trainer(tmp_path, 2, [cb], limit_train_batches=1, limit_val_batches=0, plugins=plugins).fit(
             model, datamodule=_data(shuffle=False)
         )
-        return Probe.out
+        return planned[0]
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     fp16 = grads([MixedPrecision("16-mixed", "cpu", scaler=scaler)])
@@ -496,10 +521,10 @@ def _ddp(tmp_path, mode):
     )
 
 
-def test_ddp_one_rank_failing_in_the_gradient_pass_fails_every_rank(tmp_path):
+def test_ddp_one_rank_failing_while_planning_fails_every_rank(tmp_path):
     proc = _ddp(tmp_path, "fail")
     assert proc.returncode != 0
-    assert "rank 1 fails in training_step" in proc.stderr
+    assert "rank 1 fails while planning" in proc.stderr
     assert (tmp_path / "rank0.err").read_text().startswith("RuntimeError: ChannelPruning: epoch 0: another rank failed")
 
 

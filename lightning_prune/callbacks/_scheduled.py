@@ -10,8 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks.metrics import PruningMetrics, log_figures
 from lightning_prune.core.schedules import Schedule
 
@@ -36,7 +38,7 @@ def averaged_models(trainer: pl.Trainer) -> list[nn.Module]:
     out = []
     for cb in trainer.callbacks:
         if isinstance(cb, WeightAveraging):
-            averaged = getattr(cb, "_average_model", None)
+            averaged = compat.averaged_model(cb)
             if averaged is not None:
                 out.append(averaged.module)
     return out
@@ -59,7 +61,7 @@ class _BeforeWeightsLoad:
         state = (
             state_dict if not prefix else {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         )
-        trainer = getattr(module, "_trainer", None)
+        trainer = compat.attached_trainer(module)
         pruners = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning)] if trainer is not None else []
         pruners = [cb for cb in pruners if cb._module is module]
         if pruners:
@@ -128,6 +130,16 @@ class ScheduledPruning(Callback):
     def history(self) -> list[dict[str, Any]]:
         """One dict per event so far (epoch, target, and what the event did)."""
         return list(self._history)
+
+    @property
+    def schedule_epochs(self) -> dict[int, float]:
+        """``{epoch: absolute target}`` of the schedule this fit follows (empty before ``setup``)."""
+        return dict(self._schedule_map)
+
+    @property
+    def last_event_epoch(self) -> int:
+        """The schedule epoch of the latest event done (-1: none yet)."""
+        return self._last_event_epoch
 
     @property
     def _module(self) -> nn.Module | None:
@@ -247,8 +259,7 @@ class ScheduledPruning(Callback):
     def _install_load_hook(self, pl_module: nn.Module) -> None:
         if self._hook_handle is not None:
             return
-        for registered in pl_module._load_state_dict_pre_hooks.values():  # one hook serves every pruning callback
-            hook = getattr(registered, "hook", registered)
+        for hook in compat.load_state_dict_pre_hooks(pl_module):  # one hook serves every pruning callback
             if isinstance(hook, _BeforeWeightsLoad):
                 hook.reshape = hook.reshape or self._reshape_on_load
                 return
@@ -307,7 +318,7 @@ class ScheduledPruning(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # an interruption (Ctrl-C, SIGTERM); any other exception speaks for itself
-        interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         if trainer.state.fn == "fit" and interrupted:
             self._warn_if_unfinished(trainer, f"interrupted by {type(exception).__name__}")
         self._remove_load_hook()

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks import _sharded
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, starts_from_trained
 from lightning_prune.core._validation import check_choice, check_fraction
@@ -182,8 +183,8 @@ class MaskState(ScheduledPruning):
         for cb in trainer.callbacks:
             if not isinstance(cb, WeightAveraging):
                 continue
-            kwargs = getattr(cb, "_kwargs", {})
-            if getattr(cb, "_use_buffers", True) and kwargs.get("avg_fn") is None:
+            use_buffers, avg_fn = compat.averaging_settings(cb)
+            if use_buffers and avg_fn is None:
                 raise ValueError(
                     f"UnstructuredPruning cannot run with {type(cb).__name__}(use_buffers=True) without an `avg_fn`: "
                     "its multi-tensor averaging (SWA) subtracts buffers, and the pruning masks are boolean buffers "
@@ -195,7 +196,7 @@ class MaskState(ScheduledPruning):
         if not self._fitting:
             return
         self._ensure_inspected(trainer, pl_module)
-        checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
+        checkpoint = compat.loaded_checkpoint(trainer)
         own = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
         if own.get("masks"):
             check_checkpoint_state(self, own)

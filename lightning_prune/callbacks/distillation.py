@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._scheduled import ScheduledPruning
 from lightning_prune.callbacks._sharded import check_strategy
 from lightning_prune.core._validation import check_bool
@@ -110,7 +111,8 @@ class Distillation(Callback):
         with torch.no_grad():
             teacher_logits = self._teacher(x)
         value = self.weight * kd_loss(student_logits, teacher_logits, self.temperature)
-        if pl_module._trainer is not None and pl_module._trainer.training:
+        trainer = compat.attached_trainer(pl_module)
+        if trainer is not None and trainer.training:
             pl_module.log("distillation/loss", value.detach(), on_step=False, on_epoch=True)
         return value.to(student_logits.dtype) if student_logits.is_floating_point() else value
 
@@ -144,7 +146,7 @@ class Distillation(Callback):
             return
         first = _first_event(trainer)
         if first is None or trainer.current_epoch >= first:
-            pruned = any(cb._last_event_epoch >= 0 for cb in trainer.callbacks if isinstance(cb, ScheduledPruning))
+            pruned = any(cb.last_event_epoch >= 0 for cb in trainer.callbacks if isinstance(cb, ScheduledPruning))
             if pruned:
                 rank_zero_warn(
                     "Distillation: the checkpoint holds no teacher and the model is pruned already; the teacher is "
@@ -197,7 +199,7 @@ class Distillation(Callback):
 def _first_event(trainer: pl.Trainer) -> int | None:
     """The earliest scheduled event of the pruning callbacks in the Trainer (None without any)."""
     epochs = [
-        min(cb._schedule_map) for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and cb._schedule_map
+        min(cb.schedule_epochs) for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and cb.schedule_epochs
     ]
     return min(epochs) if epochs else None
 

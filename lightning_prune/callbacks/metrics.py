@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,8 +12,6 @@ from typing_extensions import override
 
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.measure import MacsCache, ModelStats, measure
-
-log = logging.getLogger(__name__)
 
 #: prefix of every logged name
 PREFIX = "pruning/"
@@ -50,8 +47,8 @@ class PruningMetrics(Callback):
 
     Logged names (see ``docs/metrics.md``):
 
-    - ``pruning/sparsity``: fraction of zeros over the prunable weights (conv and linear weights, as the seed
-      measures); ``pruning/sparsity_all``: over every parameter (biases, norm layers included);
+    - ``pruning/sparsity``: fraction of zeros over the prunable weights (conv and linear
+      weights); ``pruning/sparsity_all``: over every parameter (biases, norm layers included);
       ``pruning/sparsity/<module>``: per conv/linear layer when ``per_layer``.
     - ``pruning/params``, ``pruning/params_nonzero``: parameter counts.
     - ``pruning/macs``: multiply-accumulates of the conv and linear layers of the dense architecture (what

@@ -82,21 +82,20 @@ class ChannelRegularization(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         cb = self._pruning
-        if cb is None or not cb._schedule_map or trainer.optimizers and optimizer is not trainer.optimizers[0]:
+        schedule = cb.schedule_epochs if cb is not None else {}
+        if not schedule or trainer.optimizers and optimizer is not trainer.optimizers[0]:
             return
-        if trainer.current_epoch >= max(cb._schedule_map):
+        if trainer.current_epoch >= max(schedule):
             return  # the last event is done (or happens this epoch): fine-tune without the regulariser
-        if self._regularizer is None or self._built_for != cb._last_event_epoch:
-            inputs = cb._example_inputs(trainer, pl_module)
-            if not cb._prepared:
-                cb._prepare(pl_module, inputs)
+        if self._regularizer is None or self._built_for != cb.last_event_epoch:
+            inputs = cb.example_inputs(trainer, pl_module)  # the pruning engine is prepared on it
             self._regularizer = GroupRegularizer(pl_module, inputs, cb.core.ignored_names or [], self.reg, self.alpha)
-            self._built_for = cb._last_event_epoch
+            self._built_for = cb.last_event_epoch
             if self.verbose:
                 rank_zero_info(
                     f"ChannelRegularization: epoch {trainer.current_epoch}: group regularisation of "
                     f"{self._regularizer.num_groups} channel groups (reg={self.reg}, alpha={self.alpha}) until "
-                    f"the last ChannelPruning event (epoch {max(cb._schedule_map)})"
+                    f"the last ChannelPruning event (epoch {max(schedule)})"
                 )
         self._regularizer.apply()
         self.steps += 1

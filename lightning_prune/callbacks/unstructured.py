@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import numbers
 from collections.abc import Callable
 from typing import Any, Literal
@@ -23,8 +22,6 @@ from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.targets import with_ties
-
-log = logging.getLogger(__name__)
 
 
 class UnstructuredPruning(helpers.MaskState):

@@ -28,6 +28,11 @@ _LAZY: dict[str, str] = {
     "pack_mask": "lightning_prune.core.bitpack",
     "unpack_bits": "lightning_prune.core.bitpack",
     "unpack_mask": "lightning_prune.core.bitpack",
+    # channel.applying
+    "ChannelPruningError": "lightning_prune.core.channel.applying",
+    "StepResult": "lightning_prune.core.channel.applying",
+    "apply_plan": "lightning_prune.core.channel.applying",
+    "check_forward": "lightning_prune.core.channel.applying",
     # channel.decoder
     "ActivationStats": "lightning_prune.core.channel.decoder",
     "DECODER_CRITERIA": "lightning_prune.core.channel.decoder",
@@ -60,6 +65,8 @@ _LAZY: dict[str, str] = {
     "rebuilt_shape_mismatches": "lightning_prune.core.channel.decoder_io",
     "reshape_decoder_to_state_dict": "lightning_prune.core.channel.decoder_io",
     "save_pretrained": "lightning_prune.core.channel.decoder_io",
+    # channel.gradients
+    "GradientSum": "lightning_prune.core.channel.gradients",
     # channel.importance
     "IMPORTANCES": "lightning_prune.core.channel.importance",
     "ImportanceName": "lightning_prune.core.channel.importance",
@@ -67,6 +74,10 @@ _LAZY: dict[str, str] = {
     "build_importance": "lightning_prune.core.channel.importance",
     "importance_name": "lightning_prune.core.channel.importance",
     "needs_gradients": "lightning_prune.core.channel.importance",
+    # channel.modules
+    "find_output_layers": "lightning_prune.core.channel.modules",
+    "masked_modules": "lightning_prune.core.channel.modules",
+    "preserved_modes": "lightning_prune.core.channel.modules",
     # channel.optim
     "check_optimizer": "lightning_prune.core.channel.optim",
     "optimizer_layers": "lightning_prune.core.channel.optim",
@@ -75,16 +86,18 @@ _LAZY: dict[str, str] = {
     "rebind_optimizers": "lightning_prune.core.channel.optim",
     "slice_state_value": "lightning_prune.core.channel.optim",
     "state_problems": "lightning_prune.core.channel.optim",
+    # channel.planning
+    "collect_plan": "lightning_prune.core.channel.planning",
+    "describe": "lightning_prune.core.channel.planning",
+    "head_ratios": "lightning_prune.core.channel.planning",
+    "min_keep": "lightning_prune.core.channel.planning",
+    "ratio_dict": "lightning_prune.core.channel.planning",
+    "trim": "lightning_prune.core.channel.planning",
     # channel.pruner
     "ChannelPruner": "lightning_prune.core.channel.pruner",
-    "ChannelPruningError": "lightning_prune.core.channel.pruner",
     "Plan": "lightning_prune.core.channel.pruner",
-    "StepResult": "lightning_prune.core.channel.pruner",
     "check_pruning_ratio_dict": "lightning_prune.core.channel.pruner",
     "example_inputs_like": "lightning_prune.core.channel.pruner",
-    "find_output_layers": "lightning_prune.core.channel.pruner",
-    "masked_modules": "lightning_prune.core.channel.pruner",
-    "preserved_modes": "lightning_prune.core.channel.pruner",
     # channel.regularize
     "GroupRegularizer": "lightning_prune.core.channel.regularize",
     # channel.reshape
@@ -107,6 +120,12 @@ _LAZY: dict[str, str] = {
     "reduction_speedup": "lightning_prune.core.channel.speedup",
     "search_ratio": "lightning_prune.core.channel.speedup",
     "speedup_reduction": "lightning_prune.core.channel.speedup",
+    # channel.transaction
+    "ChannelEvent": "lightning_prune.core.channel.transaction",
+    "Transaction": "lightning_prune.core.channel.transaction",
+    "follow_pruned": "lightning_prune.core.channel.transaction",
+    "run_channel_event": "lightning_prune.core.channel.transaction",
+    "snapshot_optimizers": "lightning_prune.core.channel.transaction",
     # compress
     "FORMAT": "lightning_prune.core.compress",
     "compressed_nbytes": "lightning_prune.core.compress",
@@ -269,6 +288,12 @@ if TYPE_CHECKING:  # static tools see the eager imports
         unpack_bits,
         unpack_mask,
     )
+    from lightning_prune.core.channel.applying import (
+        ChannelPruningError,
+        StepResult,
+        apply_plan,
+        check_forward,
+    )
     from lightning_prune.core.channel.decoder import (
         DECODER_CRITERIA,
         ActivationStats,
@@ -304,6 +329,9 @@ if TYPE_CHECKING:  # static tools see the eager imports
         reshape_decoder_to_state_dict,
         save_pretrained,
     )
+    from lightning_prune.core.channel.gradients import (
+        GradientSum,
+    )
     from lightning_prune.core.channel.importance import (
         IMPORTANCES,
         ImportanceName,
@@ -311,6 +339,11 @@ if TYPE_CHECKING:  # static tools see the eager imports
         build_importance,
         importance_name,
         needs_gradients,
+    )
+    from lightning_prune.core.channel.modules import (
+        find_output_layers,
+        masked_modules,
+        preserved_modes,
     )
     from lightning_prune.core.channel.optim import (
         check_optimizer,
@@ -321,16 +354,19 @@ if TYPE_CHECKING:  # static tools see the eager imports
         slice_state_value,
         state_problems,
     )
+    from lightning_prune.core.channel.planning import (
+        collect_plan,
+        describe,
+        head_ratios,
+        min_keep,
+        ratio_dict,
+        trim,
+    )
     from lightning_prune.core.channel.pruner import (
         ChannelPruner,
-        ChannelPruningError,
         Plan,
-        StepResult,
         check_pruning_ratio_dict,
         example_inputs_like,
-        find_output_layers,
-        masked_modules,
-        preserved_modes,
     )
     from lightning_prune.core.channel.regularize import (
         GroupRegularizer,
@@ -356,6 +392,13 @@ if TYPE_CHECKING:  # static tools see the eager imports
         reduction_speedup,
         search_ratio,
         speedup_reduction,
+    )
+    from lightning_prune.core.channel.transaction import (
+        ChannelEvent,
+        Transaction,
+        follow_pruned,
+        run_channel_event,
+        snapshot_optimizers,
     )
     from lightning_prune.core.compress import (
         FORMAT,

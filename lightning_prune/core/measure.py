@@ -8,12 +8,12 @@ Definitions used throughout:
 
 - A weight is *zero* when its value equals 0 (``+0.0`` and ``-0.0`` alike) or its pruning mask is 0.
 - *Prunable weights* are the ``weight`` of every convolution (``nn.Conv1d/2d/3d``,
-  ``nn.ConvTranspose1d/2d/3d``) and ``nn.Linear`` module: what the seed prunes and measures.
+  ``nn.ConvTranspose1d/2d/3d``) and ``nn.Linear`` module.
 - *MACs* (multiply-accumulates) are those of the convolution and linear modules only, for the dense
   architecture: ``output elements x in_channels / groups x kernel size`` for a convolution, ``output elements
   x in_features`` for a linear layer, ``input elements x out_channels / groups x kernel size`` for a
   transposed convolution. Biases, activations, pooling, normalisation and additions are not counted.
-  For the seed's LeNet at ``1x1x32x32`` this gives 416,520; torch-pruning's
+  For ``models.LeNet`` at ``1x1x32x32`` this gives 416,520; torch-pruning's
   ``tp.utils.count_ops_and_params`` reports 423,038 because it also counts some elementwise and pooling
   operations (and deep-copies the model, which is slow). Layers called through ``torch.nn.functional``
   rather than as modules are not seen by the hooks and not counted.
@@ -170,7 +170,7 @@ def layer_sparsity(model: nn.Module, types: Sequence[type[nn.Module]] | None = N
 
 def sparsity(model: nn.Module, types: Sequence[type[nn.Module]] | None = None) -> float:
     """Fraction of zero entries over all prunable weights together (conv and linear weights by default):
-    ``1 - non-zero / total``, as the seed computes its global sparsity."""
+    ``1 - non-zero / total`` (the global sparsity)."""
     total = zeros = 0
     for _, module in prunable_layers(model, types):
         w = effective_weight(module)

@@ -32,7 +32,7 @@ class DigitsDataModule(SplitDataModule):
     """scikit-learn's 1,797 real 8x8 handwritten digits, resized to 32x32, with a fixed seeded split.
 
     No download: the data ships with scikit-learn, so this is the default for the CLI configs and the tests.
-    Images are normalised to mean 0.5 / std 0.5 per channel, like the seed's CIFAR transform.
+    Images are normalised to mean 0.5 / std 0.5 per channel, like the CIFAR-10 module's transform.
 
     Args:
         batch_size: batch size of every loader.

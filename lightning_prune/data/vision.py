@@ -126,7 +126,7 @@ class MNISTDataModule(_TorchvisionDataModule):
 
 
 class CIFAR10DataModule(_TorchvisionDataModule):
-    """CIFAR-10 from torchvision with the seed's normalisation ``Normalize((0.5,)*3, (0.5,)*3)``.
+    """CIFAR-10 from torchvision with the normalisation ``Normalize((0.5,)*3, (0.5,)*3)``.
 
     Args:
         data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's layout).

@@ -1,4 +1,4 @@
-"""Models: the seed's LeNet, ResNet-18 builders, selection by name, and the ImageClassifier wrapper."""
+"""Models: LeNet-5, ResNet-18 builders, selection by name, and the ImageClassifier wrapper."""
 
 from __future__ import annotations
 

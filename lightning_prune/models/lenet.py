@@ -1,4 +1,4 @@
-"""LeNet-5 exactly as the seed defines it."""
+"""LeNet-5 for 1x32x32 inputs: two 5x5 convolutions (6 and 16 channels), then 120-84-num_classes linear layers."""
 
 from __future__ import annotations
 

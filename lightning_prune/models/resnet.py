@@ -1,4 +1,4 @@
-"""ResNet-18 builders: torchvision's as is (what the seed prunes) and a CIFAR variant for 32x32 images."""
+"""ResNet-18 builders: torchvision's as is (ImageNet layout) and a CIFAR variant for 32x32 images."""
 
 from __future__ import annotations
 

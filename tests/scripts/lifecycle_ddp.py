@@ -1,7 +1,7 @@
 """Both pruning callbacks under DDP on 2 CPU processes (gloo); run by tests/test_lifecycle.py.
 
 Usage: python lifecycle_ddp.py fail|warn OUT_DIR
-- fail: rank 1's training_step raises inside ChannelPruning's Taylor gradient pass; every rank must raise
+- fail: rank 1's Taylor importance raises while ChannelPruning plans an event; every rank must raise
   (none may wait in a broadcast). Each rank writes the error it got to OUT_DIR/rank{r}.err.
 - warn: UnstructuredPruning + PruningMetrics; each rank saves the Lightning warnings about sync_dist it saw.
 """
@@ -21,19 +21,24 @@ from lightning_prune import ChannelPruning, PruningMetrics, UnstructuredPruning 
 from lightning_prune.data import DigitsDataModule  # noqa: E402
 
 
-class FailsOnRank1(UserClassifier):
-    def training_step(self, batch, batch_idx):
-        if self.trainer.global_rank == 1 and not self.training:  # the gradient pass runs in eval mode
-            raise ValueError("rank 1 fails in training_step")
-        return super().training_step(batch, batch_idx)
+def fails_on_rank1():
+    import torch_pruning as tp
+
+    class FailsOnRank1(tp.importance.GroupTaylorImportance):
+        def __call__(self, group, *args, **kwargs):
+            if torch.distributed.get_rank() == 1:
+                raise ValueError("rank 1 fails while planning")
+            return super().__call__(group, *args, **kwargs)
+
+    return FailsOnRank1()
 
 
 def main(mode: str, out: Path) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     if mode == "fail":
-        model = FailsOnRank1()
-        callbacks = [ChannelPruning(pruning_ratio=0.5, importance="taylor", taylor_batches=1, start_epoch=0, end_epoch=0,
+        model = UserClassifier()
+        callbacks = [ChannelPruning(pruning_ratio=0.5, importance=fails_on_rank1(), taylor_batches=1, start_epoch=0, end_epoch=0,
                                     input_shape=[1, 1, 32, 32], verbose=False)]
     else:
         model = UserClassifier()

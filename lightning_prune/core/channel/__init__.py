@@ -1,6 +1,9 @@
 """Channel pruning (channels and heads removed, shapes shrink) through torch-pruning's DepGraph.
 
 * ``pruner``: :class:`~lightning_prune.core.channel.pruner.ChannelPruner`, plan then apply, to absolute targets;
+  its parts: ``planning`` (which channels), ``applying`` (all or nothing), ``modules`` (model helpers);
+* ``transaction``: one event (plan, apply, optimizer state, averaged copies, re-wrap, measure) with one undo;
+* ``gradients``: gradients summed over training steps, for Taylor importance;
 * ``importance``: importance criteria by name;
 * ``reshape``: the pruned architecture as plain data, and a fresh model reshaped to a checkpoint;
 * ``optim``: optimizer state carried over to the pruned parameters;

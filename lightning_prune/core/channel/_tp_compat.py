@@ -1,4 +1,4 @@
-"""The only place that touches torch-pruning internals (tested in tests/test_tp_compat.py).
+"""The only place that touches torch-pruning internals (tested in tests/test_channel_optim.py).
 
 Everything else in ``lightning_prune.core`` uses torch-pruning's public API: ``tp.pruner.BasePruner`` (with
 ``pruning_ratio_dict``, ``round_to``, ``num_heads``, ``ignored_layers``, ``global_pruning``, ...), its
@@ -16,6 +16,7 @@ The tested torch-pruning versions are pinned in pyproject.toml (``torch-pruning>
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,25 +71,41 @@ class SliceRecord:
         return {id(origin): (origin, new, keep) for origin, new, keep in self.by_new.values()}
 
 
-@contextlib.contextmanager
-def record_slices() -> Iterator[SliceRecord]:
-    """Record every parameter slice torch-pruning makes inside the block."""
+#: serialises :func:`record_slices` blocks: one thread at a time listens to torch-pruning's slices
+_LOCK = threading.RLock()
+
+
+def _slicing_method() -> Any:
     import torch_pruning as tp
 
-    cls = tp.pruner.function.BasePruningFunc
-    original = cls._prune_parameter_and_grad
-    record = SliceRecord()
+    return tp.pruner.function.BasePruningFunc
 
-    def listening(self, weight, keep_idxs, pruning_dim):
-        new = original(self, weight, keep_idxs, pruning_dim)
-        record.add(weight, new, keep_idxs, pruning_dim)
-        return new
 
-    cls._prune_parameter_and_grad = listening
-    try:
-        yield record
-    finally:
-        cls._prune_parameter_and_grad = original
+@contextlib.contextmanager
+def record_slices() -> Iterator[SliceRecord]:
+    """Record every parameter slice torch-pruning makes inside the block, in this thread.
+
+    ``BasePruningFunc._prune_parameter_and_grad`` is wrapped only for the duration of the block, under a lock
+    (a second thread entering waits; slices made by other threads meanwhile are not recorded), and the original
+    method is always put back, also when the block raises.
+    """
+    cls = _slicing_method()
+    with _LOCK:
+        original = cls.__dict__["_prune_parameter_and_grad"]
+        record = SliceRecord()
+        owner = threading.get_ident()
+
+        def listening(self, weight, keep_idxs, pruning_dim):
+            new = original(self, weight, keep_idxs, pruning_dim)
+            if threading.get_ident() == owner:
+                record.add(weight, new, keep_idxs, pruning_dim)
+            return new
+
+        cls._prune_parameter_and_grad = listening
+        try:
+            yield record
+        finally:
+            cls._prune_parameter_and_grad = original
 
 
 __all__ = ["REQUIRED", "SliceRecord", "channel_groups", "check", "record_slices"]

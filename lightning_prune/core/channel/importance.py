@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from lightning_prune.core._validation import check_choice
 
-#: an importance criterion by name (``group_norm`` is the seed's old ``GroupNormImportance``)
+#: an importance criterion by name (``group_norm``: an alias of ``l2``, torch-pruning's ``GroupNormImportance``)
 ImportanceName = Literal["l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random", "group_norm"]
 #: importance criteria accepted by name
 IMPORTANCES: tuple[ImportanceName, ...] = ("l1", "l2", "taylor", "lamp", "fpgm", "bn_scale", "random", "group_norm")
@@ -88,8 +88,8 @@ def _importance_from_spec(spec: Mapping[str, Any]) -> Any:
 def build_importance(importance: ImportanceSpec) -> Any:
     """A torch-pruning ``Importance`` from a name in :data:`IMPORTANCES`, a ``class_path`` dict, or an object.
 
-    ``l1``/``l2`` (and the alias ``group_norm``) are group magnitudes with ``p=1``/``p=2``, i.e. the seed's
-    ``GroupNormImportance(p=2)``, now ``GroupMagnitudeImportance``. A dict
+    ``l1``/``l2`` (and the alias ``group_norm``) are group magnitudes with ``p=1``/``p=2``; ``l2`` is
+    torch-pruning's ``GroupNormImportance(p=2)``, now ``GroupMagnitudeImportance``. A dict
     ``{"class_path": "torch_pruning.pruner.importance.GroupMagnitudeImportance", "init_args": {"p": 1}}`` (what a
     YAML ``class_path`` block gives) is instantiated here, so classes whose defaults YAML cannot express (lists of
     classes) work too; a bare class name is looked up in ``torch_pruning.pruner.importance``. An ``Importance``

@@ -64,7 +64,13 @@ class GroupRegularizer:
                 pruning_ratio=0.0,
                 ignored_layers=ignored,
             )
-        self.num_groups = len(self._pruner._groups)
+        pruner = self._pruner  # its groups, through the public dependency-graph API
+        self.num_groups = sum(
+            1
+            for _ in pruner.DG.get_all_groups(
+                ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+            )
+        )
 
     @torch.no_grad()
     def apply(self) -> None:

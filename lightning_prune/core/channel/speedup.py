@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,72 +172,82 @@ def search_ratio(
         raise ValueError(f"`target_macs` must be > 0; got {target_macs!r}")
     if not 0.0 <= lower < upper < 1.0:
         raise ValueError(f"need 0 <= `lower` < `upper` < 1; got lower={lower!r}, upper={upper!r}")
-    seen: dict[tuple, int] = {}
-    tried: list[tuple[float, int]] = []
-
-    def evaluate_plan(ratio: float, plan: list) -> int:
-        key = _plan_key(plan)
-        if key not in seen:
-            seen[key] = dry_run_macs(pruner, model, example_inputs, plan)
-        tried.append((ratio, seen[key]))
-        return seen[key]
-
-    def evaluate(ratio: float) -> tuple[int, list]:
-        plan = pruner.plan(model, example_inputs, ratio, scale)
-        return evaluate_plan(ratio, plan), plan
-
-    lo = lower
-    f_lo, plan_lo = evaluate(lo)
-    best = SpeedupSearch(lo, plan_lo, f_lo, float(target_macs))  # the first point considered
-
-    def consider(ratio: float, macs: int, plan: list) -> None:
-        nonlocal best
-        if abs(macs - target_macs) < abs(best.macs - target_macs):
-            best = SpeedupSearch(ratio, plan, macs, float(target_macs))
-
+    search = _Search(pruner, model, example_inputs, float(target_macs), scale)
+    f_lo, plan_lo = search.evaluate(lower)
+    search.consider(lower, f_lo, plan_lo)
     if f_lo <= target_macs:  # already there
-        return _finish(best, seen, tried)
-    # virtual upper end: (1.0, 0 MACs) until a real point above the target's ratio is known
-    hi, f_hi = 1.0, 0.0
-    plan_hi: list | None = None
-    interpolate = True
-    while len(seen) < max_evaluations and len(tried) < 4 * max_evaluations:
-        if abs(best.macs / target_macs - 1.0) <= tolerance or hi - lo < 1e-4:
-            break
-        if interpolate:  # MACs ~ kept width squared: interpolate in sqrt(MACs)
-            s_lo, s_hi, s_t = math.sqrt(f_lo), math.sqrt(f_hi), math.sqrt(target_macs)
-            ratio = lo + (hi - lo) * (s_lo - s_t) / (s_lo - s_hi)
-            margin = 0.02 * (hi - lo)
-            ratio = min(max(ratio, lo + margin), hi - margin)
-        else:
-            ratio = 0.5 * (lo + hi)
-        ratio = min(ratio, upper)
-        width = hi - lo
-        macs, plan = evaluate(ratio)
-        consider(ratio, macs, plan)
-        if macs > target_macs:
-            lo, f_lo, plan_lo = ratio, macs, plan
-        else:
-            hi, f_hi, plan_hi = ratio, macs, plan
-        if ratio >= upper and macs > target_macs:  # out of reach: the largest ratio is the nearest point
-            break
-        # fall back to bisection when interpolation did not halve the bracket
-        interpolate = (hi - lo) <= 0.5 * width if interpolate else True
+        return _finish(search.best, search.seen, search.tried)
+    lo, plan_lo, plan_hi = search.bracket(lower, f_lo, plan_lo, upper, tolerance, max_evaluations)
+    best = search.best
+    assert best is not None
     if abs(best.macs / target_macs - 1.0) > tolerance and plan_hi is not None:
-        _refine(best, evaluate_plan, consider, plan_lo, plan_hi, lo, target_macs, max_evaluations)
-    return _finish(best, seen, tried)
+        _refine(best, search.evaluate_plan, search.consider, plan_lo, plan_hi, lo, target_macs, max_evaluations)
+    return _finish(search.best, search.seen, search.tried)
 
 
-def _refine(
-    best: SpeedupSearch,
-    evaluate_plan: Callable[[float, list], int],
-    consider: Callable[[float, int, list], None],
-    plan_lo: list,
-    plan_hi: list,
-    lo: float,
-    target_macs: float,
-    budget: int,
-) -> None:
+class _Search:
+    """The dry runs of one :func:`search_ratio` (each distinct plan measured once) and the closest so far."""
+
+    def __init__(self, pruner: Any, model: nn.Module, example_inputs: Any, target_macs: float, scale: Any) -> None:
+        self.pruner, self.model, self.inputs = pruner, model, example_inputs
+        self.target_macs, self.scale = target_macs, scale
+        self.seen: dict[tuple, int] = {}
+        self.tried: list[tuple[float, int]] = []
+        self.best: SpeedupSearch | None = None
+
+    def evaluate_plan(self, ratio: float, plan: list) -> int:
+        key = _plan_key(plan)
+        if key not in self.seen:
+            self.seen[key] = dry_run_macs(self.pruner, self.model, self.inputs, plan)
+        self.tried.append((ratio, self.seen[key]))
+        return self.seen[key]
+
+    def evaluate(self, ratio: float) -> tuple[int, list]:
+        plan = self.pruner.plan(self.model, self.inputs, ratio, self.scale)
+        return self.evaluate_plan(ratio, plan), plan
+
+    def consider(self, ratio: float, macs: int, plan: list) -> None:
+        best = self.best
+        if best is None or abs(macs - self.target_macs) < abs(best.macs - self.target_macs):
+            self.best = SpeedupSearch(ratio, plan, macs, float(self.target_macs))
+
+    def bracket(
+        self, lo: float, f_lo: float, plan_lo: list, upper: float, tolerance: float, max_evaluations: int
+    ) -> tuple[float, list, list | None]:
+        """Narrow ``[lo, hi]`` around the target (interpolation in sqrt(MACs), bisection when it stalls);
+        returns the lower end and the plans at both ends (``None``: no real point below the target yet)."""
+        target_macs = self.target_macs
+        # virtual upper end: (1.0, 0 MACs) until a real point above the target's ratio is known
+        hi, f_hi = 1.0, 0.0
+        plan_hi: list | None = None
+        interpolate = True
+        while len(self.seen) < max_evaluations and len(self.tried) < 4 * max_evaluations:
+            assert self.best is not None
+            if abs(self.best.macs / target_macs - 1.0) <= tolerance or hi - lo < 1e-4:
+                break
+            if interpolate:  # MACs ~ kept width squared: interpolate in sqrt(MACs)
+                s_lo, s_hi, s_t = math.sqrt(f_lo), math.sqrt(f_hi), math.sqrt(target_macs)
+                ratio = lo + (hi - lo) * (s_lo - s_t) / (s_lo - s_hi)
+                margin = 0.02 * (hi - lo)
+                ratio = min(max(ratio, lo + margin), hi - margin)
+            else:
+                ratio = 0.5 * (lo + hi)
+            ratio = min(ratio, upper)
+            width = hi - lo
+            macs, plan = self.evaluate(ratio)
+            self.consider(ratio, macs, plan)
+            if macs > target_macs:
+                lo, f_lo, plan_lo = ratio, macs, plan
+            else:
+                hi, f_hi, plan_hi = ratio, macs, plan
+            if ratio >= upper and macs > target_macs:  # out of reach: the largest ratio is the nearest point
+                break
+            # fall back to bisection when interpolation did not halve the bracket
+            interpolate = (hi - lo) <= 0.5 * width if interpolate else True
+        return lo, plan_lo, plan_hi
+
+
+def _refine(best, evaluate_plan, consider, plan_lo: list, plan_hi: list, lo: float, target_macs: float, budget: int):
     """Between the bracket's plans (``plan_lo`` above the target, ``plan_hi`` below), take ``plan_hi``'s entry
     for the first ``k`` differing groups and ``plan_lo``'s for the rest, bisecting on ``k``.
 
@@ -273,7 +283,8 @@ def _refine(
             k_hi = k
 
 
-def _finish(best: SpeedupSearch, seen: dict, tried: list) -> SpeedupSearch:
+def _finish(best: SpeedupSearch | None, seen: dict, tried: list) -> SpeedupSearch:
+    assert best is not None
     best.evaluations = sum(1 for plan in seen if plan)  # the empty plan is counted, not dry-run
     best.tried = list(tried)
     return best

@@ -1,0 +1,223 @@
+"""What ``ChannelPruning`` checks and does around an event, as functions: refusals at setup and at an event,
+the tracing input, the frozen-layer policy, agreeing across ranks and re-wrapping DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._scheduled import frozen_module_names
+from lightning_prune.callbacks.unstructured import UnstructuredPruning
+from lightning_prune.core._inputs import device_dtype as _device_dtype
+from lightning_prune.core._inputs import move as _move
+from lightning_prune.core.channel import speedup as speedup_ops
+from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
+
+
+@contextlib.contextmanager
+def isolated_rng():
+    """Restore the torch (CPU and CUDA), numpy and Python RNG states on exit."""
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional
+        np = None  # type: ignore[assignment]
+    python_state = random.getstate()
+    numpy_state = np.random.get_state() if np is not None else None
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        if np is not None:
+            np.random.set_state(numpy_state)
+
+
+def schedule_amount(pruning_ratio: Any, speedup: Any) -> tuple[Any, Any, str]:
+    """``(speedup checked, the schedule's amount, its argument name)``: a channel ratio, or for ``speedup`` runs
+    the fraction of the dense MACs removed (the schedule runs on it)."""
+    if speedup is not None and pruning_ratio is not None:
+        raise ValueError(
+            f"give either `pruning_ratio` (a channel ratio) or `speedup` (a MACs target), not both; got "
+            f"pruning_ratio={pruning_ratio!r} and speedup={speedup!r}"
+        )
+    if speedup is None:
+        return None, 0.5 if pruning_ratio is None else pruning_ratio, "pruning_ratio"
+    checked = speedup_ops.check_speedup("speedup", speedup)
+    if isinstance(checked, dict):
+        return checked, {e: speedup_ops.speedup_reduction(v) for e, v in checked.items()}, "speedup"
+    return checked, speedup_ops.speedup_reduction(checked), "speedup"
+
+
+def fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
+    return f"MACs {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G, params {params0 / 1e6:.2f} M -> {params1 / 1e6:.2f} M"
+
+
+def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+    strategy = trainer.strategy
+    ok = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
+    if not ok:
+        raise ValueError(
+            f"ChannelPruning supports single-device and DDP training only; the Trainer's strategy is "
+            f"{type(strategy).__name__}, whose sharded/wrapped parameters torch-pruning cannot reshape. "
+            "Use strategy='auto', 'ddp' or 'ddp_spawn'"
+        )
+    if compat.is_compiled(pl_module):
+        raise ValueError(
+            "ChannelPruning cannot prune a torch.compile'd model (the compiled graph keeps the old shapes); "
+            "prune without torch.compile, and compile the pruned model afterwards"
+        )
+
+
+def check_no_masks(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, channel_events: dict[int, float], from_trained: bool
+) -> None:
+    """Refuse, before anything changes, a model with ``torch.nn.utils.prune`` masks, or an
+    ``UnstructuredPruning`` schedule that would add masks before (or at) the last channel event."""
+    masked = masked_modules(pl_module)
+    if masked:
+        raise ValueError(
+            f"ChannelPruning cannot remove channels of a model with active torch.nn.utils.prune masks "
+            f"(weight_orig/weight_mask and a forward pre-hook) on modules {masked}: torch-pruning would replace "
+            "the masked weights and break the next forward. Make the pruning permanent first, e.g. "
+            "torch.nn.utils.prune.remove(module, 'weight') for each of them, or "
+            "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
+        )
+
+    last_channel = max(channel_events)
+    for cb in trainer.callbacks:
+        if not isinstance(cb, UnstructuredPruning):
+            continue
+        try:
+            unstructured_events = cb.targets(trainer.max_epochs, from_trained)
+        except (ValueError, TypeError):  # that callback refuses its own schedule in its setup
+            continue
+        if unstructured_events and min(unstructured_events) <= last_channel:
+            raise ValueError(
+                "ChannelPruning and UnstructuredPruning cannot interleave: UnstructuredPruning's masks "
+                "(torch.nn.utils.prune) are active until the end of fit, and removing channels of a masked "
+                f"layer breaks the run. ChannelPruning's events are {channel_events}, UnstructuredPruning's "
+                f"are {unstructured_events} (epoch: target); all channel events must come before the first "
+                f"unstructured event (epoch {min(unstructured_events)} <= last channel event {last_channel}). "
+                "Move UnstructuredPruning's start_epoch after ChannelPruning's end_epoch, or run them one after "
+                "the other"
+            )
+
+
+def refuse_masks(pl_module: pl.LightningModule, epoch: int) -> None:
+    masked = masked_modules(pl_module)  # e.g. added by hand or by another callback during the run
+    if masked:
+        raise RuntimeError(
+            f"ChannelPruning: epoch {epoch}: the model has active torch.nn.utils.prune masks on modules "
+            f"{masked}; removing their channels would break the next forward, so nothing was pruned and the "
+            "model and optimizers are unchanged. Make the pruning permanent before a channel event "
+            "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
+            "unstructured pruning"
+        )
+
+
+def tracing_input(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, input_shape: list[int] | None, allow_batch: bool = True
+) -> Any:
+    """``example_input_array``, else zeros of ``input_shape``, else (``allow_batch``) the first training sample."""
+    device, dtype = _device_dtype(pl_module)
+    x = getattr(pl_module, "example_input_array", None)
+    if x is not None:
+        return _move(x, device, dtype)
+    if input_shape is not None:
+        return torch.zeros(input_shape, device=device, dtype=dtype or torch.float32)
+    if not allow_batch:
+        return None
+    loader = trainer.train_dataloader
+    if loader is None:
+        raise ValueError(
+            "ChannelPruning needs a tracing input: set `example_input_array` on the LightningModule, pass "
+            "`input_shape`, or give the Trainer a training dataloader"
+        )
+    with isolated_rng():  # a fresh iterator draws from the RNG (shuffling): training's order stays the same
+        batch = next(iter(loader))
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if isinstance(x, Mapping):
+        raise ValueError("ChannelPruning cannot take a tracing input from a dict batch; pass `input_shape`")
+    return _move(x[:1], device, dtype)
+
+
+def agree(trainer: pl.Trainer, error: BaseException | None, epoch: int) -> None:
+    """Raise ``error`` on this rank, or a RuntimeError on the other ranks, so no rank waits for a broadcast."""
+    failed = error is not None
+    if trainer.world_size > 1:
+        failed = bool(trainer.strategy.reduce_boolean_decision(failed, all=False))
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(
+            f"ChannelPruning: epoch {epoch}: another rank failed while planning the event (see its error); "
+            "nothing was pruned"
+        )
+
+
+def rewrap_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[], None] | None:
+    """Wrap the pruned module in a new DDP (its reducer knows the new parameters); returns the undo."""
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
+
+    strategy = trainer.strategy
+    if not (isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel)):
+        return None
+    old = strategy.model
+
+    def undo() -> None:
+        strategy.model = old
+
+    strategy.model = pl_module
+    try:
+        strategy.configure_ddp()
+    except BaseException:
+        undo()
+        raise
+    return undo
+
+
+@contextlib.contextmanager
+def frozen_policy(core: ChannelPruner, pl_module: pl.LightningModule, prune_frozen: bool) -> Iterator[None]:
+    """Frozen layers keep their output channels (ignored), unless ``prune_frozen``: then they are traced
+    like trainable ones (flags restored by name afterwards)."""
+    if not prune_frozen:
+        patterns = list(core.ignored_patterns)
+        core.ignored_patterns = patterns + [re.escape(n) for n in frozen_module_names(pl_module)]
+        try:
+            yield
+        finally:
+            core.ignored_patterns = patterns
+        return
+    flags = {n: p.requires_grad for n, p in pl_module.named_parameters()}
+    for p in pl_module.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for n, p in pl_module.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+
+
+__all__ = [
+    "agree",
+    "check_no_masks",
+    "check_supported",
+    "fmt_summary",
+    "frozen_policy",
+    "isolated_rng",
+    "refuse_masks",
+    "schedule_amount",
+    "rewrap_ddp",
+    "tracing_input",
+]

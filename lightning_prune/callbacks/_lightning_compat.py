@@ -1,0 +1,80 @@
+"""The only place the callbacks touch private names of Lightning or torch (tested in tests/test_lightning_compat.py).
+
+Each function below wraps one private name that has no public form in the tested versions (see pyproject.toml);
+``tests/test_lightning_compat.py`` asserts that every one of them still exists and behaves as used here, so a
+Lightning or torch upgrade that removes one fails loudly in the test suite instead of silently in a run.
+
+* ``trainer._checkpoint_connector._loaded_checkpoint``: the checkpoint being restored, read by the pruning
+  callbacks while its weights load (its callback state and recorded architecture);
+* ``WeightAveraging._average_model``, ``._use_buffers``, ``._kwargs``: the averaged copy of Lightning's weight
+  averaging callbacks and how it averages;
+* ``LightningModule._trainer``: the Trainer, or None when the module is not attached (the public ``.trainer``
+  raises then);
+* ``LightningModule._compiler_ctx``: set by Lightning when the module was compiled through ``from_compiled``;
+* ``Module._load_state_dict_pre_hooks`` and ``_WrappedHook.hook``: the hooks already registered, so the pruning
+  callbacks share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+#: the private names wrapped here, one entry per function (checked by tests/test_lightning_compat.py)
+PRIVATE_NAMES = {
+    "loaded_checkpoint": "Trainer._checkpoint_connector._loaded_checkpoint",
+    "averaged_model": "WeightAveraging._average_model",
+    "averaging_settings": "WeightAveraging._use_buffers, WeightAveraging._kwargs",
+    "attached_trainer": "LightningModule._trainer",
+    "is_compiled": "LightningModule._compiler_ctx",
+    "load_state_dict_pre_hooks": "Module._load_state_dict_pre_hooks, _WrappedHook.hook",
+}
+
+
+def loaded_checkpoint(trainer: Any) -> Mapping[str, Any]:
+    """The checkpoint dict the Trainer is restoring (``ckpt_path=...``), or ``{}`` outside a restore."""
+    checkpoint = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None)
+    return checkpoint if isinstance(checkpoint, Mapping) else {}
+
+
+def averaged_model(callback: Any) -> nn.Module | None:
+    """The ``AveragedModel`` a ``WeightAveraging`` callback keeps (created at its ``setup``), or None before."""
+    return getattr(callback, "_average_model", None)
+
+
+def averaging_settings(callback: Any) -> tuple[bool, Any]:
+    """``(use_buffers, avg_fn)`` of a ``WeightAveraging`` callback (``avg_fn`` None: its default averaging)."""
+    kwargs = getattr(callback, "_kwargs", None) or {}
+    return bool(getattr(callback, "_use_buffers", True)), kwargs.get("avg_fn")
+
+
+def attached_trainer(module: nn.Module) -> Any:
+    """The Trainer a LightningModule is attached to, or None (a copy, or a module used outside a Trainer)."""
+    return getattr(module, "_trainer", None)
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether the LightningModule was compiled by Lightning (``from_compiled``) or holds a ``torch.compile``d
+    submodule (an ``OptimizedModule``)."""
+    return getattr(module, "_compiler_ctx", None) is not None or any(
+        type(m).__name__ == "OptimizedModule" for m in module.modules()
+    )
+
+
+def load_state_dict_pre_hooks(module: nn.Module) -> list[Any]:
+    """The ``load_state_dict`` pre-hooks registered on ``module`` itself (the callables given to
+    ``register_load_state_dict_pre_hook``)."""
+    return [getattr(registered, "hook", registered) for registered in module._load_state_dict_pre_hooks.values()]
+
+
+__all__ = [
+    "PRIVATE_NAMES",
+    "attached_trainer",
+    "averaged_model",
+    "averaging_settings",
+    "is_compiled",
+    "load_state_dict_pre_hooks",
+    "loaded_checkpoint",
+]
