@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 THIRD_PARTY_WARNINGS: tuple[str, ...] = (
     # lightning 2.6's _pytree helper calls an API torch 2.14 deprecated
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    # jsonargparse cannot write a default such as torchvision ViT's norm_layer=partial(LayerNorm, eps=1e-6) into
-    # the saved config; the class's own default applies when the config is read back, so nothing is lost
-    r"\s*Unable to serialize instance functools\.partial",
 )
 #: Lightning's advertisements for its cloud packages, printed at INFO level on every fit
 _TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"

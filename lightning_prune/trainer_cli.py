@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import sys
@@ -122,6 +123,14 @@ def _add_run_config_keys(parser: LightningArgumentParser, ckpt_path: bool = True
     )
 
 
+def _drop_partial_defaults(config: Namespace) -> None:
+    """Drop the ``functools.partial`` values of a parsed config (defaults such as torchvision ViT's
+    ``norm_layer=partial(LayerNorm, eps=1e-6)``), so the class's own default applies: YAML cannot hold them, and
+    jsonargparse would warn and write an unreadable string into the run's ``config.yaml``."""
+    for key in [k for k in config.keys() if isinstance(config.get(k), functools.partial)]:
+        del config[key]
+
+
 class PruneCLI(LightningCLI):
     """LightningCLI with the digits data as the default data module, one-line errors (see
     :class:`OneLineErrorParser`) and a ``--ckpt_path`` that must name an existing file."""
@@ -146,6 +155,7 @@ class PruneCLI(LightningCLI):
             self.config = parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
+        _drop_partial_defaults(self.config)
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if isinstance(path, str) and path not in _CKPT_KEYWORDS and "://" not in path and not os.path.isfile(path):
@@ -189,6 +199,7 @@ class ExportCLI(PruneCLI):
             self.config = parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
+        _drop_partial_defaults(self.config)
         path = self.config.get("ckpt_path")
         if not isinstance(path, str) or not os.path.isfile(path):
             raise FileNotFoundError(

@@ -1,6 +1,7 @@
 """ChannelPruning in real Trainer runs: the seed, optimizer health, resume, checkpoints, DDP, bf16, errors."""
 
 import io
+import re
 import types
 from pathlib import Path
 
@@ -149,7 +150,17 @@ def test_summary_line(tmp_path, caplog):
         _trainer(tmp_path, 1, [ChannelPruning(0.5, start_epoch=0)], limit_train_batches=1, limit_val_batches=0).fit(
             module, DigitsDataModule(batch_size=8)
         )
-    assert "MACs 0.0004 G -> 0.0001 G, params 0.06 M -> 0.02 M" in caplog.text
+    # units chosen per model (K for LeNet), not "0.0004 G -> 0.0001 G, 0.06 M -> 0.02 M"
+    assert re.search(r"MACs 416\.5 K -> \d+\.\d K, params 61\.7 K -> \d+\.\d K", caplog.text), caplog.text
+
+
+def test_summary_units_follow_the_model():
+    from lightning_prune.callbacks.channel import _fmt_summary
+
+    assert _fmt_summary(1_823_000_000, 459_000_000, 11_690_000, 3_060_000) == (
+        "MACs 1.82 G -> 0.46 G, params 11.7 M -> 3.1 M"
+    )
+    assert _fmt_summary(950, 400, 120, 60) == "MACs 950.0 -> 400.0, params 120.0 -> 60.0"
 
 
 def test_fast_dev_run_with_default_end_epoch(tmp_path):

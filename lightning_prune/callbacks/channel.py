@@ -67,8 +67,15 @@ def _restore_metric_states(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> 
             setattr(m, attr, value)
 
 
+def _fmt_pair(before: float, after: float) -> str:
+    """``before -> after`` in one unit (K, M or G) chosen by the larger value, 3-4 significant digits."""
+    scale, unit = next(((s, u) for s, u in ((1e9, " G"), (1e6, " M"), (1e3, " K")) if max(before, after) >= s), (1, ""))
+    digits = 1 if max(before, after) / scale >= 10 else 2
+    return f"{before / scale:.{digits}f}{unit} -> {after / scale:.{digits}f}{unit}"
+
+
 def _fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
-    return f"MACs {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G, params {params0 / 1e6:.2f} M -> {params1 / 1e6:.2f} M"
+    return f"MACs {_fmt_pair(macs0, macs1)}, params {_fmt_pair(params0, params1)}"
 
 
 class ChannelPruning(ScheduledPruning):
