@@ -1,5 +1,6 @@
 """ChannelPruning in real Trainer runs: the seed, optimizer health, resume, checkpoints, DDP, bf16, errors."""
 
+import csv
 import io
 import re
 import types
@@ -15,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from helpers import make_trainer, run_ddp_script
-from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_params
+from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_macs, count_params
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.cli import cli_main
 from lightning_prune.data import DigitsDataModule
@@ -130,6 +131,20 @@ def test_optimizer_modes_frozen_flags_scheduler_and_loss(tmp_path):
     assert module.net.conv1.out_channels == 6  # torch-pruning leaves frozen layers' channels alone
     losses = module.epoch_losses
     assert losses[4] < losses[2] and losses[3] < losses[2], losses  # training goes on after the last event
+
+
+def test_epochs_before_the_first_event_log_the_dense_point(tmp_path):
+    module = ImageClassifier("lenet")
+    dense = count_params(module), count_macs(module.model, module.example_input_array)
+    cb = ChannelPruning(0.5, start_epoch=1, end_epoch=1, verbose=False)
+    trainer = _trainer(tmp_path, 2, [cb], logger=pl.loggers.CSVLogger(tmp_path), limit_train_batches=1)
+    trainer.fit(module, DigitsDataModule(batch_size=16))
+    rows = list(csv.DictReader(open(Path(trainer.logger.log_dir, "metrics.csv"))))
+    by_epoch = {int(r["epoch"]): r for r in rows if r.get("pruning/macs")}
+    assert sorted(by_epoch) == [0, 1]  # epoch 0 (dense) is there: a report's curves start from it
+    assert (int(float(by_epoch[0]["pruning/params"])), int(float(by_epoch[0]["pruning/macs"]))) == dense
+    assert float(by_epoch[0]["pruning/channel_ratio"]) == 0.0 and float(by_epoch[1]["pruning/channel_ratio"]) == 0.5
+    assert int(float(by_epoch[1]["pruning/params"])) < dense[0]
 
 
 def test_logs_and_first_batch_tracing(tmp_path):

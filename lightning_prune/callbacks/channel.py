@@ -343,6 +343,11 @@ class ChannelPruning(ScheduledPruning):
             if self.speedup is not None and self._history:
                 own["pruning/speedup"] = self._history[-1]["speedup_target"]
             self._log_epoch(trainer, pl_module, own, model)
+        elif self._schedule_map:  # before the first event: the dense point, so a run's curves start from it
+            if not self._baseline:
+                self._baseline = self._measure(pl_module, self._example_inputs(trainer, pl_module))
+            model = {"pruning/params": self._baseline["params"], "pruning/macs": self._baseline["macs"]}
+            self._log_epoch(trainer, pl_module, {"pruning/channel_ratio": 0.0}, model)
 
     @override
     def state_dict(self) -> dict[str, Any]:
