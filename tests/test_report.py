@@ -84,7 +84,7 @@ def test_report_from_a_real_csvlogger_run(tmp_path):
     trainer.fit(ImageClassifier("lenet"), DigitsDataModule(batch_size=32))
     written = render_report(Path(trainer.logger.log_dir) / "metrics.csv")
     assert [p.name for p in written] == ["pruning_over_epochs.png", "layer_sparsity.png"]
-    assert all(p.parent == Path(trainer.logger.log_dir) for p in written)  # next to metrics.csv by default
+    assert all(p.parent == Path(trainer.logger.log_dir) / "plots" for p in written)  # RUN/plots by default
     for p in written:
         _assert_png(p)
 
