@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # --help (0) or an argument error, already printed in one line (2)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
 
 
 #: exceptions that are the user's to fix (a bad value, a missing file or package): one line, not a traceback
