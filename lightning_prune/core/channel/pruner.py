@@ -277,7 +277,8 @@ def _ignored_reason(patterns: list[str], by_pattern: list[str], by_output: list[
     if by_output:
         parts.append(
             f"`ignore_output_layers=True` ignored the output layer(s) {by_output} (the model's output keeps its "
-            "width; pass ignore_output_layers=False to prune them)"
+            "width; ChannelPruning(ignore_output_layer=False) or ChannelPruner(ignore_output_layers=False) prunes "
+            "them)"
         )
     if not parts:
         parts.append(f"the recorded ignored layers {recorded}" if recorded else "no layer has prunable channels")
