@@ -14,13 +14,14 @@ by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offl
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from lightning_prune.trainer_cli import PruneCLI
@@ -55,6 +56,16 @@ def quiet_third_party() -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(tips)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: message (see `prog --help`)``, exit status 2), as the
+    LightningCLI subcommands have; ``--debug`` / ``LIGHTNING_PRUNE_DEBUG=1`` prints argparse's usage too."""
+
+    def error(self, message: str) -> NoReturn:
+        if debug_enabled():
+            super().error(message)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
@@ -174,6 +185,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "DEBUG_ENV",
+    "OneLineArgumentParser",
     "THIRD_PARTY_WARNINGS",
     "USAGE",
     "USER_ERRORS",

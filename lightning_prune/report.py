@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -24,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_prune.cli import OneLineArgumentParser
 
 __all__ = ["PANELS", "find_metrics_csv", "main", "read_epoch_metrics", "render_report"]
 
@@ -240,7 +241,7 @@ def _plot_layer_sparsity(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``lightning-prune report PATH [--out DIR] [--acc-key NAME]``; returns the exit code."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="lightning-prune report",
         description="Render PNG plots (sparsity, MACs, size over epochs with val accuracy; per-layer sparsity)"
         " from a CSVLogger run of a Trainer with lightning_prune.PruningMetrics.",
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = render_report(args.path, args.out, args.acc_key)
     except (FileNotFoundError, ValueError) as err:
         print(f"lightning-prune report: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     for p in written:
         print(p)
     return 0

@@ -13,20 +13,20 @@ See :mod:`lightning_prune.core.sensitivity` for the scan itself.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from lightning_prune.cli import OneLineArgumentParser
 from lightning_prune.core.sensitivity import DEFAULT_RATIOS, KINDS, accuracy, channel_macs_of, sensitivity_scan
 
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
         prog="lightning-prune sensitivity",
         description="Prune each layer alone at several ratios, measure validation accuracy, write a CSV table, a "
         "PNG plot and a YAML snippet with suggested per-layer ratios. Other --model.*/--data.* arguments go to "

@@ -147,7 +147,7 @@ def test_help_and_report_import_no_lightning():
         "from lightning_prune.cli import main\n"
         "assert main(['--help']) == 0 and main(['export', '--help']) == 0\n"
         "assert main(['report', '--help']) == 0\n"
-        "assert main(['report', 'no_such_run']) == 1\n"
+        "assert main(['report', 'no_such_run']) == 2\n"
         "heavy = sorted(m for m in ('lightning', 'torch', 'torchvision', 'jsonargparse') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
