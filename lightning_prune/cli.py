@@ -14,14 +14,15 @@ by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offl
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
+
+from lightning_prune._cli_common import DEBUG_ENV, OneLineArgumentParser, debug_enabled
 
 if TYPE_CHECKING:
     from lightning_prune.trainer_cli import PruneCLI
@@ -58,16 +59,6 @@ def quiet_third_party() -> Iterator[None]:
         logger.removeFilter(tips)
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``prog: error: message (see `prog --help`)``, exit status 2), as the
-    LightningCLI subcommands have; ``--debug`` / ``LIGHTNING_PRUNE_DEBUG=1`` prints argparse's usage too."""
-
-    def error(self, message: str) -> NoReturn:
-        if debug_enabled():
-            super().error(message)
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
 def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, e.g. ``["fit", "-c", "cfg.yaml"]``."""
     from lightning_prune.trainer_cli import cli_main as build
@@ -94,14 +85,6 @@ Pruning runs of ImageClassifier on any data module, from YAML configs (a Lightni
 `lightning-prune SUBCOMMAND --help` lists a subcommand's options. Errors print one line; `--debug` (or
 LIGHTNING_PRUNE_DEBUG=1) shows the traceback instead.
 """
-
-#: the environment variable that turns one-line errors back into tracebacks (as ``--debug`` does)
-DEBUG_ENV = "LIGHTNING_PRUNE_DEBUG"
-
-
-def debug_enabled() -> bool:
-    """Whether errors show their traceback (``--debug`` on the command line, or ``LIGHTNING_PRUNE_DEBUG=1``)."""
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _run_subcommand(argv: list[str]) -> int:

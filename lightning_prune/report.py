@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_prune.cli import OneLineArgumentParser
+from lightning_prune._cli_common import OneLineArgumentParser
 
 __all__ = ["PANELS", "find_metrics_csv", "main", "read_epoch_metrics", "render_report"]
 

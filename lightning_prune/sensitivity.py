@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_prune.cli import OneLineArgumentParser
+from lightning_prune._cli_common import OneLineArgumentParser
 from lightning_prune.core.sensitivity import DEFAULT_RATIOS, KINDS, accuracy, channel_macs_of, sensitivity_scan
 
 __all__ = ["main"]

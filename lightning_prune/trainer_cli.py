@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune._cli_common import debug_enabled
 from lightning_prune.models.classifier import ImageClassifier
 
 
@@ -58,8 +59,6 @@ class OneLineErrorParser(LightningArgumentParser):
     jsonargparse's full message."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        from lightning_prune.cli import debug_enabled
-
         if debug_enabled() or not self.exit_on_error:
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
