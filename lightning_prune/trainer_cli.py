@@ -299,7 +299,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     return _build_cli(PruneCLI, args, save_config_callback=SaveFitConfig, run=run)
 
 
-def scan_cli(args: list[str]) -> ScanCLI:
+def scan_cli(args: list[str]) -> PruneCLI:
     """The model and data module of a run's config (``lightning-prune sensitivity``); no Trainer is run."""
     kwargs = {"parser_kwargs": {"prog": "lightning-prune sensitivity"}}
     return _build_cli(ScanCLI, args, save_config_callback=None, run=False, **kwargs)
