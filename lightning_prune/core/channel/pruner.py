@@ -270,7 +270,6 @@ class _Group:
     keep: int = 0
 
 
-
 def _ignored_reason(patterns: list[str], by_pattern: list[str], by_output: list[str], recorded: list[str]) -> str:
     """Which argument ignored which layers, for the "nothing left to prune" error (only the ones that did)."""
     parts = [f"`ignored_layers`={patterns} ignored {by_pattern}"] if by_pattern else []
@@ -283,6 +282,7 @@ def _ignored_reason(patterns: list[str], by_pattern: list[str], by_output: list[
     if not parts:
         parts.append(f"the recorded ignored layers {recorded}" if recorded else "no layer has prunable channels")
     return " and ".join(parts)
+
 
 class ChannelPruner:
     """Structured (channel) pruning to absolute targets with torch-pruning's public ``BasePruner``.
