@@ -217,3 +217,18 @@ def test_callbacks_drop_into_a_users_own_lightningcli(tmp_path):
     for w in weights:  # layer-wise: each tensor at exactly round(0.75 * numel) zeros
         assert int((w == 0).sum()) == round(0.75 * w.numel())
     assert float(cli.trainer.callback_metrics["pruning/sparsity"]) == pytest.approx(0.75, abs=1e-3)
+
+
+def test_a_vit_config_parses_without_the_partial_warning_and_has_an_input_size(tmp_path, monkeypatch):
+    """torchvision ViT's norm_layer=partial(LayerNorm) default is left to the class (jsonargparse warned and wrote
+    an unreadable string into config.yaml), and its image_size gives the example input export needs."""
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    vit = Path(__file__).parents[1] / "examples" / "configs" / "vit_digits_channel.yaml"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cli = cli_main(["-c", str(vit), "--trainer.fast_dev_run=true"], run=False)
+    assert not [w for w in seen if "Unable to serialize" in str(w.message)]
+    assert tuple(cli.model.example_input_array.shape) == (1, 3, 32, 32)
+    assert "Unable to serialize" not in cli.parser.dump(cli.config, skip_none=False)
