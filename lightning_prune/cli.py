@@ -34,6 +34,8 @@ THIRD_PARTY_WARNINGS: tuple[str, ...] = (
     # lightning 2.6's _pytree helper calls an API torch 2.14 deprecated
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
+#: Lightning's ModelCheckpoint warning when a run's config evaluates its checkpoint in another log directory
+EVAL_CHECKPOINT_WARNING = r"The dirpath has changed from"
 #: Lightning's advertisements for its cloud packages, printed at INFO level on every fit
 _TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
 
@@ -105,7 +107,12 @@ def _run_subcommand(argv: list[str]) -> int:
         from lightning_prune.trainer_cli import export_main
 
         return export_main(argv[1:])
-    cli_main(argv)
+    with warnings.catch_warnings():
+        if sub in ("validate", "test", "predict"):
+            # the run config's ModelCheckpoint, restored from the checkpoint into this run's directory: its
+            # best-k bookkeeping is moot when nothing is trained
+            warnings.filterwarnings("ignore", message=EVAL_CHECKPOINT_WARNING)
+        cli_main(argv)
     return 0
 
 
@@ -168,6 +175,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "DEBUG_ENV",
+    "EVAL_CHECKPOINT_WARNING",
     "OneLineArgumentParser",
     "THIRD_PARTY_WARNINGS",
     "USAGE",

@@ -38,8 +38,9 @@ def cli_commands(path: Path) -> list[str]:
 
 
 CLI_PAGES = [p for p in DOCS if cli_commands(p)]
-#: what a user sees that is ours to fix: a warning raised from lightning_prune, or our use of Lightning's CLI
-OURS = re.compile(r"LightningCLI's args parameter|Unable to serialize")
+#: what a user sees that is ours to fix: a warning raised from lightning_prune, our use of Lightning's CLI, or
+#: Lightning's ModelCheckpoint warning when `test -c <run>/config.yaml` evaluates the run's checkpoint
+OURS = re.compile(r"LightningCLI's args parameter|Unable to serialize|The dirpath has changed")
 #: training commands run the same code on a few small batches
 FEW_BATCHES = [
     "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
