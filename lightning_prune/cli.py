@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from lightning_prune._cli_common import DEBUG_ENV, OneLineArgumentParser, debug_enabled
 
 if TYPE_CHECKING:
     from lightning_prune.trainer_cli import PruneCLI
@@ -31,6 +34,8 @@ THIRD_PARTY_WARNINGS: tuple[str, ...] = (
     # lightning 2.6's _pytree helper calls an API torch 2.14 deprecated
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
+#: Lightning's ModelCheckpoint warning when a run's config evaluates its checkpoint in another log directory
+EVAL_CHECKPOINT_WARNING = r"The dirpath has changed from"
 #: Lightning's advertisements for its cloud packages, printed at INFO level on every fit
 _TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
 
@@ -63,45 +68,121 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     return build(args, run=run)
 
 
+#: ``lightning-prune --help``: printed without importing Lightning (the subcommands' own ``--help`` lists options)
+USAGE = """usage: lightning-prune SUBCOMMAND [options]
+
+Pruning runs of ImageClassifier on any data module, from YAML configs (a LightningCLI).
+
+  fit -c CONFIG [--section.key=value ...]   train (and prune, with the callbacks of the config)
+  validate | test | predict -c CONFIG --ckpt_path CKPT
+                                            evaluate a checkpoint; the config `fit` saved next to its
+                                            logs (lightning_logs/<name>/version_N/config.yaml) works here
+  report RUN [--out DIR]                    PNG plots of a CSVLogger run with PruningMetrics (in RUN/plots)
+  sensitivity -c CONFIG --ckpt_path CKPT [--speedup 2]
+                                            prune each layer alone at 0.1..0.9, measure validation accuracy;
+                                            writes a CSV table, a PNG plot and suggested per-layer ratios
+  export --ckpt_path CKPT --out model.onnx  ONNX, TorchScript (.ts) or torch.export (.pt2), checked against
+                                            the module
+
+`lightning-prune SUBCOMMAND --help` lists a subcommand's options. Errors print one line; `--debug` (or
+LIGHTNING_PRUNE_DEBUG=1) shows the traceback instead.
+"""
+
+
+def _run_subcommand(argv: list[str]) -> int:
+    sub = argv[0] if argv else ""
+    if sub == "sensitivity":
+        from lightning_prune.sensitivity import main as sensitivity_main
+
+        return sensitivity_main(argv[1:])
+    if sub == "report":
+        from lightning_prune.report import main as report_main
+
+        return report_main(argv[1:])
+    if sub == "export":
+        if any(a in ("-h", "--help") for a in argv[1:]):
+            from lightning_prune.export_cli import print_help
+
+            return print_help()
+        from lightning_prune.trainer_cli import export_main
+
+        return export_main(argv[1:])
+    with warnings.catch_warnings():
+        if sub in ("validate", "test", "predict"):
+            # the run config's ModelCheckpoint, restored from the checkpoint into this run's directory: its
+            # best-k bookkeeping is moot when nothing is trained
+            warnings.filterwarnings("ignore", message=EVAL_CHECKPOINT_WARNING)
+        cli_main(argv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: ``report`` renders plots, ``sensitivity`` scans layers, ``export`` writes a deployable
-    file, everything else goes to LightningCLI (third-party noise silenced, see :func:`quiet_third_party`)."""
-    from_command_line = argv is None
+    file, everything else goes to LightningCLI (third-party noise silenced, see :func:`quiet_third_party`).
+
+    Errors (a bad argument or config value, a missing file) print one line naming the argument and return 2;
+    ``--debug`` anywhere on the line, or ``LIGHTNING_PRUNE_DEBUG=1``, raises them with their traceback instead.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        os.environ[DEBUG_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "lightning-prune report PATH [--out DIR]: PNG plots of a CSVLogger run (sparsity and MACs over epochs with "
-            "val accuracy, per-layer sparsity); `lightning-prune report --help` for its options.\n"
-            "lightning-prune sensitivity -c CONFIG --ckpt_path CKPT [--speedup 2]: prune each layer alone at "
-            "0.1..0.9, measure validation accuracy, write a CSV table, a PNG plot and suggested per-layer ratios; "
-            "`lightning-prune sensitivity --help` for its options.\n"
-            "lightning-prune export --ckpt_path run.ckpt --out model.onnx: a checkpoint as ONNX, TorchScript (.ts) "
-            "or torch.export (.pt2), checked against the module; `lightning-prune export --help` for its options.\n"
-        )
-    with quiet_third_party():
-        if argv and argv[0] == "sensitivity":
-            from lightning_prune.sensitivity import main as sensitivity_main
+        print(USAGE)
+        return 0 if argv else 2
+    prog = f"lightning-prune {argv[0]}"
+    try:
+        with quiet_third_party():
+            return _run_subcommand(argv)
+    except USER_ERRORS as err:
+        if debug_enabled():
+            raise
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except SystemExit as done:  # --help (0) or an argument error, already printed in one line (2)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
 
-            return sensitivity_main(argv[1:])
-        if argv and argv[0] == "report":
-            from lightning_prune.report import main as report_main
 
-            return report_main(argv[1:])
-        if argv and argv[0] == "export":
-            from lightning_prune.trainer_cli import export_main
+#: exceptions that are the user's to fix (a bad value, a missing file or package): one line, not a traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError)
 
-            return export_main(argv[1:])
-        # LightningCLI reads sys.argv itself; passing it as `args` too makes it warn about both being given
-        cli_main(None if from_command_line else argv)
-    return 0
+
+def one_line(err: BaseException) -> str:
+    """The error in one line: the root cause of a chain (jsonargparse wraps a constructor's ValueError in its own),
+    with the class whose constructor raised it when a config built it."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = " ".join(str(root).split()) if str(root).strip() else type(root).__name__
+    built = _class_that_raised(root)
+    return f"{built}: {text}" if built and built not in text else text
+
+
+def _class_that_raised(err: BaseException) -> str | None:
+    """``module.Class`` of the config-built class whose constructor raised ``err`` (none when it did not come
+    from instantiating a config)."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        cls = tb.tb_frame.f_locals.get("class_type") if "jsonargparse" in tb.tb_frame.f_code.co_filename else None
+        if isinstance(cls, type):
+            found = cls
+        tb = tb.tb_next
+    return None if found is None else f"{found.__module__.split('.')[0]}.{found.__qualname__}"
 
 
 if __name__ == "__main__":
     sys.exit(main())
 
 __all__ = [
+    "DEBUG_ENV",
+    "EVAL_CHECKPOINT_WARNING",
+    "OneLineArgumentParser",
     "THIRD_PARTY_WARNINGS",
+    "USAGE",
+    "USER_ERRORS",
     "cli_main",
+    "debug_enabled",
     "main",
+    "one_line",
     "quiet_third_party",
 ]

@@ -13,27 +13,31 @@ See :mod:`lightning_prune.core.sensitivity` for the scan itself.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from lightning_prune._cli_common import OneLineArgumentParser
 from lightning_prune.core.sensitivity import DEFAULT_RATIOS, KINDS, accuracy, channel_macs_of, sensitivity_scan
 
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
         prog="lightning-prune sensitivity",
         description="Prune each layer alone at several ratios, measure validation accuracy, write a CSV table, a "
         "PNG plot and a YAML snippet with suggested per-layer ratios. Other --model.*/--data.* arguments go to "
         "the run's config, as for `lightning-prune fit`.",
     )
     parser.add_argument("-c", "--config", action="append", default=[], help="the run's config file (repeatable)")
-    parser.add_argument("--ckpt_path", default=None, help="trained checkpoint (.ckpt); default: the model as built")
+    parser.add_argument(
+        "--ckpt_path",
+        default=None,
+        help="trained checkpoint (.ckpt); default: the config's ckpt_path, else the model as built",
+    )
     parser.add_argument("--kind", choices=KINDS, default="channel", help="channel (default) or unstructured")
     parser.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS), help="ratios to scan")
     parser.add_argument("--speedup", type=float, default=None, help="MACs target of the suggested ratios, e.g. 2")
@@ -49,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit code."""
     from lightning_prune.core.channel.reshape import reshape_to_state_dict
-    from lightning_prune.trainer_cli import cli_main
+    from lightning_prune.trainer_cli import scan_cli
 
     args, rest = _parser().parse_known_args(list(argv) if argv is not None else None)
     if args.speedup is not None and not args.speedup > 1:
@@ -57,10 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cli_args = [a for c in args.config for a in ("-c", c)] + list(rest)
     cli_args += ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]"]
-    cli = cli_main(cli_args, run=False)
+    cli = scan_cli(cli_args)
     model, datamodule = cli.model, cli.datamodule
-    if args.ckpt_path:
-        checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=True)
+    ckpt_path = args.ckpt_path or cli.config.get("ckpt_path")  # the flag, else the run config's own key
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"`--ckpt_path` {ckpt_path!r}: no such file; pass the checkpoint of a trained run")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         state = checkpoint.get("state_dict", checkpoint)
         reshape_to_state_dict(model, state)
         model.load_state_dict(state)

@@ -4,14 +4,20 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import os
+import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune._cli_common import debug_enabled
 from lightning_prune.models.classifier import ImageClassifier
 
 
@@ -43,14 +49,128 @@ class SaveFitConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+#: a subcommand's ``--ckpt_path`` values that Lightning resolves itself (not file names)
+_CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A LightningArgumentParser whose errors are one line (``lightning-prune fit: error: ...``) naming the key
+    and, for a misspelt option, the closest accepted one; ``--debug`` / ``LIGHTNING_PRUNE_DEBUG=1`` restores
+    jsonargparse's full message."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if debug_enabled() or not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {summarise_parser_error(message, parser)} (see `{prog} --help`)\n")
+        self.exit(2)
+
+
+def summarise_parser_error(message: str, parser: LightningArgumentParser | None = None) -> str:
+    """jsonargparse's many-line message in one line: the key, the innermost problem, and for an option that is not
+    accepted the closest name that is (``did you mean 'schedule'?``)."""
+    lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
+    key = re.match(r'Parser key "([^"]+)":?', lines[0]) if lines else None
+    detail, owner = None, None
+    for i, line in enumerate(lines[:-1]):
+        found = re.match(r"Problem with given class_path '([^']+)':?", line)
+        if found:
+            owner, detail = found.group(1), lines[i + 1]
+    if detail is None:
+        rest = [ln for ln in lines[1:] if not ln.startswith(("Does not validate", "Subtypes:", "Errors:"))]
+        detail = rest[0] if key and rest else (lines[0] if lines else message)
+    text = f"{key.group(1)}: " if key else ""
+    text += f"{owner}: {detail}" if owner else detail
+    given = next((ln for ln in lines if ln.startswith("Given value:")), None)
+    if given and not owner:
+        text += f"; got {given.split(':', 1)[1].strip()[:80]!r}"
+    bad = re.search(r"(?:[Oo]ption '([^']+)' is not accepted|accept option '([^']+)'|arguments: --([^\s=]+))", detail)
+    if bad:
+        name = next(g for g in bad.groups() if g)
+        close = difflib.get_close_matches(name, _accepted_names(owner, parser, name), n=1, cutoff=0.6)
+        dashes = "--" if bad.group(3) else ""
+        text += f"; did you mean {dashes + close[0]!r}?" if close else ""
+    return text
+
+
+def _accepted_names(owner: str | None, parser: LightningArgumentParser | None, bad: str) -> list[str]:
+    """The option names a misspelt ``bad`` may have meant: ``owner``'s constructor arguments, else the parser's."""
+    if owner:
+        import importlib
+        import inspect
+
+        module, _, name = owner.rpartition(".")
+        try:
+            return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return []
+    if parser is None:
+        return []
+    names = [str(k) for k in parser.get_defaults().keys()]
+    prefix = bad.rpartition(".")[0]
+    return [n for n in names if n.rpartition(".")[0] == prefix] or names
+
+
+def _add_run_config_keys(parser: LightningArgumentParser, ckpt_path: bool = True) -> None:
+    """Accept the top-level keys that ``fit`` writes into its ``config.yaml`` (``ckpt_path``, ``weights_only``),
+    so a parser without subcommands (``export``, ``sensitivity``) reads the run's saved config as it is."""
+    if ckpt_path:
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="the run's checkpoint")
+    parser.add_argument(
+        "--weights_only", type=bool | None, default=None, help="a fit/test option of the run's config; not used here"
+    )
+
+
+def _drop_partial_defaults(config: Namespace) -> None:
+    """Drop the ``functools.partial`` values of a parsed config (defaults such as torchvision ViT's
+    ``norm_layer=partial(LayerNorm, eps=1e-6)``), so the class's own default applies: YAML cannot hold them, and
+    jsonargparse would warn and write an unreadable string into the run's ``config.yaml``."""
+    for key in [k for k in config.keys() if isinstance(config.get(k), functools.partial)]:
+        del config[key]
+
+
 class PruneCLI(LightningCLI):
-    """LightningCLI with the digits data as the default data module."""
+    """LightningCLI with the digits data as the default data module, one-line errors (see
+    :class:`OneLineErrorParser`) and a ``--ckpt_path`` that must name an existing file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", OneLineErrorParser)
+        kwargs.setdefault("parser_kwargs", {"prog": "lightning-prune"})
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "lightning_prune.data.DigitsDataModule"}})
         # the digits give 23-45 training batches an epoch: log the training loss more than once an epoch
         # (and spare Lightning's "fewer batches than the logging interval" warning)
         parser.set_defaults({"trainer.log_every_n_steps": 10})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` (``None``: ``sys.argv``), without LightningCLI's warning about ``args`` given beside
+        ``sys.argv`` (``lightning-prune`` always passes its own arguments)."""
+        if isinstance(args, dict | Namespace):
+            super().parse_arguments(parser, args)
+        else:
+            self.config = parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        _drop_partial_defaults(self.config)
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if isinstance(path, str) and path not in _CKPT_KEYWORDS and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"`--ckpt_path` {path!r}: no such file; pass a checkpoint a run wrote, e.g. "
+                "lightning_logs/<name>/version_0/checkpoints/last.ckpt"
+            )
+
+
+class ScanCLI(PruneCLI):
+    """The model and data module of a run's config without a Trainer (``lightning-prune sensitivity``); the
+    config's ``ckpt_path`` is read (the scan uses it when no ``--ckpt_path`` is given)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        _add_run_config_keys(parser)
 
 
 class ExportCLI(PruneCLI):
@@ -59,27 +179,32 @@ class ExportCLI(PruneCLI):
     :func:`lightning_prune.export` to ``--out``. Nothing is trained and no Trainer is built."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from lightning_prune.export_cli import EXPORT_ARGUMENTS
+
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning checkpoint (or state_dict file)")
-        parser.add_argument("--out", type=str, required=True, help="file to write, e.g. model.onnx")
-        parser.add_argument(
-            "--format",
-            type=str | None,
-            default=None,
-            help="onnx, torchscript or pt2 (default: from the suffix of --out: .onnx, .ts/.torchscript, .pt2)",
-        )
-        parser.add_argument("--atol", type=float, default=1e-4, help="largest difference the check allows")
+        for flags, kwargs in EXPORT_ARGUMENTS:
+            kwargs = {**kwargs, "type": kwargs["type"] | None} if flags[0] == "--format" else kwargs
+            parser.add_argument(*flags, **kwargs)
+        _add_run_config_keys(parser, ckpt_path=False)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # `args` is always given here (sys.argv minus "export"): parse it without LightningCLI's args-and-argv warning
-        self.config = parser.parse_args(args)
         # The checkpoint's hyperparameters become the model defaults; model flags and `-c` files still override.
+        self.config = parser.parse_args(args)
         hparams = _checkpoint_hparams(self.config.get("ckpt_path"))
         known = {k.split(".", 1)[1] for k in parser.get_defaults().keys() if k.startswith("model.")}
         defaults = {f"model.{k}": v for k, v in hparams.items() if k in known}
         if defaults:
             parser.set_defaults(defaults)
             self.config = parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        _drop_partial_defaults(self.config)
+        path = self.config.get("ckpt_path")
+        if not isinstance(path, str) or not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"`--ckpt_path` {path!r}: no such file; pass a checkpoint a run wrote, e.g. "
+                "lightning_logs/<name>/version_0/checkpoints/last.ckpt"
+            )
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
@@ -88,33 +213,77 @@ class ExportCLI(PruneCLI):
 
 
 def _checkpoint_hparams(path: str | None) -> dict[str, Any]:
-    from pathlib import Path
-
-    if not path or not Path(path).is_file():
+    if not path or not os.path.isfile(path):
         return {}
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     return {k: v for k, v in (hparams or {}).items() if not k.startswith("_")}
 
 
-def export_main(argv: list[str]) -> int:
-    """``lightning-prune export --ckpt_path run.ckpt --out model.onnx [--format F] [model flags | -c cfg.yaml]``."""
-    from lightning_prune.core.export import ExportMismatchError, export, format_for_path
+def run_config_of(ckpt_path: str) -> str | None:
+    """The ``config.yaml`` that ``lightning-prune fit`` saved in the run directory above ``ckpt_path``
+    (``<run>/checkpoints/x.ckpt`` -> ``<run>/config.yaml``), if there is one."""
+    here = os.path.dirname(os.path.abspath(ckpt_path))
+    for folder in (here, os.path.dirname(here)):
+        candidate = os.path.join(folder, "config.yaml")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
+
+def _load_weights(model: ImageClassifier, path: str) -> None:
+    """The checkpoint's weights into ``model``, reshaped to its recorded (channel-pruned) architecture first."""
+    from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)):
+        model.init_weights_from(path)  # a plain state_dict file
+        return
+    state = ckpt["state_dict"]
+    reshape_to_state_dict(model, state, architecture_in(ckpt))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"`--ckpt_path` {path!r} does not fit the model built for it ({len(missing)} missing keys, e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); pass the run's config: "
+            "-c lightning_logs/<name>/version_N/config.yaml"
+        )
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The last value of ``flag`` on a command line (``--flag value`` or ``--flag=value``)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def export_main(argv: list[str]) -> int:
+    """``lightning-prune export --ckpt_path run.ckpt --out model.onnx [--format F] [model flags | -c cfg.yaml]``.
+
+    Without ``-c``, the ``config.yaml`` that ``fit`` saved above the checkpoint is read (a model the
+    hyper-parameters cannot rebuild, such as a torchvision ``VisionTransformer`` given by ``class_path``, needs it).
+    """
+    from lightning_prune.core.export import export, format_for_path
+
+    argv = list(argv)
+    ckpt = _flag_value(argv, "--ckpt_path")
+    found = run_config_of(ckpt) if ckpt and not {"-c", "--config"} & set(argv) else None
+    if found:
+        print(f"lightning-prune export: model and data from the run's config {found}")
+        argv = ["-c", found, *argv]
     cli = _build_cli(
         ExportCLI, argv, save_config_callback=None, run=False, parser_kwargs={"prog": "lightning-prune export"}
     )
     cfg = cli.config
     fmt = cfg.get("format") or format_for_path(cfg.out)
-    try:
-        if fmt is None:
-            raise ValueError(f"cannot tell the format from --out {cfg.out!r}; pass --format onnx|torchscript|pt2")
-        cli.model.init_weights_from(cfg.ckpt_path)
-        path = export(cli.model, cfg.out, format=fmt, atol=cfg.atol)
-    except (FileNotFoundError, ValueError, ImportError, ExportMismatchError) as err:
-        print(f"lightning-prune export: error: {err}", file=sys.stderr)
-        return 1
-    print(path)
+    if fmt is None:
+        raise ValueError(f"cannot tell the format from `--out` {cfg.out!r}; pass --format onnx|torchscript|pt2")
+    _load_weights(cli.model, cfg.ckpt_path)
+    print(export(cli.model, cfg.out, format=fmt, atol=cfg.atol))
     return 0
 
 
@@ -130,4 +299,21 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     return _build_cli(PruneCLI, args, save_config_callback=SaveFitConfig, run=run)
 
 
-__all__ = ["ExportCLI", "PruneCLI", "SaveFitConfig", "cli_main", "export_main"]
+def scan_cli(args: list[str]) -> PruneCLI:
+    """The model and data module of a run's config (``lightning-prune sensitivity``); no Trainer is run."""
+    kwargs = {"parser_kwargs": {"prog": "lightning-prune sensitivity"}}
+    return _build_cli(ScanCLI, args, save_config_callback=None, run=False, **kwargs)
+
+
+__all__ = [
+    "ExportCLI",
+    "OneLineErrorParser",
+    "PruneCLI",
+    "SaveFitConfig",
+    "ScanCLI",
+    "cli_main",
+    "export_main",
+    "run_config_of",
+    "scan_cli",
+    "summarise_parser_error",
+]

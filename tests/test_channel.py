@@ -1,6 +1,8 @@
 """ChannelPruning in real Trainer runs: the seed, optimizer health, resume, checkpoints, DDP, bf16, errors."""
 
+import csv
 import io
+import re
 import types
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from helpers import make_trainer, run_ddp_script
-from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_params
+from lightning_prune import ChannelPrunedCheckpointMixin, ChannelPruning, ImageClassifier, count_macs, count_params
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.cli import cli_main
 from lightning_prune.data import DigitsDataModule
@@ -131,6 +133,20 @@ def test_optimizer_modes_frozen_flags_scheduler_and_loss(tmp_path):
     assert losses[4] < losses[2] and losses[3] < losses[2], losses  # training goes on after the last event
 
 
+def test_epochs_before_the_first_event_log_the_dense_point(tmp_path):
+    module = ImageClassifier("lenet")
+    dense = count_params(module), count_macs(module.model, module.example_input_array)
+    cb = ChannelPruning(0.5, start_epoch=1, end_epoch=1, verbose=False)
+    trainer = _trainer(tmp_path, 2, [cb], logger=pl.loggers.CSVLogger(tmp_path), limit_train_batches=1)
+    trainer.fit(module, DigitsDataModule(batch_size=16))
+    rows = list(csv.DictReader(open(Path(trainer.logger.log_dir, "metrics.csv"))))
+    by_epoch = {int(r["epoch"]): r for r in rows if r.get("pruning/macs")}
+    assert sorted(by_epoch) == [0, 1]  # epoch 0 (dense) is there: a report's curves start from it
+    assert (int(float(by_epoch[0]["pruning/params"])), int(float(by_epoch[0]["pruning/macs"]))) == dense
+    assert float(by_epoch[0]["pruning/channel_ratio"]) == 0.0 and float(by_epoch[1]["pruning/channel_ratio"]) == 0.5
+    assert int(float(by_epoch[1]["pruning/params"])) < dense[0]
+
+
 def test_logs_and_first_batch_tracing(tmp_path):
     module = UserModule()  # no example_input_array, no input_shape: the first training batch is the input
     cb = ChannelPruning(0.5, start_epoch=0, end_epoch=0, verbose=False)
@@ -149,7 +165,17 @@ def test_summary_line(tmp_path, caplog):
         _trainer(tmp_path, 1, [ChannelPruning(0.5, start_epoch=0)], limit_train_batches=1, limit_val_batches=0).fit(
             module, DigitsDataModule(batch_size=8)
         )
-    assert "MACs 0.0004 G -> 0.0001 G, params 0.06 M -> 0.02 M" in caplog.text
+    # units chosen per model (K for LeNet), not "0.0004 G -> 0.0001 G, 0.06 M -> 0.02 M"
+    assert re.search(r"MACs 416\.5 K -> \d+\.\d K, params 61\.7 K -> \d+\.\d K", caplog.text), caplog.text
+
+
+def test_summary_units_follow_the_model():
+    from lightning_prune.callbacks._channel_support import fmt_summary as _fmt_summary
+
+    assert _fmt_summary(1_823_000_000, 459_000_000, 11_690_000, 3_060_000) == (
+        "MACs 1.82 G -> 0.46 G, params 11.7 M -> 3.1 M"
+    )
+    assert _fmt_summary(950, 400, 120, 60) == "MACs 950.0 -> 400.0, params 120.0 -> 60.0"
 
 
 def test_fast_dev_run_with_default_end_epoch(tmp_path):

@@ -54,10 +54,106 @@ def test_console_script_help():
     assert "--model.model" in out.stdout and "--trainer.callbacks" in out.stdout
 
 
-def test_unknown_model_in_config_is_a_clear_error(tmp_path, monkeypatch):
+def test_unknown_model_in_config_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"`model` must be one of \['lenet', 'resnet18', 'resnet18_cifar'\] or an nn.Module; got 'vgg'"):
+    assert main(["fit", "--model.model=vgg", "--trainer.fast_dev_run=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "lightning-prune fit: error: lightning_prune.ImageClassifier: `model` must be one of ['lenet', 'resnet18', "
+        "'resnet18_cifar'] or an nn.Module; got 'vgg'"
+    )
+    monkeypatch.setenv("LIGHTNING_PRUNE_DEBUG", "1")  # the traceback, on request
+    with pytest.raises(ValueError, match=r"`model` must be one of"):
         main(["fit", "--model.model=vgg", "--trainer.fast_dev_run=true"])
+
+
+MAIN_JOB = Path(__file__).parents[1] / "examples" / "configs" / "lenet_digits_prune.yaml"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("amount: 0.9 ", "amount: 1.9 "), "lightning_prune.UnstructuredPruning: `amount` must be in [0, 1); got 1.9"),
+        (
+            ("schedule: cubic", "schedul: cubic"),
+            "trainer.callbacks: lightning_prune.UnstructuredPruning: Option 'schedul' is not accepted; did you mean "
+            "'schedule'?",
+        ),
+    ],
+    ids=["bad-value", "typo"],
+)
+def test_config_errors_are_one_line(edit, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(MAIN_JOB.read_text().replace(*edit))
+    assert main(["fit", "-c", str(cfg), "--trainer.fast_dev_run=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_missing_ckpt_path_names_the_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for sub in ("test", "export", "sensitivity"):
+        extra = ["--out", "m.onnx"] if sub == "export" else []
+        assert main([sub, "--ckpt_path", "nope.ckpt", *extra]) == 2, sub
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "`--ckpt_path` 'nope.ckpt': no such file" in err[0], (sub, err)
+    assert main(["fit", "--trainer.max_epoks=3"]) == 2
+    assert "did you mean '--trainer.max_epochs'?" in capsys.readouterr().err
+
+
+def test_the_run_s_saved_config_drives_every_subcommand(tmp_path, monkeypatch, capsys):
+    """A real `fit` writes config.yaml; each subcommand takes it with -c, as it is."""
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    tiny += ["--trainer.limit_test_batches=1", "--trainer.limit_predict_batches=1", "--trainer.enable_progress_bar=false"]
+    tiny += ["--model.lr=0.01"]  # a value that is not the default: the saved config carries it
+    assert main(["fit", "-c", str(MAIN_JOB), *tiny]) == 0
+    run = tmp_path / "lightning_logs" / "lenet_digits_prune" / "version_0"
+    saved, ckpt = str(run / "config.yaml"), str(run / "checkpoints" / "last.ckpt")
+    assert "weights_only" in Path(saved).read_text() and "ckpt_path" in Path(saved).read_text()
+    capsys.readouterr()
+    for sub in ("validate", "test", "predict"):
+        assert main([sub, "-c", saved, "--ckpt_path", ckpt]) == 0, sub
+    assert main(["export", "-c", saved, "--ckpt_path", ckpt, "--out", "model.pt2"]) == 0
+    args = ["--ckpt_path", ckpt, "--ratios", "0.5", "--max_batches", "1", "--no_progress", "--out", "sens"]
+    assert main(["sensitivity", "-c", saved, *args]) == 0
+    assert main(["fit", "-c", saved]) == 0  # and fit itself, again
+    assert not capsys.readouterr().err.count("error")
+    assert (tmp_path / "model.pt2").is_file() and (tmp_path / "sens" / "sensitivity.csv").is_file()
+
+
+def test_export_finds_the_run_s_config_above_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """A model the hyper-parameters cannot rebuild (given by class_path) exports without -c or flags."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model:\n  model:\n    class_path: lightning_prune.models.lenet.LeNet\n    init_args: {num_classes: 12}\n"
+        "  num_classes: 12\n"
+        "trainer:\n  max_epochs: 1\n  limit_train_batches: 1\n  limit_val_batches: 0\n  enable_progress_bar: false\n"
+        "  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n    init_args: {save_dir: logs, name: run}\n"
+    )
+    assert main(["fit", "-c", str(cfg)]) == 0
+    (ckpt,) = (tmp_path / "logs" / "run" / "version_0" / "checkpoints").glob("*.ckpt")
+    assert main(["export", "--ckpt_path", str(ckpt), "--out", "m.pt2"]) == 0
+    assert "model and data from the run's config" in capsys.readouterr().out
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    assert program(torch.zeros(2, 1, 32, 32)).shape == (2, 12)
+
+
+def test_help_and_report_import_no_lightning():
+    code = (
+        "import sys\n"
+        "from lightning_prune.cli import main\n"
+        "assert main(['--help']) == 0 and main(['export', '--help']) == 0\n"
+        "assert main(['report', '--help']) == 0\n"
+        "assert main(['report', 'no_such_run']) == 2\n"
+        "heavy = sorted(m for m in ('lightning', 'torch', 'torchvision', 'jsonargparse') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--ckpt_path CKPT_PATH" in out.stdout and "fit -c CONFIG" in out.stdout
 
 
 def test_report_subcommand_renders_plots_of_a_run(tmp_path, monkeypatch):
@@ -81,11 +177,9 @@ def test_report_subcommand_renders_plots_of_a_run(tmp_path, monkeypatch):
 
 
 def test_top_level_help_mentions_report(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "lightning-prune report PATH" in out and "fit" in out and "predict" in out
+    assert "report RUN" in out and "fit" in out and "predict" in out and "LIGHTNING_PRUNE_DEBUG" in out
 
 
 class UserNet(pl.LightningModule):
@@ -123,3 +217,18 @@ def test_callbacks_drop_into_a_users_own_lightningcli(tmp_path):
     for w in weights:  # layer-wise: each tensor at exactly round(0.75 * numel) zeros
         assert int((w == 0).sum()) == round(0.75 * w.numel())
     assert float(cli.trainer.callback_metrics["pruning/sparsity"]) == pytest.approx(0.75, abs=1e-3)
+
+
+def test_a_vit_config_parses_without_the_partial_warning_and_has_an_input_size(tmp_path, monkeypatch):
+    """torchvision ViT's norm_layer=partial(LayerNorm) default is left to the class (jsonargparse warned and wrote
+    an unreadable string into config.yaml), and its image_size gives the example input export needs."""
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    vit = Path(__file__).parents[1] / "examples" / "configs" / "vit_digits_channel.yaml"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cli = cli_main(["-c", str(vit), "--trainer.fast_dev_run=true"], run=False)
+    assert not [w for w in seen if "Unable to serialize" in str(w.message)]
+    assert tuple(cli.model.example_input_array.shape) == (1, 3, 32, 32)
+    assert "Unable to serialize" not in cli.parser.dump(cli.config, skip_none=False)

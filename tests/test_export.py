@@ -203,12 +203,10 @@ def test_cli_export_errors(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     torch.save({"state_dict": {}}, tmp_path / "empty.ckpt")
-    assert main(["export", "--ckpt_path", "empty.ckpt", "--out", "model.bin"]) == 1
-    assert "cannot tell the format from --out 'model.bin'" in capsys.readouterr().err
-    assert main(["export", "--ckpt_path", "missing.ckpt", "--out", "m.onnx"]) == 1
-    assert "no checkpoint file" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["export", "--out", "m.onnx"])  # --ckpt_path is required
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--help"])
-    assert exit_info.value.code == 0 and "--ckpt_path CKPT_PATH" in capsys.readouterr().out
+    assert main(["export", "--ckpt_path", "empty.ckpt", "--out", "model.bin"]) == 2
+    assert "cannot tell the format from `--out` 'model.bin'" in capsys.readouterr().err
+    assert main(["export", "--ckpt_path", "missing.ckpt", "--out", "m.onnx"]) == 2
+    assert "`--ckpt_path` 'missing.ckpt': no such file" in capsys.readouterr().err
+    assert main(["export", "--out", "m.onnx"]) == 2  # --ckpt_path is required
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("lightning-prune export: error: ")
+    assert main(["export", "--help"]) == 0 and "--ckpt_path CKPT_PATH" in capsys.readouterr().out

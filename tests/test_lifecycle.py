@@ -108,6 +108,16 @@ def test_early_stopping_before_the_final_target_warns(tmp_path, kind):
     assert len(cb.history) == 1
 
 
+def test_early_stopping_before_any_event_says_so(tmp_path):
+    """Stopped before the first event: the warning says no event ran (it said "the last event reached 0")."""
+    cb = UnstructuredPruning(amount=0.6, schedule="linear", start_epoch=2, end_epoch=3, verbose=False)
+    stop = EarlyStopping(monitor="val/loss", stopping_threshold=1e9)  # stops after the first validation
+    trainer = make_trainer(tmp_path, 4, [cb, stop])
+    with pytest.warns(UserWarning, match=r"was reached: no pruning event ran \(the model is unpruned\); the events"):
+        trainer.fit(UserClassifier(), datamodule=_data())
+    assert cb.history == []
+
+
 def test_interruption_before_the_final_target_warns(tmp_path):
     class Interrupt(Callback):
         def on_train_epoch_end(self, trainer, pl_module):

@@ -84,18 +84,18 @@ def test_report_from_a_real_csvlogger_run(tmp_path):
     trainer.fit(ImageClassifier("lenet"), DigitsDataModule(batch_size=32))
     written = render_report(Path(trainer.logger.log_dir) / "metrics.csv")
     assert [p.name for p in written] == ["pruning_over_epochs.png", "layer_sparsity.png"]
-    assert all(p.parent == Path(trainer.logger.log_dir) for p in written)  # next to metrics.csv by default
+    assert all(p.parent == Path(trainer.logger.log_dir) / "plots" for p in written)  # RUN/plots by default
     for p in written:
         _assert_png(p)
 
 
 def test_errors_return_nonzero(tmp_path, capsys):
-    assert main([str(tmp_path / "missing")]) == 1
+    assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main([str(tmp_path)]) == 1
+    assert main([str(tmp_path)]) == 2
     assert "no metrics.csv below this directory" in capsys.readouterr().err
     _write_csv(tmp_path / "plain" / "metrics.csv", [{"epoch": 0, "step": 1, "val/acc": 0.5}])
-    assert main([str(tmp_path / "plain")]) == 1
+    assert main([str(tmp_path / "plain")]) == 2
     assert "has no pruning/* columns; add lightning_prune.PruningMetrics()" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="`path` .*missing.* does not exist"):
         render_report(tmp_path / "missing")

@@ -354,6 +354,10 @@ def test_prepare_errors_leave_model_untouched():
         ChannelPruner(ignored_layers=[".*"]).prepare(model, torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match=r"tracing input \(shapes \[\(1, 3, 32, 32\)\]\) does not fit the model"):
         ChannelPruner().prepare(model, X32)
+    # nothing given in `ignored_layers`: the message names only what did the ignoring (not "`ignored_layers`=[] ignored")
+    single = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"ignored: `ignore_output_layers=True` ignored the output layer\(s\) \['1'\]"):
+        ChannelPruner().prepare(single, torch.zeros(2, 4))
     frozen = LeNet().requires_grad_(False)
     with pytest.raises(ValueError, match="every parameter is frozen"):
         ChannelPruner().prepare(frozen, torch.zeros(1, 1, 32, 32))

@@ -91,6 +91,19 @@ class ChannelEvents(ScheduledPruning):
 
         return plan, decided
 
+    def _log_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._last_event_epoch >= 0 and self._current:
+            model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
+            own = {"pruning/channel_ratio": self._current_target}
+            if self.speedup is not None and self._history:
+                own["pruning/speedup"] = self._history[-1]["speedup_target"]
+            self._log_epoch(trainer, pl_module, own, model)
+        elif self._schedule_map:  # before the first event: the dense point, so a run's curves start from it
+            if not self._baseline:
+                self._baseline = self._measure(pl_module, self._example_inputs(trainer, pl_module))
+            model = {"pruning/params": self._baseline["params"], "pruning/macs": self._baseline["macs"]}
+            self._log_epoch(trainer, pl_module, {"pruning/channel_ratio": 0.0}, model)
+
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
         """One event: a transaction in core (plan, apply, optimizers, averaged copies, DDP re-wrap, measure: any
         failure leaves everything as before), then this callback's records and logs."""

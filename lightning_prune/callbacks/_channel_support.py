@@ -56,8 +56,15 @@ def schedule_amount(pruning_ratio: Any, speedup: Any) -> tuple[Any, Any, str]:
     return checked, speedup_ops.speedup_reduction(checked), "speedup"
 
 
+def fmt_pair(before: float, after: float) -> str:
+    """``before -> after`` in one unit (K, M or G) chosen by the larger value, 3-4 significant digits."""
+    scale, unit = next(((s, u) for s, u in ((1e9, " G"), (1e6, " M"), (1e3, " K")) if max(before, after) >= s), (1, ""))
+    digits = 1 if max(before, after) / scale >= 10 else 2
+    return f"{before / scale:.{digits}f}{unit} -> {after / scale:.{digits}f}{unit}"
+
+
 def fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
-    return f"MACs {macs0 / 1e9:.4f} G -> {macs1 / 1e9:.4f} G, params {params0 / 1e6:.2f} M -> {params1 / 1e6:.2f} M"
+    return f"MACs {fmt_pair(macs0, macs1)}, params {fmt_pair(params0, params1)}"
 
 
 def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -213,6 +220,7 @@ __all__ = [
     "agree",
     "check_no_masks",
     "check_supported",
+    "fmt_pair",
     "fmt_summary",
     "frozen_policy",
     "isolated_rng",

@@ -298,12 +298,16 @@ class ScheduledPruning(Callback):
         if self._last_event_epoch >= final_epoch:
             return
         final = self._schedule_map[final_epoch]
-        done = self._schedule_map.get(self._last_event_epoch, 0.0) if self._last_event_epoch >= 0 else 0.0
         left = sorted(e for e in self._schedule_map if e > self._last_event_epoch)
+        if self._last_event_epoch >= 0:
+            done = self._schedule_map.get(self._last_event_epoch, 0.0)
+            reached = f"the last event reached {done:.4g}{self._reached()}"
+        else:
+            reached = "no pruning event ran (the model is unpruned)"
         rank_zero_warn(
             f"{type(self).__name__}: training ended ({how}) after {trainer.current_epoch} completed epoch(s), before "
-            f"the final pruning target {final:.4g} (epoch {final_epoch}) was reached: the last event reached "
-            f"{done:.4g}{self._reached()}; the events at epochs {left} did not run. A second "
+            f"the final pruning target {final:.4g} (epoch {final_epoch}) was reached: {reached}; the events at "
+            f"epochs {left} did not run. A second "
             "`trainer.fit` with a larger "
             "`max_epochs` continues the schedule"
         )

@@ -271,14 +271,6 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
             self._log_state(trainer, pl_module)
 
     # ------------------------------------------------------------------------------------------ logging
-    def _log_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._last_event_epoch >= 0 and self._current:
-            model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
-            own = {"pruning/channel_ratio": self._current_target}
-            if self.speedup is not None and self._history:
-                own["pruning/speedup"] = self._history[-1]["speedup_target"]
-            self._log_epoch(trainer, pl_module, own, model)
-
     @override
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,11 @@ def load_model_state(path: str | os.PathLike, map_location: str | torch.device =
     return state
 
 
+def _square(size: Any) -> tuple[int, int] | None:
+    """``(size, size)`` for an int (torchvision's ``VisionTransformer.image_size``), else ``None``."""
+    return (size, size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def _module_io(model: nn.Module, num_classes: int, in_channels: int) -> tuple[int, int]:
     """A wrapped module's class count and input channels: its own attributes, else its last Linear layer's
     outputs and its first convolution's inputs, else the arguments given."""
@@ -105,7 +110,7 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(f"`lr` must be a positive float; got {lr!r}")
         if isinstance(model, nn.Module):
             self.model = model
-            size = input_size or getattr(model, "input_size", None)
+            size = input_size or getattr(model, "input_size", None) or _square(getattr(model, "image_size", None))
             num_classes, in_channels = _module_io(model, num_classes, in_channels)
         elif isinstance(model, str):
             self.model = build_model(model, num_classes=num_classes, in_channels=in_channels, weights=weights)

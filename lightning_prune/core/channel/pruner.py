@@ -106,6 +106,20 @@ def _check_customized(customized: Any) -> dict | None:
     return dict(customized) if customized is not None else None
 
 
+def _ignored_reason(patterns: list[str], by_pattern: list[str], by_output: list[str], recorded: list[str]) -> str:
+    """Which argument ignored which layers, for the "nothing left to prune" error (only the ones that did)."""
+    parts = [f"`ignored_layers`={patterns} ignored {by_pattern}"] if by_pattern else []
+    if by_output:
+        parts.append(
+            f"`ignore_output_layers=True` ignored the output layer(s) {by_output} (the model's output keeps its "
+            "width; ChannelPruning(ignore_output_layer=False) or ChannelPruner(ignore_output_layers=False) prunes "
+            "them)"
+        )
+    if not parts:
+        parts.append(f"the recorded ignored layers {recorded}" if recorded else "no layer has prunable channels")
+    return " and ".join(parts)
+
+
 class ChannelPruner:
     """Structured (channel) pruning to absolute targets with torch-pruning's public ``BasePruner``.
 
@@ -278,10 +292,7 @@ class ChannelPruner:
             if frozen:
                 reason = "every parameter is frozen (torch-pruning traces nothing then)"
             else:
-                reason = (
-                    f"`ignored_layers`={list(self.ignored_patterns)} ignored {by_pattern or self.ignored_names}"
-                    + (f" and `ignore_output_layers=True` ignored the output layer(s) {by_output}" if by_output else "")
-                )
+                reason = _ignored_reason(list(self.ignored_patterns), by_pattern, by_output, self.ignored_names or [])
             raise ValueError(f"nothing left to prune: every prunable layer is ignored: {reason}")
         self._record_originals(model, pruner, groups)
         self._cache = (model, pruner, _shape_key(model))
