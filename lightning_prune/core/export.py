@@ -314,6 +314,27 @@ def export(
         ExportMismatchError: the exported model's output differs by more than ``atol`` (the file is kept for
             inspection).
     """
+    fmt, path = _check_destination(model, path, format)
+    check = check_bool("check", check)
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+        raise ValueError(f"`atol` must be a float >= 0; got {atol!r}")
+    inputs = _as_inputs(_example_input(model, example_input))
+    deployable = deployable_copy(model)
+    inputs = tuple(t.to(device_dtype(deployable)[0]) for t in inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        _write_onnx(deployable, inputs, path, opset)
+    elif fmt == "torchscript":
+        _write_torchscript(deployable, inputs, path)
+    else:
+        _write_pt2(deployable, inputs, path)
+    if check:
+        _check_written(model, deployable, inputs, path, fmt, atol, verbose)
+    return path
+
+
+def _check_destination(model: nn.Module, path: str | os.PathLike, format: str) -> tuple[ExportFormat, Path]:
+    """The checked format and file of :func:`export` (raises, naming the argument)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module (a LightningModule is one); got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
@@ -325,9 +346,11 @@ def export(
     implied = format_for_path(path)
     if implied is not None and implied != fmt:
         raise ValueError(f"`path` {str(path)!r} names a {implied!r} file but `format` is {fmt!r}; make them agree")
-    check = check_bool("check", check)
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
-        raise ValueError(f"`atol` must be a float >= 0; got {atol!r}")
+    return fmt, path
+
+
+def _example_input(model: nn.Module, example_input: Any) -> Any:
+    """``example_input``, or the model's ``example_input_array`` (raises when there is neither)."""
     if example_input is None:
         example_input = getattr(model, "example_input_array", None)
         if example_input is None:
@@ -335,33 +358,26 @@ def export(
                 f"`example_input` is required: {type(model).__name__} has no `example_input_array`; pass a Tensor "
                 f"shaped like one batch of inputs, e.g. torch.zeros(1, 3, 32, 32)"
             )
-    inputs = _as_inputs(example_input)
+    return example_input
 
-    deployable = deployable_copy(model)
-    inputs = tuple(t.to(device_dtype(deployable)[0]) for t in inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "onnx":
-        _write_onnx(deployable, inputs, path, opset)
-    elif fmt == "torchscript":
-        _write_torchscript(deployable, inputs, path)
-    else:
-        _write_pt2(deployable, inputs, path)
 
-    if check:
-        diff = max(max_abs_difference(path, deployable, batch, fmt) for batch in _check_inputs(inputs))
-        message = (
-            f"exported {type(model).__name__} to {str(path)!r} ({fmt}); max abs difference {diff:.3g} on the example "
-            f"input and a random batch of 3"
+def _check_written(
+    model: nn.Module, deployable: nn.Module, inputs: tuple, path: Path, fmt: ExportFormat, atol: float, verbose: bool
+) -> None:
+    """Load the written file back and compare it with the module (raises :class:`ExportMismatchError`)."""
+    diff = max(max_abs_difference(path, deployable, batch, fmt) for batch in _check_inputs(inputs))
+    message = (
+        f"exported {type(model).__name__} to {str(path)!r} ({fmt}); max abs difference {diff:.3g} on the example "
+        f"input and a random batch of 3"
+    )
+    log.info(message)
+    if verbose:
+        print(message)
+    if not diff <= atol:
+        raise ExportMismatchError(
+            f"the {fmt} export at {str(path)!r} differs from the module by {diff:.3g} (max abs) on the example "
+            f"input, more than `atol`={atol}"
         )
-        log.info(message)
-        if verbose:
-            print(message)
-        if not diff <= atol:
-            raise ExportMismatchError(
-                f"the {fmt} export at {str(path)!r} differs from the module by {diff:.3g} (max abs) on the example "
-                f"input, more than `atol`={atol}"
-            )
-    return path
 
 
 __all__ = [

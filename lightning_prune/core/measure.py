@@ -362,6 +362,26 @@ class ModelStats:
         return out
 
 
+class _ParamCounts:
+    """One pass over the parameters (one masked copy each) and the saved buffers: element and non-zero counts,
+    dense and compressed bytes, and each parameter's non-zero count by name."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from lightning_prune.core.compress import entry_nbytes  # local: measuring needs no compression code
+
+        self.params = self.params_nonzero = self.dense_bytes = self.compressed_bytes = 0
+        self.nnz_by_param: dict[str, int] = {}
+        for p_name, value, es in effective_named_parameters(model):
+            nz = _nnz(value)
+            self.nnz_by_param[p_name] = nz
+            self.params += value.numel()
+            self.params_nonzero += nz
+            self.dense_bytes += value.numel() * es
+            self.compressed_bytes += entry_nbytes(value, nonzero=nz)
+        for buf in saved_buffers(model):
+            self.compressed_bytes += entry_nbytes(buf)
+
+
 def measure(
     model: nn.Module,
     example_inputs: Any = None,
@@ -384,26 +404,11 @@ def measure(
         >>> stats.params, stats.macs, stats.sparsity
         (61706, 416520, 0.0)
     """
-    from lightning_prune.core.compress import entry_nbytes  # local: measuring needs no compression code
+    counts = _ParamCounts(model)
 
-    params = params_nonzero = 0
-    dense_bytes = 0
-    compressed_bytes = 0
-    nnz_by_param: dict[str, int] = {}
-    for p_name, value, es in effective_named_parameters(model):
-        nz = _nnz(value)
-        nnz_by_param[p_name] = nz
-        params += value.numel()
-        params_nonzero += nz
-        dense_bytes += value.numel() * es
-        compressed_bytes += entry_nbytes(value, nonzero=nz)
-    for buf in saved_buffers(model):
-        compressed_bytes += entry_nbytes(buf)
-
-    # non-zero counts come from the pass above (one masked copy per parameter, no second pass)
     def layer_counts(name: str, module: nn.Module) -> tuple[int, int]:
         numel = effective_numel(module)
-        nz = nnz_by_param.get(f"{name}.weight" if name else "weight")
+        nz = counts.nnz_by_param.get(f"{name}.weight" if name else "weight")
         if nz is None:  # a weight shared with another module, reported under the first name
             nz = _nnz(effective_weight(module))
         return numel, nz
@@ -415,7 +420,6 @@ def measure(
         total += numel
         zeros += numel - nz
         per_layer[name] = 1.0 - nz / numel if numel else 0.0
-
     macs = macs_nonzero = None
     if example_inputs is not None:
         uses = cache.use_counts(model, example_inputs) if cache is not None else use_counts(model, example_inputs)
@@ -425,14 +429,14 @@ def measure(
             numel, nz = layer_counts(name, all_layers[name])
             macs += n * numel
             macs_nonzero += n * nz
-
+    params, params_nonzero = counts.params, counts.params_nonzero
     return ModelStats(
         params=params,
         params_nonzero=params_nonzero,
         sparsity=zeros / total if total else 0.0,
         sparsity_all=1.0 - params_nonzero / params if params else 0.0,
-        size_mb=dense_bytes / MB,
-        size_mb_compressed=compressed_bytes / MB,
+        size_mb=counts.dense_bytes / MB,
+        size_mb_compressed=counts.compressed_bytes / MB,
         macs=macs,
         macs_nonzero=macs_nonzero,
         layer_sparsity=per_layer,
