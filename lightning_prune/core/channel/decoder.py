@@ -42,6 +42,7 @@ from torch import nn
 from lightning_prune.core._validation import check_choice, check_fraction, check_int
 from lightning_prune.core.channel._decoder_common import DecoderPruningError, own_config
 from lightning_prune.core.channel.decoder_hidden import hidden_entries, hidden_scores, prune_hidden
+from lightning_prune.core.unstructured.wanda import InputNorms
 
 DecoderCriterion = Literal["l2", "l1", "activation", "random"]
 DECODER_CRITERIA: tuple[str, ...] = ("l2", "l1", "activation", "random")
@@ -247,45 +248,20 @@ def group_scores(
     return (total if p == 1 else total.sqrt()).cpu()
 
 
-class ActivationStats:
+class ActivationStats(InputNorms):
     """Sum of squares of the inputs of every ``down_proj`` (MLP channels) and ``o_proj`` (attention channels),
     per channel, accumulated by forward pre-hooks over the batches run in train mode while attached.
 
     ``norms()`` gives ``{(decoder index, layer index, "mlp"|"attn"): L2 norm per channel}``; the hooks only read.
     """
 
-    def __init__(self) -> None:
-        self.sums: dict[tuple[int, int, str], torch.Tensor] = {}
-        self._handles: list[Any] = []
-
-    def attach(self, decoders: list[Any]) -> None:
-        self.detach()
-        for d, decoder in enumerate(decoders):
-            for i, layer in enumerate(decoder.layers):
-                for kind, module in (("mlp", layer.mlp.down_proj), ("attn", layer.self_attn.o_proj)):
-                    self._handles.append(module.register_forward_pre_hook(self._hook((d, i, kind))))
-
-    def _hook(self, key: tuple[int, int, str]):
-        def hook(module: nn.Module, args: tuple) -> None:
-            if not module.training:  # validation, generate(): not training batches
-                return
-            x = args[0].detach()
-            sq = x.float().pow(2).reshape(-1, x.shape[-1]).sum(0)
-            prev = self.sums.get(key)
-            self.sums[key] = sq if prev is None or prev.shape != sq.shape else prev + sq
-
-        return hook
-
-    def norms(self) -> dict[tuple[int, int, str], torch.Tensor]:
-        return {k: v.sqrt() for k, v in self.sums.items()}
-
-    def reset(self) -> None:
-        self.sums = {}
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+    def attach(self, decoders: list[Any]) -> None:  # type: ignore[override]  # decoders, not a model and names
+        self.attach_modules(
+            ((d, i, kind), module)
+            for d, decoder in enumerate(decoders)
+            for i, layer in enumerate(decoder.layers)
+            for kind, module in (("mlp", layer.mlp.down_proj), ("attn", layer.self_attn.o_proj))
+        )
 
 
 # ---------------------------------------------------------------------------------------------- counts

@@ -27,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -74,17 +74,20 @@ class InputNorms:
     """
 
     def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
+        self.sums: dict[Any, Tensor] = {}
         self._handles: list[Any] = []
 
     def attach(self, model: nn.Module, names: Sequence[str]) -> None:
         """Hook the modules ``names`` of ``model`` (Linear: the last input dim is the feature; Conv: dim 1)."""
-        self.detach()
-        for name in names:
-            module = model.get_submodule(name)
-            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+        self.attach_modules((name, model.get_submodule(name)) for name in names)
 
-    def _hook(self, name: str):
+    def attach_modules(self, keyed: Iterable[tuple[Any, nn.Module]]) -> None:
+        """Hook each ``(key, module)``: its sums are kept under ``key`` (any hashable)."""
+        self.detach()
+        for key, module in keyed:
+            self._handles.append(module.register_forward_pre_hook(self._hook(key)))
+
+    def _hook(self, name: Any):
         def hook(module: nn.Module, args: tuple) -> None:
             if not module.training or not args or not isinstance(args[0], Tensor):
                 return
@@ -96,7 +99,7 @@ class InputNorms:
 
         return hook
 
-    def norms(self) -> dict[str, Tensor]:
+    def norms(self) -> dict[Any, Tensor]:
         return {k: v.sqrt() for k, v in self.sums.items()}
 
     def reset(self) -> None:
