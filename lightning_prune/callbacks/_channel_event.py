@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
 
 from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
@@ -56,7 +57,7 @@ class ChannelEvents(ScheduledPruning):
             self.core.prepare(pl_module, inputs)
         self._prepared = True
 
-    def _measure(self, pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
+    def _measure(self, pl_module: nn.Module, inputs: Any) -> dict[str, int]:
         return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
 
     def _frozen_policy(self, pl_module: pl.LightningModule) -> contextlib.AbstractContextManager:
@@ -85,6 +86,7 @@ class ChannelEvents(ScheduledPruning):
             except Exception as err:  # noqa: BLE001 - raised below, on every rank
                 error = err
             support.agree(trainer, error, epoch)
+            assert chosen is not None  # a failed plan raised in `agree`
             if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
                 decided["target"], chosen = trainer.strategy.broadcast((decided["target"], chosen), src=0)
             return chosen

@@ -101,7 +101,7 @@ def check_no_masks(
         )
 
     last_channel = max(channel_events)
-    for cb in trainer.callbacks:
+    for cb in compat.trainer_callbacks(trainer):
         if not isinstance(cb, UnstructuredPruning):
             continue
         try:

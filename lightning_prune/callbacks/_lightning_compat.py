@@ -18,9 +18,14 @@ Lightning or torch upgrade that removes one fails loudly in the test suite inste
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+    from torch.optim.swa_utils import AveragedModel
 
 #: the private names wrapped here, one entry per function (checked by tests/test_lightning_compat.py)
 PRIVATE_NAMES = {
@@ -39,7 +44,7 @@ def loaded_checkpoint(trainer: Any) -> Mapping[str, Any]:
     return checkpoint if isinstance(checkpoint, Mapping) else {}
 
 
-def averaged_model(callback: Any) -> nn.Module | None:
+def averaged_model(callback: Any) -> AveragedModel | None:
     """The ``AveragedModel`` a ``WeightAveraging`` callback keeps (created at its ``setup``), or None before."""
     return getattr(callback, "_average_model", None)
 
@@ -63,6 +68,18 @@ def is_compiled(module: nn.Module) -> bool:
     )
 
 
+def trainer_callbacks(trainer: pl.Trainer) -> list[Callback]:
+    """``trainer.callbacks``: a public Trainer attribute, set by Lightning's callback connector at ``__init__`` and
+    so invisible to type checkers; this is its typed access (not a private name)."""
+    return trainer.callbacks  # type: ignore[attr-defined]  # set dynamically in Trainer.__init__
+
+
+def fast_dev_run(trainer: pl.Trainer) -> int | bool:
+    """``trainer.fast_dev_run``: a public Trainer attribute, set dynamically at ``__init__`` (so invisible to type
+    checkers); this is its typed access (not a private name)."""
+    return trainer.fast_dev_run  # type: ignore[attr-defined]  # set dynamically in Trainer.__init__
+
+
 def load_state_dict_pre_hooks(module: nn.Module) -> list[Any]:
     """The ``load_state_dict`` pre-hooks registered on ``module`` itself (the callables given to
     ``register_load_state_dict_pre_hook``)."""
@@ -74,7 +91,9 @@ __all__ = [
     "attached_trainer",
     "averaged_model",
     "averaging_settings",
+    "fast_dev_run",
     "is_compiled",
     "load_state_dict_pre_hooks",
     "loaded_checkpoint",
+    "trainer_callbacks",
 ]

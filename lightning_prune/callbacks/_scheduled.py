@@ -36,7 +36,7 @@ def averaged_models(trainer: pl.Trainer) -> list[nn.Module]:
     except ImportError:  # lightning < 2.6
         return []
     out = []
-    for cb in trainer.callbacks:
+    for cb in compat.trainer_callbacks(trainer):
         if isinstance(cb, WeightAveraging):
             averaged = compat.averaged_model(cb)
             if averaged is not None:
@@ -65,6 +65,7 @@ class _BeforeWeightsLoad:
         pruners = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning)] if trainer is not None else []
         pruners = [cb for cb in pruners if cb._module is module]
         if pruners:
+            assert isinstance(module, pl.LightningModule)  # it is their `_module`: the pruned LightningModule
             for cb in pruners:
                 cb._before_weights_load(trainer, module, state)
         elif self.reshape:  # e.g. validate/test/predict(ckpt_path=...) with a fresh callback
@@ -112,7 +113,7 @@ class ScheduledPruning(Callback):
         self._schedule_map: dict[int, float] = {}
         self._last_event_epoch = -1
         self._history: list[dict[str, Any]] = []
-        self._module_ref: weakref.ref | None = None  # the module of the fit(s) so far
+        self._module_ref: weakref.ref[pl.LightningModule] | None = None  # the module of the fit(s) so far
         self._fits = 0
         self._hook_handle: Any = None
         self._inspected = False
@@ -142,7 +143,7 @@ class ScheduledPruning(Callback):
         return self._last_event_epoch
 
     @property
-    def _module(self) -> nn.Module | None:
+    def _module(self) -> pl.LightningModule | None:
         return self._module_ref() if self._module_ref is not None else None
 
     def _schedule_state_key(self, **arguments: Any) -> str:
@@ -168,7 +169,7 @@ class ScheduledPruning(Callback):
             from_trained = starts_from_trained(pl_module)
             schedule_map = self._sched.resolve(trainer.max_epochs, from_trained)
             auto_start = self._sched.milestones is None and self._sched.start_epoch is None
-            if auto_start and not from_trained and min(schedule_map) == 0 and not trainer.fast_dev_run:
+            if auto_start and not from_trained and min(schedule_map) == 0 and not compat.fast_dev_run(trainer):
                 rank_zero_warn(
                     f"{type(self).__name__}: the run has a single epoch (max_epochs={trainer.max_epochs}), so the "
                     "automatic start_epoch prunes at epoch 0, before any training; magnitudes of an "
@@ -198,7 +199,7 @@ class ScheduledPruning(Callback):
             late = [e for e in remaining if e >= max_epochs]
             final = max(schedule_map.values())
             # (a `fast_dev_run` checks the rest of the run, so it only gets the warning below)
-            if len(late) == len(remaining) and not self._continuing(pl_module) and not trainer.fast_dev_run:
+            if len(late) == len(remaining) and not self._continuing(pl_module) and not compat.fast_dev_run(trainer):
                 raise ValueError(
                     f"{type(self).__name__}: every pruning event (epochs {late}, from `start_epoch`={min(late)}) is "
                     f"at or after the Trainer's `max_epochs`={max_epochs} (epochs are 0-based), so nothing would be "
@@ -333,13 +334,13 @@ class ScheduledPruning(Callback):
     # ------------------------------------------------------------------------------------------ logging
     @staticmethod
     def _log_epoch(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, own: dict[str, float], model: dict[str, float]
+        trainer: pl.Trainer, pl_module: pl.LightningModule, own: dict[str, float], model: Mapping[str, float]
     ) -> None:
         """Log this callback's own figures (``own``, e.g. the scheduled target) and the model's figures
         (``model``: ``pruning/sparsity``, ``pruning/params``, ...) unless a ``PruningMetrics`` callback is in the
         Trainer: then it owns those keys, so one key never carries two values from two callbacks."""
         figures = dict(own)
-        if not any(isinstance(cb, PruningMetrics) for cb in trainer.callbacks):
+        if not any(isinstance(cb, PruningMetrics) for cb in compat.trainer_callbacks(trainer)):
             figures.update(model)
         log_figures(trainer, pl_module, figures)
 

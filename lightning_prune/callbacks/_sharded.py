@@ -26,6 +26,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
@@ -81,7 +82,7 @@ def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
     """``UnstructuredPruning``'s refusals under FSDP/FSDP2 (before anything changes); whether the run is FSDP2."""
     from lightning.pytorch.callbacks import WeightAveraging
 
-    averaging = [type(c).__name__ for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+    averaging = [type(c).__name__ for c in compat.trainer_callbacks(trainer) if isinstance(c, WeightAveraging)]
     return check_strategy(
         trainer,
         "UnstructuredPruning",

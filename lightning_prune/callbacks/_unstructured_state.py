@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
@@ -49,6 +49,7 @@ __all__ = [
     "resampled_weights",
     "split_amount",
     "split_parameters",
+    "target_param",
 ]
 
 Target = mask_ops.Target
@@ -86,6 +87,12 @@ class MaskState(ScheduledPruning):
     _amount_repr: Any
     layer_amounts: dict[str, float]
     structured_dim: int | None
+    _shard: _sharded.ShardedMasks | None
+    _fsdp2: bool
+
+    @property
+    def amount(self) -> float | int | dict[int, float]:
+        return self._amount_repr
 
     def filter_parameters(self, pl_module: pl.LightningModule, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return targets
@@ -117,8 +124,9 @@ class MaskState(ScheduledPruning):
         """The weights to prune and their ties (raises, naming the argument, before anything changes)."""
         targets, ties = find_targets(self, pl_module)
         if self._nm is not None:
+            assert self.pattern is not None  # set together with `_nm` (`_set_pattern`)
             targets, self._nm_dims = nm_targets(self.pattern, self._nm[1], pl_module, targets)
-        sizes = [mask_ops.get_param(pl_module.get_submodule(n), p).numel() for n, p in targets]
+        sizes = [target_param(pl_module, t).numel() for t in targets]
         if self.layer_amounts:  # `amount` (a count too) and the room check are over the weights it governs
             check_layer_amounts_match(self.layer_amounts, targets)
             own = layer_fractions(self.layer_amounts, targets)
@@ -158,11 +166,7 @@ class MaskState(ScheduledPruning):
         if self._count is None or self._last_event_epoch >= 0:
             return
         own = layer_fractions(self.layer_amounts, self._targets)  # a count is of the weights `amount` governs
-        total = sum(
-            mask_ops.get_param(pl_module.get_submodule(n), p).numel()
-            for (n, p), a in zip(self._targets, own, strict=True)
-            if a is None
-        )
+        total = sum(target_param(pl_module, t).numel() for t, a in zip(self._targets, own, strict=True) if a is None)
         s = self._sched
         self._sched = Schedule(self._count / total, s.schedule, s.start_epoch, s.end_epoch, s.every_n_epochs, "amount")
         self._schedule_map = self._sched.resolve(trainer.max_epochs, starts_from_trained(pl_module))
@@ -180,7 +184,7 @@ class MaskState(ScheduledPruning):
             from lightning.pytorch.callbacks import WeightAveraging
         except ImportError:  # lightning < 2.6
             return
-        for cb in trainer.callbacks:
+        for cb in compat.trainer_callbacks(trainer):
             if not isinstance(cb, WeightAveraging):
                 continue
             use_buffers, avg_fn = compat.averaging_settings(cb)
@@ -207,7 +211,7 @@ class MaskState(ScheduledPruning):
             self._shard.adopt(self._packed)
             return
         keys = [mask_ops.target_key(t) for t in self._targets]
-        device_of = [mask_ops.get_param(model.get_submodule(n), p).device for n, p in self._targets]
+        device_of = [target_param(model, t).device for t in self._targets]
         masks = [unpack_mask(self._packed[k], d) for k, d in zip(keys, device_of, strict=False)]
         mask_ops.apply_masks(model, *with_ties(self._targets, masks, self._ties))
 
@@ -243,10 +247,10 @@ class MaskState(ScheduledPruning):
                 weights,
                 target,
                 self.structured_dim,
-                norm,
+                cast(Literal["l1", "l2", "random"], norm),  # checked against STRUCTURED_NORMS at __init__
                 prev,
                 generator,
-                self.min_kept_per_layer,  # type: ignore[arg-type]
+                self.min_kept_per_layer,
             )
         own = layer_fractions(self.layer_amounts, self._targets)
         rest = [i for i, a in enumerate(own) if a is None]
@@ -291,6 +295,7 @@ class MaskState(ScheduledPruning):
                     " their surviving weights keep their values"
                 )
         else:
+            assert self._rewind is not None  # the caller rewinds only with saved weights or resample_parameters
             saved = self._rewind
         with torch.no_grad():
             for t, param, mask in zip(self._targets, params, masks, strict=False):
@@ -467,7 +472,7 @@ def split_parameters(parameters: Any) -> tuple[list[str] | None, list[Any]]:
 def split_amount(amount: Any) -> tuple[Any, int | None]:
     """``(the schedule's amount, the count)``: an int ``amount`` >= 1 is a count of weights (the schedule gets a
     placeholder fraction until the total is known)."""
-    if isinstance(amount, numbers.Integral) and not isinstance(amount, bool) and amount >= 1:
+    if isinstance(amount, numbers.Integral) and not isinstance(amount, bool) and int(amount) >= 1:
         return 0.5, int(amount)
     return amount, None
 
@@ -491,11 +496,13 @@ def find_targets(cb: MaskState, pl_module: pl.LightningModule) -> tuple[list[Tar
             pl_module, cb.modules, cb.exclude, cb.module_types, cb.prune_bias, cb.parameters
         )
     targets += [t for t in target_ops.resolve_objects(pl_module, cb._objects, cb.prune_bias) if t not in targets]
-    targets = target_ops.dedupe(pl_module, [tuple(t) for t in cb.filter_parameters(pl_module, list(targets))])
+    # a user's `filter_parameters` may return lists for pairs
+    filtered = cast("list[Target]", [tuple(t) for t in cb.filter_parameters(pl_module, list(targets))])
+    targets = target_ops.dedupe(pl_module, filtered)
     if not targets:
         raise ValueError("UnstructuredPruning: `filter_parameters` left nothing to prune")
     if not cb.prune_frozen:
-        frozen = [t for t in targets if not mask_ops.get_param(pl_module.get_submodule(t[0]), t[1]).requires_grad]
+        frozen = [t for t in targets if not target_param(pl_module, t).requires_grad]
         targets = [t for t in targets if t not in frozen]
         if not targets:
             raise ValueError(
@@ -519,7 +526,7 @@ def nm_targets(
     for t in targets:
         module = pl_module.get_submodule(t[0])
         dim = nm_ops.group_dim(module)
-        shape = tuple(mask_ops.get_param(module, t[1]).shape)
+        shape = tuple(target_param(pl_module, t).shape)
         if nm_ops.nm_eligible(shape, dim, m):
             kept.append(t)
             dims.append(dim)
@@ -589,10 +596,20 @@ def resampled_weights(model: nn.Module, targets: Sequence[Target], seed: int) ->
                 mask_ops.refresh_weights(model, [(mname, n) for n in mask_ops.pruned_names(module)])
                 clone = copy.deepcopy(module)
                 mask_ops.make_permanent(clone, [("", n) for n in mask_ops.pruned_names(clone)])
-                clone.reset_parameters()
+                reset = clone.reset_parameters
+                assert callable(reset)  # checked on `module` above
+                reset()
                 fresh[mname] = clone
             out[(mname, pname)] = getattr(fresh[mname], pname).detach()
     return out
+
+
+def target_param(model: nn.Module, target: Target) -> Tensor:
+    """The trainable tensor of a selected target (``mask_ops.get_param``, never None: targets are found among the
+    module's tensors)."""
+    param = mask_ops.get_param(model.get_submodule(target[0]), target[1])
+    assert param is not None, target
+    return param
 
 
 def collapsed(targets: Sequence[Target], masks: Sequence[Tensor]) -> list[str]:

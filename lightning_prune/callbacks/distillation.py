@@ -146,7 +146,9 @@ class Distillation(Callback):
             return
         first = _first_event(trainer)
         if first is None or trainer.current_epoch >= first:
-            pruned = any(cb.last_event_epoch >= 0 for cb in trainer.callbacks if isinstance(cb, ScheduledPruning))
+            pruned = any(
+                cb.last_event_epoch >= 0 for cb in compat.trainer_callbacks(trainer) if isinstance(cb, ScheduledPruning)
+            )
             if pruned:
                 rank_zero_warn(
                     "Distillation: the checkpoint holds no teacher and the model is pruned already; the teacher is "
@@ -162,6 +164,7 @@ class Distillation(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        teacher: dict[str, Tensor] | None
         if self._teacher is not None:
             teacher = {k: v.detach().cpu().clone() for k, v in self._teacher.state_dict().items()}
         else:
@@ -199,7 +202,9 @@ class Distillation(Callback):
 def _first_event(trainer: pl.Trainer) -> int | None:
     """The earliest scheduled event of the pruning callbacks in the Trainer (None without any)."""
     epochs = [
-        min(cb.schedule_epochs) for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and cb.schedule_epochs
+        min(cb.schedule_epochs)
+        for cb in compat.trainer_callbacks(trainer)
+        if isinstance(cb, ScheduledPruning) and cb.schedule_epochs
     ]
     return min(epochs) if epochs else None
 

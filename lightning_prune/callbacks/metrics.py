@@ -36,9 +36,9 @@ def log_figures(trainer: pl.Trainer, pl_module: pl.LightningModule, figures: dic
     dtype = torch.float32 if device.type == "mps" else torch.float64
     # DDP with one device still runs a process group, and Lightning warns about unsynced epoch logs there too
     distributed = trainer.world_size > 1 or (torch.distributed.is_available() and torch.distributed.is_initialized())
-    kw = {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": distributed}
     for key, value in figures.items():
-        pl_module.log(key, torch.tensor(float(value), dtype=dtype, device=device), **kw)
+        value_t = torch.tensor(float(value), dtype=dtype, device=device)
+        pl_module.log(key, value_t, on_step=False, on_epoch=True, batch_size=1, sync_dist=distributed)
 
 
 class PruningMetrics(Callback):
@@ -93,7 +93,7 @@ class PruningMetrics(Callback):
         summary: bool = True,
     ) -> None:
         per_layer = check_bool("per_layer", per_layer)
-        every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)  # type: ignore[assignment]
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, minimum=1)
         input_shape = check_shape("input_shape", input_shape)
         summary = check_bool("summary", summary)
         self.per_layer = per_layer

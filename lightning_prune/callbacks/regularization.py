@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks.channel import ChannelPruning
 from lightning_prune.core._validation import check_bool
 from lightning_prune.core.channel.regularize import GroupRegularizer
@@ -52,13 +53,13 @@ class ChannelRegularization(Callback):
             raise ValueError(f"`reg` must be a positive float; got {reg!r}")
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not float(alpha) >= 1:
             raise ValueError(f"`alpha` must be a float >= 1; got {alpha!r}")
-        self.reg = float(reg)
-        self.alpha = float(alpha)
-        self.verbose = check_bool("verbose", verbose)
+        self.reg: float = float(reg)
+        self.alpha: float = float(alpha)
+        self.verbose: bool = check_bool("verbose", verbose)
         self._pruning: ChannelPruning | None = None
         self._regularizer: GroupRegularizer | None = None
         self._built_for: int | None = None
-        self.steps = 0
+        self.steps: int = 0
 
     @property
     def state_key(self) -> str:
@@ -68,7 +69,7 @@ class ChannelRegularization(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        found = [cb for cb in trainer.callbacks if isinstance(cb, ChannelPruning)]
+        found = [cb for cb in compat.trainer_callbacks(trainer) if isinstance(cb, ChannelPruning)]
         if not found:
             raise ValueError(
                 "ChannelRegularization regularises the channels a ChannelPruning callback removes; add "
@@ -85,6 +86,7 @@ class ChannelRegularization(Callback):
         schedule = cb.schedule_epochs if cb is not None else {}
         if not schedule or trainer.optimizers and optimizer is not trainer.optimizers[0]:
             return
+        assert cb is not None  # no ChannelPruning: an empty schedule, returned above
         if trainer.current_epoch >= max(schedule):
             return  # the last event is done (or happens this epoch): fine-tune without the regulariser
         if self._regularizer is None or self._built_for != cb.last_event_epoch:

@@ -189,10 +189,6 @@ class UnstructuredPruning(helpers.MaskState):
 
     # ------------------------------------------------------------------------------------------ public API
     @property
-    def amount(self) -> float | int | dict[int, float]:
-        return self._amount_repr
-
-    @property
     def state_key(self) -> str:
         extra: dict[str, Any] = {"pattern": self.pattern} if self.pattern is not None else {}
         if self.layer_amounts:
@@ -302,7 +298,7 @@ class UnstructuredPruning(helpers.MaskState):
             packed = trainer.strategy.broadcast(packed, src=0)
             masks = [unpack_mask(p, w.device) for p, w in zip(packed, weights, strict=False)]
         mask_ops.apply_masks(pl_module, *with_ties(targets, masks, self._ties))
-        params = [mask_ops.get_param(pl_module.get_submodule(n), p) for n, p in targets]
+        params = [helpers.target_param(pl_module, t) for t in targets]
         for optimizer in trainer.optimizers:
             for param, mask in zip(params, masks, strict=False):
                 mask_ops.zero_optimizer_state(optimizer, param, mask)

@@ -56,6 +56,7 @@ class SliceRecord:
 
     def add(self, old: torch.Tensor, new: torch.Tensor, keep_idxs: Any, dim: int) -> None:
         entry = self.by_new.pop(id(old), None)
+        keep: list[Any]
         if entry is None:
             origin, keep = old, [None] * old.dim()
         else:

@@ -85,7 +85,7 @@ def _lbfgs_state(optimizer: torch.optim.Optimizer, olds: list, news: list, chang
     state = optimizer.state.get(olds[0]) if olds else None
     if not state:
         return {}
-    moved = {}
+    moved: dict[str, Any] = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == sum(p.numel() for p in olds):
             moved[key] = _slice_flat(value, olds, changes, news)

@@ -57,7 +57,7 @@ def snapshot_optimizers(optimizers: Sequence[torch.optim.Optimizer]) -> Undo:
     """References (no copies) to every optimizer's parameter lists and state; the returned undo puts them back."""
     saved = []
     for opt in optimizers:
-        lbfgs = {k: opt.__dict__[k] for k in ("_params", "_numel_cache") if k in opt.__dict__}
+        lbfgs: dict[str, Any] = {k: opt.__dict__[k] for k in ("_params", "_numel_cache") if k in opt.__dict__}
         saved.append((opt, [list(g["params"]) for g in opt.param_groups], dict(opt.state), lbfgs))
 
     def undo() -> None:

@@ -264,7 +264,7 @@ def nm_masks_sharded(
     final = nm_ops.pattern_sparsity(n, m)
     target = final if target is None else float(target)
     _check_nm(shards, dims, n, m, norm, target)
-    prev = list(prev_masks) if prev_masks is not None else [None] * len(shards)
+    prev: list[Tensor | None] = list(prev_masks) if prev_masks is not None else [None] * len(shards)
     device = shards[0].device if shards else torch.device("cpu")
     scores = _nm_scores(shards, norm, comm, generator)
     candidates, room, pruned = _nm_candidates(shards, dims, n, m, prev, scores)
