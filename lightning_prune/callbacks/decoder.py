@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
 from lightning_prune.core._validation import check_bool, check_fraction
 from lightning_prune.core.channel import optim as optim_ops
@@ -128,7 +129,7 @@ class DecoderPruning(ScheduledPruning):
             self._install_load_hook(pl_module)
             return
         self._check_strategy(trainer)
-        if getattr(pl_module, "_compiler_ctx", None) is not None:  # trainer.fit(torch.compile(module))
+        if compat.is_compiled(pl_module):  # trainer.fit(torch.compile(module))
             raise DecoderPruningError(
                 "cannot prune a torch.compile'd LightningModule: the compiled graph keeps the old shapes; prune the "
                 "eager model and compile the pruned one afterwards"
