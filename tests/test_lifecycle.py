@@ -173,14 +173,28 @@ def test_ema_with_unstructured_resumes_with_the_masks_on_both_models(tmp_path):
         assert torch.equal(p, averaged[name]), name
 
 
-def test_swa_averaging_of_mask_buffers_is_refused_at_setup(tmp_path):
+def test_weight_averaging_with_buffers_keeps_exact_masks(tmp_path):
+    """WeightAveraging(use_buffers=True) averages the (float) mask buffers too: they stay exactly 0/1 and equal to
+    the module's through every event, and the averaged model swapped in at the end is exactly as sparse (issue 21:
+    this combination used to be refused as if the masks were boolean)."""
+    torch.manual_seed(0)
     model = UserClassifier()
-    before = copy.deepcopy(model.state_dict())
-    cb = UnstructuredPruning(amount=0.5, start_epoch=0, end_epoch=0, verbose=False)
-    with pytest.raises(ValueError, match=r"UnstructuredPruning cannot run with WeightAveraging\(use_buffers=True\)"):
-        make_trainer(tmp_path, 1, [cb, WeightAveraging()]).fit(model, datamodule=_data())
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    make_trainer(tmp_path, 2, [cb, WeightAveraging(use_buffers=False)]).fit(model, datamodule=_data())
+    cb = UnstructuredPruning(amount=0.8, schedule="linear", start_epoch=0, end_epoch=2, verbose=False)
+    averaging = WeightAveraging()  # use_buffers=True, its default averaging
+
+    class Check(Callback):
+        agree = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            own = {n: b for n, b in pl_module.named_buffers() if n.endswith("_mask")}
+            avg = {n: b for n, b in averaging._average_model.module.named_buffers() if n.endswith("_mask")}
+            exact = all(torch.equal(b, b.round()) for b in avg.values())
+            self.agree.append(bool(own) and exact and all(torch.equal(own[n], avg[n]) for n in own))
+
+    make_trainer(tmp_path, 4, [cb, averaging, Check()]).fit(model, datamodule=_data())
+    assert Check.agree == [True, True, True, True]
+    total = sum(p.numel() for n, p in model.backbone.named_parameters() if n.endswith("weight"))
+    assert sum(_zeros(model).values()) == round(0.8 * total)
 
 
 def test_ema_with_channel_pruning_follows_every_event(tmp_path):

@@ -48,9 +48,6 @@ def test_trainer_checkpoint_and_hooks_during_a_restore(tmp_path):
 
 
 def test_weight_averaging_internals(tmp_path):
-    avg_fn = lambda a, b, n: a  # noqa: E731
-    assert compat.averaging_settings(WeightAveraging()) == (True, None)
-    assert compat.averaging_settings(WeightAveraging(use_buffers=False, avg_fn=avg_fn)) == (False, avg_fn)
     ema = EMAWeightAveraging()
     assert compat.averaged_model(ema) is None  # created at its setup
     seen = {}

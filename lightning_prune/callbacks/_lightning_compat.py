@@ -6,8 +6,7 @@ Lightning or torch upgrade that removes one fails loudly in the test suite inste
 
 * ``trainer._checkpoint_connector._loaded_checkpoint``: the checkpoint being restored, read by the pruning
   callbacks while its weights load (its callback state and recorded architecture);
-* ``WeightAveraging._average_model``, ``._use_buffers``, ``._kwargs``: the averaged copy of Lightning's weight
-  averaging callbacks and how it averages;
+* ``WeightAveraging._average_model``: the averaged copy of Lightning's weight averaging callbacks;
 * ``LightningModule._trainer``: the Trainer, or None when the module is not attached (the public ``.trainer``
   raises then);
 * ``LightningModule._compiler_ctx``: set by Lightning when the module was compiled through ``from_compiled``;
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 PRIVATE_NAMES = {
     "loaded_checkpoint": "Trainer._checkpoint_connector._loaded_checkpoint",
     "averaged_model": "WeightAveraging._average_model",
-    "averaging_settings": "WeightAveraging._use_buffers, WeightAveraging._kwargs",
     "attached_trainer": "LightningModule._trainer",
     "is_compiled": "LightningModule._compiler_ctx",
     "load_state_dict_pre_hooks": "Module._load_state_dict_pre_hooks, _WrappedHook.hook",
@@ -47,12 +45,6 @@ def loaded_checkpoint(trainer: Any) -> Mapping[str, Any]:
 def averaged_model(callback: Any) -> AveragedModel | None:
     """The ``AveragedModel`` a ``WeightAveraging`` callback keeps (created at its ``setup``), or None before."""
     return getattr(callback, "_average_model", None)
-
-
-def averaging_settings(callback: Any) -> tuple[bool, Any]:
-    """``(use_buffers, avg_fn)`` of a ``WeightAveraging`` callback (``avg_fn`` None: its default averaging)."""
-    kwargs = getattr(callback, "_kwargs", None) or {}
-    return bool(getattr(callback, "_use_buffers", True)), kwargs.get("avg_fn")
 
 
 def attached_trainer(module: nn.Module) -> Any:
@@ -90,7 +82,6 @@ __all__ = [
     "PRIVATE_NAMES",
     "attached_trainer",
     "averaged_model",
-    "averaging_settings",
     "fast_dev_run",
     "is_compiled",
     "load_state_dict_pre_hooks",

@@ -178,24 +178,6 @@ class MaskState(ScheduledPruning):
         """The targets and every other path of a tied one (what is reparametrised)."""
         return with_ties(self._targets, self._targets, self._ties)[0]
 
-    def _check_averaging(self, trainer: pl.Trainer) -> None:
-        """Refuse a weight averaging whose arithmetic cannot run on the boolean mask buffers."""
-        try:
-            from lightning.pytorch.callbacks import WeightAveraging
-        except ImportError:  # lightning < 2.6
-            return
-        for cb in compat.trainer_callbacks(trainer):
-            if not isinstance(cb, WeightAveraging):
-                continue
-            use_buffers, avg_fn = compat.averaging_settings(cb)
-            if use_buffers and avg_fn is None:
-                raise ValueError(
-                    f"UnstructuredPruning cannot run with {type(cb).__name__}(use_buffers=True) without an `avg_fn`: "
-                    "its multi-tensor averaging (SWA) subtracts buffers, and the pruning masks are boolean buffers "
-                    "(`weight_mask`). Use EMAWeightAveraging, WeightAveraging(avg_fn=...), or "
-                    "WeightAveraging(use_buffers=False) (then update BatchNorm statistics yourself)"
-                )
-
     def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
         if not self._fitting:
             return

@@ -213,7 +213,6 @@ class UnstructuredPruning(helpers.MaskState):
         verbose, self.verbose = self.verbose, self.verbose and self._count is None  # a count: printed once known
         schedule_map = self._check_schedule(trainer, pl_module)
         self.verbose = verbose
-        self._check_averaging(trainer)
         self._fsdp2 = _sharded.check_unstructured(self, trainer)
         self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
