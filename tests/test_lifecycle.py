@@ -581,3 +581,25 @@ def test_both_callbacks_share_one_load_hook_and_a_resume_checks_once(tmp_path):
     make_trainer(tmp_path, 3, [*make_cbs(), Count()]).fit(model, datamodule=_data(), ckpt_path=tmp_path / "last.ckpt")
     assert calls == [1]
     assert _widths(model) == [3, 8, 60, 42]
+
+
+def test_deepcopy_inside_a_training_epoch_works_after_refresh_weights_as_documented(tmp_path):
+    """docs/lifecycle.md: after a forward the pruned weight carries autograd history, which deepcopy refuses;
+    ``refresh_weights`` (what the callback runs at epoch end) makes the module copyable from a step hook."""
+    from lightning_prune.core import find_prunable, refresh_weights
+
+    seen = {}
+
+    class Copier(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.current_epoch == 1 and not seen:
+                with pytest.raises(RuntimeError, match="graph leaves"):
+                    copy.deepcopy(pl_module)
+                refresh_weights(pl_module, find_prunable(pl_module))
+                seen["copy"] = copy.deepcopy(pl_module)
+
+    model = UserClassifier()
+    cb = UnstructuredPruning(amount=0.5, start_epoch=0, end_epoch=0, verbose=False)
+    make_trainer(tmp_path, 2, [cb, Copier()]).fit(model, datamodule=_data())
+    copied = seen["copy"]
+    assert isinstance(copied, UserClassifier) and copied is not model
