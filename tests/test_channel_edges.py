@@ -404,3 +404,22 @@ def test_validate_test_predict_with_ckpt_path_use_the_recorded_head_counts(tmp_p
     assert torch.equal(fresh(ids), module(ids))
     if stage == "predict":
         assert torch.equal(out[0], module(ids))
+
+
+def test_stochastic_weight_averaging_is_refused_at_setup_before_any_step(tmp_path):
+    """#21: StochasticWeightAveraging + ChannelPruning crashed after the first event (a size mismatch in SWA's
+    avg_fn); it is refused by name when fit starts, with the model unchanged."""
+    from helpers import UserClassifier, make_trainer
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    from lightning_prune import ChannelPruning
+    from lightning_prune.data import DigitsDataModule
+
+    model = UserClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = ChannelPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, input_shape=(1, 1, 32, 32), verbose=False)
+    trainer = make_trainer(tmp_path, 2, [cb, StochasticWeightAveraging(swa_lrs=1e-3)])
+    with pytest.raises(ValueError, match="ChannelPruning cannot run with StochasticWeightAveraging"):
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    assert trainer.global_step == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -83,6 +83,15 @@ def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             "ChannelPruning cannot prune a torch.compile'd model (the compiled graph keeps the old shapes); "
             "prune without torch.compile, and compile the pruned model afterwards"
         )
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = [type(cb).__name__ for cb in compat.trainer_callbacks(trainer) if isinstance(cb, StochasticWeightAveraging)]
+    if swa:
+        raise ValueError(
+            f"ChannelPruning cannot run with {swa[0]}: its averaged model is built before the first event and "
+            "keeps the unpruned shapes, so averaging fails after an event. Use Lightning's WeightAveraging or "
+            "EMAWeightAveraging (their averaged copy follows every event), or average after the last event"
+        )
 
 
 def check_no_masks(
