@@ -28,7 +28,6 @@ from torch import Tensor
 
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
-from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "is_fsdp2",
     "join_sharded_masks",
     "prune_event",
-    "target_params",
 ]
 
 
@@ -222,11 +220,6 @@ class ShardedMasks:
         self.zero_weights()
         self._count()
         return self.packed()
-
-
-def target_params(pl_module: pl.LightningModule, targets: list[mask_ops.Target]) -> list[Tensor]:
-    params = [mask_ops.get_param(pl_module.get_submodule(n), p) for n, p in targets]
-    return [p for p in params if p is not None]  # every target was found by name: none is missing
 
 
 def prune_event(cb: Any, trainer: pl.Trainer, target: float, epoch: int, event: int) -> None:

@@ -147,7 +147,7 @@ class MaskState(ScheduledPruning):
         self._shard = None
         if self._fsdp2:
             keys = [mask_ops.target_key(t) for t in self._targets]
-            self._shard = _sharded.ShardedMasks(_sharded.target_params(pl_module, self._targets), keys)
+            self._shard = _sharded.ShardedMasks([target_param(pl_module, t) for t in self._targets], keys)
 
     @override
     def on_before_optimizer_step(

@@ -121,22 +121,30 @@ class After(Callback):
         self.zeros_ok.append(all(bool((w[~m] == 0).all()) for w, m in zip(weights(pl_module), masks, strict=True)))
 
 
+def fsdp2_trainer(out: str, max_epochs: int, callbacks: list, distributed_checkpoint: bool = True, **kw) -> pl.Trainer:
+    """A quiet 2-process CPU Trainer under ModelParallelStrategy (FSDP2 over gloo, data parallelism only)."""
+    strategy = ModelParallelStrategy(
+        data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=distributed_checkpoint
+    )
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        callbacks=callbacks,
+        **kw,
+    )
+
+
 def fit(out: str, cb: UnstructuredPruning, reference, metrics: PruningMetrics | None = None) -> dict:
     record: dict = {}
     after = After(record, reference)
     callbacks = [Before(record), cb, after] + ([metrics] if metrics is not None else [])
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=out,
-        callbacks=callbacks,
-    )
+    trainer = fsdp2_trainer(out, 2, callbacks, enable_checkpointing=False)
     model = Sharded()
     trainer.fit(model, data())
     result = {"events": after.events, "zeros_ok": after.zeros_ok, "history": cb.history}
@@ -165,18 +173,7 @@ class PartlySharded(Sharded):
 
 def refused(out: str, callbacks: list, module: pl.LightningModule) -> tuple[str, int]:
     """The error a refused fit raises (type and message) and the training steps it ran before."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=out,
-        callbacks=callbacks,
-    )
+    trainer = fsdp2_trainer(out, 1, callbacks, enable_checkpointing=False)
     try:
         trainer.fit(module, data())
     except ValueError as err:

@@ -13,10 +13,9 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fsdp2_prune import Sharded, data, weights  # noqa: E402
+from fsdp2_prune import Sharded, data, fsdp2_trainer, weights  # noqa: E402
 
 from lightning_prune import UnstructuredPruning  # noqa: E402
 
@@ -26,25 +25,10 @@ AMOUNT = {0: 0.5, 1: 0.7, 2: 0.85}
 def fit(out: str, distributed: bool, ckpt_path: str | None = None) -> dict:
     pl.seed_everything(0)
     cb = UnstructuredPruning(amount=AMOUNT, verbose=False)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=ModelParallelStrategy(
-            data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=distributed
-        ),
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
-        deterministic=True,
-        callbacks=[
-            cb,
-            ModelCheckpoint(
-                dirpath=out, filename="e{epoch}", auto_insert_metric_name=False, save_top_k=-1, every_n_epochs=1
-            ),
-        ],
+    checkpoint = ModelCheckpoint(
+        dirpath=out, filename="e{epoch}", auto_insert_metric_name=False, save_top_k=-1, every_n_epochs=1
     )
+    trainer = fsdp2_trainer(out, 3, [cb, checkpoint], distributed_checkpoint=distributed, deterministic=True)
     model = Sharded()
     trainer.fit(model, data(), ckpt_path=ckpt_path)
     return {"weights": weights(model), "history": cb.history}
