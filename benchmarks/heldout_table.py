@@ -115,7 +115,7 @@ def section(c: dict, data: str, budget: str) -> str:
     )
     text = (
         f"### {data}, {budget_text}\n\n"
-        f"Data: {DATA[data].format(n=f'{one['train_size']:,}')}; seeds {seeds}. Accuracy, mean +- sample std over "
+        f"Data: {DATA[data].format(n=format(one['train_size'], ','))}; seeds {seeds}. Accuracy, mean +- sample std over "
         "seeds (runs in brackets):\n\n" + common.md_table(head, table) + "\n\nPaired differences (same seed), points; "
         "ahead/behind = the paired 95% interval excludes 0, else tie:\n\n"
         + common.md_table(["difference"] + head[1:], diffs)
