@@ -45,6 +45,7 @@ SPEEDUPS = [2.0, 3.0]
 UNSTRUCTURED = ["ModelPruning", "ours defaults", "ours lamp", "ours steps"]
 SCRATCH_ONLY = ["ours lamp + KD"]  # the earlier recommendation, with the old default teacher
 TRAINED_ONLY = ["ModelPruning + KD", "ours + KD"]  # the same KD term and teacher (the trained start) for both
+OPTIONAL = ["fasterai"]  # with ``--methods fasterai`` (``pip install fasterai``; 0.4.1 measured)
 CHANNEL = ["channel"]
 BUDGETS = {  # data -> budget -> (pretrain epochs, epochs)
     "digits": {"scratch": (0, 12), "trained": (30, 15)},
@@ -110,6 +111,41 @@ def kd_callback(trained: bool, start: Path | None):
     return Distillation(verbose=False)
 
 
+def fasterai_callback(target: float, trained: bool):
+    """fasterai 0.4.1's ``SparsifyCallback`` logic (global ``large_final`` magnitude, weight granularity, conv and
+    linear layers, cubic ``sched_agp`` over 10%..75% of training from scratch, 0%..75% from a trained model,
+    re-pruned before every batch where the schedule moves, masks re-applied after every step), driven from a
+    Lightning callback so that the model, data, optimizer and loop are the very same as the other rows."""
+    import lightning.pytorch as pl
+    from fasterai.core.criteria import large_final
+    from fasterai.core.schedule import Schedule, sched_agp
+    from fasterai.sparse.sparsifier import Sparsifier
+
+    class FasteraiSparsify(pl.Callback):
+        def __init__(self) -> None:
+            self.schedule = Schedule(sched_agp, start_pct=0.0 if trained else 0.1, end_pct=0.75)
+            self.sparsifier = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            types = (torch.nn.Conv2d, torch.nn.Linear)
+            self.sparsifier = Sparsifier(pl_module.model, "weight", "global", large_final, layer_type=types)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            pct = trainer.global_step / trainer.estimated_stepping_batches
+            progress = self.schedule.progress(round(pct, 3))
+            if self.schedule.changed:
+                self.sparsifier.sparsify_model(target * progress)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.schedule.after_step()
+            self.sparsifier._apply_masks()
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.sparsifier._clean_buffers()
+
+    return FasteraiSparsify()
+
+
 def callbacks_for(
     model, method: str, target: float, seed: int, epochs: int, trained: bool, start, steps_per_epoch: int
 ):
@@ -119,6 +155,8 @@ def callbacks_for(
 
     if method == "dense":
         return [], {}
+    if method == "fasterai":
+        return [fasterai_callback(target, trained)], {}
     if method == "channel":
         return [ChannelPruning(speedup=target, verbose=False)], {}
     if method.startswith("ModelPruning"):
@@ -199,11 +237,11 @@ def plan(args) -> list[tuple[int, str, float]]:
     for seed in args.seeds:
         out.append((seed, "dense", 0.0))
         for s in TARGETS:
-            for m in UNSTRUCTURED + (TRAINED_ONLY if args.budget == "trained" else SCRATCH_ONLY):
+            for m in UNSTRUCTURED + (TRAINED_ONLY if args.budget == "trained" else SCRATCH_ONLY) + OPTIONAL:
                 out.append((seed, m, s))
         for r in SPEEDUPS:
             out.append((seed, "channel", r))
-    return [p for p in out if methods is None or p[1] in methods]
+    return [p for p in out if (p[1] not in OPTIONAL and methods is None) or (methods is not None and p[1] in methods)]
 
 
 def main(argv: list[str] | None = None) -> int:
