@@ -250,3 +250,16 @@ def test_iterable_loader_without_length_is_refused(tmp_path):
         make_trainer(tmp_path, 2, [cb], limit_train_batches=1.0).fit(
             UserClassifier(), DataLoader(Stream(), batch_size=2)
         )
+
+
+def test_nm_pattern_and_weight_averaging_follow_step_events(tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    pl.seed_everything(0)
+    cb = UnstructuredPruning(0.5, pattern="2:4", start_epoch=1, end_epoch=2, every_n_steps=2, verbose=False)
+    model = UserClassifier()
+    make_trainer(tmp_path, 3, [cb, EMAWeightAveraging()], limit_train_batches=4).fit(model, _loader())
+    assert [h["step"] for h in cb.history] == [4, 6, 8]
+    for name in ("fc1", "fc2", "fc3"):  # the averaged model swapped in at the end: exactly 2 of every 4 kept
+        w = getattr(model.backbone, name).weight
+        assert torch.equal((w.reshape(w.shape[0], -1, 4) != 0).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
