@@ -225,17 +225,18 @@ def _fit_steps(root, ckpt_path=None):
 
 def test_resume_mid_epoch_from_a_step_checkpoint_is_bit_exact(tmp_path):
     full, full_cb, full_log = _fit_steps(tmp_path / "full")
-    # step 11: mid epoch 1 (7 steps per epoch), after the event at step 10 and before the one at step 13
-    ckpt = tmp_path / "full" / "step=11.ckpt"
-    state = next(v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if "Unstructured" in k)
-    assert state["steps"]["last_event_step"] == 10 and state["steps"]["schedule"]["steps_per_epoch"] == 7
-    resumed, cb, log = _fit_steps(tmp_path / "resumed", ckpt_path=str(ckpt))
-    assert log.seen == full_log.seen[11:]  # the data resumes where it stopped (the test's own loader)
-    assert [h["step"] for h in cb.history] == [h["step"] for h in full_cb.history] == [7, 10, 13, 16, 19, 21]
-    assert cb.history == full_cb.history
-    a, b = full.state_dict(), resumed.state_dict()
-    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert _zeros(resumed) == count_for(0.9, LENET_TOTAL)
+    assert [h["step"] for h in full_cb.history] == [7, 10, 13, 16, 19, 21]
+    # mid epoch 1 (7 steps per epoch): step 11 between two events; step 13 with an event due at the next batch
+    for step, last_event in ((11, 10), (13, 10)):
+        ckpt = tmp_path / "full" / f"step={step}.ckpt"
+        state = next(v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if "Unstructured" in k)
+        assert state["steps"]["last_event_step"] == last_event and state["steps"]["schedule"]["steps_per_epoch"] == 7
+        resumed, cb, log = _fit_steps(tmp_path / f"resumed{step}", ckpt_path=str(ckpt))
+        assert log.seen == full_log.seen[step:]  # the data resumes where it stopped (the test's own loader)
+        assert cb.history == full_cb.history
+        a, b = full.state_dict(), resumed.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert _zeros(resumed) == count_for(0.9, LENET_TOTAL)
 
 
 def test_iterable_loader_without_length_is_refused(tmp_path):
