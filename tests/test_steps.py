@@ -27,11 +27,11 @@ def test_step_schedule_window_monotone_exact_final(schedule, start, end, per_epo
     targets = sched.targets()
     steps = list(targets)
     assert steps[0] == start * per_epoch and steps[-1] == end * per_epoch  # the epoch schedule's first/last event
-    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
     assert all(g == n for g in gaps[:-1]) and all(0 < g <= n for g in gaps[-1:])
     values = list(targets.values())
     assert values[-1] == 0.9  # exact, not approximately
-    assert all(0.0 <= a <= b <= 0.9 for a, b in zip(values, values[1:]))
+    assert all(0.0 <= a <= b <= 0.9 for a, b in zip(values, values[1:], strict=False))
     if schedule != "constant" and len(values) > 1:
         assert values[0] < values[-1]
 
@@ -225,17 +225,18 @@ def _fit_steps(root, ckpt_path=None):
 
 def test_resume_mid_epoch_from_a_step_checkpoint_is_bit_exact(tmp_path):
     full, full_cb, full_log = _fit_steps(tmp_path / "full")
-    # step 11: mid epoch 1 (7 steps per epoch), after the event at step 10 and before the one at step 13
-    ckpt = tmp_path / "full" / "step=11.ckpt"
-    state = next(v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if "Unstructured" in k)
-    assert state["steps"]["last_event_step"] == 10 and state["steps"]["schedule"]["steps_per_epoch"] == 7
-    resumed, cb, log = _fit_steps(tmp_path / "resumed", ckpt_path=str(ckpt))
-    assert log.seen == full_log.seen[11:]  # the data resumes where it stopped (the test's own loader)
-    assert [h["step"] for h in cb.history] == [h["step"] for h in full_cb.history] == [7, 10, 13, 16, 19, 21]
-    assert cb.history == full_cb.history
-    a, b = full.state_dict(), resumed.state_dict()
-    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert _zeros(resumed) == count_for(0.9, LENET_TOTAL)
+    assert [h["step"] for h in full_cb.history] == [7, 10, 13, 16, 19, 21]
+    # mid epoch 1 (7 steps per epoch): step 11 between two events; step 13 with an event due at the next batch
+    for step, last_event in ((11, 10), (13, 10)):
+        ckpt = tmp_path / "full" / f"step={step}.ckpt"
+        state = next(v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if "Unstructured" in k)
+        assert state["steps"]["last_event_step"] == last_event and state["steps"]["schedule"]["steps_per_epoch"] == 7
+        resumed, cb, log = _fit_steps(tmp_path / f"resumed{step}", ckpt_path=str(ckpt))
+        assert log.seen == full_log.seen[step:]  # the data resumes where it stopped (the test's own loader)
+        assert cb.history == full_cb.history
+        a, b = full.state_dict(), resumed.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert _zeros(resumed) == count_for(0.9, LENET_TOTAL)
 
 
 def test_iterable_loader_without_length_is_refused(tmp_path):
@@ -263,3 +264,17 @@ def test_nm_pattern_and_weight_averaging_follow_step_events(tmp_path):
     for name in ("fc1", "fc2", "fc3"):  # the averaged model swapped in at the end: exactly 2 of every 4 kept
         w = getattr(model.backbone, name).weight
         assert torch.equal((w.reshape(w.shape[0], -1, 4) != 0).sum(-1), torch.full((w.shape[0], w.shape[1] // 4), 2))
+
+
+def test_ddp_two_processes_prune_at_the_same_steps(tmp_path):
+    from helpers import run_ddp_script
+
+    r0, r1 = run_ddp_script("unstructured_ddp_steps.py", tmp_path, timeout=240)
+    # 3 batches per rank and epoch: 3 optimizer steps per epoch, events at global steps 0, 2 and 3
+    assert [h["step"] for h in r0["history"]] == [h["step"] for h in r1["history"]] == [0, 2, 3]
+    targets = StepSchedule(0.8, "cubic", 0, 1, 3, 2).targets()
+    assert [h["pruned"] for h in r0["history"]] == [count_for(t, LENET_TOTAL) for t in targets.values()]
+    assert len(r0["masks"]) == len(r1["masks"]) == 6 + 2  # after every step, and at both epoch ends
+    for m0, m1 in zip(r0["masks"], r1["masks"], strict=True):
+        assert sorted(m0) == sorted(m1) and all(torch.equal(m0[k], m1[k]) for k in m0)
+    assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
