@@ -12,6 +12,7 @@ from typing_extensions import override
 from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_event import ChannelEvents
+from lightning_prune.callbacks._channel_start import ChannelFitStart
 from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
 from lightning_prune.callbacks._taylor import TaylorSteps
 from lightning_prune.core._validation import check_bool, check_int, check_shape
@@ -25,7 +26,7 @@ from lightning_prune.core.schedules import Schedule
 _STATE_VERSION = 1
 
 
-class ChannelPruning(TaylorSteps, ChannelEvents):
+class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
 
     At the **start** of each pruning epoch the LightningModule's coupled layers lose the least important
@@ -215,6 +216,7 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
+        self._checked, self._batch_input = False, None
         if not self._fitting:  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes
             self._install_load_hook(pl_module)
             return
@@ -258,6 +260,8 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
         for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
             optim_ops.check_optimizer(opt)
         super().on_fit_start(trainer, pl_module)
+        if self._without_batch(pl_module):  # else at on_train_start, with the first training batch
+            self._check_model(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
