@@ -13,11 +13,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.core._inputs import device_dtype, move
 from lightning_prune.core._inputs import forward as call_forward
 from lightning_prune.core.channel.modules import preserved_modes
+from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.channel.rehearsal import rehearse
 
 
@@ -132,23 +134,47 @@ def first_batch(trainer: pl.Trainer) -> Any:
 class ChannelFitStart:
     """Mixin of ``ChannelPruning``: the model checked when ``fit`` starts (see the module docstring)."""
 
+    core: ChannelPruner
+    input_shape: list[int] | None
+    _prepared: bool
+    _schedule_map: dict[int, float]
+    _last_event_epoch: int
     _checked = False
     _batch_input: Any = None
 
     def _without_batch(self, pl_module: pl.LightningModule) -> bool:
         """Whether the tracing input is known before the training dataloader is (no batch needed)."""
-        return getattr(pl_module, "example_input_array", None) is not None or self.input_shape is not None  # type: ignore[attr-defined]
+        return getattr(pl_module, "example_input_array", None) is not None or self.input_shape is not None
+
+    def _fresh_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """At ``setup`` of a fresh run: reset the engine and trace the model now when the tracing input is known
+        and the network exists (not built in ``configure_model``); returns whether it traced. The engine's state
+        of an earlier run comes back if tracing refuses this one."""
+        inputs = None
+        if not is_overridden("configure_model", pl_module):
+            inputs = self._example_inputs(trainer, pl_module, allow_batch=False)  # type: ignore[attr-defined]
+        previous = self.core.state_dict()
+        self.core.load_state_dict({})
+        if inputs is not None:
+            try:
+                with self._frozen_policy(pl_module):  # type: ignore[attr-defined]
+                    self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
+            except Exception:
+                self.core.load_state_dict(previous)
+                raise
+        self._prepared = inputs is not None
+        return self._prepared
 
     def _check_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Trace the model and rehearse the last remaining event (undone); raise on every rank if it fails, with
         the model and the engine as before; warn about submodules the forward never reaches."""
         self._checked = True
-        core = self.core  # type: ignore[attr-defined]
-        previous, prepared = core.state_dict(), self._prepared  # type: ignore[attr-defined]
+        core = self.core
+        previous, prepared = core.state_dict(), self._prepared
         error = None
         try:
             inputs = self._example_inputs(trainer, pl_module)  # type: ignore[attr-defined]
-            left = [t for e, t in self._schedule_map.items() if e > self._last_event_epoch]  # type: ignore[attr-defined]
+            left = [t for e, t in self._schedule_map.items() if e > self._last_event_epoch]
             with self._frozen_policy(pl_module):  # type: ignore[attr-defined]
                 if not prepared:
                     core.prepare(pl_module, inputs)
