@@ -297,3 +297,28 @@ def test_modules_the_forward_never_reaches_are_named_in_one_warning_at_fit_start
     assert sum("never reaches" in str(w.message) for w in record) == 1
     assert module.generator[0].out_features == 8  # the generator is pruned
     assert module.discriminator[0].out_features == 16  # the discriminator keeps its channels
+
+
+def test_unreached_names_the_highest_unreached_submodules_and_not_layers_owned_by_a_reached_one():
+    torchvision = pytest.importorskip("torchvision")
+    vit = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    )
+    pruner = ChannelPruner()
+    pruner.prepare(vit, torch.zeros(1, 3, 16, 16))
+    assert pruner.unreached == []  # MultiheadAttention.out_proj runs inside its owner, not as a module
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.g = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+            self.d = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+            self.aux = nn.Linear(8, 2)
+            self.frozen = nn.Linear(4, 4).requires_grad_(False)
+
+        def forward(self, x):
+            return self.g(x)
+
+    pruner = ChannelPruner()
+    pruner.prepare(Two(), torch.zeros(1, 4))
+    assert pruner.unreached == ["aux", "d"]  # frozen layers are never pruned: not named

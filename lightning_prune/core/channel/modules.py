@@ -182,12 +182,18 @@ def unreached_modules(
     traced forward never reached (not in ``traced``), each named once by its highest ancestor whose layers all
     went unreached."""
     seen = set(traced)
+    reached = {n for n, m in model.named_modules() if m in seen}
     layers = {
         n: m
         for n, m in model.named_modules()
         if n and is_layer(m) and any(p.requires_grad for p in m.parameters(recurse=False))
     }
-    missed = {n for n, m in layers.items() if m not in seen}
+
+    def in_reached(name: str) -> bool:  # the layer, or a module that owns it (``MultiheadAttention.out_proj``)
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in reached for i in range(1, len(parts) + 1))
+
+    missed = {n for n in layers if not in_reached(n)}
     if not missed:
         return []
 
