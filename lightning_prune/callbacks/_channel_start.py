@@ -175,8 +175,8 @@ class ChannelFitStart:
         try:
             inputs = self._example_inputs(trainer, pl_module)  # type: ignore[attr-defined]
             left = [t for e, t in self._schedule_map.items() if e > self._last_event_epoch]
-            with self._frozen_policy(pl_module):  # type: ignore[attr-defined]
-                if not prepared:
+            with support.isolated_rng(), self._frozen_policy(pl_module):  # type: ignore[attr-defined]
+                if not prepared:  # (isolated: "random" importance draws, training's random stream stays the same)
                     core.prepare(pl_module, inputs)
                 if left:
                     rehearse(core, pl_module, inputs, max(left))
