@@ -79,6 +79,7 @@ _LAZY: dict[str, str] = {
     "find_output_layers": "lightning_prune.core.channel.modules",
     "masked_modules": "lightning_prune.core.channel.modules",
     "preserved_modes": "lightning_prune.core.channel.modules",
+    "unreached_modules": "lightning_prune.core.channel.modules",
     # channel.optim
     "check_optimizer": "lightning_prune.core.channel.optim",
     "optimizer_layers": "lightning_prune.core.channel.optim",
@@ -101,6 +102,8 @@ _LAZY: dict[str, str] = {
     "example_inputs_like": "lightning_prune.core.channel.pruner",
     # channel.regularize
     "GroupRegularizer": "lightning_prune.core.channel.regularize",
+    # channel.rehearsal
+    "rehearse": "lightning_prune.core.channel.rehearsal",
     # channel.reshape
     "ArchitectureMismatchError": "lightning_prune.core.channel.reshape",
     "HEAD_ATTRS": "lightning_prune.core.channel.reshape",
@@ -121,8 +124,6 @@ _LAZY: dict[str, str] = {
     "reduction_speedup": "lightning_prune.core.channel.speedup",
     "search_ratio": "lightning_prune.core.channel.speedup",
     "speedup_reduction": "lightning_prune.core.channel.speedup",
-    # channel.rehearsal
-    "rehearse": "lightning_prune.core.channel.rehearsal",
     # channel.transaction
     "ChannelEvent": "lightning_prune.core.channel.transaction",
     "Transaction": "lightning_prune.core.channel.transaction",
@@ -338,6 +339,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
         find_output_layers,
         masked_modules,
         preserved_modes,
+        unreached_modules,
     )
     from lightning_prune.core.channel.optim import (
         check_optimizer,
@@ -365,7 +367,9 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.channel.regularize import (
         GroupRegularizer,
     )
-    from lightning_prune.core.channel.rehearsal import rehearse
+    from lightning_prune.core.channel.rehearsal import (
+        rehearse,
+    )
     from lightning_prune.core.channel.reshape import (
         HEAD_ATTRS,
         WIDTH_ATTRS,

@@ -180,9 +180,7 @@ class ChannelPruner:
         self.ignore_output_layers = check_bool("ignore_output_layers", ignore_output_layers)
         self.num_heads = _check_num_heads(num_heads)
         self.prune_num_heads = check_bool("prune_num_heads", prune_num_heads)
-        self.head_pruning_ratio = check_fraction("head_pruning_ratio", head_pruning_ratio)
-        if self.head_pruning_ratio > 0 and not self.prune_num_heads:
-            raise ValueError(f"`head_pruning_ratio`={head_pruning_ratio!r} needs `prune_num_heads=True`")
+        self.head_pruning_ratio = _check_head_ratio(head_pruning_ratio, self.prune_num_heads)
         self.unwrapped_parameters = _check_unwrapped(unwrapped_parameters)
         self.customized_pruners = _check_customized(customized_pruners)
         #: ``{module name: [out channels, in channels]}`` of the unpruned model (plain data, checkpointed)
@@ -291,7 +289,7 @@ class ChannelPruner:
         if not self.heads:
             found = self.num_heads if self.num_heads is not None else _attention_heads(model)
             self.heads = {n: [int(h), int(h)] for n, h in found.items()}
-        pruner = self._traced(model, example_inputs)
+        pruner = _traced(self._build, model, example_inputs)
         groups = self._groups(pruner)
         if not groups:
             frozen = all(not p.requires_grad for p in model.parameters())
@@ -302,21 +300,8 @@ class ChannelPruner:
             raise ValueError(f"nothing left to prune: every prunable layer is ignored: {reason}")
         self._record_originals(model, pruner, groups)
         self._cache = (model, pruner, _shape_key(model))
-        ignored = {_module_of(model, n) for n in self.ignored_names or []}
-        prunable = _tp_compat.prunable_layer(pruner)
         #: submodules with prunable layers the traced forward never reached (they keep all their channels)
-        self.unreached = unreached_modules(model, lambda m: m not in ignored and prunable(m), pruner.DG.module2node)
-
-    def _traced(self, model: nn.Module, example_inputs: Any):
-        """:meth:`_build`, with torch-pruning's own failures raised as :class:`ChannelPruningError` naming where."""
-        try:
-            return self._build(model, example_inputs)
-        except Exception as err:
-            where = _tp_compat.failure_site(err, model)
-            raise ChannelPruningError(
-                f"torch-pruning cannot build the dependency graph of this model{where}: {type(err).__name__}: {err}. "
-                "Channel pruning does not support this model's graph (UnstructuredPruning does); the model is unchanged"
-            ) from err
+        self.unreached = _unreached(model, pruner, self.ignored_names or [])
 
     def _record_originals(self, model: nn.Module, pruner: Any, groups: list) -> None:
         """The unpruned widths, per layer and per group (first call only)."""
@@ -454,3 +439,30 @@ __all__ = [
     "masked_modules",
     "preserved_modes",
 ]
+
+
+def _traced(build: Any, model: nn.Module, example_inputs: Any) -> Any:
+    """``build(model, example_inputs)``, with torch-pruning's own failures raised as :class:`ChannelPruningError`
+    naming where."""
+    try:
+        return build(model, example_inputs)
+    except Exception as err:
+        where = _tp_compat.failure_site(err, model)
+        raise ChannelPruningError(
+            f"torch-pruning cannot build the dependency graph of this model{where}: {type(err).__name__}: {err}. "
+            "Channel pruning does not support this model's graph (UnstructuredPruning does); the model is unchanged"
+        ) from err
+
+
+def _unreached(model: nn.Module, pruner: Any, ignored_names: list[str]) -> list[str]:
+    """The submodules with prunable (not ignored) layers that the traced forward never reached."""
+    ignored = {_module_of(model, n) for n in ignored_names}
+    prunable = _tp_compat.prunable_layer(pruner)
+    return unreached_modules(model, lambda m: m not in ignored and prunable(m), pruner.DG.module2node)
+
+
+def _check_head_ratio(head_pruning_ratio: float, prune_num_heads: bool) -> float:
+    ratio = check_fraction("head_pruning_ratio", head_pruning_ratio)
+    if ratio > 0 and not prune_num_heads:
+        raise ValueError(f"`head_pruning_ratio`={head_pruning_ratio!r} needs `prune_num_heads=True`")
+    return ratio
