@@ -60,7 +60,7 @@ class WandaInputs:
 
     def __init__(self) -> None:
         self.norms = _OwnInputNorms()
-        #: what the latest event ranked by, for its history entry: the most forward calls (training batches) of any pruned layer
+        #: for the latest event's history entry: the most forward calls (training batches) of a pruned layer
         self.figures: dict[str, int] = {}
 
     @staticmethod
