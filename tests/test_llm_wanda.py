@@ -93,3 +93,18 @@ def test_wanda_arguments_are_checked(tmp_path):
     conv = UserClassifier()
     with pytest.raises(ValueError, match="not Linear weights"):
         _trainer(tmp_path, 2, [UnstructuredPruning(amount=0.5, norm="wanda", start_epoch=1)]).fit(conv)
+
+
+def test_ddp_sums_the_ranks_inputs_and_resumes_each_ranks_own_sums(tmp_path):
+    from helpers import run_ddp_script
+
+    r0, r1 = run_ddp_script("wanda_ddp.py", tmp_path)
+    assert [h["wanda_calls"] for h in r0["history"]] == [4, 4]  # 2 batches on each of the 2 ranks
+    assert r0["history"] == r1["history"] == r0["resumed_history"]
+    key = "model.model.layers.0.self_attn.q_proj.weight"
+    sums = r0["state"]["sums"][key]
+    assert r0["state"]["ranks"] == 2 and sums.shape == (2, 64) and not torch.equal(sums[0], sums[1])
+    for r in (r0, r1):
+        assert all(torch.equal(r0["weights"][k], r["weights"][k]) for k in r0["weights"])
+        assert all(torch.equal(r0["weights"][k], r["resumed"][k]) for k in r0["weights"])
+    assert is_nm(r0["weights"][key] != 0, 2, 4, dim=1)
