@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 transformers = pytest.importorskip("transformers")
 
@@ -108,3 +109,19 @@ def test_ddp_sums_the_ranks_inputs_and_resumes_each_ranks_own_sums(tmp_path):
         assert all(torch.equal(r0["weights"][k], r["weights"][k]) for k in r0["weights"])
         assert all(torch.equal(r0["weights"][k], r["resumed"][k]) for k in r0["weights"])
     assert is_nm(r0["weights"][key] != 0, 2, 4, dim=1)
+
+
+class _FailsInEpochOne(TinyLM):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("failed step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_input_hooks_are_removed_when_the_fit_fails(tmp_path):
+    module = _FailsInEpochOne()
+    with pytest.raises(RuntimeError, match="failed step"):
+        _trainer(tmp_path, 3, [_callback(None)]).fit(module, loader())
+    linears = [m for m in module.model.modules() if isinstance(m, nn.Linear)]
+    hooks = [h for m in linears for h in m._forward_pre_hooks.values()]
+    assert hooks and all(isinstance(h, prune.BasePruningMethod) for h in hooks)  # the masks' hooks only

@@ -48,6 +48,7 @@ __all__ = [
     "find_targets",
     "layer_fractions",
     "nm_targets",
+    "plain_weights",
     "norm_name",
     "resampled_weights",
     "split_amount",
@@ -301,15 +302,7 @@ class MaskState(ScheduledPruning):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         # The modules' state_dict hooks already write plain `weight`s; this catches any path that bypassed them.
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
-            return
-        for t in self._all_targets():
-            key = mask_ops.target_key(t)
-            k_orig, k_mask = key + "_orig", key + "_mask"
-            if k_orig in state and k_mask in state:
-                orig, mask = state.pop(k_orig), state.pop(k_mask)
-                state[key] = effective(orig, mask).detach()  # +0.0, never -0.0
+        plain_weights(checkpoint.get("state_dict"), self._all_targets())
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -330,6 +323,12 @@ class MaskState(ScheduledPruning):
         if self._wanda is not None:
             self._wanda.detach()
         super().teardown(trainer, pl_module, stage)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._wanda is not None:  # a failed fit does not reach `teardown`
+            self._wanda.detach()
+        super().on_exception(trainer, pl_module, exception)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -357,6 +356,18 @@ class MaskState(ScheduledPruning):
             return
         self._apply_packed(pl_module)
         self._follow_averaged(pl_module.trainer, pl_module)
+
+
+def plain_weights(state: Any, targets: Sequence[Target]) -> None:
+    """Replace ``<key>_orig``/``<key>_mask`` pairs of a checkpoint's ``state_dict`` by the plain ``<key>``."""
+    if not isinstance(state, dict):
+        return
+    for t in targets:
+        key = mask_ops.target_key(t)
+        k_orig, k_mask = key + "_orig", key + "_mask"
+        if k_orig in state and k_mask in state:
+            orig, mask = state.pop(k_orig), state.pop(k_mask)
+            state[key] = effective(orig, mask).detach()  # +0.0, never -0.0
 
 
 def check_rewind_epoch(rewind_epoch: int | None, first_event: int) -> None:
