@@ -232,3 +232,19 @@ def test_a_vit_config_parses_without_the_partial_warning_and_has_an_input_size(t
     assert not [w for w in seen if "Unable to serialize" in str(w.message)]
     assert tuple(cli.model.example_input_array.shape) == (1, 3, 32, 32)
     assert "Unable to serialize" not in cli.parser.dump(cli.config, skip_none=False)
+
+
+def test_every_n_steps_from_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model:\n  model: lenet\n"
+        "trainer:\n  max_epochs: 3\n  limit_train_batches: 4\n  limit_val_batches: 0\n  logger: false\n"
+        "  enable_progress_bar: false\n  enable_checkpointing: false\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_prune.UnstructuredPruning\n"
+        "      init_args: {amount: 0.5, start_epoch: 1, end_epoch: 2, every_n_steps: 2}\n"
+    )
+    cli = cli_main(["fit", "-c", str(cfg)])
+    (cb,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "UnstructuredPruning"]
+    assert [h["step"] for h in cb.history] == [4, 6, 8] and cb.history[-1]["sparsity"] == pytest.approx(0.5, abs=1e-4)

@@ -1,12 +1,13 @@
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lightning_prune.data import CIFAR10DataModule, DigitsDataModule, MNISTDataModule
+from lightning_prune.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -66,37 +67,58 @@ def write_idx(path, array: np.ndarray) -> None:
         f.write(array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def mnist_dir(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
+def write_idx_dataset(root, subdir: str) -> None:
+    """40 training and 12 test images of random bytes in torchvision's IDX layout under ``root/subdir/raw``."""
+    raw = root / subdir / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, n in (("train", 40), ("t10k", 12)):
         write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    return tmp_path
 
 
-def test_mnist_reads_idx_files(mnist_dir):
-    dm = MNISTDataModule(data_dir=str(mnist_dir), val_size=10, batch_size=8, shuffle=False)
+GREY = [(MNISTDataModule, "MNIST", "MNIST"), (FashionMNISTDataModule, "FashionMNIST", "Fashion-MNIST")]
+
+
+@pytest.mark.parametrize(("cls", "subdir", "name"), GREY, ids=["mnist", "fashion"])
+def test_grey_idx_files_are_read(tmp_path, cls, subdir, name):
+    write_idx_dataset(tmp_path, subdir)
+    dm = cls(data_dir=str(tmp_path), val_size=10, batch_size=8, shuffle=False)
     dm.setup("fit")
     dm.setup("test")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 10, 12)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 1, 32, 32)  # padded 28 -> 32 for LeNet
     assert x[:, :, :2].unique().numel() == 1  # the padding is one constant value (normalised 0)
+    mean, std = dm.mean_std
+    assert x[0, 0, 0, 0].item() == pytest.approx(-mean / std, abs=1e-5)  # the data set's own normalisation
     tx, ty = next(iter(dm.test_dataloader()))
     assert ty.tolist() == list(range(8))
-    three = MNISTDataModule(data_dir=str(mnist_dir), val_size=10, num_channels=3)
+    three = cls(data_dir=str(tmp_path), val_size=10, num_channels=3)
     three.setup("test")
     assert three.test_set[0][0].shape == (3, 32, 32)
 
 
-def test_mnist_missing_files_say_where_and_how(tmp_path):
-    dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"))
-    where = os.path.join(str(tmp_path / "nowhere"), "MNIST", "raw")
-    with pytest.raises(FileNotFoundError, match=rf"MNIST files not found .*{where}.*train-images-idx3-ubyte.*download=True"):
+@pytest.mark.parametrize(("cls", "subdir", "name"), GREY, ids=["mnist", "fashion"])
+def test_grey_missing_files_say_where_and_how(tmp_path, cls, subdir, name):
+    dm = cls(data_dir=str(tmp_path / "nowhere"))
+    where = os.path.join(str(tmp_path / "nowhere"), subdir, "raw")
+    with pytest.raises(FileNotFoundError, match=rf"{name} files not found .*{where}.*train-images-idx3-ubyte.*download=True"):
         dm.setup("fit")
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "FashionMNIST" / "raw").is_dir(), reason="no ../shared/data/FashionMNIST here")
+def test_fashion_mnist_reads_the_real_files():
+    dm = FashionMNISTDataModule(data_dir=str(SHARED_DATA), download=False, val_size=5000, batch_size=256)
+    dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (256, 1, 32, 32) and set(y.tolist()) == set(range(10))
+    assert abs(x[:, :, 2:30, 2:30].mean().item()) < 0.2  # normalised with the training set's own mean and std
 
 
 @pytest.fixture

@@ -96,6 +96,7 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
             "ModelParallelStrategy",
         ),
         ("lamp", "`norm`='lamp' is not supported under ModelParallelStrategy"),
+        ("every_n_steps", "`every_n_steps`=2 is not supported under ModelParallelStrategy"),
         ("distillation", "Distillation does not support ModelParallelStrategy"),
         ("partly_sharded", "these are plain tensors: ['net.2.weight', 'net.4.weight']"),
     ):

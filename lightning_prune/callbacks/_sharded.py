@@ -92,6 +92,7 @@ def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
         ),
         rewind_epoch=(cb.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
         callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
+        every_n_steps=(cb.every_n_steps, "the sharded masks follow epoch events only; use every_n_steps=None"),
     )
 
 

@@ -93,7 +93,7 @@ class MaskState(ScheduledPruning):
     structured_dim: int | None
     _shard: _sharded.ShardedMasks | None
     _fsdp2: bool
-    _wanda: WandaInputs | None
+    _wanda: WandaInputs
     rewind_epoch: int | None
 
     @property
@@ -135,8 +135,7 @@ class MaskState(ScheduledPruning):
         if self._nm is not None:
             assert self.pattern is not None  # set together with `_nm` (`_set_pattern`)
             targets, self._nm_dims = nm_targets(self.pattern, self._nm[1], pl_module, targets)
-        if self._wanda is not None:
-            self._wanda.check_targets(pl_module, targets)
+        self._wanda.check_targets(pl_module, targets)
         sizes = [target_param(pl_module, t).numel() for t in targets]
         if self.layer_amounts:  # `amount` (a count too) and the room check are over the weights it governs
             check_layer_amounts_match(self.layer_amounts, targets)
@@ -315,19 +314,17 @@ class MaskState(ScheduledPruning):
             **self._schedule_state(),
             "rewind": dict(self._rewind) if self._rewind is not None else None,
             "pattern": self.pattern,
-            "wanda": self._wanda.state(attached_trainer(self)) if self._wanda is not None else None,
+            "wanda": self._wanda.state(attached_trainer(self)),
         }
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._wanda is not None:
-            self._wanda.detach()
+        self._wanda.detach()
         super().teardown(trainer, pl_module, stage)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self._wanda is not None:  # a failed fit does not reach `teardown`
-            self._wanda.detach()
+        self._wanda.detach()  # a failed fit does not reach `teardown`
         super().on_exception(trainer, pl_module, exception)
 
     @override
@@ -345,8 +342,7 @@ class MaskState(ScheduledPruning):
         rewind = state_dict.get("rewind")
         self._rewind = dict(rewind) if rewind is not None else None
         self._packed = dict(masks)
-        if self._wanda is not None:
-            self._wanda.load(state_dict.get("wanda"), attached_trainer(self))
+        self._wanda.load(state_dict.get("wanda"), attached_trainer(self))
         if not (self._fitting and pl_module is not None and masks):
             return
         # The model weights (plain, zeros where pruned) are loaded by now, and the optimizer is not yet built:

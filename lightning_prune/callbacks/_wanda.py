@@ -56,18 +56,21 @@ class _OwnInputNorms(InputNorms):
 
 
 class WandaInputs:
-    """The accumulated inputs of the pruned Linear layers, their checks, their reduction and their state."""
+    """The accumulated inputs of the pruned Linear layers, their checks, their reduction and their state.
 
-    def __init__(self) -> None:
+    Inactive (``active=False``, any other ``norm``) every method does nothing (``scored`` returns the weights)."""
+
+    def __init__(self, active: bool = True) -> None:
+        self.active = active
         self.norms = _OwnInputNorms()
         #: for the latest event's history entry: the most forward calls (training batches) of a pruned layer
         self.figures: dict[str, int] = {}
 
     @staticmethod
-    def build(cb: Any) -> WandaInputs | None:
-        """``None`` unless ``cb.norm == "wanda"``; refuses (at construction) the options Wanda has no meaning for."""
+    def build(cb: Any) -> WandaInputs:
+        """Active when ``cb.norm == "wanda"``; refuses (at construction) the options Wanda has no meaning for."""
         if cb.norm != "wanda":
-            return None
+            return WandaInputs(active=False)
         if cb.prune_bias:
             raise ValueError(
                 "`norm`='wanda' scores weights by the norm of their input feature; a bias has none: got "
@@ -75,24 +78,26 @@ class WandaInputs:
             )
         return WandaInputs()
 
-    @staticmethod
-    def check_setup(cb: Any, schedule_map: dict[int, float], continuing: bool) -> None:
+    def check_setup(self, cb: Any, schedule_map: dict[int, float], continuing: bool) -> None:
         """The first event must follow at least one training epoch (no inputs were seen before epoch 0)."""
-        if schedule_map and min(schedule_map) == 0 and not continuing and cb._last_event_epoch < 0:
+        if self.active and schedule_map and min(schedule_map) == 0 and not continuing and cb._last_event_epoch < 0:
             raise ValueError(
                 "`norm`='wanda' ranks weights by their inputs over the training batches before an event, and the "
                 "first event is at epoch 0, before any batch; set `start_epoch` to 1 or later (the first epoch "
                 "then trains dense and collects the inputs), or use norm='l1'"
             )
 
-    @staticmethod
-    def check_targets(pl_module: nn.Module, targets: Sequence[Target]) -> None:
+    def check_targets(self, pl_module: nn.Module, targets: Sequence[Target]) -> None:
         """Every pruned tensor must be the ``weight`` of an ``nn.Linear`` (inputs: the last dim of its input)."""
-        bad = [
-            f"{mask_ops.target_key(t)} ({type(pl_module.get_submodule(t[0])).__name__})"
-            for t in targets
-            if t[1] != "weight" or not isinstance(pl_module.get_submodule(t[0]), nn.Linear)
-        ]
+        bad = (
+            []
+            if not self.active
+            else [
+                f"{mask_ops.target_key(t)} ({type(pl_module.get_submodule(t[0])).__name__})"
+                for t in targets
+                if t[1] != "weight" or not isinstance(pl_module.get_submodule(t[0]), nn.Linear)
+            ]
+        )
         if bad:
             raise ValueError(
                 f"`norm`='wanda' scores the weights of nn.Linear layers by their inputs; these selected tensors are "
@@ -101,7 +106,8 @@ class WandaInputs:
             )
 
     def attach(self, pl_module: nn.Module, targets: Sequence[Target]) -> None:
-        self.norms.attach_modules((mask_ops.target_key(t), pl_module.get_submodule(t[0])) for t in targets)
+        if self.active:
+            self.norms.attach_modules((mask_ops.target_key(t), pl_module.get_submodule(t[0])) for t in targets)
 
     def detach(self) -> None:
         self.norms.detach()
@@ -112,6 +118,8 @@ class WandaInputs:
     def scored(self, trainer: pl.Trainer, targets: Sequence[Target], weights: Sequence[Tensor]) -> list[Tensor]:
         """Tensors whose magnitudes are the Wanda scores of ``weights`` (rank with ``norm="l1"``), from the inputs
         summed over every rank since the previous event."""
+        if not self.active:
+            return list(weights)
         keys = [mask_ops.target_key(t) for t in targets]
         sums, calls = self._reduced(trainer, keys, weights)
         missing = [k for k, c in zip(keys, calls, strict=True) if c == 0]
@@ -141,8 +149,10 @@ class WandaInputs:
         sums = list(flat[: sum(sizes)].split(sizes))
         return sums, [int(c) for c in flat[sum(sizes) :].tolist()]
 
-    def state(self, trainer: pl.Trainer | None) -> dict[str, Any]:
+    def state(self, trainer: pl.Trainer | None) -> dict[str, Any] | None:
         """The sums and call counts, one row per rank (gathered under DDP: a collective, on every rank)."""
+        if not self.active:
+            return None
         keys = sorted(self.norms.sums)
         sums = {k: self.norms.sums[k].detach().float() for k in keys}
         calls = {k: float(self.norms.calls.get(k, 0)) for k in keys}
@@ -165,7 +175,7 @@ class WandaInputs:
         """Each rank takes its own row; with another number of ranks, rank zero takes the total (the event then
         ranks by the same total, though not bit-exactly: the additions come in another order)."""
         self.norms.reset()
-        if not state or not state.get("sums"):
+        if not self.active or not state or not state.get("sums"):
             return
         ranks = int(state.get("ranks", 1))
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks import _sharded
+from lightning_prune.callbacks import _sharded, _steps
 from lightning_prune.callbacks import _unstructured_state as helpers
 from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
 from lightning_prune.callbacks._wanda import WandaInputs
@@ -25,7 +25,7 @@ from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.targets import with_ties
 
 
-class UnstructuredPruning(helpers.MaskState):
+class UnstructuredPruning(_steps.StepEvents):
     """Prune single weights (magnitude or random) to an absolute sparsity on a schedule.
 
     At the **start** of each pruning epoch the selected weights are pruned to exactly the scheduled target:
@@ -98,6 +98,8 @@ class UnstructuredPruning(helpers.MaskState):
         structured_dim: structured zeroing with shapes kept (``ln_structured``): whole slices along this dimension
             (0: output units/channels) are pruned, ``round(target x slices)`` of every tensor, ranked by their
             ``norm`` (``l1``, ``l2`` or ``random``); ``scope`` is not used.
+        every_n_steps: prune every this many optimizer steps (same window and shape) instead of at epoch starts
+            (``None``); see docs/unstructured.md. Not with milestones, ``every_n_epochs``, rewinding or FSDP2.
 
     Hook: override ``filter_parameters(pl_module, targets)`` in a subclass to change the list of
     ``(module name, parameter name)`` pairs the arguments select (``ModelPruning.filter_parameters_to_prune``).
@@ -147,6 +149,7 @@ class UnstructuredPruning(helpers.MaskState):
         prune_frozen: bool = False,
         layer_amounts: dict[str, float] | None = None,
         structured_dim: int | None = None,
+        every_n_steps: int | None = None,
     ) -> None:
         sched_amount, self._count = helpers.split_amount(amount)
         super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
@@ -173,6 +176,7 @@ class UnstructuredPruning(helpers.MaskState):
         self._amount_repr = self._count if self._count is not None else (self._sched.milestones or self._sched.amount)
         self._set_pattern(pattern)
         self.structured_dim = helpers.check_structured(structured_dim, self)
+        self.every_n_steps = _steps.check_every_n_steps(self, every_n_steps)
         # run-time state (set at setup / events / restore)
         self._fitting = False
         self._targets: list[mask_ops.Target] = []
@@ -189,8 +193,9 @@ class UnstructuredPruning(helpers.MaskState):
         extra: dict[str, Any] = {"pattern": self.pattern} if self.pattern is not None else {}
         if self.layer_amounts:
             extra["layer_amounts"] = self.layer_amounts
-        if self.structured_dim is not None:
-            extra["structured_dim"] = self.structured_dim
+        for name in ("structured_dim", "every_n_steps"):
+            if getattr(self, name) is not None:
+                extra[name] = getattr(self, name)
         norm = helpers.norm_name(self.norm)
         return self._schedule_state_key(amount=self._amount_repr, norm=norm, scope=self.scope, **extra)
 
@@ -206,14 +211,13 @@ class UnstructuredPruning(helpers.MaskState):
         if not self._fitting:
             return
         # every check that can refuse the run comes before any change
-        verbose, self.verbose = self.verbose, self.verbose and self._count is None  # a count: printed once known
+        verbose, self.verbose = self.verbose, self.verbose and self._count is None and self.every_n_steps is None
         schedule_map = self._check_schedule(trainer, pl_module)
         self.verbose = verbose
         self._fsdp2 = _sharded.check_unstructured(self, trainer)
         self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
-        if self._wanda is not None:
-            self._wanda.check_setup(self, schedule_map, continuing)
+        self._wanda.check_setup(self, schedule_map, continuing)
         early = not is_overridden("configure_model", pl_module) and not continuing
         found = self._find_targets(pl_module, schedule_map) if early else None
         if self._start_schedule(trainer, pl_module, schedule_map):
@@ -233,8 +237,7 @@ class UnstructuredPruning(helpers.MaskState):
         if self._packed and not any(mask_ops.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
             self._apply_packed(pl_module)
         self._follow_averaged(trainer, pl_module)
-        if self._wanda is not None:
-            self._wanda.attach(pl_module, self._targets)
+        self._wanda.attach(pl_module, self._targets)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -244,11 +247,11 @@ class UnstructuredPruning(helpers.MaskState):
             self._rewind = {
                 mask_ops.target_key(t): w.detach().cpu().clone() for t, w in zip(self._targets, weights, strict=False)
             }
-        event = self._due_event(epoch)
+        event = self._due_event(epoch) if self.every_n_steps is None else None  # else: `on_train_batch_start`
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
             self._follow_averaged(trainer, pl_module)
-        if self._last_event_epoch >= 0:
+        if self._last_event_epoch >= 0 and self.every_n_steps is None:  # else: logged at the epoch's end
             target = self._schedule_map[self._last_event_epoch]
             self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._sparsity()})
 
@@ -256,6 +259,7 @@ class UnstructuredPruning(helpers.MaskState):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # drop the autograd history the prune forward hook left on `module.weight` (deepcopy refuses it)
         mask_ops.refresh_weights(pl_module, self._all_targets())
+        super().on_train_epoch_end(trainer, pl_module)  # step events: the epoch's log and summary
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -268,8 +272,7 @@ class UnstructuredPruning(helpers.MaskState):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        if self._wanda is not None:
-            self._wanda.detach()
+        self._wanda.detach()
         if self.make_pruning_permanent and self._targets:
             # the averaged copies too, in the same step: their parameters and buffers stay aligned with the
             # module's, whichever of WeightAveraging's and this callback's `on_train_end` runs first
@@ -293,7 +296,7 @@ class UnstructuredPruning(helpers.MaskState):
             return _sharded.prune_event(self, trainer, target, epoch, event)
         targets = self._targets
         weights = mask_ops.current_weights(pl_module, targets)
-        scored = self._wanda.scored(trainer, targets, weights) if self._wanda is not None else weights
+        scored = self._wanda.scored(trainer, targets, weights)  # the weights themselves unless norm="wanda"
         masks = self._masks(scored, mask_ops.get_masks(pl_module, targets), target, event)
         packed = [pack_mask(m) for m in masks]
         if trainer.world_size > 1:  # identical on every rank by construction; make it so by rule, too
@@ -308,12 +311,11 @@ class UnstructuredPruning(helpers.MaskState):
             self._reset_survivors(pl_module, params, masks, event)
         self._packed = {mask_ops.target_key(t): p for t, p in zip(targets, packed, strict=False)}
         self._last_event_epoch = event
-        if self._wanda is not None:  # the next event ranks by the inputs from here on
-            self._wanda.reset()
+        self._wanda.reset()  # norm="wanda": the next event ranks by the inputs from here on
         pruned = sum(int((~m).sum()) for m in masks)
         total = sum(m.numel() for m in masks)
         entry = {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
-        self._history.append({**entry, **(self._wanda.figures if self._wanda is not None else {})})
+        self._history.append({**entry, **self._wanda.figures})
         empty = helpers.collapsed(targets, masks)
         if empty:
             rank_zero_warn(f"UnstructuredPruning: epoch {epoch}: every weight of {empty} is pruned (layer collapse)")

@@ -1,6 +1,7 @@
 """Sparsity schedules: which epochs prune, and the absolute target at each.
 
-Pure functions, no torch. Both pruning callbacks use them, so ``UnstructuredPruning(amount=...)`` and
+Pure functions, no torch (``StepSchedule``: the same shapes at optimizer-step resolution, for
+``UnstructuredPruning(every_n_steps=...)``). Both pruning callbacks use them, so ``UnstructuredPruning(amount=...)`` and
 ``ChannelPruning(pruning_ratio=...)`` follow the same rules:
 
 * targets are **absolute** (fraction of the original weights / channels removed), never "fraction of what
@@ -168,6 +169,86 @@ class Schedule:
         return build_schedule(self.amount, self.schedule, start, end, self.every_n_epochs)
 
 
+def steps_per_epoch(num_batches: int, accumulate_grad_batches: int = 1) -> int:
+    """Optimizer steps in an epoch of ``num_batches`` training batches: one per ``accumulate_grad_batches``
+    batches, and one for a shorter last group (Lightning steps at the end of an epoch too)."""
+    num_batches = check_int("num_batches", num_batches, minimum=1)
+    return -(-num_batches // check_int("accumulate_grad_batches", accumulate_grad_batches, minimum=1))
+
+
+class StepSchedule:
+    """A schedule at optimizer-step resolution: events every ``every_n_steps`` steps over an epoch window.
+
+    Events fall on the global steps ``start_step, start_step + every_n_steps, ...`` and on ``end_step`` (always
+    the last event, even when ``end_step - start_step`` is not a multiple of ``every_n_steps``), where
+    ``start_step = start_epoch * steps_per_epoch`` and ``end_step = end_epoch * steps_per_epoch``: the first event
+    is at the first step of ``start_epoch`` and the last at the first step of ``end_epoch``, where the epoch
+    schedule has its first and last events. An event at step ``s`` has the target ``schedule_fraction(schedule, t,
+    amount)`` with ``t = (s - start_step + every_n_steps) / (end_step - start_step + every_n_steps)``, so with
+    ``n`` evenly spaced events the ``i``-th has ``t = i / n`` as in ``build_schedule``; the last is ``amount``
+    exactly. The targets never decrease.
+
+    Example::
+
+        >>> StepSchedule(0.9, "cubic", start_epoch=1, end_epoch=2, steps_per_epoch=4, every_n_steps=2).targets()
+        {4: 0.6333333333333333, 6: 0.8666666666666666, 8: 0.9}
+    """
+
+    def __init__(
+        self,
+        amount: float,
+        schedule: ScheduleName,
+        start_epoch: int,
+        end_epoch: int,
+        steps_per_epoch: int,
+        every_n_steps: int,
+    ) -> None:
+        self.amount = check_fraction("amount", amount)
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        self.start_epoch = check_int("start_epoch", start_epoch, minimum=0)
+        self.end_epoch = check_int("end_epoch", end_epoch, minimum=self.start_epoch)
+        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1)
+        self.start_step = self.start_epoch * self.steps_per_epoch
+        self.end_step = self.end_epoch * self.steps_per_epoch
+
+    def steps(self) -> list[int]:
+        """The global steps of the events, increasing, ``end_step`` last."""
+        out = list(range(self.start_step, self.end_step, self.every_n_steps))
+        return out + [self.end_step]
+
+    def target(self, step: int) -> float:
+        """The absolute target of the event at ``step`` (``amount`` exactly at ``end_step``)."""
+        if step >= self.end_step:
+            return self.amount
+        span = self.end_step - self.start_step + self.every_n_steps
+        return schedule_fraction(self.schedule, (step - self.start_step + self.every_n_steps) / span, self.amount)
+
+    def targets(self) -> dict[int, float]:
+        """``{global step: absolute target}`` of every event."""
+        return {s: self.target(s) for s in self.steps()}
+
+    def due(self, step: int, last_done: int = -1) -> int | None:
+        """The latest event at or before ``step`` not done yet (``last_done``: the step of the latest event
+        done, -1 for none), or None: a resume, or a step skipped, catches up with one event."""
+        if step < self.start_step:
+            return None
+        if step >= self.end_step:
+            latest = self.end_step
+        else:
+            latest = self.start_step + (step - self.start_step) // self.every_n_steps * self.every_n_steps
+        return latest if latest > last_done else None
+
+    def epoch_of(self, step: int) -> int:
+        """The epoch that ``step`` (a global step) falls in."""
+        return step // self.steps_per_epoch
+
+    def state(self) -> dict[str, int | float | str]:
+        """The arguments, plain data for a checkpoint (``StepSchedule(**state)`` rebuilds it)."""
+        names = ("amount", "schedule", "start_epoch", "end_epoch", "steps_per_epoch", "every_n_steps")
+        return {n: getattr(self, n) for n in names}
+
+
 def count_for(target: float, total: int) -> int:
     """Number of elements a target fraction of ``total`` stands for: ``round(target * total)``."""
     return int(math.floor(target * total + 0.5))
@@ -177,11 +258,13 @@ __all__ = [
     "SCHEDULES",
     "Schedule",
     "ScheduleName",
+    "StepSchedule",
     "build_schedule",
     "count_for",
     "default_end_epoch",
     "event_epochs",
     "resolve_start_epoch",
     "schedule_fraction",
+    "steps_per_epoch",
     "validate_milestones",
 ]

@@ -1,4 +1,4 @@
-"""MNIST and CIFAR-10 through torchvision's own dataset classes (``download=True`` fetches them)."""
+"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own dataset classes (``download=True`` fetches them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import torch
 from torch.utils.data import Subset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10, MNIST, VisionDataset
+from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
 from lightning_prune.core._validation import check_int
 from lightning_prune.data._base import SplitDataModule
@@ -79,7 +79,40 @@ class _TorchvisionDataModule(SplitDataModule):
             self.test_set = self._load(False, False)
 
 
-class MNISTDataModule(_TorchvisionDataModule):
+class _GreyDataModule(_TorchvisionDataModule):
+    """28x28 grey-scale images in torchvision's IDX layout, padded to 32x32 for LeNet and normalised."""
+
+    dataset_class: type[MNIST] = MNIST
+    mean_std = (0.1307, 0.3081)
+    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        batch_size: int = 64,
+        val_size: int = 5000,
+        num_channels: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(data_dir, download, batch_size, val_size, seed, shuffle, num_workers)
+        if num_channels not in (1, 3) or isinstance(num_channels, bool):
+            raise ValueError(f"`num_channels` must be 1 or 3; got {num_channels!r}")
+        self.num_channels = num_channels
+        mean, std = self.mean_std
+        steps = [transforms.Pad(2), transforms.ToTensor(), transforms.Normalize((mean,), (std,))]
+        if num_channels == 3:
+            steps.append(transforms.Lambda(_grey_to_rgb))
+        self.transform = transforms.Compose(steps)
+        self.save_hyperparameters()
+
+    def _dataset(self, train: bool, download: bool) -> VisionDataset:
+        return self.dataset_class(self.data_dir, train=train, transform=self.transform, download=download)
+
+
+class MNISTDataModule(_GreyDataModule):
     """MNIST from torchvision, padded from 28x28 to 32x32 for LeNet.
 
     Args:
@@ -98,31 +131,30 @@ class MNISTDataModule(_TorchvisionDataModule):
 
     name = "MNIST"
     subdir = os.path.join("MNIST", "raw")
-    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        download: bool = False,
-        batch_size: int = 64,
-        val_size: int = 5000,
-        num_channels: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(data_dir, download, batch_size, val_size, seed, shuffle, num_workers)
-        if num_channels not in (1, 3) or isinstance(num_channels, bool):
-            raise ValueError(f"`num_channels` must be 1 or 3; got {num_channels!r}")
-        self.num_channels = num_channels
-        steps = [transforms.Pad(2), transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
-        if num_channels == 3:
-            steps.append(transforms.Lambda(_grey_to_rgb))
-        self.transform = transforms.Compose(steps)
-        self.save_hyperparameters()
 
-    def _dataset(self, train: bool, download: bool) -> VisionDataset:
-        return MNIST(self.data_dir, train=train, transform=self.transform, download=download)
+class FashionMNISTDataModule(_GreyDataModule):
+    """Fashion-MNIST (Zalando's 70,000 28x28 grey-scale clothing images, 10 classes) from torchvision, padded to
+    32x32 for LeNet and normalised with the usual Fashion-MNIST mean and std (0.2860, 0.3530).
+
+    Args:
+        data_dir: folder holding ``FashionMNIST/raw/*-ubyte`` (torchvision's layout).
+        download: fetch the files if absent (needs network access).
+        batch_size: batch size of every loader.
+        val_size: images of the training set held out for validation (seeded split).
+        num_channels: 1, or 3 to repeat the grey channel (for ResNet-18).
+        seed: seed of the train/val split.
+        shuffle: shuffle the training set each epoch.
+        num_workers: DataLoader workers.
+
+    Raises:
+        FileNotFoundError: the files are absent and ``download`` is False (the message says where it looked).
+    """
+
+    name = "Fashion-MNIST"
+    subdir = os.path.join("FashionMNIST", "raw")
+    dataset_class = FashionMNIST
+    mean_std = (0.2860, 0.3530)
 
 
 class CIFAR10DataModule(_TorchvisionDataModule):
@@ -188,5 +220,6 @@ class CIFAR10DataModule(_TorchvisionDataModule):
 
 __all__ = [
     "CIFAR10DataModule",
+    "FashionMNISTDataModule",
     "MNISTDataModule",
 ]

@@ -205,6 +205,7 @@ def main(out: str) -> None:
             out, [ChannelPruning(pruning_ratio=0.5, start_epoch=0, input_shape=[1, 16], verbose=False)], Sharded()
         ),
         "lamp": refused(out, [UnstructuredPruning(amount=0.5, norm="lamp", start_epoch=0)], Sharded()),
+        "every_n_steps": refused(out, [UnstructuredPruning(amount=0.5, start_epoch=0, every_n_steps=2)], Sharded()),
         "distillation": refused(out, [UnstructuredPruning(amount=0.5, start_epoch=0), Distillation()], Sharded()),
         "partly_sharded": refused(out, [UnstructuredPruning(amount=0.5, start_epoch=0)], PartlySharded()),
     }

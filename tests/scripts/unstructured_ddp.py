@@ -1,6 +1,7 @@
 """UnstructuredPruning under DDP with 2 CPU processes; each rank saves its masks and final weights.
 
-Usage: python tests/scripts/unstructured_ddp.py OUT_DIR   (run by tests/test_unstructured.py)
+Usage: python tests/scripts/unstructured_ddp.py OUT_DIR   (run by tests/test_unstructured.py; ``main(out, steps=True)``
+is unstructured_ddp_steps.py: events every 2 optimizer steps, the masks recorded after every step)
 """
 
 import os
@@ -18,8 +19,13 @@ from helpers import make_trainer  # noqa: E402
 
 
 class RecordMasks(Callback):
-    def __init__(self) -> None:
+    def __init__(self, every_step: bool = False) -> None:
         self.masks = []
+        self.every_step = every_step
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if self.every_step:
+            self.on_train_epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.masks.append(
@@ -27,16 +33,24 @@ class RecordMasks(Callback):
         )
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, steps: bool = False) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
-    record = RecordMasks()
-    callbacks = [UnstructuredPruning(amount={0: 0.5, 1: 0.8}, norm="l1"), record]
+    record = RecordMasks(every_step=steps)
+    if steps:  # 3 steps per epoch: events at global steps 0, 2 and 3
+        pruning = UnstructuredPruning(amount=0.8, start_epoch=0, end_epoch=1, every_n_steps=2, verbose=False)
+    else:
+        pruning = UnstructuredPruning(amount={0: 0.5, 1: 0.8}, norm="l1")
+    callbacks = [pruning, record]
     trainer = make_trainer(out_dir, 2, callbacks, devices=2, strategy="ddp")
     trainer.fit(model, DigitsDataModule(batch_size=32, shuffle=False))
     torch.save(
-        {"masks": record.masks, "weights": {k: v.clone() for k, v in model.state_dict().items()}},
+        {
+            "masks": record.masks,
+            "weights": {k: v.clone() for k, v in model.state_dict().items()},
+            "history": pruning.history,
+        },
         os.path.join(out_dir, f"rank{trainer.global_rank}.pt"),
     )
 
