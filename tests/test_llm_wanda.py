@@ -125,3 +125,15 @@ def test_the_input_hooks_are_removed_when_the_fit_fails(tmp_path):
     linears = [m for m in module.model.modules() if isinstance(m, nn.Linear)]
     hooks = [h for m in linears for h in m._forward_pre_hooks.values()]
     assert hooks and all(isinstance(h, prune.BasePruningMethod) for h in hooks)  # the masks' hooks only
+
+
+def test_step_events_rank_by_the_batches_since_the_previous_step_event(tmp_path):
+    cb = UnstructuredPruning(amount=0.5, norm="wanda", every_n_steps=1, start_epoch=1, end_epoch=2, verbose=False)
+    module = TinyLM()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(tmp_path, 3, [cb]).fit(module, loader())
+    calls = [h["wanda_calls"] for h in cb.history]
+    assert len(calls) > 2 and calls[0] == 2 and set(calls[1:]) == {1}  # epoch 0's 2 batches, then one step each
+    weights = _weights(module)
+    assert sum(int((w == 0).sum()) for w in weights.values()) == round(0.5 * sum(w.numel() for w in weights.values()))
