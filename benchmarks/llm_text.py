@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     dense_params = rows[0][3]
     text = (
         common.header(
-            "10. A small Llama on Shakespeare: width, unstructured and 2:4 pruning while fine-tuning", cmd, started
+            "11. A small Llama on Shakespeare: width, unstructured and 2:4 pruning while fine-tuning", cmd, started
         )
         + f"\nByte-level Llama ({args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
         f"{args.heads} heads / {args.kv} KV heads, tied embedding; {dense_params} params), trained from scratch for "
