@@ -11,7 +11,8 @@ Protocol:
 - LeNet (``ImageClassifier("lenet")``, Adam lr 1e-3, batch 64) for every row, the library's defaults otherwise;
 - unstructured rows: ``ModelPruning`` (global L1, the same cubic absolute targets as ours, one hook earlier as in
   ``quality.py``), ``ours defaults`` (``UnstructuredPruning(amount=s)``), ``ours lamp`` (``norm="lamp"``),
-  ``ours steps`` (``every_n_steps``: about 8 events per epoch over the same window); from scratch ``ours lamp + KD``
+  ``ours steps`` (``every_n_steps``: about 8 events per epoch over the same window), ``ours late`` and ``ours steps late``
+  (``end_epoch = round(0.75 * epochs)``: the final target at 75% of training, as in fasterai's schedule); from scratch ``ours lamp + KD``
   (the README's earlier recommendation); from a trained model ``ModelPruning + KD`` and ``ours + KD``;
   KD = ``Distillation()``: from scratch the teacher is the model before the first event (the library's old
   default), from a trained model it is that trained model (``teacher_checkpoint``) for ModelPruning and ours;
@@ -42,7 +43,7 @@ RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 CACHE = Path(os.environ.get("LP_HELDOUT_CACHE", "/tmp/lp_heldout"))
 TARGETS = [0.8, 0.9, 0.95]
 SPEEDUPS = [2.0, 3.0]
-UNSTRUCTURED = ["ModelPruning", "ours defaults", "ours lamp", "ours steps"]
+UNSTRUCTURED = ["ModelPruning", "ours defaults", "ours lamp", "ours steps", "ours late", "ours steps late"]
 SCRATCH_ONLY = ["ours lamp + KD"]  # the earlier recommendation, with the old default teacher
 TRAINED_ONLY = ["ModelPruning + KD", "ours + KD"]  # the same KD term and teacher (the trained start) for both
 OPTIONAL = ["fasterai"]  # with ``--methods fasterai`` (``pip install fasterai``; 0.4.1 measured)
@@ -179,6 +180,8 @@ def callbacks_for(
     extra: dict = {}
     if "lamp" in method:
         kwargs["norm"] = "lamp"
+    if "late" in method:  # the target reached at 75% of training, as fasterai's schedule does
+        kwargs["end_epoch"] = extra["end_epoch"] = round(0.75 * epochs)
     if "steps" in method:
         kwargs["every_n_steps"] = extra["every_n_steps"] = max(1, steps_per_epoch // 8)
     cbs = [UnstructuredPruning(**kwargs)]

@@ -19,7 +19,7 @@ import common  # noqa: E402
 RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 ORDER = [
     "dense", "ModelPruning", "ModelPruning + KD", "ours defaults", "ours lamp", "ours steps", "ours + KD",
-    "ours lamp + KD", "ours steps lamp", "fasterai",
+    "ours lamp + KD", "ours late", "ours steps late", "fasterai",
 ]  # fmt: skip
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
 DATA = {

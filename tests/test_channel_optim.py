@@ -163,6 +163,7 @@ def test_failed_event_leaves_model_optimizer_and_scheduler_exactly_as_before(tmp
             seen["opt"] = copy.deepcopy(opt.state_dict())
             seen["opt_params"] = [id(p) for g in opt.param_groups for p in g["params"]]
             seen["sched"] = copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict())
+            monkeypatch.setattr(_tp_compat, "record_slices", failing)  # the event fails (not the check at fit start)
             super()._prune(trainer, pl_module, *args)
 
     cb = Probe(pruning_ratio={1: 0.5})
@@ -191,7 +192,6 @@ def test_failed_event_leaves_model_optimizer_and_scheduler_exactly_as_before(tmp
 
         return C()
 
-    monkeypatch.setattr(_tp_compat, "record_slices", failing)
     with pytest.raises(ChannelPruningError, match=r"failed at '.*': RuntimeError: injected failure; the model is unchanged"):
         make_trainer(tmp_path, 2, [cb]).fit(module, data)
     after = module.state_dict()

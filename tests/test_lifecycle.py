@@ -325,12 +325,15 @@ class MetricClassifier(UserClassifier):
 
 
 def _planned_gradients(cb):
-    """Wrap ``cb.core.plan``: the ``.grad`` each parameter holds while the event plans, by name."""
+    """Wrap ``cb.core.plan``: the ``.grad`` each parameter holds while the event plans, by name (the rehearsal of
+    the last event when fit starts plans with no gradient at all: not recorded)."""
     seen = []
     real = cb.core.plan
 
     def plan(model, *args, **kwargs):
-        seen.append({n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()})
+        grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+        if any(g is not None for g in grads.values()):
+            seen.append(grads)
         return real(model, *args, **kwargs)
 
     cb.core.plan = plan

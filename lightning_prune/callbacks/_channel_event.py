@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks import _channel_support as support
+from lightning_prune.callbacks._channel_start import tracing_input
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
@@ -40,6 +41,7 @@ class ChannelEvents(ScheduledPruning):
     _current: dict[str, int]
     _current_target: float
     _architecture: dict[str, Any]
+    _batch_input: Any = None
 
     def example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         """The tracing input of ``pl_module`` (its ``example_input_array``, ``input_shape``, or the first
@@ -50,7 +52,13 @@ class ChannelEvents(ScheduledPruning):
         return inputs
 
     def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_batch: bool = True) -> Any:
-        return support.tracing_input(trainer, pl_module, self.input_shape, allow_batch)
+        """The tracing input; one taken from a training batch is kept for the rest of the fit."""
+        if self._batch_input is not None:
+            return self._batch_input
+        inputs = tracing_input(trainer, pl_module, self.input_shape, allow_batch)
+        if inputs is not None and getattr(pl_module, "example_input_array", None) is None and not self.input_shape:
+            self._batch_input = inputs
+        return inputs
 
     def _prepare(self, pl_module: pl.LightningModule, inputs: Any) -> None:
         with self._frozen_policy(pl_module):

@@ -1,12 +1,12 @@
 """What ``ChannelPruning`` checks and does around an event, as functions: refusals at setup and at an event,
-the tracing input, the frozen-layer policy, agreeing across ranks and re-wrapping DDP."""
+the frozen-layer policy, agreeing across ranks and re-wrapping DDP."""
 
 from __future__ import annotations
 
 import contextlib
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,8 +15,6 @@ import torch
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._scheduled import frozen_module_names
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
-from lightning_prune.core._inputs import device_dtype as _device_dtype
-from lightning_prune.core._inputs import move as _move
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
@@ -143,32 +141,6 @@ def refuse_masks(pl_module: pl.LightningModule, epoch: int) -> None:
         )
 
 
-def tracing_input(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, input_shape: list[int] | None, allow_batch: bool = True
-) -> Any:
-    """``example_input_array``, else zeros of ``input_shape``, else (``allow_batch``) the first training sample."""
-    device, dtype = _device_dtype(pl_module)
-    x = getattr(pl_module, "example_input_array", None)
-    if x is not None:
-        return _move(x, device, dtype)
-    if input_shape is not None:
-        return torch.zeros(input_shape, device=device, dtype=dtype or torch.float32)
-    if not allow_batch:
-        return None
-    loader = trainer.train_dataloader
-    if loader is None:
-        raise ValueError(
-            "ChannelPruning needs a tracing input: set `example_input_array` on the LightningModule, pass "
-            "`input_shape`, or give the Trainer a training dataloader"
-        )
-    with isolated_rng():  # a fresh iterator draws from the RNG (shuffling): training's order stays the same
-        batch = next(iter(loader))
-    x = batch[0] if isinstance(batch, (list, tuple)) else batch
-    if isinstance(x, Mapping):
-        raise ValueError("ChannelPruning cannot take a tracing input from a dict batch; pass `input_shape`")
-    return _move(x[:1], device, dtype)
-
-
 def agree(trainer: pl.Trainer, error: BaseException | None, epoch: int) -> None:
     """Raise ``error`` on this rank, or a RuntimeError on the other ranks, so no rank waits for a broadcast."""
     failed = error is not None
@@ -238,5 +210,4 @@ __all__ = [
     "refuse_masks",
     "schedule_amount",
     "rewrap_ddp",
-    "tracing_input",
 ]

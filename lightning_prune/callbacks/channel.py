@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_event import ChannelEvents
+from lightning_prune.callbacks._channel_start import ChannelFitStart
 from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
 from lightning_prune.callbacks._taylor import TaylorSteps
 from lightning_prune.core._validation import check_bool, check_int, check_shape
@@ -26,7 +26,7 @@ from lightning_prune.core.schedules import Schedule
 _STATE_VERSION = 1
 
 
-class ChannelPruning(TaylorSteps, ChannelEvents):
+class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
 
     At the **start** of each pruning epoch the LightningModule's coupled layers lose the least important
@@ -79,7 +79,9 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
         max_pruning_ratio: no layer loses more than this fraction of its original channels.
         isomorphic: rank groups of identical structure together (torch-pruning's isomorphic pruning).
         input_shape: shape of the tracing input, e.g. ``[1, 3, 32, 32]``; used when the module has no
-            ``example_input_array``. Without either, the first training batch is used.
+            ``example_input_array`` (a tensor, tuple or dict). Without either, the first sample of the first
+            training batch, in the first form ``forward`` runs with: ``forward(**batch)`` (a dict, keys ``forward``
+            takes), ``forward(x)`` for ``(x, y)``, ``forward(*batch)``, ``forward(batch)``.
         ignore_output_layer: ignore the layer(s) producing the model's output (the classifier).
         taylor_batches: the last training steps of the epoch before an event whose gradients (summed, unscaled)
             feed ``"taylor"`` importance; no extra pass runs. An event with no step before it in the fit (epoch 0,
@@ -109,6 +111,8 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
             ``UnstructuredPruning`` callback whose first event is not after the last channel event.
         TypeError: a value of the wrong type; when fit starts, an optimizer whose state cannot follow an event
             (see ``lightning_prune.core.channel.optim.check_optimizer``).
+        ChannelPruningError: when fit starts, before any training step (docs/channel.md), a model torch-pruning
+            cannot trace, or that fails the last scheduled event rehearsed on it (and undone); the model is unchanged.
         RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run; any step
             of an event failed (``ChannelPruningError`` names the layer and the reason): the model, optimizers,
             LR schedulers and averaged copies are then exactly as before the event.
@@ -216,6 +220,7 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
+        self._checked, self._batch_input = False, None
         if not self._fitting:  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes
             self._install_load_hook(pl_module)
             return
@@ -229,29 +234,14 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
                 "automatic optimization; this LightningModule uses manual optimization"
             )
         schedule_map = self._check_schedule(trainer, pl_module)
-        inputs = None
-        continuing = self._continuing(pl_module)
-        if not continuing and not is_overridden("configure_model", pl_module):
-            inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
-        if not continuing:
-            # a fresh run (`load_state_dict`, after setup, brings the progress back when resuming); the engine's
-            # state of an earlier run comes back if tracing refuses this one
-            previous = self.core.state_dict()
-            self.core.load_state_dict({})
-            if inputs is not None:
-                try:
-                    with self._frozen_policy(pl_module):
-                        self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
-                except Exception:
-                    self.core.load_state_dict(previous)
-                    raise
+        traced = False
+        if not self._continuing(pl_module):  # a fresh run (a resume brings the progress back in `load_state_dict`)
+            traced = self._fresh_engine(trainer, pl_module)
             self._current_target = 0.0
             self._baseline, self._current = {}, {}
-            self._prepared = inputs is not None
         self._start_schedule(trainer, pl_module, schedule_map)
         self._init_taylor()  # a fresh fit: no training step seen yet
-        if inputs is not None:
-            self._inspected = True
+        self._inspected = self._inspected or traced
         self._install_load_hook(pl_module)
 
     @override
@@ -259,6 +249,8 @@ class ChannelPruning(TaylorSteps, ChannelEvents):
         for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
             optim_ops.check_optimizer(opt)
         super().on_fit_start(trainer, pl_module)
+        if self._without_batch(pl_module):  # else at on_train_start, with the first training batch
+            self._check_model(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

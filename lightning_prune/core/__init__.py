@@ -124,6 +124,8 @@ _LAZY: dict[str, str] = {
     "reduction_speedup": "lightning_prune.core.channel.speedup",
     "search_ratio": "lightning_prune.core.channel.speedup",
     "speedup_reduction": "lightning_prune.core.channel.speedup",
+    # channel.rehearsal
+    "rehearse": "lightning_prune.core.channel.rehearsal",
     # channel.transaction
     "ChannelEvent": "lightning_prune.core.channel.transaction",
     "Transaction": "lightning_prune.core.channel.transaction",
@@ -368,6 +370,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from lightning_prune.core.channel.regularize import (
         GroupRegularizer,
     )
+    from lightning_prune.core.channel.rehearsal import rehearse
     from lightning_prune.core.channel.reshape import (
         HEAD_ATTRS,
         WIDTH_ATTRS,

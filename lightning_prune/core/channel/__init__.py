@@ -2,6 +2,7 @@
 
 * ``pruner``: :class:`~lightning_prune.core.channel.pruner.ChannelPruner`, plan then apply, to absolute targets;
   its parts: ``planning`` (which channels), ``applying`` (all or nothing), ``modules`` (model helpers);
+* ``rehearsal``: an event planned, applied and undone, to refuse a model that cannot be pruned before training;
 * ``transaction``: one event (plan, apply, optimizer state, averaged copies, re-wrap, measure) with one undo;
 * ``gradients``: gradients summed over training steps, for Taylor importance;
 * ``importance``: importance criteria by name;

@@ -109,4 +109,50 @@ def record_slices() -> Iterator[SliceRecord]:
             cls._prune_parameter_and_grad = original
 
 
-__all__ = ["REQUIRED", "SliceRecord", "channel_groups", "check", "record_slices"]
+def prunable_layer(pruner: Any) -> Any:
+    """A predicate: is a module a layer torch-pruning prunes (a registered pruning function, not the element-wise
+    pass-through it gives unknown modules)?"""
+    import torch_pruning as tp
+
+    def prunable(module: torch.nn.Module) -> bool:
+        handler = pruner.DG.get_pruner_of_module(module)
+        return handler is not None and not isinstance(handler, tp.ops.ElementWisePruner)
+
+    return prunable
+
+
+def _named_neighbour(node: Any, names: dict, attr: str) -> str | None:
+    """The nearest layer of the model before (``attr="inputs"``) or after (``"outputs"``) a graph node."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n is not node and n.module in names:
+            return names[n.module]
+        todo.extend(getattr(n, attr, []))
+    return None
+
+
+def failure_site(err: BaseException, model: torch.nn.Module) -> str:
+    """Where in ``model`` torch-pruning's graph building raised ``err``: the graph node it was handling (a local
+    of its innermost frame holding a ``Node``), named by the layers around it; ``""`` when none is found."""
+    from torch_pruning.dependency.node import Node
+
+    node = None
+    tb = err.__traceback__
+    while tb is not None:  # the innermost frame with a Node wins
+        node = next((v for v in tb.tb_frame.f_locals.values() if isinstance(v, Node)), node)
+        tb = tb.tb_next
+    if node is None:
+        return ""
+    names = {m: n for n, m in model.named_modules() if n}
+    if node.module in names:
+        return f" at layer {names[node.module]!r}"
+    before, after = _named_neighbour(node, names, "inputs"), _named_neighbour(node, names, "outputs")
+    op = type(node.module).__name__.strip("_").removesuffix("Op").lower()
+    return f" at the {op} between layer {before!r} and layer {after!r}"
+
+
+__all__ = ["REQUIRED", "SliceRecord", "channel_groups", "check", "failure_site", "prunable_layer", "record_slices"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -175,4 +175,38 @@ def _shape_key(model: nn.Module) -> tuple:
     return tuple((id(p), tuple(p.shape)) for p in model.parameters())
 
 
-__all__ = ["find_output_layers", "masked_modules", "preserved_modes"]
+def unreached_modules(
+    model: nn.Module, is_layer: Callable[[nn.Module], bool], traced: Iterable[nn.Module]
+) -> list[str]:
+    """The submodules of ``model`` holding prunable layers (``is_layer``, with trainable parameters) that the
+    traced forward never reached (not in ``traced``), each named once by its highest ancestor whose layers all
+    went unreached."""
+    seen = set(traced)
+    reached = {n for n, m in model.named_modules() if m in seen}
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if n and is_layer(m) and any(p.requires_grad for p in m.parameters(recurse=False))
+    }
+
+    def in_reached(name: str) -> bool:  # the layer, or a module that owns it (``MultiheadAttention.out_proj``)
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in reached for i in range(1, len(parts) + 1))
+
+    missed = {n for n in layers if not in_reached(n)}
+    if not missed:
+        return []
+
+    def all_missed(prefix: str) -> bool:
+        return all(n in missed for n in layers if n == prefix or n.startswith(prefix + "."))
+
+    found: list[str] = []
+    for name in sorted(missed):
+        parts = name.split(".")
+        top = next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if all_missed(".".join(parts[:i])))
+        if top not in found:
+            found.append(top)
+    return found
+
+
+__all__ = ["find_output_layers", "masked_modules", "preserved_modes", "unreached_modules"]

@@ -55,6 +55,7 @@ from lightning_prune.core.channel.modules import (
     find_output_layers,
     masked_modules,
     preserved_modes,
+    unreached_modules,
 )
 from lightning_prune.core.patterns import check_patterns_match, compile_patterns, matches_any
 
@@ -195,6 +196,7 @@ class ChannelPruner:
         self.ignored_names: list[str] | None = None
         #: every group pruned so far, in order (torch-pruning's pruning history format)
         self.history: list = []
+        self.unreached: list[str] = []
         self._cache: tuple | None = None
 
     # ---------------------------------------------------------------------------------------------- state
@@ -214,6 +216,7 @@ class ChannelPruner:
         names = state.get("ignored_names")
         self.ignored_names = list(names) if names is not None else None
         self.history = [list(h) for h in state.get("history", [])]
+        self.unreached = []
         self._cache = None
 
     # ---------------------------------------------------------------------------------------------- tracing
@@ -255,6 +258,9 @@ class ChannelPruner:
             ValueError: ``example_inputs`` do not fit the model; an ``ignored_layers``, ``pruning_ratio_dict``,
                 ``num_heads`` or ``unwrapped_parameters`` name matches nothing; nothing is left to prune (the
                 message says which arguments ignored what).
+            ChannelPruningError: torch-pruning cannot build the model's dependency graph (names where).
+
+        Afterwards :attr:`unreached` names the submodules with prunable layers that the forward never reached.
         """
         _tp_compat.check()
         refuse_decoders(model)
@@ -287,7 +293,7 @@ class ChannelPruner:
         if not self.heads:
             found = self.num_heads if self.num_heads is not None else _attention_heads(model)
             self.heads = {n: [int(h), int(h)] for n, h in found.items()}
-        pruner = self._build(model, example_inputs)
+        pruner = self._traced(model, example_inputs)
         groups = self._groups(pruner)
         if not groups:
             frozen = all(not p.requires_grad for p in model.parameters())
@@ -298,6 +304,21 @@ class ChannelPruner:
             raise ValueError(f"nothing left to prune: every prunable layer is ignored: {reason}")
         self._record_originals(model, pruner, groups)
         self._cache = (model, pruner, _shape_key(model))
+        ignored = {_module_of(model, n) for n in self.ignored_names or []}
+        prunable = _tp_compat.prunable_layer(pruner)
+        #: submodules with prunable layers the traced forward never reached (they keep all their channels)
+        self.unreached = unreached_modules(model, lambda m: m not in ignored and prunable(m), pruner.DG.module2node)
+
+    def _traced(self, model: nn.Module, example_inputs: Any):
+        """:meth:`_build`, with torch-pruning's own failures raised as :class:`ChannelPruningError` naming where."""
+        try:
+            return self._build(model, example_inputs)
+        except Exception as err:
+            where = _tp_compat.failure_site(err, model)
+            raise ChannelPruningError(
+                f"torch-pruning cannot build the dependency graph of this model{where}: {type(err).__name__}: {err}. "
+                "Channel pruning does not support this model's graph (UnstructuredPruning does); the model is unchanged"
+            ) from err
 
     def _record_originals(self, model: nn.Module, pruner: Any, groups: list) -> None:
         """The unpruned widths, per layer and per group (first call only)."""
