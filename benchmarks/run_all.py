@@ -22,7 +22,17 @@ RUNS = {
     "quality_trained": ("quality", ["--from-trained", "30", "--epochs", "15"]),
     **{
         name: (name, [])
-        for name in ["channel_quality", "overhead", "speedup", "size", "resume", "deploy", "scale", "channel_event"]
+        for name in [
+            "channel_quality",
+            "overhead",
+            "speedup",
+            "size",
+            "resume",
+            "deploy",
+            "scale",
+            "channel_event",
+            "llm_text",
+        ]
     },
 }
 

@@ -89,7 +89,7 @@ class Probe(Callback):
         ({"amount": {1.5: 0.5}}, TypeError, r"`amount` milestone epochs must be ints; got 1.5"),
         ({"amount": {1: 0.8, 2: 0.5}}, ValueError, r"`amount` milestone targets must not decrease"),
         ({"amount": {1: 1.2}}, ValueError, r"`amount\[1\]` must be in \[0, 1\); got 1.2"),
-        ({"norm": "l3"}, ValueError, r"`norm` must be one of \['l1', 'l2', 'lamp', 'random'\]; got 'l3'"),
+        ({"norm": "l3"}, ValueError, r"`norm` must be one of \['l1', 'l2', 'lamp', 'random', 'wanda'\]; got 'l3'"),
         ({"scope": "channel"}, ValueError, r"`scope` must be one of \['global', 'layerwise'\]; got 'channel'"),
         ({"schedule": "exp"}, ValueError, r"`schedule` must be one of .*'cubic'.*; got 'exp'"),
         ({"start_epoch": 3, "end_epoch": 2}, ValueError, r"`end_epoch` must be >= `start_epoch`=3; got 2"),

@@ -16,6 +16,7 @@ from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._scheduled import frozen_module_names
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core.channel import speedup as speedup_ops
+from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
 
 
@@ -76,6 +77,7 @@ def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             f"{type(strategy).__name__}, whose sharded/wrapped parameters torch-pruning cannot reshape. "
             "Use strategy='auto', 'ddp' or 'ddp_spawn'"
         )
+    refuse_decoders(pl_module)  # before tracing: torch-pruning's graph does not finish on them
     if compat.is_compiled(pl_module):
         raise ValueError(
             "ChannelPruning cannot prune a torch.compile'd model (the compiled graph keeps the old shapes); "

@@ -85,8 +85,10 @@ def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
         trainer,
         "UnstructuredPruning",
         norm=(
-            "lamp" if cb.norm == "lamp" else None,
-            "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'",
+            cb.norm if cb.norm in ("lamp", "wanda") else None,
+            "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'"
+            if cb.norm == "lamp"
+            else "the Wanda input norms are not collected under FSDP2 yet; use 'l1' or 'l2'",
         ),
         rewind_epoch=(cb.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
         callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),

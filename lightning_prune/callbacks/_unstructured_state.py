@@ -18,6 +18,7 @@ from typing_extensions import override
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks import _sharded
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models, starts_from_trained
+from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.core._validation import check_choice, check_fraction
 from lightning_prune.core.bitpack import unpack_mask
 from lightning_prune.core.patterns import compile_patterns, name_matches
@@ -31,6 +32,8 @@ from lightning_prune.core.unstructured.targets import with_ties
 
 __all__ = [
     "MaskState",
+    "attached_trainer",
+    "check_rewind_epoch",
     "check_cap",
     "check_checkpoint_state",
     "check_layer_amounts",
@@ -45,6 +48,7 @@ __all__ = [
     "find_targets",
     "layer_fractions",
     "nm_targets",
+    "plain_weights",
     "norm_name",
     "resampled_weights",
     "split_amount",
@@ -89,6 +93,8 @@ class MaskState(ScheduledPruning):
     structured_dim: int | None
     _shard: _sharded.ShardedMasks | None
     _fsdp2: bool
+    _wanda: WandaInputs
+    rewind_epoch: int | None
 
     @property
     def amount(self) -> float | int | dict[int, float]:
@@ -96,6 +102,9 @@ class MaskState(ScheduledPruning):
 
     def filter_parameters(self, pl_module: pl.LightningModule, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return targets
+
+    def _check_rewind(self, from_trained: bool) -> None:
+        check_rewind_epoch(self.rewind_epoch, self._sched.first_epoch(from_trained))
 
     def _set_pattern(self, pattern: str | None) -> None:
         self.pattern = pattern
@@ -126,6 +135,7 @@ class MaskState(ScheduledPruning):
         if self._nm is not None:
             assert self.pattern is not None  # set together with `_nm` (`_set_pattern`)
             targets, self._nm_dims = nm_targets(self.pattern, self._nm[1], pl_module, targets)
+        self._wanda.check_targets(pl_module, targets)
         sizes = [target_param(pl_module, t).numel() for t in targets]
         if self.layer_amounts:  # `amount` (a count too) and the room check are over the weights it governs
             check_layer_amounts_match(self.layer_amounts, targets)
@@ -216,12 +226,12 @@ class MaskState(ScheduledPruning):
         return mask_ops.mask_sparsity(unpack_mask(p) for p in self._packed.values())
 
     def _masks(self, weights: list[Tensor], prev: list[Tensor | None], target: float, event: int) -> list[Tensor]:
-        generator = None
+        generator, norm = None, "l1" if self.norm == "wanda" else self.norm  # wanda: `weights` hold the scores
         if self.norm == "random":
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + event)
         if self._nm is not None:
             return nm_ops.compute_nm_masks(
-                weights, self._nm_dims, *self._nm, target, self.norm, self.scope, prev, generator=generator
+                weights, self._nm_dims, *self._nm, target, norm, self.scope, prev, generator=generator
             )
         if self.structured_dim is not None:
             norm = self.norm if isinstance(self.norm, str) else "l1"
@@ -241,7 +251,7 @@ class MaskState(ScheduledPruning):
             got = mask_ops.compute_masks(
                 [weights[i] for i in rest],
                 target,
-                self.norm,
+                norm,
                 self.scope,
                 [prev[i] for i in rest],
                 self.max_layer_sparsity,
@@ -257,7 +267,7 @@ class MaskState(ScheduledPruning):
                 masks[i] = mask_ops.compute_masks(
                     [weights[i]],
                     a * progress,
-                    self.norm,
+                    norm,
                     "layerwise",
                     [prev[i]],
                     generator=generator,
@@ -291,15 +301,7 @@ class MaskState(ScheduledPruning):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         # The modules' state_dict hooks already write plain `weight`s; this catches any path that bypassed them.
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
-            return
-        for t in self._all_targets():
-            key = mask_ops.target_key(t)
-            k_orig, k_mask = key + "_orig", key + "_mask"
-            if k_orig in state and k_mask in state:
-                orig, mask = state.pop(k_orig), state.pop(k_mask)
-                state[key] = effective(orig, mask).detach()  # +0.0, never -0.0
+        plain_weights(checkpoint.get("state_dict"), self._all_targets())
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -312,7 +314,18 @@ class MaskState(ScheduledPruning):
             **self._schedule_state(),
             "rewind": dict(self._rewind) if self._rewind is not None else None,
             "pattern": self.pattern,
+            "wanda": self._wanda.state(attached_trainer(self)),
         }
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._wanda.detach()
+        super().teardown(trainer, pl_module, stage)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._wanda.detach()  # a failed fit does not reach `teardown`
+        super().on_exception(trainer, pl_module, exception)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -329,6 +342,7 @@ class MaskState(ScheduledPruning):
         rewind = state_dict.get("rewind")
         self._rewind = dict(rewind) if rewind is not None else None
         self._packed = dict(masks)
+        self._wanda.load(state_dict.get("wanda"), attached_trainer(self))
         if not (self._fitting and pl_module is not None and masks):
             return
         # The model weights (plain, zeros where pruned) are loaded by now, and the optimizer is not yet built:
@@ -338,6 +352,30 @@ class MaskState(ScheduledPruning):
             return
         self._apply_packed(pl_module)
         self._follow_averaged(pl_module.trainer, pl_module)
+
+
+def plain_weights(state: Any, targets: Sequence[Target]) -> None:
+    """Replace ``<key>_orig``/``<key>_mask`` pairs of a checkpoint's ``state_dict`` by the plain ``<key>``."""
+    if not isinstance(state, dict):
+        return
+    for t in targets:
+        key = mask_ops.target_key(t)
+        k_orig, k_mask = key + "_orig", key + "_mask"
+        if k_orig in state and k_mask in state:
+            orig, mask = state.pop(k_orig), state.pop(k_mask)
+            state[key] = effective(orig, mask).detach()  # +0.0, never -0.0
+
+
+def check_rewind_epoch(rewind_epoch: int | None, first_event: int) -> None:
+    if rewind_epoch is not None and rewind_epoch > first_event:
+        raise ValueError(
+            f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); got {rewind_epoch}"
+        )
+
+
+def attached_trainer(cb: MaskState) -> pl.Trainer | None:
+    """The Trainer of the module this callback prunes, if any (for the collectives of its checkpoint state)."""
+    return compat.attached_trainer(cb._module) if cb._module is not None else None
 
 
 def check_cap(max_layer_sparsity: Any, scope: str) -> float | None:
@@ -462,7 +500,7 @@ def split_amount(amount: Any) -> tuple[Any, int | None]:
 def check_norm(norm: Any) -> str | Callable[[Tensor], Tensor]:
     if callable(norm) and not isinstance(norm, str):
         return norm
-    return check_choice("norm", norm, mask_ops.NORMS)
+    return check_choice("norm", norm, (*mask_ops.NORMS, "wanda"))
 
 
 def norm_name(norm: str | Callable[..., Any]) -> str:

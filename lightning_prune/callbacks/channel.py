@@ -17,6 +17,7 @@ from lightning_prune.callbacks._taylor import TaylorSteps
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
+from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.importance import needs_gradients
 from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
@@ -291,6 +292,7 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._prepared:
             return
+        refuse_decoders(pl_module)  # a model built in configure_model: refused before the first event
         inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
         if inputs is not None:
             self._prepare(pl_module, inputs)

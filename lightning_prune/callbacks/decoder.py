@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._channel_support import rewrap_ddp
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
 from lightning_prune.core._validation import check_bool, check_fraction
 from lightning_prune.core.channel import optim as optim_ops
@@ -22,6 +23,7 @@ from lightning_prune.core.channel.decoder import (
     decoder_widths,
     find_decoders,
 )
+from lightning_prune.core.channel.decoder_event import run_decoder_event
 from lightning_prune.core.channel.decoder_io import head_pruning_unsupported, reshape_decoder_to_state_dict
 from lightning_prune.core.measure import count_params
 from lightning_prune.core.schedules import Schedule
@@ -249,9 +251,17 @@ class DecoderPruning(ScheduledPruning):
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
         mlp, head, hidden = self._ratios(target)
         params_before = count_params(pl_module)
-        result = self.core.step(pl_module, mlp, head, self._activations(trainer), hidden_ratio=hidden)
-        optim_ops.rebind_optimizers(trainer.optimizers, result.changes)
-        self._rewrap_ddp(trainer, pl_module)
+        # all or nothing: a failing step leaves the model, its configs, the optimizers and the wrapper as they were
+        result = run_decoder_event(
+            self.core,
+            pl_module,
+            mlp,
+            head,
+            self._activations(trainer),
+            hidden,
+            optimizers=trainer.optimizers,
+            rewrap=lambda: rewrap_ddp(trainer, pl_module),
+        )
         self._stats.reset()
         self._widths = [w.as_dict() for w in result.widths]
         self._last_event_epoch = event
@@ -280,16 +290,6 @@ class DecoderPruning(ScheduledPruning):
                 f"hidden_size {w['hidden_size']}, intermediate_size {w['intermediate_size']}, heads "
                 f"{w['num_attention_heads']}/{w['num_key_value_heads']} KV, params {params_before:,} -> {params:,}"
             )
-
-    @staticmethod
-    def _rewrap_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning.pytorch.strategies import DDPStrategy
-        from torch.nn.parallel import DistributedDataParallel
-
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
-            strategy.model = pl_module
-            strategy.configure_ddp()
 
 
 class DecoderPrunedCheckpointMixin:

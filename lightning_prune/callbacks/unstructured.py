@@ -16,6 +16,7 @@ from typing_extensions import override
 from lightning_prune.callbacks import _sharded, _steps
 from lightning_prune.callbacks import _unstructured_state as helpers
 from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
+from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.core._validation import check_bool, check_choice, check_int
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.patterns import compile_patterns
@@ -49,8 +50,10 @@ class UnstructuredPruning(_steps.StepEvents):
             ``{epoch: target}`` (absolute, never decreasing; then ``schedule``/``start_epoch``/``end_epoch``/
             ``every_n_epochs`` are not used).
         norm: ``"l1"`` (``|w|``), ``"l2"`` (``w**2``; ranks single weights like l1), ``"lamp"`` (layer-adaptive
-            magnitude, Lee et al. 2021) or ``"random"`` (a seeded baseline); in Python also a callable
-            ``weight -> scores`` (same shape, non-negative, the lowest pruned first).
+            magnitude, Lee et al. 2021), ``"random"`` (a seeded baseline) or ``"wanda"`` (``|W| x`` the L2 norm of
+            each input feature over the training batches since the previous event; ``nn.Linear`` weights only, first
+            event at epoch 1 or later; see docs/unstructured.md); in Python also a callable ``weight -> scores``
+            (same shape, non-negative, the lowest pruned first).
         scope: ``"global"`` ranks all selected weights together; ``"layerwise"`` prunes each tensor to the target.
         schedule: ``"constant"``, ``"linear"``, ``"cubic"`` (Zhu & Gupta 2017) or ``"geometric"``.
         start_epoch: epoch of the first event. ``None``: epoch 1 when training from scratch, epoch 0 from trained
@@ -124,7 +127,7 @@ class UnstructuredPruning(_steps.StepEvents):
     def __init__(
         self,
         amount: int | float | dict[int, float],
-        norm: Literal["l1", "l2", "lamp", "random"] | Callable[[Tensor], Tensor] = "l1",
+        norm: Literal["l1", "l2", "lamp", "random", "wanda"] | Callable[[Tensor], Tensor] = "l1",
         scope: Literal["global", "layerwise"] = "global",
         schedule: Literal["constant", "linear", "cubic", "geometric"] = "cubic",
         start_epoch: int | None = None,
@@ -182,14 +185,7 @@ class UnstructuredPruning(_steps.StepEvents):
         self._rewind: dict[str, torch.Tensor] | None = None
         self._shard: _sharded.ShardedMasks | None = None  # FSDP2: the local masks (see callbacks._sharded)
         self._fsdp2 = False
-
-    def _check_rewind(self, from_trained: bool) -> None:
-        first_event = self._sched.first_epoch(from_trained)
-        if self.rewind_epoch is not None and self.rewind_epoch > first_event:
-            raise ValueError(
-                f"`rewind_epoch` must not be after the first pruning event (epoch {first_event}); "
-                f"got {self.rewind_epoch}"
-            )
+        self._wanda = WandaInputs.build(self)  # norm="wanda": the input norms (see callbacks._wanda)
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -221,6 +217,7 @@ class UnstructuredPruning(_steps.StepEvents):
         self._fsdp2 = _sharded.check_unstructured(self, trainer)
         self._check_rewind(starts_from_trained(pl_module))
         continuing = self._continuing(pl_module)
+        self._wanda.check_setup(self, schedule_map, continuing)
         early = not is_overridden("configure_model", pl_module) and not continuing
         found = self._find_targets(pl_module, schedule_map) if early else None
         if self._start_schedule(trainer, pl_module, schedule_map):
@@ -240,6 +237,7 @@ class UnstructuredPruning(_steps.StepEvents):
         if self._packed and not any(mask_ops.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
             self._apply_packed(pl_module)
         self._follow_averaged(trainer, pl_module)
+        self._wanda.attach(pl_module, self._targets)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -274,6 +272,7 @@ class UnstructuredPruning(_steps.StepEvents):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
+        self._wanda.detach()
         if self.make_pruning_permanent and self._targets:
             # the averaged copies too, in the same step: their parameters and buffers stay aligned with the
             # module's, whichever of WeightAveraging's and this callback's `on_train_end` runs first
@@ -297,7 +296,8 @@ class UnstructuredPruning(_steps.StepEvents):
             return _sharded.prune_event(self, trainer, target, epoch, event)
         targets = self._targets
         weights = mask_ops.current_weights(pl_module, targets)
-        masks = self._masks(weights, mask_ops.get_masks(pl_module, targets), target, event)
+        scored = self._wanda.scored(trainer, targets, weights)  # the weights themselves unless norm="wanda"
+        masks = self._masks(scored, mask_ops.get_masks(pl_module, targets), target, event)
         packed = [pack_mask(m) for m in masks]
         if trainer.world_size > 1:  # identical on every rank by construction; make it so by rule, too
             packed = trainer.strategy.broadcast(packed, src=0)
@@ -311,11 +311,11 @@ class UnstructuredPruning(_steps.StepEvents):
             self._reset_survivors(pl_module, params, masks, event)
         self._packed = {mask_ops.target_key(t): p for t, p in zip(targets, packed, strict=False)}
         self._last_event_epoch = event
+        self._wanda.reset()  # norm="wanda": the next event ranks by the inputs from here on
         pruned = sum(int((~m).sum()) for m in masks)
         total = sum(m.numel() for m in masks)
-        self._history.append(
-            {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
-        )
+        entry = {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
+        self._history.append({**entry, **self._wanda.figures})
         empty = helpers.collapsed(targets, masks)
         if empty:
             rank_zero_warn(f"UnstructuredPruning: epoch {epoch}: every weight of {empty} is pruned (layer collapse)")

@@ -44,6 +44,9 @@ _LAZY: dict[str, str] = {
     "config_widths": "lightning_prune.core.channel.decoder",
     "decoder_widths": "lightning_prune.core.channel.decoder",
     "find_decoders": "lightning_prune.core.channel.decoder",
+    "refuse_decoders": "lightning_prune.core.channel.decoder",
+    # channel.decoder_event
+    "run_decoder_event": "lightning_prune.core.channel.decoder_event",
     "group_scores": "lightning_prune.core.channel.decoder",
     "kept_channels": "lightning_prune.core.channel.decoder",
     "kept_groups": "lightning_prune.core.channel.decoder",
@@ -306,10 +309,12 @@ if TYPE_CHECKING:  # static tools see the eager imports
         mlp_scores,
         prune_kv_groups,
         prune_mlp,
+        refuse_decoders,
         set_config_widths,
         sync_attention_attrs,
         unsupported_parameters,
     )
+    from lightning_prune.core.channel.decoder_event import run_decoder_event
     from lightning_prune.core.channel.decoder_hidden import (
         hidden_entries,
         hidden_scores,

@@ -93,6 +93,20 @@ def find_decoders(model: nn.Module) -> list[tuple[str, Any]]:
     return found
 
 
+def refuse_decoders(model: nn.Module, who: str = "ChannelPruning") -> None:
+    """Refuse, before any tracing, a model holding a Hugging Face style decoder (Llama, Qwen2, Mistral, ...):
+    torch-pruning's dependency graph does not finish on them (it was still running after minutes on one layer)."""
+    found = find_decoders(model)
+    if found:
+        names = [f"{name or '<model>'} ({type(m).__name__})" for name, m in found]
+        raise DecoderPruningError(
+            f"{who} cannot trace Hugging Face decoder models ({', '.join(names)}): torch-pruning's dependency graph "
+            "does not finish on their attention. Use the `DecoderPruning` callback (lightning_prune.DecoderPruning; "
+            "core: DecoderPruner) for MLP width, KV groups and hidden size, or `UnstructuredPruning` for single "
+            "weights and N:M"
+        )
+
+
 def config_widths(config: Any) -> DecoderWidths:
     """The widths a decoder's ``config`` declares (``head_dim`` defaults to ``hidden_size // heads``)."""
     heads = int(config.num_attention_heads)
@@ -514,6 +528,7 @@ __all__ = [
     "check_decoder",
     "config_widths",
     "decoder_widths",
+    "refuse_decoders",
     "find_decoders",
     "group_scores",
     "kept_channels",

@@ -44,6 +44,7 @@ from lightning_prune.core._inputs import zeros_input
 from lightning_prune.core._validation import check_bool, check_fraction, check_int
 from lightning_prune.core.channel import _tp_compat, planning
 from lightning_prune.core.channel.applying import ChannelPruningError, StepResult, apply_plan
+from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.importance import _tp, build_importance, importance_name, needs_gradients
 from lightning_prune.core.channel.modules import (
     _attention_heads,
@@ -260,6 +261,7 @@ class ChannelPruner:
         Afterwards :attr:`unreached` names the submodules with prunable layers that the forward never reached.
         """
         _tp_compat.check()
+        refuse_decoders(model)
         try:
             with torch.no_grad(), preserved_modes(model):
                 model.eval()  # no BatchNorm statistics updated, and batch size 1 works
