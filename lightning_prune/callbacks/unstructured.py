@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -167,9 +166,7 @@ class UnstructuredPruning(_steps.StepEvents):
         self.resample_parameters = check_bool("resample_parameters", resample_parameters)
         helpers.check_resample(self.resample_parameters, self.rewind_epoch)
         self._check_rewind(from_trained=False)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"`seed` must be an int; got {seed!r} ({type(seed).__name__})")
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         self.verbose = check_bool("verbose", verbose)
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
         self.layer_amounts = helpers.check_layer_amounts(layer_amounts)

@@ -44,9 +44,6 @@ _LAZY: dict[str, str] = {
     "config_widths": "lightning_prune.core.channel.decoder",
     "decoder_widths": "lightning_prune.core.channel.decoder",
     "find_decoders": "lightning_prune.core.channel.decoder",
-    "refuse_decoders": "lightning_prune.core.channel.decoder",
-    # channel.decoder_event
-    "run_decoder_event": "lightning_prune.core.channel.decoder_event",
     "group_scores": "lightning_prune.core.channel.decoder",
     "kept_channels": "lightning_prune.core.channel.decoder",
     "kept_groups": "lightning_prune.core.channel.decoder",
@@ -54,9 +51,14 @@ _LAZY: dict[str, str] = {
     "mlp_scores": "lightning_prune.core.channel.decoder",
     "prune_kv_groups": "lightning_prune.core.channel.decoder",
     "prune_mlp": "lightning_prune.core.channel.decoder",
+    "refuse_decoders": "lightning_prune.core.channel.decoder",
     "set_config_widths": "lightning_prune.core.channel.decoder",
     "sync_attention_attrs": "lightning_prune.core.channel.decoder",
     "unsupported_parameters": "lightning_prune.core.channel.decoder",
+    # channel.decoder_event
+    "run_decoder_event": "lightning_prune.core.channel.decoder_event",
+    "snapshot_configs": "lightning_prune.core.channel.decoder_event",
+    "snapshot_pruner": "lightning_prune.core.channel.decoder_event",
     # channel.decoder_hidden
     "hidden_entries": "lightning_prune.core.channel.decoder_hidden",
     "hidden_scores": "lightning_prune.core.channel.decoder_hidden",
@@ -314,7 +316,11 @@ if TYPE_CHECKING:  # static tools see the eager imports
         sync_attention_attrs,
         unsupported_parameters,
     )
-    from lightning_prune.core.channel.decoder_event import run_decoder_event
+    from lightning_prune.core.channel.decoder_event import (
+        run_decoder_event,
+        snapshot_configs,
+        snapshot_pruner,
+    )
     from lightning_prune.core.channel.decoder_hidden import (
         hidden_entries,
         hidden_scores,
