@@ -68,7 +68,9 @@ def run_one(data: tuple, seed: int, sparsity: float, kd: bool, epochs: int, limi
     trainer.fit(model, train_dataloaders=loader)
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in DataLoader(TensorDataset(data[2], data[3]), 1000))
+        correct = sum(
+            int((model(x).argmax(1) == y).sum()) for x, y in DataLoader(TensorDataset(data[2], data[3]), 1000)
+        )
     return correct / len(data[3])
 
 
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                     acc = run_one(data[name], seed, s, kd, args.epochs, limit)
                     results[(name, s, kd, seed)] = acc
                     row = "ours + KD(first_event)" if kd else "ours"
-                    print(f"{name} {s:.0%} seed {seed} {row}: val acc {acc:.4f}  ({time.time() - t0:.0f} s)", flush=True)
+                    print(
+                        f"{name} {s:.0%} seed {seed} {row}: val acc {acc:.4f}  ({time.time() - t0:.0f} s)", flush=True
+                    )
     print("\n| data | sparsity | seed | ours | ours + KD(first_event) | KD - ours (pts) |\n|---|---|---|---|---|---|")
     for name in args.data:
         for s in args.sparsities:
@@ -109,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
             mean_a = statistics.mean(results[(name, s, False, k)] for k in args.seeds)
             mean_b = statistics.mean(results[(name, s, True, k)] for k in args.seeds)
-            print(f"| {name} | {s:.0%} | mean | {mean_a:.4f} | {mean_b:.4f} | {statistics.mean(diffs):+.2f} +- {sd:.2f} |")
+            print(
+                f"| {name} | {s:.0%} | mean | {mean_a:.4f} | {mean_b:.4f} | {statistics.mean(diffs):+.2f} +- {sd:.2f} |"
+            )
     return 0
 
 

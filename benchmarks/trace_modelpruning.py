@@ -3,7 +3,8 @@
 Both callbacks train the SAME initial weights on the SAME batches (one seed: the same init, a DataLoader
 shuffled by its own seeded generator, no workers, ``deterministic=True``), with the same cubic absolute targets
 (ours at the start of epochs 1..E, ModelPruning at the end of epochs 0..E-1, its amounts converted to
-"fraction of what remains"), global L1 over every Conv/Linear weight, Adam. At every event it compares:
+"fraction of what remains", or with ``--mp-counts`` to exact counts of weights), global L1 over every Conv/Linear
+weight, Adam. At every event it compares:
 
 - the masks (pruned counts, entries that differ, per layer);
 - the weights before the event and the kept weights after it;
@@ -220,6 +221,7 @@ def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dic
     from lightning.pytorch.callbacks import ModelPruning
 
     from lightning_prune import UnstructuredPruning
+    from lightning_prune.core.schedules import count_for
 
     common.quiet()
     pl.seed_everything(seed, verbose=False)
@@ -231,10 +233,19 @@ def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dic
     if method == "ours":
         pruning = UnstructuredPruning(amount=args.amount, seed=seed, verbose=False)
     else:
+        layers = common.conv_linear_weights(model.net)
+        amounts: dict[int, float] = common.model_pruning_amounts(targets, shift=-1)
+        if args.mp_counts:  # ints: exactly round(s_i * total) - round(s_{i-1} * total) more weights per event
+            total = sum(m.weight.numel() for m, _ in layers)
+            counts = {e: count_for(t, total) for e, t in targets.items()}
+            amounts = {
+                e - 1: counts[e] - counts.get(prev, 0)
+                for prev, e in zip([None, *sorted(counts)], sorted(counts), strict=False)
+            }
         pruning = ModelPruning(
             pruning_fn="l1_unstructured",
-            parameters_to_prune=common.conv_linear_weights(model.net),
-            amount=common.EpochAmount(common.model_pruning_amounts(targets, shift=-1)),
+            parameters_to_prune=layers,
+            amount=common.EpochAmount(amounts),
             use_global_unstructured=True,
             use_lottery_ticket_hypothesis=False,
             make_pruning_permanent=True,
@@ -303,22 +314,22 @@ def compare_event(a: dict, b: dict, epoch: int) -> tuple[list[str], int]:
     )
     pa = pb = 0
     for n in after_a:
-        A, B = after_a[n], after_b[n]
-        ka, kb = A["mask"].bool(), B["mask"].bool()
+        ea, eb = after_a[n], after_b[n]
+        ka, kb = ea["mask"].bool(), eb["mask"].bool()
         diff = int((ka != kb).sum())
         total_diff += diff
         pa, pb = pa + int((~ka).sum()), pb + int((~kb).sum())
         both = ka & kb
-        kept_w = _max((A["fwd"] - B["fwd"])[both])
-        kept_m = max(_max((A[k] - B[k])[both]) for k in ("exp_avg", "exp_avg_sq"))
+        kept_w = _max((ea["fwd"] - eb["fwd"])[both])
+        kept_m = max(_max((ea[k] - eb[k])[both]) for k in ("exp_avg", "exp_avg_sq"))
         lines.append(
             f"  {n:5s} pruned A {int((~ka).sum()):7d} B {int((~kb).sum()):7d}  masks differ {diff:3d} | kept: "
-            f"w max|A-B| {kept_w:.3g}, moments {kept_m:.3g} | pruned: orig A {_max(A['orig'][~ka]):.3g} "
-            f"B {_max(B['orig'][~kb]):.3g}, exp_avg A {_max(A['exp_avg'][~ka]):.3g} B {_max(B['exp_avg'][~kb]):.3g}"
-            f", exp_avg_sq A {_max(A['exp_avg_sq'][~ka]):.3g} B {_max(B['exp_avg_sq'][~kb]):.3g} | -0.0 in fwd "
-            f"A {_negzeros(A['fwd'])} B {_negzeros(B['fwd'])} | non-finite A {int((~torch.isfinite(A['fwd'])).sum())}"
-            f" B {int((~torch.isfinite(B['fwd'])).sum())} | Adam step A {float(A['step']):.0f} B "
-            f"{float(B['step']):.0f}, optimizer trains orig A {bool(A['held'])} B {bool(B['held'])}"
+            f"w max|A-B| {kept_w:.3g}, moments {kept_m:.3g} | pruned: orig A {_max(ea['orig'][~ka]):.3g} "
+            f"B {_max(eb['orig'][~kb]):.3g}, exp_avg A {_max(ea['exp_avg'][~ka]):.3g} B {_max(eb['exp_avg'][~kb]):.3g}"
+            f", exp_avg_sq A {_max(ea['exp_avg_sq'][~ka]):.3g} B {_max(eb['exp_avg_sq'][~kb]):.3g} | -0.0 in fwd "
+            f"A {_negzeros(ea['fwd'])} B {_negzeros(eb['fwd'])} | non-finite A "
+            f"{int((~torch.isfinite(ea['fwd'])).sum())} B {int((~torch.isfinite(eb['fwd'])).sum())} | Adam step A {float(ea['step']):.0f} B "
+            f"{float(eb['step']):.0f}, optimizer trains orig A {bool(ea['held'])} B {bool(eb['held'])}"
         )
     la, lb = a["logits"][epoch], b["logits"][epoch]
     lines.insert(
@@ -344,7 +355,7 @@ def trace(args: argparse.Namespace, seed: int, data: tuple, verbose: bool = True
             first_mask_event = epoch
     loss_step, fp_step = first_divergence(a, b)
     steps = a["epoch_of_step"]
-    where = (lambda s: f"step {s} (epoch {steps[s]})" if s is not None else "never")  # noqa: E731
+    where = lambda s: f"step {s} (epoch {steps[s]})" if s is not None else "never"  # noqa: E731
     out_lines.append(f"first step whose loss differs: {where(loss_step)}; whose weights differ: {where(fp_step)}")
     out_lines.append(
         f"validation error per epoch A (ours): {[round(100 * e, 2) for e in a['val_errors']]}\n"
@@ -379,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--no-val", action="store_true", help="no validation (ModelPruning then ranks stale weights)")
+    p.add_argument(
+        "--mp-counts",
+        action="store_true",
+        help="give ModelPruning int amounts (counts of weights) instead of fractions of what remains, whose "
+        "rounding can prune one weight fewer or more than round(target * total)",
+    )
     p.add_argument("--seeds", type=int, nargs="*", default=None, help="sweep: both callbacks per seed")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -386,8 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "fashion" and not Path(data_dir).exists():
         data_dir = "/work/shared/data"
     data = load_data(args.data, data_dir, args.train_size, args.val_size, pad=args.arch == "lenet")
-    print(f"{args.arch} on {args.data}: {len(data[1])} train / {len(data[3])} val images, {args.epochs} epochs, "
-          f"amount {args.amount}, Adam lr {args.lr} wd {args.weight_decay}; A = ours, B = ModelPruning", flush=True)
+    print(
+        f"{args.arch} on {args.data}: {len(data[1])} train / {len(data[3])} val images, {args.epochs} epochs, "
+        f"amount {args.amount}, Adam lr {args.lr} wd {args.weight_decay}; A = ours, B = ModelPruning",
+        flush=True,
+    )
     if args.seeds is None:
         trace(args, args.seed, data)
         return 0
