@@ -328,7 +328,8 @@ def compare_event(a: dict, b: dict, epoch: int) -> tuple[list[str], int]:
             f"B {_max(eb['orig'][~kb]):.3g}, exp_avg A {_max(ea['exp_avg'][~ka]):.3g} B {_max(eb['exp_avg'][~kb]):.3g}"
             f", exp_avg_sq A {_max(ea['exp_avg_sq'][~ka]):.3g} B {_max(eb['exp_avg_sq'][~kb]):.3g} | -0.0 in fwd "
             f"A {_negzeros(ea['fwd'])} B {_negzeros(eb['fwd'])} | non-finite A "
-            f"{int((~torch.isfinite(ea['fwd'])).sum())} B {int((~torch.isfinite(eb['fwd'])).sum())} | Adam step A "
+            f"{int((~torch.isfinite(ea['fwd'])).sum())} B {int((~torch.isfinite(eb['fwd'])).sum())} | "
+            f"Adam step A "
             f"{float(ea['step']):.0f} B {float(eb['step']):.0f}, optimizer trains orig A {bool(ea['held'])} B {bool(eb['held'])}"
         )
     la, lb = a["logits"][epoch], b["logits"][epoch]
