@@ -330,7 +330,8 @@ def compare_event(a: dict, b: dict, epoch: int) -> tuple[list[str], int]:
             f"A {_negzeros(ea['fwd'])} B {_negzeros(eb['fwd'])} | non-finite A "
             f"{int((~torch.isfinite(ea['fwd'])).sum())} B {int((~torch.isfinite(eb['fwd'])).sum())} | "
             f"Adam step A "
-            f"{float(ea['step']):.0f} B {float(eb['step']):.0f}, optimizer trains orig A {bool(ea['held'])} B {bool(eb['held'])}"
+            f"{float(ea['step']):.0f} B {float(eb['step']):.0f}, optimizer trains orig A {bool(ea['held'])} "
+            f"B {bool(eb['held'])}"
         )
     la, lb = a["logits"][epoch], b["logits"][epoch]
     lines.insert(
