@@ -215,13 +215,38 @@ def make_tracers(probe: torch.Tensor):
     return AtEpochEnd(), AtEpochStart()
 
 
+def model_pruning(net: nn.Module, targets: dict[int, float], counts_only: bool):
+    """Lightning's ModelPruning on ``net``'s conv/linear weights, the same targets one epoch-end earlier: amounts
+    as fractions of what remains, or (``counts_only``) exactly ``round(s_i * total) - round(s_{i-1} * total)``."""
+    from lightning.pytorch.callbacks import ModelPruning
+
+    from lightning_prune.core.schedules import count_for
+
+    layers = common.conv_linear_weights(net)
+    amounts: dict[int, float] = common.model_pruning_amounts(targets, shift=-1)
+    if counts_only:
+        total = sum(m.weight.numel() for m, _ in layers)
+        counts = {e: count_for(t, total) for e, t in targets.items()}
+        amounts = {
+            e - 1: counts[e] - counts.get(prev, 0)
+            for prev, e in zip([None, *sorted(counts)], sorted(counts), strict=False)
+        }
+    return ModelPruning(
+        pruning_fn="l1_unstructured",
+        parameters_to_prune=layers,
+        amount=common.EpochAmount(amounts),
+        use_global_unstructured=True,
+        use_lottery_ticket_hypothesis=False,
+        make_pruning_permanent=True,
+        verbose=0,
+    )
+
+
 def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dict) -> dict[str, Any]:
     """Train one run; its snapshots, per-step losses and fingerprints, and validation errors."""
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelPruning
 
     from lightning_prune import UnstructuredPruning
-    from lightning_prune.core.schedules import count_for
 
     common.quiet()
     pl.seed_everything(seed, verbose=False)
@@ -233,24 +258,7 @@ def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dic
     if method == "ours":
         pruning = UnstructuredPruning(amount=args.amount, seed=seed, verbose=False)
     else:
-        layers = common.conv_linear_weights(model.net)
-        amounts: dict[int, float] = common.model_pruning_amounts(targets, shift=-1)
-        if args.mp_counts:  # ints: exactly round(s_i * total) - round(s_{i-1} * total) more weights per event
-            total = sum(m.weight.numel() for m, _ in layers)
-            counts = {e: count_for(t, total) for e, t in targets.items()}
-            amounts = {
-                e - 1: counts[e] - counts.get(prev, 0)
-                for prev, e in zip([None, *sorted(counts)], sorted(counts), strict=False)
-            }
-        pruning = ModelPruning(
-            pruning_fn="l1_unstructured",
-            parameters_to_prune=layers,
-            amount=common.EpochAmount(amounts),
-            use_global_unstructured=True,
-            use_lottery_ticket_hypothesis=False,
-            make_pruning_permanent=True,
-            verbose=0,
-        )
+        pruning = model_pruning(model.net, targets, args.mp_counts)
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
