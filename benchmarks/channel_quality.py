@@ -14,7 +14,7 @@ Every row trains ``--epochs`` epochs (E) in all:
 - ours defaults: ``ChannelPruning(pruning_ratio=r)`` (l2 importance, linear schedule, ``start_epoch=None``
   -> 1, default ``end_epoch``), E epochs;
 - ours + reg: the same plus ``ChannelRegularization(reg=...)`` in the epochs before the last event;
-- ours + KD: the defaults plus ``Distillation()`` (the teacher is the unpruned model at the end of epoch 0);
+- ours + KD: the defaults plus ``Distillation(teacher="first_event")`` (the unpruned model at the end of epoch 0);
   ours + reg + KD: both.
 ``r`` is the channel ratio that gives the MACs budget (measured MACs are in the table). Variants are
 interleaved: for each seed, every method and budget in turn.
@@ -138,7 +138,7 @@ def run_seed(
                 if "reg" in method:
                     callbacks.append(ChannelRegularization(reg=reg, verbose=False))
                 if "KD" in method:
-                    callbacks.append(Distillation(verbose=False))
+                    callbacks.append(Distillation(teacher="first_event", verbose=False))  # from scratch: opt in
                 common.trainer(epochs, callbacks, limit_train_batches=limit).fit(model, dm)
             rows.append((method, budget, common.test_accuracy(model, dm), *measure(model.model)))
     return rows

@@ -309,7 +309,7 @@ def test_distillation_keeps_its_teacher_across_a_second_fit_that_continues_the_s
     pl.seed_everything(0)
     module = DistilledUser(_convnet())
     prune = UnstructuredPruning(0.8, start_epoch=1, end_epoch=3, verbose=False)
-    kd = Distillation(verbose=False)
+    kd = Distillation(teacher="first_event", verbose=False)
     trainer = make_trainer(tmp_path, 2, [prune, kd], limit_val_batches=0)
     trainer.fit(module, _images())
     teacher = kd.teacher
@@ -330,7 +330,7 @@ def test_resume_without_a_teacher_in_the_checkpoint_warns_that_the_teacher_is_th
     trainer = make_trainer(tmp_path, 2, [ChannelPruning(0.5, start_epoch=1, end_epoch=2, verbose=False)])
     trainer.fit(module, _images(), _images(8))
     trainer.save_checkpoint(tmp_path / "no_teacher.ckpt")  # a run without Distillation
-    resumed, kd = DistilledUser(_convnet()), Distillation(verbose=False)
+    resumed, kd = DistilledUser(_convnet()), Distillation(teacher="first_event", verbose=False)
     trainer = make_trainer(tmp_path, 3, [ChannelPruning(0.5, start_epoch=1, end_epoch=2, verbose=False), kd])
     with pytest.warns(UserWarning, match="holds no teacher and the model is pruned"):
         trainer.fit(resumed, _images(), _images(8), ckpt_path=tmp_path / "no_teacher.ckpt")

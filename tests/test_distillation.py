@@ -48,7 +48,7 @@ def test_kd_loss_is_the_temperature_scaled_kl():
 def test_teacher_is_the_model_just_before_the_first_event_and_stays_frozen():
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
-    snap, kd = Snapshot(), Distillation(weight=2.0, temperature=2.0, verbose=False)
+    snap, kd = Snapshot(), Distillation(weight=2.0, temperature=2.0, teacher="first_event", verbose=False)
     # the pruning callback is listed before Distillation: the teacher must still be the unpruned model
     trainer = make_trainer(".", 3, [snap, UnstructuredPruning(0.8, end_epoch=1, verbose=False), kd], limit_val_batches=0)
     trainer.fit(model, _data())
@@ -81,7 +81,7 @@ def test_no_callback_or_no_teacher_adds_nothing():
 def test_a_users_own_module_with_channel_pruning_keeps_an_unpruned_teacher():
     pl.seed_everything(0)
     model = DistilledUser()
-    kd = Distillation(verbose=False)
+    kd = Distillation(teacher="first_event", verbose=False)
     cb = ChannelPruning({1: 0.5}, input_shape=[1, 1, 32, 32], verbose=False)
     trainer = make_trainer(".", 2, [cb, kd], limit_val_batches=0)
     trainer.fit(model, _data())
@@ -94,7 +94,7 @@ def test_a_users_own_module_with_channel_pruning_keeps_an_unpruned_teacher():
 def _resumable(ckpt_dir, max_epochs, ckpt_path=None, channel=False, crash_at=None):
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
-    kd = Distillation(verbose=False)
+    kd = Distillation(teacher="first_event", verbose=False)
     pruning = (
         ChannelPruning({1: 0.25, 2: 0.5}, verbose=False) if channel else UnstructuredPruning(0.8, end_epoch=2, verbose=False)
     )
@@ -157,6 +157,9 @@ def test_teacher_from_a_checkpoint_path(tmp_path):
         ({"temperature": -1.0}, ValueError, r"`temperature` must be a positive float; got -1.0"),
         ({"teacher_checkpoint": 3}, TypeError, r"`teacher_checkpoint` must be a path"),
         ({"verbose": "yes"}, TypeError, r"`verbose` must be a bool"),
+        ({"teacher": "best"}, ValueError, r"`teacher` must be one of \['auto', 'first_event'\]; got 'best'"),
+        ({"teacher": 1}, TypeError, r"`teacher` must be a string"),
+        ({"teacher": "first_event", "teacher_checkpoint": "t.ckpt"}, ValueError, r"give one of them"),
     ],
 )
 def test_arguments_are_validated(kwargs, error, match):
@@ -186,9 +189,56 @@ def test_from_yaml_with_image_classifier(tmp_path):
         "  enable_progress_bar: false\n  enable_checkpointing: false\n"
         "  callbacks:\n"
         "    - class_path: lightning_prune.UnstructuredPruning\n      init_args: {amount: 0.9, norm: lamp}\n"
-        "    - class_path: lightning_prune.Distillation\n      init_args: {weight: 0.5, temperature: 2.0}\n"
+        "    - class_path: lightning_prune.Distillation\n      init_args: {weight: 0.5, temperature: 2.0, teacher: first_event}\n"
     )
     cli = cli_main(["fit", "-c", str(cfg)])
     (kd,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, Distillation)]
-    assert kd.weight == 0.5 and kd.temperature == 2.0 and kd.teacher is not None
+    assert kd.weight == 0.5 and kd.temperature == 2.0 and kd.teacher_source == "first_event" and kd.teacher is not None
     assert float(cli.trainer.callback_metrics["distillation/loss"]) > 0
+
+
+def _fit_lenet(callbacks, model=None, epochs=3):
+    pl.seed_everything(0)
+    model = model if model is not None else ImageClassifier("lenet")
+    trainer = make_trainer(".", epochs, callbacks, limit_train_batches=3, limit_val_batches=0, deterministic=True)
+    trainer.fit(model, _data())
+    return model, trainer
+
+
+def test_from_scratch_without_a_trained_teacher_it_warns_once_and_changes_nothing(recwarn):
+    kd = Distillation(verbose=False)  # teacher="auto", no checkpoint, a model trained from scratch
+    model, trainer = _fit_lenet([UnstructuredPruning(0.8, end_epoch=2, verbose=False), kd])
+    warned = [w for w in recwarn if "has no trained teacher" in str(w.message)]
+    assert len(warned) == 1
+    for option in ("teacher_checkpoint", "init_from_checkpoint", "starts_from_trained_weights", "teacher='first_event'"):
+        assert option in str(warned[0].message)
+    assert kd.teacher is None and kd.state_dict()["teacher"] is None  # no copy of the model, none saved
+    assert "distillation/loss" not in trainer.callback_metrics
+    # the very same training as without the callback
+    plain, _ = _fit_lenet([UnstructuredPruning(0.8, end_epoch=2, verbose=False)])
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_a_trained_starting_point_is_the_teacher_by_default(tmp_path, recwarn):
+    pl.seed_everything(1)
+    trained = ImageClassifier("lenet")
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, path)
+    kd = Distillation(verbose=False)
+    student = ImageClassifier("lenet", init_from_checkpoint=str(path))  # sets starts_from_trained_weights
+    _, trainer = _fit_lenet([UnstructuredPruning(0.8, end_epoch=1, verbose=False), kd], model=student)
+    assert not [w for w in recwarn if "has no trained teacher" in str(w.message)]
+    assert kd.teacher is not None  # the first event is epoch 0: the teacher is the trained start itself
+    for k, v in trained.state_dict().items():
+        assert torch.equal(kd.teacher.state_dict()[k], v), k
+    assert float(trainer.callback_metrics["distillation/loss"]) > 0
+
+
+def test_teacher_first_event_from_scratch_reproduces_the_former_default():
+    snap, kd = Snapshot(), Distillation(teacher="first_event", verbose=False)
+    _, trainer = _fit_lenet([snap, UnstructuredPruning(0.8, start_epoch=2, end_epoch=2, verbose=False), kd])
+    assert kd.state_dict()["taken_at_epoch"] == 2
+    for k, v in kd.teacher.state_dict().items():
+        assert torch.equal(v, snap.states[2][k]), k  # the model after two epochs, before the event
+    assert float(trainer.callback_metrics["distillation/loss"]) > 0

@@ -339,7 +339,7 @@ def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
     def callbacks():
         return [
             DecoderPruning(mlp_ratio=0.5, head_ratio=0.5, hidden_ratio=0.25, start_epoch=1, end_epoch=2),
-            Distillation(),
+            Distillation(teacher="first_event"),  # from scratch: the model before the first event, opted in
         ]
 
     full, cbs = DistilledLM(), callbacks()

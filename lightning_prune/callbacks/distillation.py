@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -14,14 +14,26 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune.callbacks import _lightning_compat as compat
-from lightning_prune.callbacks._scheduled import ScheduledPruning
+from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._sharded import check_strategy
-from lightning_prune.core._validation import check_bool
+from lightning_prune.core._validation import check_bool, check_choice
 from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.distill import frozen_copy, kd_loss
 
 _STATE_VERSION = 1
+
+TeacherSource = Literal["auto", "first_event"]
+TEACHERS: tuple[TeacherSource, ...] = ("auto", "first_event")
+
+NO_TEACHER_WARNING = (
+    "Distillation: this run trains from scratch and has no trained teacher, so it distils nothing (the term is 0, "
+    "no copy of the model is made). A teacher taken before the first pruning event would be trained only up to "
+    "it (one epoch with the default schedule), which lowered the pruned student on held-out data. To distil, pass "
+    "`teacher_checkpoint=<a trained checkpoint>`, start from trained weights "
+    "(`ImageClassifier(init_from_checkpoint=...)`, or set `starts_from_trained_weights = True` on your module), or "
+    "opt in with `teacher='first_event'`"
+)
 
 
 def _check_positive(arg: str, value: Any) -> float:
@@ -31,14 +43,28 @@ def _check_positive(arg: str, value: Any) -> float:
 
 
 class Distillation(Callback):
-    """Distil the unpruned model into the model being pruned: a frozen teacher, a KL term on the logits.
+    """Distil a trained, unpruned model into the model being pruned: a frozen teacher, a KL term on the logits.
 
-    The teacher is a frozen copy of the LightningModule taken just before the first pruning event of the
-    ``UnstructuredPruning``/``ChannelPruning`` callbacks in the Trainer (at the end of the epoch before it; at
-    the start of training when the first event is epoch 0 or there is no pruning callback), or the weights of
-    ``teacher_checkpoint``. Its weights are this callback's state in checkpoints (plain tensors, loadable with
-    ``torch.load(weights_only=True)``), so ``trainer.fit(ckpt_path=...)`` brings it back as it was; for a
-    channel-pruned run the teacher keeps the unpruned shapes.
+    The teacher must be a trained model. It is, in this order:
+
+    - the weights of ``teacher_checkpoint``, when given;
+    - with the default ``teacher="auto"`` and a module that starts from trained weights
+      (``ImageClassifier(init_from_checkpoint=...)`` or ``weights=...``, or a module with
+      ``starts_from_trained_weights = True``): a frozen copy of the module just before the first pruning event of
+      the ``UnstructuredPruning``/``ChannelPruning`` callbacks in the Trainer (with their default
+      ``start_epoch=None`` that is epoch 0: the trained weights themselves);
+    - with ``teacher="first_event"``: that copy whatever the module starts from (the behaviour before
+      ``teacher`` existed). From scratch it is the model after one epoch of training, which held the
+      pruned student back on held-out data (docs/quality.md): opt in knowingly.
+
+    From scratch with ``teacher="auto"`` and no ``teacher_checkpoint`` there is no trained teacher: a
+    rank-zero warning at ``setup`` names the three ways to give one, and the callback contributes nothing
+    (``distillation_loss`` is 0, no copy of the model is made).
+
+    The copy is taken at the end of the epoch before the first event; at the start of training when the
+    first event is epoch 0 or there is no pruning callback. The teacher's weights are this callback's state in
+    checkpoints (plain tensors, loadable with ``torch.load(weights_only=True)``), so ``trainer.fit(ckpt_path=...)``
+    brings it back as it was; for a channel-pruned run the teacher keeps the unpruned shapes.
 
     The training loss gains ``weight * T**2 * KL(softmax(teacher(x) / T) || softmax(student(x) / T))``. The
     teacher is not a submodule of the model: no optimizer, DDP wrapper or pruning callback sees it, so there
@@ -50,9 +76,9 @@ class Distillation(Callback):
         logits = self(x)
         loss = F.cross_entropy(logits, y) + distillation_loss(self, x, logits)
 
-    ``distillation_loss`` is 0 when no ``Distillation`` callback is in the Trainer or before the teacher is
-    taken. The teacher is called like the module (``teacher(x)``, i.e. your ``forward``), in eval mode and
-    without gradients. The term is logged as ``distillation/loss`` (epoch mean).
+    ``distillation_loss`` is 0 when no ``Distillation`` callback is in the Trainer, before the teacher is
+    taken, or without a teacher. The teacher is called like the module (``teacher(x)``, i.e. your ``forward``),
+    in eval mode and without gradients. The term is logged as ``distillation/loss`` (epoch mean).
 
     Args:
         weight: factor of the distillation term (added to your loss).
@@ -60,6 +86,9 @@ class Distillation(Callback):
         teacher_checkpoint: path of a Lightning checkpoint (or a ``state_dict`` file) of the same
             LightningModule class whose weights make the teacher, instead of the copy before the first event.
             The module is reshaped to its shapes first (a channel-pruned teacher works).
+        teacher: ``"auto"``: a trained teacher only (``teacher_checkpoint``, or the module's own trained
+            starting point); from scratch without one, a warning and no distillation. ``"first_event"``: the copy
+            before the first pruning event even from scratch. Not with ``teacher_checkpoint``.
         verbose: print (rank zero) when the teacher is taken.
 
     Example::
@@ -74,6 +103,7 @@ class Distillation(Callback):
         weight: float = 1.0,
         temperature: float = 4.0,
         teacher_checkpoint: str | None = None,
+        teacher: TeacherSource = "auto",
         verbose: bool = True,
     ) -> None:
         super().__init__()
@@ -85,7 +115,15 @@ class Distillation(Callback):
                 f"({type(teacher_checkpoint).__name__})"
             )
         self.teacher_checkpoint = os.fspath(teacher_checkpoint) if teacher_checkpoint is not None else None
+        self.teacher_source = check_choice("teacher", teacher, TEACHERS)
+        if self.teacher_checkpoint is not None and self.teacher_source != "auto":
+            raise ValueError(
+                f"`teacher`={teacher!r} takes the teacher from the model being trained, `teacher_checkpoint`="
+                f"{self.teacher_checkpoint!r} from a file: give one of them"
+            )
         self.verbose = check_bool("verbose", verbose)
+        self._active = True  # False: from scratch with no trained teacher (teacher="auto"): no teacher, no term
+        self._warned = False
         self._teacher: torch.nn.Module | None = None
         self._teacher_state: dict[str, Tensor] | None = None  # restored from a checkpoint, built at train start
         self._taken_at: int | None = None
@@ -130,9 +168,16 @@ class Distillation(Callback):
             return  # a second fit of the same module (it continues the schedule): the teacher stays
         self._pl_module = pl_module
         self._teacher, self._teacher_state, self._taken_at = None, None, None  # a fresh run (restored later)
+        # decided here, before a checkpoint is restored (a resumed module may then call itself trained)
+        self._active = self._has_trained_teacher(pl_module)
+        if not self._active and not self._warned:
+            self._warned = True
+            rank_zero_warn(NO_TEACHER_WARNING)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active:
+            return
         if self._teacher_state is not None:  # resumed: rebuild the teacher the checkpoint holds
             self._teacher = self._build(pl_module, self._teacher_state)
             self._teacher_state = None
@@ -159,7 +204,7 @@ class Distillation(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         first = _first_event(trainer)
-        if self._teacher is None and first is not None and trainer.current_epoch == first - 1:
+        if self._active and self._teacher is None and first is not None and trainer.current_epoch == first - 1:
             self._take(pl_module, trainer.current_epoch + 1)
 
     @override
@@ -178,6 +223,14 @@ class Distillation(Callback):
         self._taken_at = state_dict.get("taken_at_epoch")
 
     # ------------------------------------------------------------------------------------------ internals
+    def _has_trained_teacher(self, pl_module: pl.LightningModule) -> bool:
+        """Whether this run has a trained teacher to distil from (see the class docstring)."""
+        return (
+            self.teacher_checkpoint is not None
+            or self.teacher_source == "first_event"
+            or starts_from_trained(pl_module)
+        )
+
     def _take(self, pl_module: pl.LightningModule, epoch: int) -> None:
         self._teacher = frozen_copy(pl_module)
         self._taken_at = int(epoch)
@@ -219,4 +272,4 @@ def _load_state(path: str) -> dict[str, Tensor]:
     return state
 
 
-__all__ = ["Distillation"]
+__all__ = ["NO_TEACHER_WARNING", "TEACHERS", "Distillation", "TeacherSource"]

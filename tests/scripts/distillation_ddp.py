@@ -21,7 +21,7 @@ def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     model = ImageClassifier("lenet")
-    distillation = Distillation(weight=1.0, temperature=2.0)
+    distillation = Distillation(weight=1.0, temperature=2.0, teacher="first_event")
     trainer = make_trainer(
         out_dir, 3, [ChannelPruning({1: 0.5}, verbose=False), distillation],
         devices=2, strategy="ddp", limit_train_batches=2, limit_val_batches=0,
