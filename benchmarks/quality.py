@@ -11,7 +11,7 @@ and number of epochs for every row):
   converted from our cubic targets (``1 - (1 - s_i) / (1 - s_{i-1})``), lottery-ticket reset off;
 - ours defaults: ``UnstructuredPruning(amount=s)``, nothing else: global L1, cubic, ``start_epoch=None``,
   default ``end_epoch`` (half-way through training);
-- ours + LAMP: ``norm="lamp"``; ours + KD: ``Distillation()`` (teacher = the model before the first event);
+- ours + LAMP: ``norm="lamp"``; ours + KD: ``Distillation(teacher="first_event")`` (the model before the first event);
   ours + LAMP + KD: both;
 - optional (``--methods``): ``ours + KD``, ``layer-wise`` (``scope="layerwise"``), ``random`` (``norm="random"``).
 
@@ -97,7 +97,7 @@ def run_one(
     if method == "dense + KD":
         # no pruning, the same distillation: an UnstructuredPruning whose target rounds to 0 weights puts the
         # teacher at the same point as in the pruned rows (just before its first event)
-        callbacks += [UnstructuredPruning(amount=1e-6, verbose=False), Distillation(verbose=False, **kd)]
+        callbacks += [UnstructuredPruning(amount=1e-6, verbose=False), Distillation(verbose=False, teacher="first_event", **kd)]
     elif method.startswith("ours") or method in OPTIONAL:
         kwargs: dict = {"amount": sparsity, "seed": seed, "verbose": False, "end_epoch": end_epoch}
         if "LAMP" in method:
@@ -108,7 +108,7 @@ def run_one(
             kwargs["norm"] = "random"
         callbacks.append(UnstructuredPruning(**kwargs))
         if "KD" in method:
-            callbacks.append(Distillation(verbose=False, **kd))
+            callbacks.append(Distillation(verbose=False, teacher="first_event", **kd))
     elif method == "ModelPruning":
         # the defaults' events; from scratch: end of epoch e-1 == start of epoch e. From trained weights ours
         # starts at epoch 0, before any step, where ModelPruning has no hook: its events come at the end of 0..E
