@@ -118,7 +118,7 @@ def write_part(name: str, text: str) -> Path:
     return path
 
 
-PART_ORDER = ["quality", "quality_short", "quality_trained", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "speedup_target", "scale", "scale_sharded", "channel_event", "taylor_ranking", "heldout", "llm_text", "gpu"]
+PART_ORDER = ["quality", "quality_short", "quality_trained", "channel_quality", "overhead", "speedup", "size", "resume", "deploy", "speedup_target", "scale", "scale_sharded", "channel_event", "taylor_ranking", "llm_text", "heldout", "trace_modelpruning", "distill_default", "gpu"]
 
 
 def assemble_results() -> None:

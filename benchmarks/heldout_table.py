@@ -133,7 +133,7 @@ def main() -> int:
     parts = [section(c, d, b) for d in ("digits", "fashion") for b in ("scratch", "trained")]
     libs = sorted({r["library"] for r in rows})
     text = (
-        "## 11. Quality on held-out data: digits and Fashion-MNIST, two budgets (issue 22)\n\n"
+        "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets (issue 22)\n\n"
         "Command: `python benchmarks/heldout.py --data {digits,fashion} --budget {scratch,trained}` (runs appended to "
         "`benchmarks/results/heldout_runs.jsonl`), then `python benchmarks/heldout.py --table`.  \n"
         f"Library: {', '.join(libs)}; machine: 2 cores, torch threads 1 (a loaded machine: times not comparable).\n\n"
