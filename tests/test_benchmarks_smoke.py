@@ -22,6 +22,11 @@ SCRIPTS = [
     "scale",
     "run_all",
     "llm_text",
+    "heldout",
+    "heldout_table",
+    "trace_modelpruning",
+    "distill_default",
+    "step_schedule",
 ]
 
 
