@@ -363,7 +363,11 @@ def test_fast_dev_run_with_default_end_epoch(tmp_path):
 
 
 def test_ddp_two_processes_identical_masks(tmp_path):
-    r0, r1 = run_ddp_script("unstructured_ddp.py", tmp_path, timeout=240)
+    """One launch, two fits: epoch events here, then step events (checked in test_steps.py's helper)."""
+    from test_steps import check_ddp_step_events
+
+    r0, r1 = run_ddp_script("unstructured_ddp.py", tmp_path, timeout=300)
+    check_ddp_step_events(*(torch.load(tmp_path / "steps" / f"rank{r}.pt", weights_only=True) for r in (0, 1)))
     assert len(r0["masks"]) == len(r1["masks"]) == 2
     for epoch, target in ((0, 0.5), (1, 0.8)):
         m0, m1 = r0["masks"][epoch], r1["masks"][epoch]

@@ -1,7 +1,8 @@
 """UnstructuredPruning under DDP with 2 CPU processes; each rank saves its masks and final weights.
 
-Usage: python tests/scripts/unstructured_ddp.py OUT_DIR   (run by tests/test_unstructured.py; ``main(out, steps=True)``
-is unstructured_ddp_steps.py: events every 2 optimizer steps, the masks recorded after every step)
+Usage: python tests/scripts/unstructured_ddp.py OUT_DIR   (run by tests/test_unstructured.py). One launch, two fits
+(one process group): epoch events (``OUT_DIR/rank*.pt``), then ``every_n_steps=2`` with the masks recorded after
+every step (``OUT_DIR/steps/rank*.pt``).
 """
 
 import os
@@ -57,3 +58,5 @@ def main(out_dir: str, steps: bool = False) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    os.makedirs(os.path.join(sys.argv[1], "steps"), exist_ok=True)
+    main(os.path.join(sys.argv[1], "steps"), steps=True)
