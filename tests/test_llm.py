@@ -360,6 +360,9 @@ def test_ddp_ranks_keep_the_same_channels_and_weights(tmp_path):
     from helpers import run_ddp_script
 
     r0, r1 = run_ddp_script("decoder_ddp.py", tmp_path)
+    from test_llm_wanda import check_wanda_ddp  # the same launch ran the Wanda fits (one fewer launch)
+
+    check_wanda_ddp(*(torch.load(tmp_path / "wanda" / f"rank{r}.pt", weights_only=True) for r in (0, 1)))
     assert (
         r0["widths"]
         == r1["widths"]

@@ -1,6 +1,7 @@
 """DecoderPruning under DDP with 2 CPU processes; each rank saves its widths and final weights.
 
-Usage: python tests/scripts/decoder_ddp.py OUT_DIR   (run by tests/test_llm.py)
+Usage: python tests/scripts/decoder_ddp.py OUT_DIR   (run by tests/test_llm.py). The same launch then runs
+wanda_ddp.py's fits into ``OUT_DIR/wanda`` (one process group, one fewer 2-process launch in the suite).
 
 With ``criterion="activation"`` each rank accumulates the inputs of its own batches, so without the callback's
 all-reduce the ranks would keep different channels; without re-wrapping DDP after an event, the new parameters
@@ -33,4 +34,8 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    import wanda_ddp
+
     main(sys.argv[1])
+    os.makedirs(os.path.join(sys.argv[1], "wanda"), exist_ok=True)
+    wanda_ddp.main(os.path.join(sys.argv[1], "wanda"))

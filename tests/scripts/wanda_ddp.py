@@ -1,7 +1,7 @@
 """UnstructuredPruning(norm="wanda") under DDP with 2 CPU processes, then a resume from between the two events;
 each rank saves its history, its checkpoint state and the final weights of both runs.
 
-Usage: python tests/scripts/wanda_ddp.py OUT_DIR   (run by tests/test_llm_wanda.py)
+Usage: python tests/scripts/wanda_ddp.py OUT_DIR   (decoder_ddp.py runs it in its launch, for tests/test_llm.py)
 
 Each rank accumulates the inputs of its own batches: the history's ``wanda_calls`` counts the batches of both
 ranks only if the sums are all-reduced before an event; the checkpoint holds one row of sums per rank, so the
