@@ -236,19 +236,24 @@ def trainer(max_epochs: int, callbacks: list | None = None, **kw: Any):
     return pl.Trainer(**defaults)
 
 
-def test_accuracy(model, dm) -> float:
-    """Top-1 accuracy of ``model`` (a LightningModule or nn.Module) on ``dm``'s test split, in eval mode."""
-    net = model
-    was_training = net.training
-    net.eval()
-    dm.setup("test")
+def accuracy(model, loader) -> float:
+    """Top-1 accuracy of ``model`` (a LightningModule or nn.Module) over ``loader``'s ``(x, y)`` batches, in eval
+    mode (the module's mode is restored)."""
+    was_training = model.training
+    model.eval()
     correct = total = 0
     with torch.no_grad():
-        for x, y in dm.test_dataloader():
-            correct += int((net(x).argmax(1) == y).sum())
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
-    net.train(was_training)
+    model.train(was_training)
     return correct / total
+
+
+def test_accuracy(model, dm) -> float:
+    """Top-1 accuracy of ``model`` on ``dm``'s test split, in eval mode."""
+    dm.setup("test")
+    return accuracy(model, dm.test_dataloader())
 
 
 def conv_linear_weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
@@ -268,6 +273,22 @@ def model_pruning_amounts(targets: dict[int, float], shift: int = 0) -> dict[int
         out[epoch + shift] = 1.0 - (1.0 - s) / (1.0 - prev)
         prev = s
     return out
+
+
+def model_pruning(model: torch.nn.Module, amounts: dict[int, float]):
+    """Lightning's ``ModelPruning`` as every benchmark compares it: global L1 on ``model``'s conv/linear weights,
+    ``amounts`` per epoch (fractions of what remains, or int counts), no lottery-ticket reset, made permanent."""
+    from lightning.pytorch.callbacks import ModelPruning
+
+    return ModelPruning(
+        pruning_fn="l1_unstructured",
+        parameters_to_prune=conv_linear_weights(model),
+        amount=EpochAmount(amounts),
+        use_global_unstructured=True,
+        use_lottery_ticket_hypothesis=False,
+        make_pruning_permanent=True,
+        verbose=0,
+    )
 
 
 class EpochAmount:

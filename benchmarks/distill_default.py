@@ -52,19 +52,7 @@ def run_one(data: tuple, seed: int, sparsity: float, kd: bool, epochs: int, limi
     loader = DataLoader(
         TensorDataset(data[0], data[1]), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=limit,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+    trainer = common.trainer(epochs, callbacks, deterministic=True, limit_train_batches=limit)
     trainer.fit(model, train_dataloaders=loader)
     model.eval()
     with torch.no_grad():

@@ -70,18 +70,6 @@ def datamodule(data: str, data_dir: str, train_size: int):
     return dm
 
 
-def accuracy(model, loader) -> float:
-    was = model.training
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    model.train(was)
-    return correct / total
-
-
 def pretrained(args, seed: int, dm, pre: int) -> Path:
     """The seed's dense LeNet trained ``pretrain`` epochs (cached on disk: every row of the seed starts there)."""
     import lightning.pytorch as pl
@@ -99,17 +87,13 @@ def pretrained(args, seed: int, dm, pre: int) -> Path:
 
 
 def kd_callback(trained: bool, start: Path | None):
-    """``Distillation()`` with the teacher the protocol names: the trained start, else the model before the first
-    event (asked for explicitly where the library has a ``teacher`` argument)."""
-    import inspect
-
+    """``Distillation()`` with the teacher the protocol names: the trained start, else (from scratch) the model
+    before the first event, the library's former default (``teacher="first_event"``)."""
     from lightning_prune import Distillation
 
     if trained:
         return Distillation(verbose=False, teacher_checkpoint=str(start))
-    if "teacher" in inspect.signature(Distillation).parameters:
-        return Distillation(verbose=False, teacher="first_event")
-    return Distillation(verbose=False)
+    return Distillation(verbose=False, teacher="first_event")
 
 
 def fasterai_callback(target: float, trained: bool):
@@ -150,8 +134,6 @@ def fasterai_callback(target: float, trained: bool):
 def callbacks_for(
     model, method: str, target: float, seed: int, epochs: int, trained: bool, start, steps_per_epoch: int
 ):
-    from lightning.pytorch.callbacks import ModelPruning
-
     from lightning_prune import ChannelPruning, UnstructuredPruning
 
     if method == "dense":
@@ -163,16 +145,7 @@ def callbacks_for(
     if method.startswith("ModelPruning"):
         targets = UnstructuredPruning(amount=target).targets(epochs, from_trained=trained)
         amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)
-        mp = ModelPruning(
-            pruning_fn="l1_unstructured",
-            parameters_to_prune=common.conv_linear_weights(model),
-            amount=common.EpochAmount(amounts),
-            use_global_unstructured=True,
-            use_lottery_ticket_hypothesis=False,
-            make_pruning_permanent=True,
-            verbose=0,
-        )
-        cbs: list = [mp]
+        cbs: list = [common.model_pruning(model, amounts)]
         if "KD" in method:
             cbs.append(kd_callback(trained, start))
         return cbs, {}
@@ -215,7 +188,7 @@ def run_one(args, dm, seed: int, budget: str, method: str, target: float) -> dic
     dm.setup("test")
     row = {
         "data": args.data, "budget": budget, "seed": seed, "method": method, "target": target,
-        "val": accuracy(model, dm.val_dataloader()), "test": accuracy(model, dm.test_dataloader()),
+        "val": common.accuracy(model, dm.val_dataloader()), "test": common.accuracy(model, dm.test_dataloader()),
         "sparsity": measure_sparsity(model), "macs_ratio": macs0 / count_macs(model.model, torch.zeros(1, 1, 32, 32)),
         "epochs": epochs, "pretrain": pre, "train_size": len(dm.train_set), "seconds": round(time.time() - t0, 1),
         "library": common.library_version(), **extra,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import heldout  # noqa: E402  (its protocol text heads the part)
 
 RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 ORDER = [
@@ -137,7 +138,7 @@ def main() -> int:
         "Command: `python benchmarks/heldout.py --data {digits,fashion} --budget {scratch,trained}` (runs appended to "
         "`benchmarks/results/heldout_runs.jsonl`), then `python benchmarks/heldout.py --table`.  \n"
         f"Library: {', '.join(libs)}; machine: 2 cores, torch threads 1 (a loaded machine: times not comparable).\n\n"
-        + (__import__("heldout").__doc__.split("Protocol:")[1].split("Run:")[0].strip())
+        + heldout.__doc__.split("Protocol:")[1].split("Run:")[0].strip()
         + "\n\n"
         + "\n\n".join(p for p in parts if p)
     )

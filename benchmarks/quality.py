@@ -78,7 +78,6 @@ def run_one(
     test accuracies (and one-shot ones for dense)."""
     import lightning.pytorch as pl
     import torch.nn.utils.prune as prune
-    from lightning.pytorch.callbacks import ModelPruning
 
     from lightning_prune import Distillation, ImageClassifier, UnstructuredPruning
     from lightning_prune.data import DigitsDataModule
@@ -114,17 +113,7 @@ def run_one(
         # starts at epoch 0, before any step, where ModelPruning has no hook: its events come at the end of 0..E
         targets = UnstructuredPruning(amount=sparsity, end_epoch=end_epoch).targets(epochs, from_trained=trained)
         amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)
-        callbacks.append(
-            ModelPruning(
-                pruning_fn="l1_unstructured",
-                parameters_to_prune=common.conv_linear_weights(model),
-                amount=common.EpochAmount(amounts),
-                use_global_unstructured=True,
-                use_lottery_ticket_hypothesis=False,
-                make_pruning_permanent=True,
-                verbose=0,
-            )
-        )
+        callbacks.append(common.model_pruning(model, amounts))
     trainer = common.trainer(epochs, callbacks, limit_train_batches=limit)
     trainer.fit(model, dm)
     rows = [(method, sparsity, common.test_accuracy(model, dm), measure_sparsity(model))]

@@ -218,28 +218,17 @@ def make_tracers(probe: torch.Tensor):
 def model_pruning(net: nn.Module, targets: dict[int, float], counts_only: bool):
     """Lightning's ModelPruning on ``net``'s conv/linear weights, the same targets one epoch-end earlier: amounts
     as fractions of what remains, or (``counts_only``) exactly ``round(s_i * total) - round(s_{i-1} * total)``."""
-    from lightning.pytorch.callbacks import ModelPruning
-
     from lightning_prune.core.schedules import count_for
 
-    layers = common.conv_linear_weights(net)
     amounts: dict[int, float] = common.model_pruning_amounts(targets, shift=-1)
     if counts_only:
-        total = sum(m.weight.numel() for m, _ in layers)
+        total = sum(m.weight.numel() for m, _ in common.conv_linear_weights(net))
         counts = {e: count_for(t, total) for e, t in targets.items()}
         amounts = {
             e - 1: counts[e] - counts.get(prev, 0)
             for prev, e in zip([None, *sorted(counts)], sorted(counts), strict=False)
         }
-    return ModelPruning(
-        pruning_fn="l1_unstructured",
-        parameters_to_prune=layers,
-        amount=common.EpochAmount(amounts),
-        use_global_unstructured=True,
-        use_lottery_ticket_hypothesis=False,
-        make_pruning_permanent=True,
-        verbose=0,
-    )
+    return common.model_pruning(net, amounts)
 
 
 def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dict) -> dict[str, Any]:
@@ -259,18 +248,8 @@ def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dic
         pruning = UnstructuredPruning(amount=args.amount, seed=seed, verbose=False)
     else:
         pruning = model_pruning(model.net, targets, args.mp_counts)
-    trainer = pl.Trainer(
-        max_epochs=args.epochs,
-        accelerator="cpu",
-        devices=1,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0 if args.no_val else 1.0,
-        callbacks=[end, pruning, start],
+    trainer = common.trainer(
+        args.epochs, [end, pruning, start], deterministic=True, limit_val_batches=0 if args.no_val else 1.0
     )
     trainer.fit(model)
     model.eval()
