@@ -43,7 +43,9 @@ RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 CACHE = Path(os.environ.get("LP_HELDOUT_CACHE", "/tmp/lp_heldout"))
 TARGETS = [0.8, 0.9, 0.95]
 SPEEDUPS = [2.0, 3.0]
-UNSTRUCTURED = ["ModelPruning", "ours defaults", "ours lamp", "ours steps", "ours late", "ours steps late"]
+UNSTRUCTURED = [
+    "ModelPruning", "ours halfway", "ours lamp", "ours steps", "ours late", "ours steps late", "ours lamp steps late",
+]  # fmt: skip
 SCRATCH_ONLY = ["ours lamp + KD"]  # the earlier recommendation, with the old default teacher
 TRAINED_ONLY = ["ModelPruning + KD", "ours + KD"]  # the same KD term and teacher (the trained start) for both
 OPTIONAL = ["fasterai"]  # with ``--methods fasterai`` (``pip install fasterai``; 0.4.1 measured)
@@ -135,6 +137,7 @@ def callbacks_for(
     model, method: str, target: float, seed: int, epochs: int, trained: bool, start, steps_per_epoch: int
 ):
     from lightning_prune import ChannelPruning, UnstructuredPruning
+    from lightning_prune.core.schedules import default_end_epoch, resolve_start_epoch
 
     if method == "dense":
         return [], {}
@@ -142,8 +145,9 @@ def callbacks_for(
         return [fasterai_callback(target, trained)], {}
     if method == "channel":
         return [ChannelPruning(speedup=target, verbose=False)], {}
+    halfway = default_end_epoch(resolve_start_epoch(None, trained), epochs)  # the pre-issue-22 default end
     if method.startswith("ModelPruning"):
-        targets = UnstructuredPruning(amount=target).targets(epochs, from_trained=trained)
+        targets = UnstructuredPruning(amount=target, end_epoch=halfway).targets(epochs, from_trained=trained)
         amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)
         cbs: list = [common.model_pruning(model, amounts)]
         if "KD" in method:
@@ -155,6 +159,8 @@ def callbacks_for(
         kwargs["norm"] = "lamp"
     if "late" in method:  # the target reached at 75% of training, as fasterai's schedule does
         kwargs["end_epoch"] = extra["end_epoch"] = round(0.75 * epochs)
+    elif method != "ours defaults":  # every other row keeps the half-way end it was measured with
+        kwargs["end_epoch"] = extra["end_epoch"] = halfway
     if "steps" in method:
         kwargs["every_n_steps"] = extra["every_n_steps"] = max(1, steps_per_epoch // 8)
     cbs = [UnstructuredPruning(**kwargs)]
@@ -170,6 +176,7 @@ def run_one(args, dm, seed: int, budget: str, method: str, target: float) -> dic
     from lightning_prune.core.measure import sparsity as measure_sparsity
 
     pre, epochs = BUDGETS[args.data][budget]
+    epochs = args.epochs or epochs
     if args.quick:
         pre, epochs = min(pre, 1), 3
     trained = budget == "trained"
@@ -202,7 +209,7 @@ def done_keys() -> set:
     keys = set()
     for line in RUNS.read_text().splitlines():
         r = json.loads(line)
-        keys.add((r["data"], r["budget"], r["seed"], r["method"], r["target"]))
+        keys.add((r["data"], r["budget"], r["epochs"], r["seed"], r["method"], r["target"]))
     return keys
 
 
@@ -214,6 +221,7 @@ def plan(args) -> list[tuple[int, str, float]]:
     out = [(seed, "dense", 0.0) for seed in args.seeds]
     out += [(seed, m, s) for s in (0.9, 0.95, 0.8) for seed in args.seeds for m in rows]
     out += [(seed, "channel", r) for r in SPEEDUPS for seed in args.seeds]
+    out = [p for p in out if p[1] == "dense" or args.targets is None or p[2] in args.targets]
     return [p for p in out if (p[1] not in OPTIONAL and methods is None) or (methods is not None and p[1] in methods)]
 
 
@@ -225,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", choices=["scratch", "trained"], default="scratch")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument("--methods", default=None, help="only these rows (comma-separated); default: all")
+    p.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")], default=None,
+                   help="only these sparsities / speed-ups (comma-separated); default: all")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=None, help="training (or fine-tuning) epochs; default: the budget's")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs of 3 batches, nothing written")
     p.add_argument("--table", action="store_true", help="write the RESULTS.md part from heldout_runs.jsonl")
     args = p.parse_args(argv)
@@ -235,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     common.quiet()
     dm = datamodule(args.data, args.data_dir, args.train_size)
     done = set() if args.quick else done_keys()
+    epochs = args.epochs or BUDGETS[args.data][args.budget][1]
     for seed, method, target in plan(args):
-        if (args.data, args.budget, seed, method, target) in done:
+        if (args.data, args.budget, epochs, seed, method, target) in done:
             continue
         row = run_one(args, dm, seed, args.budget, method, target)
         print(json.dumps(row), flush=True)

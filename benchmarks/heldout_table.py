@@ -19,8 +19,8 @@ import heldout  # noqa: E402  (its protocol text heads the part)
 
 RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 ORDER = [
-    "dense", "ModelPruning", "ModelPruning + KD", "ours defaults", "ours lamp", "ours steps", "ours + KD",
-    "ours lamp + KD", "ours late", "ours steps late", "fasterai",
+    "dense", "ModelPruning", "ModelPruning + KD", "ours halfway", "ours lamp", "ours steps", "ours + KD",
+    "ours lamp + KD", "ours late", "ours steps late", "ours lamp steps late", "fasterai",
 ]  # fmt: skip
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
 DATA = {
@@ -34,7 +34,7 @@ def load(path: Path = RUNS) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     latest: dict = {}
     for r in rows:  # a re-run of the same cell replaces the earlier line
-        latest[(r["data"], r["budget"], r["seed"], r["method"], r["target"])] = r
+        latest[(r["data"], r["budget"], r["epochs"], r["seed"], r["method"], r["target"])] = r
     return list(latest.values())
 
 
@@ -47,11 +47,17 @@ def verdict(diffs: list[float]) -> str:
     return "ahead" if m - half > 0 else ("behind" if m + half < 0 else "tie")
 
 
+def budget_label(r: dict) -> str:
+    """``scratch`` / ``trained`` at the protocol's epochs, ``scratch 30 epochs`` for a longer (``--epochs``) run."""
+    default = heldout.BUDGETS[r["data"]][r["budget"]][1]
+    return r["budget"] if r["epochs"] == default else f"{r['budget']} {r['epochs']} epochs"
+
+
 def cells(rows: list[dict]) -> dict:
-    """(data, budget, method, target) -> {seed: row}."""
+    """(data, budget label, method, target) -> {seed: row}."""
     out: dict = defaultdict(dict)
     for r in rows:
-        out[(r["data"], r["budget"], r["method"], r["target"])][r["seed"]] = r
+        out[(r["data"], budget_label(r), r["method"], r["target"])][r["seed"]] = r
     return out
 
 
@@ -69,7 +75,7 @@ def section(c: dict, data: str, budget: str) -> str:
     seeds = sorted({s for k, v in c.items() if k[:2] == (data, budget) for s in v})
     budget_text = (
         f"from scratch, {one['epochs']} epochs"
-        if budget == "scratch"
+        if budget.startswith("scratch")
         else f"from the seed's dense model trained {one['pretrain']} epochs, then {one['epochs']} epochs"
     )
     head = ["method"] + [f"{round(100 * t)}% val" for t in targets] + [f"{round(100 * t)}% test" for t in targets]
@@ -82,7 +88,7 @@ def section(c: dict, data: str, budget: str) -> str:
                 row.append(common.fmt_ms([r[split] for r in got.values()], 4) + f" ({len(got)})" if got else "")
         table.append(row)
     diffs = []
-    for ref in ("ModelPruning", "ours defaults"):
+    for ref in ("ModelPruning", "ours halfway"):
         for m in [m for m in methods if m not in ("dense", ref)]:
             row = [f"{m} - {ref}"]
             for split in ("val", "test"):
@@ -131,7 +137,8 @@ def section(c: dict, data: str, budget: str) -> str:
 def main() -> int:
     rows = load()
     c = cells(rows)
-    parts = [section(c, d, b) for d in ("digits", "fashion") for b in ("scratch", "trained")]
+    budgets = sorted({k[1] for k in c}, key=lambda b: (not b.startswith("scratch"), len(b), b))
+    parts = [section(c, d, b) for d in ("digits", "fashion") for b in budgets]
     libs = sorted({r["library"] for r in rows})
     text = (
         "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets (issue 22)\n\n"

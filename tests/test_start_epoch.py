@@ -8,6 +8,7 @@ import torch
 from helpers import UserClassifier, make_trainer
 
 from lightning_prune import ChannelPruning, ImageClassifier, UnstructuredPruning
+from lightning_prune.core.schedules import Schedule, default_end_epoch, late_end_epoch
 from lightning_prune.data import DigitsDataModule
 
 
@@ -26,9 +27,12 @@ def test_from_scratch_the_first_event_follows_one_epoch_of_training(caplog):
     cb = UnstructuredPruning(amount=0.5)
     with caplog.at_level(logging.INFO):
         _fit(ImageClassifier("lenet"), cb, max_epochs=4)
-    assert [h["epoch"] for h in cb.history] == [1]  # end_epoch default: 1 + 3 // 2 - 1 = 1
-    assert cb.targets(max_epochs=4) == {1: 0.5}
-    assert "UnstructuredPruning: schedule {epoch: target} = {1: 0.5000} (start_epoch=None: training from scratch" in caplog.text
+    assert [h["epoch"] for h in cb.history] == [1, 2, 3]  # end_epoch default from scratch: round(0.75 * 4) = 3
+    assert list(cb.targets(max_epochs=4)) == [1, 2, 3] and cb.targets(max_epochs=4)[3] == 0.5
+    assert (
+        "UnstructuredPruning: schedule {epoch: target} = {1: 0.3519, 2: 0.4815, 3: 0.5000} (start_epoch=None: "
+        "training from scratch" in caplog.text
+    )
 
 
 def test_trained_weights_start_at_once(tmp_path):
@@ -95,3 +99,35 @@ def test_channel_pruning_follows_the_same_rule(tmp_path, trained):
     assert [h["epoch"] for h in cb.history] == ([0] if trained else [1])
     net = model.model if trained else model.backbone
     assert net.conv2.out_channels == 8
+
+
+@pytest.mark.parametrize(
+    ("start", "max_epochs", "late", "halfway"),
+    [(1, 10, 8, 4), (1, 12, 9, 5), (1, 30, 22, 14), (1, 4, 3, 1), (1, 2, 1, 1), (0, 1, 0, 0), (0, 5, 4, 1), (7, 10, 8, 7),
+     (9, 10, 9, 9)],
+)  # fmt: skip
+def test_default_end_epoch_from_scratch_is_three_quarters_of_training(start, max_epochs, late, halfway):
+    assert late_end_epoch(start, max_epochs) == late  # round(0.75 * max_epochs) within [start, max_epochs - 1]
+    assert default_end_epoch(start, max_epochs) == halfway
+    sched = Schedule(0.9, start_epoch=start, late_end_from_scratch=True)
+    assert max(sched.resolve(max_epochs, from_trained=False)) == late
+    assert max(sched.resolve(max_epochs, from_trained=True)) == halfway  # from trained weights: half-way
+    assert max(Schedule(0.9, start_epoch=start).resolve(max_epochs)) == halfway  # ChannelPruning's schedule
+    with pytest.raises(ValueError, match="no finite `max_epochs`"):
+        late_end_epoch(start, None)
+
+
+def test_the_callbacks_default_ends():
+    """UnstructuredPruning ends at 3/4 of training from scratch and half-way from trained weights; an explicit
+    end_epoch, ChannelPruning and an int amount (resolved at setup) keep their own rules."""
+    assert list(UnstructuredPruning(amount=0.9).targets(max_epochs=10)) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert list(UnstructuredPruning(amount=0.9).targets(max_epochs=10, from_trained=True)) == [0, 1, 2, 3, 4]
+    assert list(UnstructuredPruning(amount=0.9, end_epoch=4).targets(max_epochs=10)) == [1, 2, 3, 4]
+    assert list(ChannelPruning(0.5).targets(max_epochs=10)) == [1, 2, 3, 4]
+
+
+def test_an_int_amount_keeps_the_late_end(caplog):
+    cb = UnstructuredPruning(amount=20000)
+    with caplog.at_level(logging.INFO):
+        _fit(UserClassifier(), cb, max_epochs=4)
+    assert [h["epoch"] for h in cb.history] == [1, 2, 3]

@@ -178,7 +178,15 @@ class MaskState(ScheduledPruning):
         own = layer_fractions(self.layer_amounts, self._targets)  # a count is of the weights `amount` governs
         total = sum(target_param(pl_module, t).numel() for t, a in zip(self._targets, own, strict=True) if a is None)
         s = self._sched
-        self._sched = Schedule(self._count / total, s.schedule, s.start_epoch, s.end_epoch, s.every_n_epochs, "amount")
+        self._sched = Schedule(
+            self._count / total,
+            s.schedule,
+            s.start_epoch,
+            s.end_epoch,
+            s.every_n_epochs,
+            "amount",
+            s.late_end_from_scratch,
+        )
         self._schedule_map = self._sched.resolve(trainer.max_epochs, starts_from_trained(pl_module))
         if self.verbose:
             shown = ", ".join(f"{e}: {t:.4f} ({round(t * total)})" for e, t in self._schedule_map.items())

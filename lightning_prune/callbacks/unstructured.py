@@ -58,8 +58,10 @@ class UnstructuredPruning(_steps.StepEvents):
         start_epoch: epoch of the first event. ``None``: epoch 1 when training from scratch, epoch 0 from trained
             weights (``ImageClassifier`` with ``init_from_checkpoint``/``weights``, or a module with
             ``starts_from_trained_weights = True``). The resolved schedule is printed at ``setup`` (``verbose``).
-        end_epoch: epoch of the last event. Default: half-way through training,
-            ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``).
+        end_epoch: epoch of the last event. Default from scratch: three quarters of the way through training,
+            ``round(0.75 * max_epochs)`` (at least ``start_epoch``, at most ``max_epochs - 1``); from trained weights:
+            half-way, ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``). Chosen on two
+            data sets and two budgets each (RESULTS.md part 12).
         every_n_epochs: epochs between events.
         modules: names or regexes (full match against ``named_modules()`` names) of the modules to prune.
         exclude: names or regexes of modules never to prune (e.g. the classifier, ``"model.fc3"``).
@@ -151,7 +153,11 @@ class UnstructuredPruning(_steps.StepEvents):
         every_n_steps: int | None = None,
     ) -> None:
         sched_amount, self._count = helpers.split_amount(amount)
-        super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg="amount"))
+        super().__init__(
+            Schedule(
+                sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, "amount", late_end_from_scratch=True
+            )
+        )
         self.norm = helpers.check_norm(norm)
         self.scope = check_choice("scope", scope, mask_ops.SCOPES)
         self.modules = compile_patterns("modules", modules)
