@@ -6,17 +6,22 @@ Protocol:
   ``FashionMNISTDataModule(data_dir=--data-dir, download=False, val_size=2000)``: the validation split is a seeded
   slice of the *training* part, training uses the next ``--train-size`` images of the same seeded order (6,000 by
   default, to fit the 2-core machine), the test part (10,000 images) is touched once per run, at its end;
-- budgets: ``scratch`` (``--epochs`` epochs from random weights) and ``trained`` (the seed's dense model trained
-  ``--pretrain`` epochs, then ``--finetune`` epochs with a fresh Adam; ``starts_from_trained_weights``);
+- budgets: ``scratch`` (12 / 10 epochs from random weights; ``--epochs`` for a longer run: digits 30, Fashion-MNIST
+  20) and ``trained`` (the seed's dense model trained 30 / 10 epochs, then 15 / 5 epochs with a fresh Adam;
+  ``starts_from_trained_weights``);
 - LeNet (``ImageClassifier("lenet")``, Adam lr 1e-3, batch 64) for every row, the library's defaults otherwise;
-- unstructured rows: ``ModelPruning`` (global L1, the same cubic absolute targets as ours, one hook earlier as in
-  ``quality.py``), ``ours defaults`` (``UnstructuredPruning(amount=s)``), ``ours lamp`` (``norm="lamp"``),
-  ``ours steps`` (``every_n_steps``: about 8 events per epoch over the same window), ``ours late`` and ``ours steps late``
-  (``end_epoch = round(0.75 * epochs)``: the final target at 75% of training, as in fasterai's schedule); from scratch ``ours lamp + KD``
-  (the README's earlier recommendation); from a trained model ``ModelPruning + KD`` and ``ours + KD``;
-  KD = ``Distillation()``: from scratch the teacher is the model before the first event (the library's old
-  default), from a trained model it is that trained model (``teacher_checkpoint``) for ModelPruning and ours;
-- channel rows: ``ChannelPruning(speedup=2.0)`` and ``speedup=3.0`` (the MACs ratio reached is recorded);
+- unstructured rows: ``ModelPruning`` (global L1, the same cubic absolute targets as ``ours halfway``, one hook
+  earlier as in ``quality.py``); ``ours halfway`` (``UnstructuredPruning(amount=s)`` with the half-way
+  ``end_epoch``: the library's default before this benchmark, still the default from a trained model; runs
+  before commit f7368ad name it ``ours defaults``); ``ours lamp`` (``norm="lamp"``), ``ours steps``
+  (``every_n_steps``: about 8 events per epoch over the same window); ``ours late`` (``end_epoch =
+  round(0.75 * epochs)``: the final target at 3/4 of training, as in fasterai's schedule; since commit f7368ad
+  the library's default from scratch), ``ours steps late``, ``ours lamp steps late``; from scratch ``ours lamp +
+  KD`` (the README's earlier recommendation); from a trained model ``ModelPruning + KD`` and ``ours + KD``
+  (half-way ends); KD = ``Distillation()``: from scratch the teacher is the model before the first event (the
+  library's old default), from a trained model it is that trained model (``teacher_checkpoint``);
+- channel rows: ``ChannelPruning(speedup=2.0)`` and ``speedup=3.0`` (the MACs ratio reached is recorded), and
+  ``channel late`` (``speedup=2.0`` with the late ``end_epoch``);
 - every run is one line of ``benchmarks/results/heldout_runs.jsonl`` (validation and test accuracy, sparsity or
   MACs ratio, time, commit), so runs can be split over processes and a crash loses one run; ``--table`` writes
   the RESULTS.md part from those lines. Decisions are taken on the validation accuracy; the test accuracy is
@@ -46,10 +51,11 @@ SPEEDUPS = [2.0, 3.0]
 UNSTRUCTURED = [
     "ModelPruning", "ours halfway", "ours lamp", "ours steps", "ours late", "ours steps late", "ours lamp steps late",
 ]  # fmt: skip
+EXTRA = ["ours steps1 late", "ours lamp steps1 late"]  # with ``--methods`` only: events at every step
 SCRATCH_ONLY = ["ours lamp + KD"]  # the earlier recommendation, with the old default teacher
 TRAINED_ONLY = ["ModelPruning + KD", "ours + KD"]  # the same KD term and teacher (the trained start) for both
 OPTIONAL = ["fasterai"]  # with ``--methods fasterai`` (``pip install fasterai``; 0.4.1 measured)
-CHANNEL = ["channel"]
+CHANNEL = ["channel", "channel late"]
 BUDGETS = {  # data -> budget -> (pretrain epochs, epochs)
     "digits": {"scratch": (0, 12), "trained": (30, 15)},
     "fashion": {"scratch": (0, 10), "trained": (10, 5)},
@@ -143,8 +149,9 @@ def callbacks_for(
         return [], {}
     if method == "fasterai":
         return [fasterai_callback(target, trained)], {}
-    if method == "channel":
-        return [ChannelPruning(speedup=target, verbose=False)], {}
+    if method.startswith("channel"):  # "channel late": the late end of the unstructured rows
+        late = {"end_epoch": round(0.75 * epochs)} if "late" in method else {}
+        return [ChannelPruning(speedup=target, verbose=False, **late)], late
     halfway = default_end_epoch(resolve_start_epoch(None, trained), epochs)  # the pre-issue-22 default end
     if method.startswith("ModelPruning"):
         targets = UnstructuredPruning(amount=target, end_epoch=halfway).targets(epochs, from_trained=trained)
@@ -161,7 +168,9 @@ def callbacks_for(
         kwargs["end_epoch"] = extra["end_epoch"] = round(0.75 * epochs)
     elif method != "ours defaults":  # every other row keeps the half-way end it was measured with
         kwargs["end_epoch"] = extra["end_epoch"] = halfway
-    if "steps" in method:
+    if "steps1" in method:  # an event at every optimizer step, as fasterai's schedule moves
+        kwargs["every_n_steps"] = extra["every_n_steps"] = 1
+    elif "steps" in method:
         kwargs["every_n_steps"] = extra["every_n_steps"] = max(1, steps_per_epoch // 8)
     cbs = [UnstructuredPruning(**kwargs)]
     if "KD" in method:
@@ -220,9 +229,11 @@ def plan(args) -> list[tuple[int, str, float]]:
     rows = UNSTRUCTURED + (TRAINED_ONLY if args.budget == "trained" else SCRATCH_ONLY) + OPTIONAL
     out = [(seed, "dense", 0.0) for seed in args.seeds]
     out += [(seed, m, s) for s in (0.9, 0.95, 0.8) for seed in args.seeds for m in rows]
-    out += [(seed, "channel", r) for r in SPEEDUPS for seed in args.seeds]
+    out += [(seed, m, r) for r in SPEEDUPS for seed in args.seeds for m in CHANNEL]
     out = [p for p in out if p[1] == "dense" or args.targets is None or p[2] in args.targets]
-    return [p for p in out if (p[1] not in OPTIONAL and methods is None) or (methods is not None and p[1] in methods)]
+    out += [(seed, m, s) for s in (0.9, 0.95) for seed in args.seeds for m in EXTRA]
+    optional = OPTIONAL + EXTRA
+    return [p for p in out if (p[1] not in optional and methods is None) or (methods is not None and p[1] in methods)]
 
 
 def main(argv: list[str] | None = None) -> int:

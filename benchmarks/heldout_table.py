@@ -20,7 +20,8 @@ import heldout  # noqa: E402  (its protocol text heads the part)
 RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 ORDER = [
     "dense", "ModelPruning", "ModelPruning + KD", "ours halfway", "ours lamp", "ours steps", "ours + KD",
-    "ours lamp + KD", "ours late", "ours steps late", "ours lamp steps late", "fasterai",
+    "ours lamp + KD", "ours late", "ours steps late", "ours lamp steps late", "ours steps1 late",
+    "ours lamp steps1 late", "fasterai",
 ]  # fmt: skip
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
 DATA = {
@@ -67,7 +68,7 @@ def paired(c: dict, key_a: tuple, key_b: tuple, split: str) -> list[float]:
 
 
 def section(c: dict, data: str, budget: str) -> str:
-    targets = sorted({k[3] for k in c if k[:2] == (data, budget) and k[2] not in ("dense", "channel")})
+    targets = sorted({k[3] for k in c if k[:2] == (data, budget) and k[2] != "dense" and not k[2].startswith("channel")})
     methods = [m for m in ORDER if any(k[:3] == (data, budget, m) for k in c)]
     if not targets:
         return ""
@@ -104,13 +105,14 @@ def section(c: dict, data: str, budget: str) -> str:
                 row.append(f"{common.fmt_paired(d)} {verdict(d)}" if d else "")
         diffs.append(row)
     ch_rows = []
-    for t in sorted({k[3] for k in c if k[:3] == (data, budget, "channel")}):
-        got = c[(data, budget, "channel", t)]
-        d_val = paired(c, (data, budget, "channel", t), (data, budget, "dense", 0.0), "val")
-        d_test = paired(c, (data, budget, "channel", t), (data, budget, "dense", 0.0), "test")
+    for m, t in sorted({k[2:] for k in c if k[:2] == (data, budget) and k[2].startswith("channel")}):
+        got = c[(data, budget, m, t)]
+        d_val = paired(c, (data, budget, m, t), (data, budget, "dense", 0.0), "val")
+        d_test = paired(c, (data, budget, m, t), (data, budget, "dense", 0.0), "test")
         macs = statistics.fmean(r["macs_ratio"] for r in got.values())
+        late = ", end_epoch=late" if "late" in m else ""
         ch_rows.append(
-            [f"`ChannelPruning(speedup={t})`", f"{macs:.2f}x", common.fmt_ms([r["val"] for r in got.values()], 4),
+            [f"`ChannelPruning(speedup={t}{late})`", f"{macs:.2f}x", common.fmt_ms([r["val"] for r in got.values()], 4),
              common.fmt_ms([r["test"] for r in got.values()], 4), f"{common.fmt_paired(d_val)} {verdict(d_val)}",
              f"{common.fmt_paired(d_test)} {verdict(d_test)}"]
         )  # fmt: skip
@@ -134,6 +136,41 @@ def section(c: dict, data: str, budget: str) -> str:
     return text + f"\n\nPer-seed test accuracies: {per_seed}.\n"
 
 
+DEFAULT_ROW = {"scratch": "ours late", "trained": "ours halfway"}  # what `UnstructuredPruning(amount=s)` runs
+
+
+def summary(c: dict, kind: str, split: str = "val", methods: list[str] | None = None) -> str:
+    """One compact table per starting point (``scratch`` / ``trained``): the mean accuracy of every row in every
+    data set x budget x sparsity, with the paired difference (points) to the row the library's defaults give and
+    its verdict; ``[n]``: fewer seeds than the cell's reference. ``methods``: only these rows (the README's)."""
+    budgets = sorted({k[1] for k in c if k[1].split()[0] == kind}, key=len)
+    cols = [(d, b, t) for d in ("digits", "fashion") for b in budgets for t in (0.9, 0.95) if (d, b, "dense", 0.0) in c]
+    ref = DEFAULT_ROW[kind]
+    head = [split] + [f"{d} {b} {round(100 * t)}%" for d, b, t in cols]
+    rows = []
+    for m in methods or ORDER:
+        out = []
+        for d, b, t in cols:
+            key = (d, b, m, 0.0 if m == "dense" else t)
+            got = c.get(key, {})
+            if not got:
+                out.append("")
+                continue
+            cell = f"{statistics.fmean(r[split] for r in got.values()):.4f}"
+            diffs = paired(c, key, (d, b, ref, t), split) if m not in ("dense", ref) else []
+            if diffs:
+                cell += f" ({statistics.fmean(diffs):+.2f}, {verdict(diffs)})"
+            if len(got) < len(c.get((d, b, ref, t), {})):
+                cell += f" [{len(got)}]"
+            out.append(cell)
+        if any(out):
+            rows.append([f"**{m}** (default)" if m == ref else m] + out)
+    return common.md_table(head, rows)
+
+
+README_ROWS = ["dense", "ModelPruning", "ours halfway", "ours late", "ours lamp steps late", "fasterai"]
+
+
 def main() -> int:
     rows = load()
     c = cells(rows)
@@ -142,10 +179,20 @@ def main() -> int:
     libs = sorted({r["library"] for r in rows})
     text = (
         "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets (issue 22)\n\n"
-        "Command: `python benchmarks/heldout.py --data {digits,fashion} --budget {scratch,trained}` (runs appended to "
-        "`benchmarks/results/heldout_runs.jsonl`), then `python benchmarks/heldout.py --table`.  \n"
+        "Command: `python benchmarks/heldout.py --data {digits,fashion} --budget {scratch,trained}` (`--epochs 30` / "
+        "`--epochs 20` for the longer budgets from scratch, `--seeds 3,4` for the last two seeds, `--methods` for "
+        "the optional rows; runs appended to `benchmarks/results/heldout_runs.jsonl`), then "
+        "`python benchmarks/heldout.py --table`.  \n"
         f"Library: {', '.join(libs)}; machine: 2 cores, torch threads 1 (a loaded machine: times not comparable).\n\n"
         + heldout.__doc__.split("Protocol:")[1].split("Run:")[0].strip()
+        + "\n\n### Summary: validation accuracy, mean over seeds\n\nIn brackets: the paired difference (same seed, "
+        "points) to the row `UnstructuredPruning(amount=s)` gives with no other option (**bold**: `ours late` from "
+        "scratch, `ours halfway` from a trained model), and the verdict (ahead / behind: the paired 95% interval "
+        "excludes 0). The per-budget sections below have the test accuracies, the seeds and every other "
+        "difference.\n\n"
+        + "\n\n".join(summary(c, kind) for kind in ("scratch", "trained"))
+        + "\n\n### Summary: test accuracy, mean over seeds (the final table; nothing was chosen on it)\n\n"
+        + "\n\n".join(summary(c, kind, "test") for kind in ("scratch", "trained"))
         + "\n\n"
         + "\n\n".join(p for p in parts if p)
     )

@@ -257,7 +257,11 @@ def test_load_from_checkpoint_image_classifier_and_mixin(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- DDP
 def test_ddp_two_processes_identical_architecture_and_weights(tmp_path):
+    """Also checks Distillation + ChannelPruning under DDP (test_distillation.check_distillation_ddp)."""
     r0, r1 = run_ddp_script("channel_ddp.py", tmp_path, timeout=300)
+    from test_distillation import check_distillation_ddp  # the same launch ran the Distillation fit
+
+    check_distillation_ddp(*(torch.load(tmp_path / "distillation" / f"rank{r}.pt", weights_only=True) for r in (0, 1)))
     assert r0["architecture"] == r1["architecture"]
     assert r0["architecture"]["model.conv2"]["out_channels"] == 8
     for k, v in r0["weights"].items():

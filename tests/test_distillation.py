@@ -5,7 +5,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import UserClassifier, make_trainer, run_ddp_script
+from helpers import UserClassifier, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_prune import ChannelPruning, Distillation, ImageClassifier, UnstructuredPruning, distillation_loss
@@ -167,8 +167,9 @@ def test_arguments_are_validated(kwargs, error, match):
         Distillation(**kwargs)
 
 
-def test_ddp_two_processes_channel_pruning(tmp_path):
-    r0, r1 = run_ddp_script("distillation_ddp.py", tmp_path, timeout=300)
+def check_distillation_ddp(r0: dict, r1: dict) -> None:
+    """What the two ranks of tests/scripts/distillation_ddp.py saved (Distillation + ChannelPruning under DDP;
+    run by test_channel.py's DDP test, in the same launch as channel_ddp.py)."""
     assert r0["teacher_trainable"] == r1["teacher_trainable"] == 0
     assert r0["teacher"]["model.conv2.weight"].shape[0] == 16 and r0["weights"]["model.conv2.weight"].shape[0] == 8
     for k, v in r0["teacher"].items():

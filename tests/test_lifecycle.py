@@ -540,28 +540,25 @@ def test_mixin_and_load_channel_pruned_with_a_network_built_in_configure_model(t
 
 
 # ------------------------------------------------------------------------------------------------------ DDP
-def _ddp(tmp_path, mode):
+def test_ddp_no_sync_dist_warnings_and_one_rank_failing_while_planning_fails_every_rank(tmp_path):
+    """One 2-process launch, three fits (tests/scripts/lifecycle_ddp.py): PruningMetrics' DDP logging
+    (test_metrics_callback.check_metrics_ddp), no sync_dist warnings, then rank 1 failing while planning."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, str(SCRIPTS / "lifecycle_ddp.py"), mode, str(tmp_path)],
-        capture_output=True, text=True, timeout=240, env=env,
-    )
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "lifecycle_ddp.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    from test_metrics_callback import check_metrics_ddp
 
-
-def test_ddp_one_rank_failing_while_planning_fails_every_rank(tmp_path):
-    proc = _ddp(tmp_path, "fail")
-    assert proc.returncode != 0
-    assert "rank 1 fails while planning" in proc.stderr
-    assert (tmp_path / "rank0.err").read_text().startswith("RuntimeError: ChannelPruning: epoch 0: another rank failed")
-
-
-def test_ddp_logs_without_sync_dist_warnings(tmp_path):
-    proc = _ddp(tmp_path, "warn")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_metrics_ddp(tmp_path / "metrics")
     for rank in (0, 1):
-        found = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        found = torch.load(tmp_path / "warn" / f"rank{rank}.pt", weights_only=True)
         assert found["sync_dist_warnings"] == [], found
         assert abs(found["sparsity"] - 0.5) < 1e-4
+    assert proc.returncode != 0  # the last fit fails, on every rank
+    assert "rank 1 fails while planning" in proc.stderr
+    err = (tmp_path / "fail" / "rank0.err").read_text()
+    assert err.startswith("RuntimeError: ChannelPruning: epoch 0: another rank failed"), err
 
 
 def test_both_callbacks_share_one_load_hook_and_a_resume_checks_once(tmp_path):

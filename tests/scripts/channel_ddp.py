@@ -1,6 +1,7 @@
 """ChannelPruning under DDP with 2 CPU processes; each rank saves its architecture and final weights.
 
-Usage: python tests/scripts/channel_ddp.py OUT_DIR   (run by tests/test_channel.py)
+Usage: python tests/scripts/channel_ddp.py OUT_DIR   (run by tests/test_channel.py). The same launch then runs
+distillation_ddp.py's fit into ``OUT_DIR/distillation`` (one process group, one fewer 2-process launch).
 
 Taylor importance reads gradients of each rank's own batches, so without the callback's broadcast the ranks
 would remove different channels; without re-wrapping DDP after an event, the new parameters would not be
@@ -56,4 +57,8 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    import distillation_ddp
+
     main(sys.argv[1])
+    os.makedirs(os.path.join(sys.argv[1], "distillation"), exist_ok=True)
+    distillation_ddp.main(os.path.join(sys.argv[1], "distillation"))

@@ -1,7 +1,8 @@
 """Distillation + ChannelPruning under DDP with 2 CPU processes (find_unused_parameters off); each rank saves
 its teacher and final weights.
 
-Usage: python tests/scripts/distillation_ddp.py OUT_DIR   (run by tests/test_distillation.py)
+Usage: python tests/scripts/distillation_ddp.py OUT_DIR   (run by tests/scripts/channel_ddp.py in the same launch;
+tests/test_distillation.py's ``check_distillation_ddp`` reads what it saved)
 """
 
 import os

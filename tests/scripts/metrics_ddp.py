@@ -1,6 +1,8 @@
 """PruningMetrics under DDP on 2 CPU processes; each rank saves the pruning/* values it logged.
 
-Usage: python metrics_ddp.py OUT_DIR (writes OUT_DIR/rank0.pt, OUT_DIR/rank1.pt and a CSVLogger run).
+Usage: python metrics_ddp.py OUT_DIR (writes OUT_DIR/rank0.pt, OUT_DIR/rank1.pt and a CSVLogger run). The suite runs
+it inside tests/scripts/lifecycle_ddp.py's launch (one process group, one fewer 2-process launch);
+tests/test_metrics_callback.py's ``check_metrics_ddp`` reads what it saved.
 """
 
 import os
@@ -19,8 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from helpers import make_trainer  # noqa: E402
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+def main(out: Path) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier("lenet")
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]))
