@@ -109,7 +109,7 @@ def test_channel_pruning_follows_the_same_rule(tmp_path, trained):
 def test_default_end_epoch_from_scratch_is_three_quarters_of_training(start, max_epochs, late, halfway):
     assert late_end_epoch(start, max_epochs) == late  # round(0.75 * max_epochs) within [start, max_epochs - 1]
     assert default_end_epoch(start, max_epochs) == halfway
-    sched = Schedule(0.9, start_epoch=start, late_end_from_scratch=True)
+    sched = Schedule(0.9, start_epoch=start, late_end=True)
     assert max(sched.resolve(max_epochs, from_trained=False)) == late
     assert max(sched.resolve(max_epochs, from_trained=True)) == halfway  # from trained weights: half-way
     assert max(Schedule(0.9, start_epoch=start).resolve(max_epochs)) == halfway  # ChannelPruning's schedule

@@ -179,13 +179,7 @@ class MaskState(ScheduledPruning):
         total = sum(target_param(pl_module, t).numel() for t, a in zip(self._targets, own, strict=True) if a is None)
         s = self._sched
         self._sched = Schedule(
-            self._count / total,
-            s.schedule,
-            s.start_epoch,
-            s.end_epoch,
-            s.every_n_epochs,
-            "amount",
-            s.late_end_from_scratch,
+            self._count / total, s.schedule, s.start_epoch, s.end_epoch, s.every_n_epochs, "amount", s.late_end
         )
         self._schedule_map = self._sched.resolve(trainer.max_epochs, starts_from_trained(pl_module))
         if self.verbose:

@@ -153,11 +153,7 @@ class UnstructuredPruning(_steps.StepEvents):
         every_n_steps: int | None = None,
     ) -> None:
         sched_amount, self._count = helpers.split_amount(amount)
-        super().__init__(
-            Schedule(
-                sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, "amount", late_end_from_scratch=True
-            )
-        )
+        super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, late_end=True))
         self.norm = helpers.check_norm(norm)
         self.scope = check_choice("scope", scope, mask_ops.SCOPES)
         self.modules = compile_patterns("modules", modules)

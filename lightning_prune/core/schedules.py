@@ -129,7 +129,7 @@ class Schedule:
     Shared by the pruning callbacks so they validate and schedule identically. ``amount`` is either a float
     (the final target, reached by ``schedule`` between ``start_epoch`` and ``end_epoch``) or a mapping of
     explicit milestones ``{epoch: target}``, in which case the other arguments are ignored. An automatic
-    ``end_epoch`` (None) is half-way (``default_end_epoch``); with ``late_end_from_scratch`` a run from scratch ends
+    ``end_epoch`` (None) is half-way (``default_end_epoch``); with ``late_end`` a run from scratch ends
     three quarters of the way instead (``late_end_epoch``), as ``UnstructuredPruning`` does.
     """
 
@@ -141,10 +141,10 @@ class Schedule:
         end_epoch: int | None = None,
         every_n_epochs: int = 1,
         amount_arg: str = "amount",
-        late_end_from_scratch: bool = False,
+        late_end: bool = False,
     ) -> None:
         self.amount_arg = amount_arg
-        self.late_end_from_scratch = late_end_from_scratch
+        self.late_end = late_end
         if isinstance(amount, Mapping):
             self.milestones: dict[int, float] | None = validate_milestones(amount_arg, amount)
             self.amount = max(self.milestones.values())
@@ -183,7 +183,7 @@ class Schedule:
             start = 0  # a one-epoch run (e.g. fast_dev_run) has no later epoch: prune at its start
         end = self.end_epoch
         if end is None:
-            late = self.late_end_from_scratch and not from_trained
+            late = self.late_end and not from_trained
             end = (late_end_epoch if late else default_end_epoch)(start, max_epochs)
         return build_schedule(self.amount, self.schedule, start, end, self.every_n_epochs)
 
