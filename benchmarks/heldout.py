@@ -16,9 +16,10 @@ Protocol:
   before commit f7368ad name it ``ours defaults``); ``ours lamp`` (``norm="lamp"``), ``ours steps``
   (``every_n_steps``: about 8 events per epoch over the same window); ``ours late`` (``end_epoch =
   round(0.75 * epochs)``: the final target at 3/4 of training, as in fasterai's schedule; since commit f7368ad
-  the library's default from scratch), ``ours steps late``, ``ours lamp steps late``; from scratch ``ours lamp +
-  KD`` (the README's earlier recommendation); from a trained model ``ModelPruning + KD`` and ``ours + KD``
-  (half-way ends); KD = ``Distillation()``: from scratch the teacher is the model before the first event (the
+  the library's default from scratch), ``ours steps late``, ``ours lamp steps late``, ``ours steps1 late`` and
+  ``ours lamp steps1 late`` (``every_n_steps=1``), ``ours late linear`` / ``ours late geometric`` (other schedule
+  shapes); from scratch ``ours lamp + KD`` (the README's earlier recommendation); from a trained model
+  ``ModelPruning + KD`` and ``ours + KD`` (half-way ends); KD = ``Distillation()``: from scratch the teacher is the model before the first event (the
   library's old default), from a trained model it is that trained model (``teacher_checkpoint``);
 - channel rows: ``ChannelPruning(speedup=2.0)`` and ``speedup=3.0`` (the MACs ratio reached is recorded), and
   ``channel late`` (``speedup=2.0`` with the late ``end_epoch``);
@@ -51,7 +52,9 @@ SPEEDUPS = [2.0, 3.0]
 UNSTRUCTURED = [
     "ModelPruning", "ours halfway", "ours lamp", "ours steps", "ours late", "ours steps late", "ours lamp steps late",
 ]  # fmt: skip
-EXTRA = ["ours steps1 late", "ours lamp steps1 late"]  # with ``--methods`` only: events at every step
+EXTRA = [  # with ``--methods`` only: events at every step; other schedule shapes
+    "ours steps1 late", "ours lamp steps1 late", "ours late linear", "ours late geometric",
+]  # fmt: skip
 SCRATCH_ONLY = ["ours lamp + KD"]  # the earlier recommendation, with the old default teacher
 TRAINED_ONLY = ["ModelPruning + KD", "ours + KD"]  # the same KD term and teacher (the trained start) for both
 OPTIONAL = ["fasterai"]  # with ``--methods fasterai`` (``pip install fasterai``; 0.4.1 measured)
@@ -164,6 +167,9 @@ def callbacks_for(
     extra: dict = {}
     if "lamp" in method:
         kwargs["norm"] = "lamp"
+    for shape in ("linear", "geometric"):  # the schedule shape (cubic otherwise)
+        if shape in method:
+            kwargs["schedule"] = extra["schedule"] = shape
     if "late" in method:  # the target reached at 75% of training, as fasterai's schedule does
         kwargs["end_epoch"] = extra["end_epoch"] = round(0.75 * epochs)
     elif method != "ours defaults":  # every other row keeps the half-way end it was measured with

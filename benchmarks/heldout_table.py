@@ -21,7 +21,7 @@ RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 ORDER = [
     "dense", "ModelPruning", "ModelPruning + KD", "ours halfway", "ours lamp", "ours steps", "ours + KD",
     "ours lamp + KD", "ours late", "ours steps late", "ours lamp steps late", "ours steps1 late",
-    "ours lamp steps1 late", "fasterai",
+    "ours lamp steps1 late", "ours late linear", "ours late geometric", "fasterai",
 ]  # fmt: skip
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
 DATA = {
@@ -143,7 +143,7 @@ def summary(c: dict, kind: str, split: str = "val", methods: list[str] | None = 
     """One compact table per starting point (``scratch`` / ``trained``): the mean accuracy of every row in every
     data set x budget x sparsity, with the paired difference (points) to the row the library's defaults give and
     its verdict; ``[n]``: fewer seeds than the cell's reference. ``methods``: only these rows (the README's)."""
-    budgets = sorted({k[1] for k in c if k[1].split()[0] == kind}, key=len)
+    budgets = sorted({k[1] for k in c if k[1].split()[0] == kind}, key=lambda b: (len(b), b))
     cols = [(d, b, t) for d in ("digits", "fashion") for b in budgets for t in (0.9, 0.95) if (d, b, "dense", 0.0) in c]
     ref = DEFAULT_ROW[kind]
     head = [split] + [f"{d} {b} {round(100 * t)}%" for d, b, t in cols]
