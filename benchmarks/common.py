@@ -261,6 +261,14 @@ def conv_linear_weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, s
     return [(m, "weight") for m in model.modules() if isinstance(m, types)]
 
 
+def halfway_end(epochs: int, from_trained: bool = False) -> int:
+    """The half-way ``end_epoch`` (``UnstructuredPruning``'s default until issue 22; still its default from trained
+    weights): the scripts that measured it pin it, so a re-run reproduces their recorded tables."""
+    from lightning_prune.core.schedules import default_end_epoch, resolve_start_epoch
+
+    return default_end_epoch(resolve_start_epoch(None, from_trained), epochs)
+
+
 def model_pruning_amounts(targets: dict[int, float], shift: int = 0) -> dict[int, float]:
     """Convert cumulative targets ``{epoch: s_i}`` into ModelPruning's "fraction of what remains" amounts.
 

@@ -8,7 +8,7 @@ measures what that teacher does, on validation data nobody tuned on:
   Fashion-MNIST subset (the train part of ``--data-dir``; a seeded permutation: the first ``--val-size`` images
   validate, the next ``--train-size`` train; zero-padded to 32x32; the test part is never read);
 - model: ``ImageClassifier("lenet")`` (Adam 1e-3, batch 64), from scratch, ``--epochs`` (12) epochs;
-- rows: ``UnstructuredPruning(amount=s)`` (the defaults) and the same + ``Distillation(teacher="first_event")``
+- rows: ``UnstructuredPruning(amount=s)`` with the half-way ``end_epoch`` (the default then) and the same + ``Distillation(teacher="first_event")``
   (weight 1, T 4), the same seed (same initial weights and batches) for both; 90% and 95%; seeds 0..2.
 
 Prints the per-seed validation accuracies and the paired differences (KD - ours) in points.
@@ -46,7 +46,8 @@ def run_one(data: tuple, seed: int, sparsity: float, kd: bool, epochs: int, limi
     common.quiet()
     pl.seed_everything(seed, verbose=False)
     model = ImageClassifier("lenet")
-    callbacks: list = [UnstructuredPruning(amount=sparsity, seed=seed, verbose=False)]
+    end = common.halfway_end(epochs)  # the default end when it was measured
+    callbacks: list = [UnstructuredPruning(amount=sparsity, seed=seed, verbose=False, end_epoch=end)]
     if kd:
         callbacks.append(Distillation(teacher="first_event", verbose=False))
     loader = DataLoader(

@@ -146,7 +146,6 @@ def callbacks_for(
     model, method: str, target: float, seed: int, epochs: int, trained: bool, start, steps_per_epoch: int
 ):
     from lightning_prune import ChannelPruning, UnstructuredPruning
-    from lightning_prune.core.schedules import default_end_epoch, resolve_start_epoch
 
     if method == "dense":
         return [], {}
@@ -155,7 +154,7 @@ def callbacks_for(
     if method.startswith("channel"):  # "channel late": the late end of the unstructured rows
         late = {"end_epoch": round(0.75 * epochs)} if "late" in method else {}
         return [ChannelPruning(speedup=target, verbose=False, **late)], late
-    halfway = default_end_epoch(resolve_start_epoch(None, trained), epochs)  # the pre-issue-22 default end
+    halfway = common.halfway_end(epochs, trained)  # the pre-issue-22 default end
     if method.startswith("ModelPruning"):
         targets = UnstructuredPruning(amount=target, end_epoch=halfway).targets(epochs, from_trained=trained)
         amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)

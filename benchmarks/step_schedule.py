@@ -1,6 +1,6 @@
 """Step-level vs epoch-level gradual pruning (issue 22): LeNet on digits, from scratch, the same cubic targets over
-the same window (``start_epoch=None`` -> 1, the default ``end_epoch``), events at epoch starts vs every
-``--every-n-steps`` optimizer steps (``UnstructuredPruning(every_n_steps=N)``). Adam 1e-3, batch 64, as
+the same window (``start_epoch=None`` -> 1, the half-way ``end_epoch``: the default when measured), events at
+epoch starts vs every ``--every-n-steps`` optimizer steps (``UnstructuredPruning(every_n_steps=N)``). Adam 1e-3, batch 64, as
 ``quality.py``. Prints the test accuracy of each seed and variant (interleaved per seed).
 
 Run: ``python benchmarks/step_schedule.py --seeds 3 --epochs 12 --sparsity 0.9 --every-n-steps 4``.
@@ -30,7 +30,8 @@ def run_one(
     pl.seed_everything(seed, verbose=False)
     model = ImageClassifier("lenet")
     dm = DigitsDataModule(batch_size=64, seed=0)
-    cb = UnstructuredPruning(amount=sparsity, seed=seed, verbose=False, every_n_steps=every_n_steps)
+    end = common.halfway_end(epochs)  # the window it was measured with (the default end then)
+    cb = UnstructuredPruning(amount=sparsity, seed=seed, verbose=False, every_n_steps=every_n_steps, end_epoch=end)
     common.trainer(epochs, [cb], limit_train_batches=limit).fit(model, dm)
     reached = measure_sparsity(model)
     return common.test_accuracy(model, dm), reached, len(cb.history)

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pl.seed_everything(0, verbose=False)
     classifier = ImageClassifier("lenet", num_classes=10, in_channels=1)
     pruning = UnstructuredPruning(
-        amount=0.2, norm="l1", scope="global", schedule="constant", start_epoch=1, make_pruning_permanent=False
+        amount=0.2, norm="l1", scope="global", schedule="constant", start_epoch=1, end_epoch=1,
+        make_pruning_permanent=False
     )
     budget = {"limit_train_batches": 2, "limit_val_batches": 1} if args.quick else {}
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", callbacks=[pruning], logger=False,

@@ -541,8 +541,8 @@ def test_mixin_and_load_channel_pruned_with_a_network_built_in_configure_model(t
 
 # ------------------------------------------------------------------------------------------------------ DDP
 def test_ddp_no_sync_dist_warnings_and_one_rank_failing_while_planning_fails_every_rank(tmp_path):
-    """One 2-process launch, three fits (tests/scripts/lifecycle_ddp.py): PruningMetrics' DDP logging
-    (test_metrics_callback.check_metrics_ddp), no sync_dist warnings, then rank 1 failing while planning."""
+    """One 2-process launch, three fits (tests/scripts/lifecycle_ddp.py): no sync_dist warnings, PruningMetrics'
+    DDP logging (test_metrics_callback.check_metrics_ddp), then rank 1 failing while planning."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "lifecycle_ddp.py"), str(tmp_path)],
@@ -550,6 +550,7 @@ def test_ddp_no_sync_dist_warnings_and_one_rank_failing_while_planning_fails_eve
     )  # fmt: skip
     from test_metrics_callback import check_metrics_ddp
 
+    assert (tmp_path / "metrics" / "rank1.pt").is_file(), proc.stderr[-3000:]  # the first two fits finished
     check_metrics_ddp(tmp_path / "metrics")
     for rank in (0, 1):
         found = torch.load(tmp_path / "warn" / f"rank{rank}.pt", weights_only=True)

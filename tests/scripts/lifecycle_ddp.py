@@ -1,9 +1,9 @@
 """Both pruning callbacks under DDP on 2 CPU processes (gloo); run by tests/test_lifecycle.py.
 
 Usage: python lifecycle_ddp.py OUT_DIR: three fits in one process group (one 2-process launch, not three):
+- warn, first: UnstructuredPruning + PruningMetrics; each rank saves the Lightning warnings about sync_dist it
+  saw (OUT_DIR/warn/rank{r}.pt). First, because Lightning emits each such warning once per process;
 - metrics_ddp.py's fit into OUT_DIR/metrics (PruningMetrics logs identical values once);
-- warn: UnstructuredPruning + PruningMetrics; each rank saves the Lightning warnings about sync_dist it saw
-  (OUT_DIR/warn/rank{r}.pt);
 - fail, last: rank 1's Taylor importance raises while ChannelPruning plans an event; every rank must raise
   (none may wait in a broadcast). Each rank writes the error it got to OUT_DIR/fail/rank{r}.err.
 """
@@ -73,6 +73,6 @@ if __name__ == "__main__":
     root = Path(sys.argv[1])
     for sub in ("metrics", "warn", "fail"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    metrics_ddp.main(root / "metrics")
     main("warn", root / "warn")
+    metrics_ddp.main(root / "metrics")
     main("fail", root / "fail")
