@@ -19,8 +19,10 @@ Protocol:
   the library's default from scratch), ``ours steps late``, ``ours lamp steps late``, ``ours steps1 late`` and
   ``ours lamp steps1 late`` (``every_n_steps=1``), ``ours late linear`` / ``ours late geometric`` (other schedule
   shapes); from scratch ``ours lamp + KD`` (the README's earlier recommendation); from a trained model
-  ``ModelPruning + KD`` and ``ours + KD`` (half-way ends); KD = ``Distillation()``: from scratch the teacher is the model before the first event (the
-  library's old default), from a trained model it is that trained model (``teacher_checkpoint``);
+  ``ModelPruning + KD`` and ``ours + KD`` (half-way ends); KD = ``Distillation()``: from scratch the teacher is
+  the model before the first event (the library's old default), from a trained model it is that trained model
+  (``teacher_checkpoint``);
+- model: LeNet; ``--model lenet5caffe`` swaps in Caffe's LeNet-5 (10x the weights) for a capacity check;
 - channel rows: ``ChannelPruning(speedup=2.0)`` and ``speedup=3.0`` (the MACs ratio reached is recorded), and
   ``channel late`` (``speedup=2.0`` with the late ``end_epoch``);
 - every run is one line of ``benchmarks/results/heldout_runs.jsonl`` (validation and test accuracy, sparsity or
@@ -85,12 +87,11 @@ def pretrained(args, seed: int, dm, pre: int) -> Path:
     """The seed's dense LeNet trained ``pretrain`` epochs (cached on disk: every row of the seed starts there)."""
     import lightning.pytorch as pl
 
-    from lightning_prune import ImageClassifier
-
-    path = CACHE / f"{args.data}_{args.train_size}_pre{pre}_seed{seed}.pt"
+    tag = "" if args.model == "lenet" else f"_{args.model}"
+    path = CACHE / f"{args.data}_{args.train_size}_pre{pre}_seed{seed}{tag}.pt"
     if not path.exists():
         pl.seed_everything(seed, verbose=False)
-        model = ImageClassifier("lenet")
+        model = build_model(args.model)
         common.trainer(pre, []).fit(model, dm)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
@@ -183,10 +184,23 @@ def callbacks_for(
     return cbs, extra
 
 
+def build_model(name: str):
+    """``ImageClassifier("lenet")``; ``lenet5caffe``: the same module with Caffe's LeNet-5 (Han et al.: conv 20 and
+    50, fc 500; 650k parameters at 32x32, 10x LeNet's) as its network, to see what model capacity changes."""
+    from lightning_prune import ImageClassifier
+
+    model = ImageClassifier("lenet")
+    if name == "lenet5caffe":
+        from trace_modelpruning import LeNet5Caffe
+
+        model.model = LeNet5Caffe(32)
+    return model
+
+
 def run_one(args, dm, seed: int, budget: str, method: str, target: float) -> dict:
     import lightning.pytorch as pl
 
-    from lightning_prune import ImageClassifier, count_macs
+    from lightning_prune import count_macs
     from lightning_prune.core.measure import sparsity as measure_sparsity
 
     pre, epochs = BUDGETS[args.data][budget]
@@ -197,7 +211,7 @@ def run_one(args, dm, seed: int, budget: str, method: str, target: float) -> dic
     start = pretrained(args, seed, dm, pre) if trained else None
     t0 = time.time()
     pl.seed_everything(seed, verbose=False)
-    model = ImageClassifier("lenet")
+    model = build_model(args.model)
     if start is not None:
         model.load_state_dict(torch.load(start, weights_only=True))
         model.starts_from_trained_weights = True  # what `init_from_checkpoint` sets
@@ -212,7 +226,7 @@ def run_one(args, dm, seed: int, budget: str, method: str, target: float) -> dic
         "val": common.accuracy(model, dm.val_dataloader()), "test": common.accuracy(model, dm.test_dataloader()),
         "sparsity": measure_sparsity(model), "macs_ratio": macs0 / count_macs(model.model, torch.zeros(1, 1, 32, 32)),
         "epochs": epochs, "pretrain": pre, "train_size": len(dm.train_set), "seconds": round(time.time() - t0, 1),
-        "library": common.library_version(), **extra,
+        "library": common.library_version(), **extra, **({} if args.model == "lenet" else {"model": args.model}),
     }  # fmt: skip
     return row
 
@@ -223,7 +237,7 @@ def done_keys() -> set:
     keys = set()
     for line in RUNS.read_text().splitlines():
         r = json.loads(line)
-        keys.add((r["data"], r["budget"], r["epochs"], r["seed"], r["method"], r["target"]))
+        keys.add((r["data"], r["budget"], r["epochs"], r.get("model", "lenet"), r["seed"], r["method"], r["target"]))
     return keys
 
 
@@ -252,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")], default=None,
                    help="only these sparsities / speed-ups (comma-separated); default: all")  # fmt: skip
     p.add_argument("--epochs", type=int, default=None, help="training (or fine-tuning) epochs; default: the budget's")
+    p.add_argument("--model", choices=["lenet", "lenet5caffe"], default="lenet", help="the network (see build_model)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs of 3 batches, nothing written")
     p.add_argument("--table", action="store_true", help="write the RESULTS.md part from heldout_runs.jsonl")
     args = p.parse_args(argv)
@@ -264,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     done = set() if args.quick else done_keys()
     epochs = args.epochs or BUDGETS[args.data][args.budget][1]
     for seed, method, target in plan(args):
-        if (args.data, args.budget, epochs, seed, method, target) in done:
+        if (args.data, args.budget, epochs, args.model, seed, method, target) in done:
             continue
         row = run_one(args, dm, seed, args.budget, method, target)
         print(json.dumps(row), flush=True)

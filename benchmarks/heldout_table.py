@@ -35,7 +35,7 @@ def load(path: Path = RUNS) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     latest: dict = {}
     for r in rows:  # a re-run of the same cell replaces the earlier line
-        latest[(r["data"], r["budget"], r["epochs"], r["seed"], r["method"], r["target"])] = r
+        latest[(r["data"], r["budget"], r["epochs"], r.get("model"), r["seed"], r["method"], r["target"])] = r
     return list(latest.values())
 
 
@@ -51,7 +51,8 @@ def verdict(diffs: list[float]) -> str:
 def budget_label(r: dict) -> str:
     """``scratch`` / ``trained`` at the protocol's epochs, ``scratch 30 epochs`` for a longer (``--epochs``) run."""
     default = heldout.BUDGETS[r["data"]][r["budget"]][1]
-    return r["budget"] if r["epochs"] == default else f"{r['budget']} {r['epochs']} epochs"
+    label = r["budget"] if r["epochs"] == default else f"{r['budget']} {r['epochs']} epochs"
+    return label + (" LeNet-5-Caffe" if r.get("model") == "lenet5caffe" else "")
 
 
 def cells(rows: list[dict]) -> dict:
@@ -68,7 +69,9 @@ def paired(c: dict, key_a: tuple, key_b: tuple, split: str) -> list[float]:
 
 
 def section(c: dict, data: str, budget: str) -> str:
-    targets = sorted({k[3] for k in c if k[:2] == (data, budget) and k[2] != "dense" and not k[2].startswith("channel")})
+    targets = sorted(
+        {k[3] for k in c if k[:2] == (data, budget) and k[2] != "dense" and not k[2].startswith("channel")}
+    )
     methods = [m for m in ORDER if any(k[:3] == (data, budget, m) for k in c)]
     if not targets:
         return ""
