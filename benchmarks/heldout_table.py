@@ -81,7 +81,7 @@ def section(c: dict, data: str, budget: str) -> str:
         f"from scratch, {one['epochs']} epochs"
         if budget.startswith("scratch")
         else f"from the seed's dense model trained {one['pretrain']} epochs, then {one['epochs']} epochs"
-    )
+    ) + (", Caffe's LeNet-5 (`--model lenet5caffe`)" if "LeNet-5-Caffe" in budget else "")
     head = ["method"] + [f"{round(100 * t)}% val" for t in targets] + [f"{round(100 * t)}% test" for t in targets]
     table = []
     for m in methods:
@@ -142,11 +142,13 @@ def section(c: dict, data: str, budget: str) -> str:
 DEFAULT_ROW = {"scratch": "ours late", "trained": "ours halfway"}  # what `UnstructuredPruning(amount=s)` runs
 
 
-def summary(c: dict, kind: str, split: str = "val", methods: list[str] | None = None) -> str:
+def summary(c: dict, kind: str, split: str = "val", methods: list[str] | None = None, lenet_only: bool = False) -> str:
     """One compact table per starting point (``scratch`` / ``trained``): the mean accuracy of every row in every
     data set x budget x sparsity, with the paired difference (points) to the row the library's defaults give and
-    its verdict; ``[n]``: fewer seeds than the cell's reference. ``methods``: only these rows (the README's)."""
+    its verdict; ``[n]``: fewer seeds than the cell's reference. ``methods``: only these rows and ``lenet_only``:
+    no LeNet-5-Caffe columns (the README's table)."""
     budgets = sorted({k[1] for k in c if k[1].split()[0] == kind}, key=lambda b: (len(b), b))
+    budgets = [b for b in budgets if not (lenet_only and "LeNet-5-Caffe" in b)]
     cols = [(d, b, t) for d in ("digits", "fashion") for b in budgets for t in (0.9, 0.95) if (d, b, "dense", 0.0) in c]
     ref = DEFAULT_ROW[kind]
     head = [split] + [f"{d} {b} {round(100 * t)}%" for d, b, t in cols]
