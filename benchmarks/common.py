@@ -269,6 +269,14 @@ def halfway_end(epochs: int, from_trained: bool = False) -> int:
     return default_end_epoch(resolve_start_epoch(None, from_trained), epochs)
 
 
+def late_end(epochs: int, from_trained: bool = False) -> int:
+    """The three-quarters ``end_epoch`` (``UnstructuredPruning``'s default from scratch since issue 22;
+    ``round(0.75 * epochs)`` for every budget the benchmarks ran)."""
+    from lightning_prune.core.schedules import late_end_epoch, resolve_start_epoch
+
+    return late_end_epoch(resolve_start_epoch(None, from_trained), epochs)
+
+
 def model_pruning_amounts(targets: dict[int, float], shift: int = 0) -> dict[int, float]:
     """Convert cumulative targets ``{epoch: s_i}`` into ModelPruning's "fraction of what remains" amounts.
 

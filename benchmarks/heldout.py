@@ -152,10 +152,11 @@ def callbacks_for(
         return [], {}
     if method == "fasterai":
         return [fasterai_callback(target, trained)], {}
-    if method.startswith("channel"):  # "channel late": the late end of the unstructured rows
-        late = {"end_epoch": round(0.75 * epochs)} if "late" in method else {}
-        return [ChannelPruning(speedup=target, verbose=False, **late)], late
     halfway = common.halfway_end(epochs, trained)  # the pre-issue-22 default end
+    late = common.late_end(epochs, trained)  # the final target at 3/4 of training, as in fasterai's schedule
+    if method.startswith("channel"):  # "channel late": the late end of the unstructured rows
+        end = {"end_epoch": late} if "late" in method else {}
+        return [ChannelPruning(speedup=target, verbose=False, **end)], end
     if method.startswith("ModelPruning"):
         targets = UnstructuredPruning(amount=target, end_epoch=halfway).targets(epochs, from_trained=trained)
         amounts = common.model_pruning_amounts(targets, shift=0 if trained else -1)
@@ -170,10 +171,8 @@ def callbacks_for(
     for shape in ("linear", "geometric"):  # the schedule shape (cubic otherwise)
         if shape in method:
             kwargs["schedule"] = extra["schedule"] = shape
-    if "late" in method:  # the target reached at 75% of training, as fasterai's schedule does
-        kwargs["end_epoch"] = extra["end_epoch"] = round(0.75 * epochs)
-    elif method != "ours defaults":  # every other row keeps the half-way end it was measured with
-        kwargs["end_epoch"] = extra["end_epoch"] = halfway
+    # every row but the late ones keeps the half-way end it was measured with
+    kwargs["end_epoch"] = extra["end_epoch"] = late if "late" in method else halfway
     if "steps1" in method:  # an event at every optimizer step, as fasterai's schedule moves
         kwargs["every_n_steps"] = extra["every_n_steps"] = 1
     elif "steps" in method:

@@ -140,7 +140,6 @@ class ChannelFitStart:
     _schedule_map: dict[int, float]
     _last_event_epoch: int
     _checked = False
-    _batch_input: Any = None
 
     def _without_batch(self, pl_module: pl.LightningModule) -> bool:
         """Whether the tracing input is known before the training dataloader is (no batch needed)."""

@@ -65,16 +65,10 @@ def default_end_epoch(start_epoch: int, max_epochs: int | None) -> int:
     """The default ``end_epoch`` of ``ChannelPruning``/``DecoderPruning``, and of ``UnstructuredPruning`` from trained
     weights: half-way from ``start_epoch`` to the end of training.
 
-    With ``max_epochs=10`` and ``start_epoch=0`` the events fall on epochs 0..4 and epochs 5..9 fine-tune
-    the final sparsity (the last event is followed by ``max_epochs - end_epoch`` epochs of training).
+    With ``max_epochs=10`` and ``start_epoch=0`` the events fall on the starts of epochs 0..4 and epochs 4..9
+    train at the final sparsity (the last event is followed by ``max_epochs - end_epoch`` epochs of training).
     """
-    if max_epochs is None or max_epochs < 0:
-        raise ValueError(
-            "`end_epoch` is None and the Trainer has no finite `max_epochs` to derive it from; "
-            "pass `end_epoch` explicitly"
-        )
-    if max_epochs <= start_epoch:
-        raise ValueError(f"`start_epoch`={start_epoch} is not before the Trainer's `max_epochs`={max_epochs}")
+    max_epochs = _finite_max_epochs(start_epoch, max_epochs)
     return start_epoch + max(0, (max_epochs - start_epoch) // 2 - 1)
 
 
@@ -86,9 +80,20 @@ def late_end_epoch(start_epoch: int, max_epochs: int | None) -> int:
     With ``max_epochs=10`` and ``start_epoch=1`` the events fall on epochs 1..8 and epochs 8 and 9 train at the
     final sparsity. It won over the half-way end from scratch on two data sets and two budgets (RESULTS.md part 12).
     """
-    default_end_epoch(start_epoch, max_epochs)  # the same checks of `max_epochs`
-    assert max_epochs is not None
+    max_epochs = _finite_max_epochs(start_epoch, max_epochs)
     return max(start_epoch, min(max_epochs - 1, round(0.75 * max_epochs)))
+
+
+def _finite_max_epochs(start_epoch: int, max_epochs: int | None) -> int:
+    """``max_epochs``, checked: an automatic ``end_epoch`` needs a finite one after ``start_epoch``."""
+    if max_epochs is None or max_epochs < 0:
+        raise ValueError(
+            "`end_epoch` is None and the Trainer has no finite `max_epochs` to derive it from; "
+            "pass `end_epoch` explicitly"
+        )
+    if max_epochs <= start_epoch:
+        raise ValueError(f"`start_epoch`={start_epoch} is not before the Trainer's `max_epochs`={max_epochs}")
+    return max_epochs
 
 
 def build_schedule(
@@ -283,8 +288,8 @@ __all__ = [
     "build_schedule",
     "count_for",
     "default_end_epoch",
-    "late_end_epoch",
     "event_epochs",
+    "late_end_epoch",
     "resolve_start_epoch",
     "schedule_fraction",
     "steps_per_epoch",
