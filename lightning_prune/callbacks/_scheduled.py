@@ -313,22 +313,24 @@ class ScheduledPruning(Callback):
             "`max_epochs` continues the schedule"
         )
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    # The pieces of the Lightning hooks every scheduled callback runs. This base defines no hook itself: each
+    # callback's own module defines every hook it uses and calls these from there.
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``on_fit_start``: inspect the network (once per fit) and bring the averaged copies along."""
         self._ensure_inspected(trainer, pl_module)
         self._follow_averaged(trainer, pl_module)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _end_training(self, trainer: pl.Trainer) -> None:
+        """``on_train_end``: warn when the schedule did not reach its final target."""
         how = "early stopping" if trainer.should_stop else "max_epochs/max_steps reached"
         self._warn_if_unfinished(trainer, how)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # an interruption (Ctrl-C, SIGTERM); any other exception speaks for itself
+    def _after_exception(self, trainer: pl.Trainer, exception: BaseException) -> None:
+        """``on_exception``: an interruption (Ctrl-C, SIGTERM) warns like an early end; any other exception speaks
+        for itself. The load hook goes either way (a failed fit does not reach ``teardown``)."""
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         if trainer.state.fn == "fit" and interrupted:
             self._warn_if_unfinished(trainer, f"interrupted by {type(exception).__name__}")
-        self._remove_load_hook()
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_load_hook()
 
     # ------------------------------------------------------------------------------------------ logging

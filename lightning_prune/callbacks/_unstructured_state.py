@@ -322,12 +322,12 @@ class MaskState(ScheduledPruning):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._wanda.detach()
-        super().teardown(trainer, pl_module, stage)
+        self._remove_load_hook()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._wanda.detach()  # a failed fit does not reach `teardown`
-        super().on_exception(trainer, pl_module, exception)
+        self._after_exception(trainer, exception)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

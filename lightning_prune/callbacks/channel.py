@@ -248,7 +248,7 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
             optim_ops.check_optimizer(opt)
-        super().on_fit_start(trainer, pl_module)
+        self._begin_fit(trainer, pl_module)
         if self._without_batch(pl_module):  # else at on_train_start, with the first training batch
             self._check_model(trainer, pl_module)
 
@@ -262,6 +262,18 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
         self._gradients.reset()
         if not waits:  # (a waiting event logs once it ran: one value per key and epoch)
             self._log_state(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_training(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._after_exception(trainer, exception)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_load_hook()
 
     # ------------------------------------------------------------------------------------------ logging
     @override

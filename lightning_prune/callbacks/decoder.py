@@ -160,7 +160,7 @@ class DecoderPruning(ScheduledPruning):
                 "DecoderPruning does not keep the averaged copy of WeightAveraging/EMAWeightAveraging pruned yet; "
                 "remove that callback, or average after pruning"
             )
-        super().on_fit_start(trainer, pl_module)
+        self._begin_fit(trainer, pl_module)
 
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         decoders = self.core.prepare(pl_module)  # raises, naming the reason, on a model it cannot prune
@@ -195,7 +195,15 @@ class DecoderPruning(ScheduledPruning):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._stats.detach()
-        super().teardown(trainer, pl_module, stage)
+        self._remove_load_hook()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_training(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._after_exception(trainer, exception)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -231,7 +231,7 @@ class UnstructuredPruning(_steps.StepEvents):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._ensure_inspected(trainer, pl_module)
+        self._ensure_inspected(trainer, pl_module)  # (then follows the averaged copies, as `_begin_fit` does)
         # a later fit: the pruning made permanent at the end of the last one comes back (before any step)
         if self._packed and not any(mask_ops.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
             self._apply_packed(pl_module)
@@ -270,7 +270,7 @@ class UnstructuredPruning(_steps.StepEvents):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
+        self._end_training(trainer)
         self._wanda.detach()
         if self.make_pruning_permanent and self._targets:
             # the averaged copies too, in the same step: their parameters and buffers stay aligned with the
