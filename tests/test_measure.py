@@ -234,3 +234,15 @@ def test_measure_module_stays_reachable_from_the_package():
 
     assert isinstance(lightning_prune.core.measure, types.ModuleType) and lightning_prune.core.measure is measure_module
     assert lightning_prune.measure_model is measure_module.measure
+
+
+def test_dense_and_compressed_sizes_count_the_same_tensors():
+    # a model with BatchNorm: its running statistics are saved with the weights, so both sizes count them;
+    # unpruned, the compressed size can never exceed the dense one by more than the format's few bytes per tensor
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    model(torch.zeros(1, 3, 6, 6))
+    stats = measure(model)
+    saved = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert stats.size_mb == pytest.approx(saved / MB)
+    assert size_mb(model) == pytest.approx(saved / MB)
+    assert stats.size_mb_compressed <= stats.size_mb

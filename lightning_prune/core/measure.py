@@ -154,9 +154,11 @@ def count_params_nonzero(model: nn.Module) -> int:
 
 
 def size_mb(model: nn.Module) -> float:
-    """Dense size of the parameters in MB (2**20 bytes): what the weights occupy in memory or in a plain
-    ``state_dict`` file, zeros included. Pruning masks and buffers are not counted."""
-    return sum(v.numel() * es for _, v, es in effective_named_parameters(model)) / MB
+    """Dense size in MB (2**20 bytes) of what a plain ``state_dict`` file holds: the parameters, zeros included,
+    and the persistent buffers (BatchNorm statistics); pruning masks are not counted. The compressed size
+    (``measure(...).size_mb_compressed``) counts the same tensors."""
+    params = sum(v.numel() * es for _, v, es in effective_named_parameters(model))
+    return (params + sum(b.numel() * b.element_size() for b in saved_buffers(model))) / MB
 
 
 def layer_sparsity(model: nn.Module, types: Sequence[type[nn.Module]] | None = None) -> dict[str, float]:
@@ -378,7 +380,8 @@ class _ParamCounts:
             self.params_nonzero += nz
             self.dense_bytes += value.numel() * es
             self.compressed_bytes += entry_nbytes(value, nonzero=nz)
-        for buf in saved_buffers(model):
+        for buf in saved_buffers(model):  # both sizes count the same tensors
+            self.dense_bytes += buf.numel() * buf.element_size()
             self.compressed_bytes += entry_nbytes(buf)
 
 
