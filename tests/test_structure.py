@@ -379,3 +379,62 @@ def test_prepare_errors_leave_model_untouched():
 def test_constructor_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         ChannelPruner(**kwargs)
+
+
+def test_layernorm_without_affine_parameters_takes_the_recorded_shape():
+    # a LayerNorm with no tensors of its own after pruned features: only the recorded architecture can tell its
+    # new normalized_shape (a load that skipped it failed in forward: normalized_shape=[32] against 16 features)
+    def make():
+        return nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32, elementwise_affine=False), nn.ReLU(), nn.Linear(32, 4))
+
+    torch.manual_seed(0)
+    pruned, x = make(), torch.randn(2, 8)
+    ChannelPruner("l1").step(pruned, x, 0.5)
+    arch = architecture(pruned)
+    assert arch["1"]["normalized_shape"] == [16]
+    fresh = load_channel_pruned(make(), {"state_dict": pruned.state_dict(), "architecture": arch})
+    assert fresh[1].normalized_shape == (16,)
+    assert torch.equal(fresh(x), pruned(x))
+
+
+def test_averaged_copy_follows_a_layernorm_without_affine_parameters():
+    from lightning_prune.core.channel.transaction import run_channel_event
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32, elementwise_affine=False), nn.ReLU(), nn.Linear(32, 4))
+    ema, x = copy.deepcopy(net), torch.randn(2, 8)
+    pruner = ChannelPruner("l1")
+    run_channel_event(pruner, net, lambda: pruner.plan(net, x, 0.5), x, averaged=[ema])
+    assert ema[1].normalized_shape == net[1].normalized_shape == (16,)
+    assert torch.equal(ema(x), net(x))
+
+
+def test_a_rolled_back_event_leaves_frozen_layers_frozen():
+    # prune_frozen=True traces frozen layers as trainable (every flag set to True while planning and cutting);
+    # a failure after the cut (here: the measurement) rolls the event back, and the frozen layer stays frozen
+    import contextlib
+
+    from lightning_prune.core.channel.transaction import run_channel_event
+
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    net[0].requires_grad_(False)
+    before = [(p, p.requires_grad, p.shape) for p in net.parameters()]
+
+    @contextlib.contextmanager
+    def unfrozen():  # what ChannelPruning(prune_frozen=True) does around planning and applying
+        flags = {n: p.requires_grad for n, p in net.named_parameters()}
+        net.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for n, p in net.named_parameters():
+                p.requires_grad_(flags[n])
+
+    def failing_measure(model):
+        raise RuntimeError("measurement failed")
+
+    pruner, x = ChannelPruner("l1"), torch.zeros(1, 8)
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        run_channel_event(pruner, net, lambda: pruner.plan(net, x, 0.5), x, measure=failing_measure, tracing=unfrozen)
+    assert [(p, p.requires_grad, p.shape) for p in net.parameters()] == before
+    assert not net[0].weight.requires_grad and net[2].weight.requires_grad

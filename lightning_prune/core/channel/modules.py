@@ -159,6 +159,10 @@ class _Snapshot:
                     delattr(m, k)
             for k, v in attrs.items():
                 setattr(m, k, v)
+        for _m, params, _buffers, _attrs in self.items:
+            for p in params.values():
+                if p is not None and id(p) in self.flags:
+                    p.requires_grad_(self.flags[id(p)])
 
 
 def _slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:

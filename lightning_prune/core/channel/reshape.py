@@ -124,13 +124,15 @@ def sync_width_attributes(
 def architecture(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The model's layers as plain data: ``{module name: {"type", channel attributes, "shapes"}}``.
 
-    Only modules with parameters or buffers of their own are listed. Everything is ints, strings and lists, so
-    it goes into a checkpoint that loads with ``torch.load(weights_only=True)``.
+    Only modules with parameters or buffers of their own, width or head attributes, or a shape attribute their
+    forward reads (a ``LayerNorm`` without affine parameters: ``normalized_shape``) are listed. Everything is
+    ints, strings and lists, so it goes into a checkpoint that loads with ``torch.load(weights_only=True)``.
     """
     out: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
         tensors = list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
-        if not tensors and not any(isinstance(getattr(m, a, None), int) for a in WIDTH_ATTRS + HEAD_ATTRS):
+        widths = any(isinstance(getattr(m, a, None), int) for a in WIDTH_ATTRS + HEAD_ATTRS)
+        if not tensors and not widths and not isinstance(m, nn.LayerNorm):
             continue
         entry: dict[str, Any] = {"type": type(m).__name__}
         for attr in _CHANNEL_ATTRS:
@@ -218,13 +220,18 @@ def architecture_in(checkpoint: Mapping[str, Any]) -> dict[str, dict[str, Any]] 
 
 
 def _apply_recorded_attrs(model: nn.Module, arch: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Set the head counts and widths :func:`architecture` recorded (what tensor shapes alone cannot tell)."""
+    """Set the head counts, widths and ``LayerNorm`` shapes :func:`architecture` recorded (what tensor shapes alone
+    cannot tell: a ``LayerNorm`` without affine parameters has no tensor to reshape)."""
     changed = []
     modules = dict(model.named_modules())
     for name, entry in arch.items():
         m = modules.get(name)
         if m is None:
             continue
+        shape = entry.get("normalized_shape")
+        if isinstance(m, nn.LayerNorm) and isinstance(shape, list) and tuple(shape) != tuple(m.normalized_shape):
+            m.normalized_shape = tuple(int(s) for s in shape)
+            changed.append(f"{name}.normalized_shape")
         for attr in HEAD_ATTRS + WIDTH_ATTRS:
             value, now = entry.get(attr), getattr(m, attr, None)
             if isinstance(value, int) and isinstance(now, int) and not isinstance(now, bool) and now != value:

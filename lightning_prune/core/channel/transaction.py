@@ -32,7 +32,7 @@ from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel.applying import ChannelPruningError, StepResult
 from lightning_prune.core.channel.modules import _Snapshot
 from lightning_prune.core.channel.pruner import ChannelPruner, Plan
-from lightning_prune.core.channel.reshape import reshape_to_state_dict
+from lightning_prune.core.channel.reshape import architecture, reshape_to_state_dict
 
 #: an undo: puts back what its step changed
 Undo = Callable[[], None]
@@ -51,6 +51,17 @@ class Transaction:
     def rollback(self) -> None:
         while self._undos:
             self._undos.pop()()
+
+
+def _requires_grad_flags(model: nn.Module) -> Undo:
+    """The undo that gives ``model``'s parameters (these tensor objects) their ``requires_grad`` flags of now."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+
+    def undo() -> None:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+    return undo
 
 
 def snapshot_optimizers(optimizers: Sequence[torch.optim.Optimizer]) -> Undo:
@@ -78,7 +89,7 @@ def follow_pruned(copy: nn.Module, model: nn.Module, result: StepResult, names: 
     ``names`` maps ``id(parameter)`` of ``model`` before the event to its name."""
     by_name = {names[id(old)]: (new, index) for old, (new, index, _shape) in result.changes.items() if id(old) in names}
     saved = {n: p.detach().clone() for n, p in copy.named_parameters()}
-    reshaped = reshape_to_state_dict(copy, model.state_dict())
+    reshaped = reshape_to_state_dict(copy, model.state_dict(), architecture(model))
     if not reshaped:
         return
     current = dict(model.named_parameters())
@@ -150,6 +161,7 @@ def run_channel_event(
     """
     names = {id(p): n for n, p in model.named_parameters()}
     tx = Transaction()
+    tx.done(_requires_grad_flags(model))  # taken before `tracing` may unfreeze layers; undone last
     try:
         with tracing() if tracing is not None else contextlib.nullcontext():
             chosen = plan() if callable(plan) else plan
