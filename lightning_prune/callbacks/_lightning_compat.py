@@ -11,7 +11,10 @@ Lightning or torch upgrade that removes one fails loudly in the test suite inste
   raises then);
 * ``LightningModule._compiler_ctx``: set by Lightning when the module was compiled through ``from_compiled``;
 * ``Module._load_state_dict_pre_hooks`` and ``_WrappedHook.hook``: the hooks already registered, so the pruning
-  callbacks share one.
+  callbacks share one;
+* ``_MultiProcessingLauncher._recover_results_in_main_process``: under ``ddp_spawn`` the main process loads rank 0's
+  final weights into its own module, which no callback hook sees; a channel-pruned module must take the pruned
+  shapes first.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ PRIVATE_NAMES = {
     "attached_trainer": "LightningModule._trainer",
     "is_compiled": "LightningModule._compiler_ctx",
     "load_state_dict_pre_hooks": "Module._load_state_dict_pre_hooks, _WrappedHook.hook",
+    "before_spawn_recovery": "_MultiProcessingLauncher._recover_results_in_main_process",
 }
+
+#: the attribute a callback defines to run in a ``ddp_spawn`` run's main process, before rank 0's weights load
+SPAWN_RECOVERY_HOOK = "_before_spawned_weights_load"
 
 
 def loaded_checkpoint(trainer: Any) -> Mapping[str, Any]:
@@ -78,8 +85,37 @@ def load_state_dict_pre_hooks(module: nn.Module) -> list[Any]:
     return [getattr(registered, "hook", registered) for registered in module._load_state_dict_pre_hooks.values()]
 
 
+def before_spawn_recovery() -> None:
+    """Let callbacks prepare the main process's module before a ``ddp_spawn`` fit's final weights load into it.
+
+    Lightning's spawn launcher ends a fit by loading rank 0's weights into the main process's module
+    (``load_state_dict(strict=False)``, which still refuses other shapes); no callback hook runs in the main process
+    before that. Installed once (idempotent), this wraps that step: every callback in the Trainer with a method
+    named :data:`SPAWN_RECOVERY_HOOK` gets ``(trainer, state_dict)`` first (e.g. to reshape the module)."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    original = _MultiProcessingLauncher._recover_results_in_main_process
+    if getattr(original, "_lightning_prune", False):
+        return
+
+    def recover(self: Any, worker_output: Any, trainer: pl.Trainer) -> None:
+        hooks = [
+            getattr(cb, SPAWN_RECOVERY_HOOK) for cb in trainer_callbacks(trainer) if hasattr(cb, SPAWN_RECOVERY_HOOK)
+        ]
+        if hooks and worker_output.weights_path is not None:
+            state = self._strategy.checkpoint_io.load_checkpoint(worker_output.weights_path)
+            for hook in hooks:
+                hook(trainer, state)
+        original(self, worker_output, trainer)
+
+    recover._lightning_prune = True  # type: ignore[attr-defined]
+    _MultiProcessingLauncher._recover_results_in_main_process = recover  # type: ignore[method-assign]
+
+
 __all__ = [
     "PRIVATE_NAMES",
+    "SPAWN_RECOVERY_HOOK",
+    "before_spawn_recovery",
     "attached_trainer",
     "averaged_model",
     "fast_dev_run",
