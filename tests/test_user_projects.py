@@ -1,0 +1,101 @@
+"""The callbacks the way users' own Lightning projects run them: Hydra ``_target_`` configs, a module that compiles
+itself in ``setup`` or builds its network in ``configure_model``, ``ddp_spawn``, progress bars, a separate eval
+script on the checkpoints, pickled callbacks."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import UserClassifier, make_trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+from lightning_prune import ChannelPruning, PruningMetrics, UnstructuredPruning
+from lightning_prune.core.channel.reshape import architecture
+from lightning_prune.data import DigitsDataModule
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def _data():
+    return DigitsDataModule(batch_size=32)
+
+
+# ------------------------------------------------------------------------------------------ Hydra configs
+HYDRA_CONFIG = """
+callbacks:
+  unstructured:
+    _target_: lightning_prune.UnstructuredPruning
+    amount: 0.8
+    layer_amounts: {backbone.fc1: 0.5}
+    parameters: [weight]
+  metrics:
+    _target_: lightning_prune.PruningMetrics
+"""
+
+
+def test_callbacks_from_a_hydra_config_take_its_containers(tmp_path):
+    # Hydra passes DictConfig/ListConfig, not dict/list: the callbacks take any mapping and sequence
+    hydra = pytest.importorskip("hydra")
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(HYDRA_CONFIG)
+    callbacks = [hydra.utils.instantiate(c) for c in config.callbacks.values()]
+    pruning = callbacks[0]
+    assert isinstance(pruning, UnstructuredPruning) and pruning.layer_amounts == {"backbone.fc1": 0.5}
+    model = UserClassifier()
+    make_trainer(tmp_path, 3, callbacks).fit(model, _data())
+    fc1 = model.backbone.fc1.weight
+    assert float((fc1 == 0).sum()) / fc1.numel() == pytest.approx(0.5, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ ddp_spawn
+def test_channel_pruning_under_ddp_spawn_gives_the_main_process_the_pruned_model(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "channel_ddp_spawn.py"), str(tmp_path)], capture_output=True, text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    main = torch.load(tmp_path / "main.pt", weights_only=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert main["architecture"]["backbone.conv2"]["out_channels"] == 8
+    assert main["logits"].shape == (2, 10)
+    for key, value in rank0.items():
+        assert torch.equal(main["weights"][key], value), key
+
+
+# ------------------------------------------------------------------------------------------ progress bars
+def _fit_with_bar(tmp_path, bar):
+    callbacks = [UnstructuredPruning(amount=0.5), PruningMetrics(), bar]
+    make_trainer(tmp_path, 3, callbacks, enable_progress_bar=True).fit(UserClassifier(), _data())
+
+
+def test_rich_progress_bar_keeps_every_line(tmp_path):
+    console = io.StringIO()
+    _fit_with_bar(tmp_path, RichProgressBar(console_kwargs={"file": console, "force_terminal": True, "width": 200}))
+    out = console.getvalue()
+    assert "UnstructuredPruning: epoch 1:" in out and "UnstructuredPruning: epoch 2:" in out
+    for row in ("| MACs (M) |", "| Params non-zero (M) |", "| Size compressed (MB) |", "| Sparsity all params (%) |"):
+        assert row in out, row
+
+
+def test_tqdm_progress_bar_keeps_every_line(tmp_path, capsys):
+    _fit_with_bar(tmp_path, TQDMProgressBar())
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "UnstructuredPruning: epoch 2:" in out and "| Sparsity all params (%) |" in out
+
+
+# ------------------------------------------------------------------------------------------ pickling
+def test_callbacks_pickle_after_fit(tmp_path):
+    callbacks = [UnstructuredPruning(amount=0.5), PruningMetrics()]
+    make_trainer(tmp_path, 3, callbacks).fit(UserClassifier(), _data())
+    for cb in callbacks:
+        copy = pickle.loads(pickle.dumps(cb))
+        assert copy.state_dict().keys() == cb.state_dict().keys()
