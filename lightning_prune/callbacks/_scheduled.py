@@ -118,6 +118,14 @@ class ScheduledPruning(Callback):
         self._hook_handle: Any = None
         self._inspected = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (e.g. a ``ddp_spawn`` launch, or a user saving the callback) drops what only means something
+        in this process: the weak reference to the fitted module and the handle of its load hook."""
+        state = dict(self.__dict__)
+        state["_module_ref"] = None
+        state["_hook_handle"] = None
+        return state
+
     def targets(self, max_epochs: int | None = None, from_trained: bool = False) -> dict[int, float]:
         """``{epoch: absolute target}`` of every event (``max_epochs`` is needed when ``end_epoch`` is None).
 
