@@ -99,3 +99,23 @@ def test_callbacks_pickle_after_fit(tmp_path):
     for cb in callbacks:
         copy = pickle.loads(pickle.dumps(cb))
         assert copy.state_dict().keys() == cb.state_dict().keys()
+
+
+# ------------------------------------------------------------------------------------------ compiled in setup
+class CompilesInSetup(UserClassifier):
+    """A project's module that compiles its network in its own ``setup`` (after every callback's ``setup``)."""
+
+    def setup(self, stage: str) -> None:
+        self.backbone = torch.compile(self.backbone)
+
+
+def test_channel_pruning_refuses_a_network_compiled_in_the_modules_setup(tmp_path):
+    from lightning_prune.core.channel.applying import ChannelPruningError
+
+    model = CompilesInSetup()
+    model.example_input_array = torch.zeros(1, 1, 32, 32)  # so the callback traces at its setup, before compiling
+    trainer = make_trainer(tmp_path, 2, [ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=0)])
+    with pytest.raises(ChannelPruningError, match=r"torch.compile'd: channel pruning needs the eager modules"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+    assert model.backbone._orig_mod.fc3.out_features == 10 and model.backbone._orig_mod.conv2.out_channels == 16

@@ -55,6 +55,7 @@ from lightning_prune.core.channel.modules import (
     find_output_layers,
     masked_modules,
     preserved_modes,
+    refuse_compiled,
     unreached_modules,
 )
 from lightning_prune.core.patterns import check_patterns_match, compile_patterns, matches_any
@@ -261,6 +262,7 @@ class ChannelPruner:
         Afterwards :attr:`unreached` names the submodules with prunable layers that the forward never reached.
         """
         _tp_compat.check()
+        refuse_compiled(model)
         try:
             with torch.no_grad(), preserved_modes(model):
                 model.eval()  # no BatchNorm statistics updated, and batch size 1 works
@@ -338,6 +340,7 @@ class ChannelPruner:
         broadcast.
         """
         target = check_fraction("target", target)
+        refuse_compiled(model)  # also when compiled after `prepare` (e.g. in the LightningModule's `setup`)
         scale = 1.0 if scale is None else float(scale)
         if self.ignored_names is None or not self.original_channels:
             self.prepare(model, example_inputs)
