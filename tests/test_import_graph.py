@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "lightning_prune"
-OUTER = ("lightning_prune.callbacks", "lightning_prune.models", "lightning_prune.data", "lightning_prune.cli",
-         "lightning_prune.trainer_cli", "lightning_prune.report", "lightning_prune.sensitivity")
+OUTER = ("lightning_prune.callbacks", "lightning_prune.models", "lightning_prune.data", "lightning_prune.cli")
 HEAVY = ("lightning", "pytorch_lightning", "torchvision", "torchmetrics")
 
 
