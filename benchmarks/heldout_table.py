@@ -187,7 +187,7 @@ def main(budgets: dict, protocol: str) -> int:
     parts = [section(c, d, b) for d in ("digits", "fashion") for b in budgets]
     libs = sorted({r["library"] for r in rows})
     text = (
-        "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets (issue 22)\n\n"
+        "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets\n\n"
         "Command: `python benchmarks/heldout.py --data {digits,fashion} --budget {scratch,trained}` (`--epochs 30` / "
         "`--epochs 20` for the longer budgets from scratch, `--seeds 3,4` for the last two seeds, `--methods` for "
         "the optional rows; runs appended to `benchmarks/results/heldout_runs.jsonl`), then "

@@ -139,9 +139,8 @@ Definitions used in every table:
 - accuracy: top-1 on the held-out test split of `DigitsDataModule` (360 images), mean +- sample std over seeds;
 - times: wall-clock medians of interleaved runs with `torch.set_num_threads(1)`."""
 
-#: a heading's own numbering, replaced by the list's: "12. ", "1a-short. ", "Issue 22: "; and a trailing "(issue N)"
-_NUMBER = re.compile(r"^(?:\d+[a-z]?(?:-[a-z]+)?\.\s+|[Ii]ssue \d+:\s+)")
-_ISSUE = re.compile(r"\s*\((?:issue|Issue) #?\d+\)")
+#: a heading's own numbering ("12. ", "1a-short. "), replaced by the list's
+_NUMBER = re.compile(r"^\d+[a-z]?(?:-[a-z]+)?\.\s+")
 
 
 def titled(name: str, text: str) -> str:
@@ -150,7 +149,7 @@ def titled(name: str, text: str) -> str:
     first, _, rest = text.partition("\n")
     if not part.number or not first.startswith("## "):
         return text
-    title = _ISSUE.sub("", _NUMBER.sub("", first[3:]))
+    title = _NUMBER.sub("", first[3:])
     return f"## {part.number}. {title}\n{rest}"
 
 

@@ -45,8 +45,9 @@ def test_results_headings_carry_the_list_numbers(parts):
 
 
 def test_titled_renumbers_a_heading(parts):
-    assert parts.titled("floor", "## 3b. Floor (issue 9)\n\nbody") == "## 15. Floor\n\nbody"
-    assert parts.titled("trace_modelpruning", "## Issue 22: A trace\n") == "## 13. A trace\n"
+    assert parts.titled("floor", "## 3b. Floor\n\nbody") == "## 15. Floor\n\nbody"
+    assert parts.titled("quality_short", "## 1a-short. Quality\n") == "## 1a-short. Quality\n"
+    assert parts.titled("trace_modelpruning", "## A trace\n") == "## 13. A trace\n"
     assert parts.titled("gpu", "## GPU check (CPU quick mode)\n") == "## GPU check (CPU quick mode)\n"
 
 

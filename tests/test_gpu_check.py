@@ -24,7 +24,7 @@ CHECKS = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal  # minutes: not in the default run (`python -m pytest -m rehearsal`, .ci/run's second step)
 def test_gpu_check_quick_on_cpu_passes_every_check(tmp_path):
     out = tmp_path / "gpu.md"
     # a generous budget: on a loaded CPU nothing may be skipped for time, every code path must run here
