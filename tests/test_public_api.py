@@ -16,7 +16,12 @@ from lightning_prune.core._lazy import declared_names
 from lightning_prune.core.errors import LightningPruneError
 
 PKG = Path(lightning_prune.__file__).parent
-PACKAGES = ["lightning_prune", "lightning_prune.core", "lightning_prune.core.unstructured", "lightning_prune.core.channel"]
+PACKAGES = [
+    "lightning_prune",
+    "lightning_prune.core",
+    "lightning_prune.core.unstructured",
+    "lightning_prune.core.channel",
+]
 
 #: every name `from lightning_prune import ...` gave before the public API was curated (users, docs, README)
 IMPORTABLE_BEFORE = [
