@@ -28,8 +28,8 @@ TEACHERS: tuple[TeacherSource, ...] = ("auto", "first_event")
 
 NO_TEACHER_WARNING = (
     "Distillation: this run trains from scratch and has no trained teacher, so it distils nothing. Pass "
-    "`teacher_checkpoint=...`, start from trained weights (`starts_from_trained_weights = True` on your module), "
-    "or opt in with `teacher='first_event'` (see docs/quality.md)"
+    "`teacher_checkpoint=...`, start from trained weights (`init_from_checkpoint=...` or "
+    "`starts_from_trained_weights = True` on your module), or set `teacher='first_event'` (see docs/quality.md)"
 )
 
 
