@@ -19,15 +19,15 @@ from lightning_prune.core._lazy import attach
 __version__ = "0.1.0"
 
 __all__ = [
-    # callbacks
+    # callbacks, and what a module or a script using them calls
     "UnstructuredPruning",
     "ChannelPruning",
     "DecoderPruning",
     "PruningMetrics",
     "Distillation",
     "ChannelRegularization",
-    "distillation_loss",
-    "Schedule",
+    "distillation_loss",  # the Distillation term, in a module's training_step
+    "Schedule",  # which epochs prune, to what target
     # models, and loading a pruned checkpoint into a fresh model
     "ImageClassifier",
     "ChannelPrunedCheckpointMixin",
