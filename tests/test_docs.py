@@ -97,9 +97,11 @@ def test_python_block_runs(path, index, code, tmp_path, monkeypatch):
 
 
 def cli_commands(path: Path) -> list[str]:
-    """The `lightning-prune` lines of a page's ```bash blocks, in order (backslash continuations joined)."""
+    """The `lightning-prune` commands of a page's ```bash blocks, in order (backslash continuations joined; of
+    `pip install -e . && lightning-prune fit ...`, the part after `&&`)."""
     text = "\n".join(blocks(path, "bash")).replace("\\\n", " ")
-    return [line.strip() for line in text.splitlines() if line.strip().startswith("lightning-prune ")]
+    parts = [part.strip() for line in text.splitlines() for part in line.split("&&")]
+    return [part for part in parts if part.startswith("lightning-prune ")]
 
 
 CLI_PAGES = [p for p in DOCS if cli_commands(p)]
