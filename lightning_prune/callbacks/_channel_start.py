@@ -1,188 +1,45 @@
-"""What ``ChannelPruning`` checks when ``fit`` starts: the tracing input (``example_input_array``, ``input_shape``
-or the first training batch, in the form ``forward`` takes), and a rehearsal of the last event of the schedule on
-the real model, undone (:func:`lightning_prune.core.channel.rehearsal.rehearse`). A model that cannot be traced or
-pruned is refused before any training step, with the model unchanged; the submodules whose layers the forward never
-reaches are named in one warning."""
+"""What ``ChannelPruning`` checks when ``fit`` starts: the model is traced, and the last remaining event of the
+schedule is rehearsed on the real model and undone (:func:`lightning_prune.core.channel.rehearsal.rehearse`). A model
+that cannot be traced or pruned is refused before any training step, with the model unchanged; the submodules whose
+layers the forward never reaches are named in one warning (see docs/channel.md)."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterator, Mapping
-from typing import Any
-
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_prune.callbacks import _channel_support as support
-from lightning_prune.core._inputs import device_dtype, move
-from lightning_prune.core._inputs import forward as call_forward
-from lightning_prune.core.channel.modules import preserved_modes
-from lightning_prune.core.channel.pruner import ChannelPruner
+from lightning_prune.callbacks._channel_engine import ChannelEngine
 from lightning_prune.core.channel.rehearsal import rehearse
 
 
-def _first_sample(batch: Any) -> Any:
-    """``batch`` cut to its first sample: every tensor whose first dimension is the batch size keeps ``[:1]``."""
-    sizes = [t.shape[0] for t in _tensors(batch) if t.dim() > 0]
-    if not sizes:
-        return batch
-    n = sizes[0]
+class FitStartCheck:
+    """The fit-start check of a ``ChannelPruning`` run, once per fit (``done``; reset at ``setup``)."""
 
-    def cut(obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return obj[:1] if obj.dim() > 0 and obj.shape[0] == n else obj
-        if isinstance(obj, Mapping):
-            return {k: cut(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(cut(v) for v in obj)
-        return obj
+    def __init__(self, engine: ChannelEngine) -> None:
+        self.engine = engine
+        self.done = False
 
-    return cut(batch)
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, Mapping):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
-
-
-def _keywords(pl_module: pl.LightningModule, batch: Mapping) -> dict:
-    """The entries of a dict batch that ``forward`` takes as keywords (all of them with ``**kwargs``)."""
-    params = inspect.signature(pl_module.forward).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return dict(batch)
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in batch.items() if k in names}
-
-
-def candidates(pl_module: pl.LightningModule, batch: Any) -> list[tuple[str, Any]]:
-    """The ways ``forward`` may take a training batch, in the order tried: ``(description, example inputs)``
-    (inputs as :func:`lightning_prune.core._inputs.forward` takes them: a mapping is passed as keywords, a tuple
-    as positional arguments)."""
-    found: list[tuple[str, Any]] = []
-    if isinstance(batch, Mapping):
-        found.append(("forward(**batch)", _keywords(pl_module, batch)))
-    elif isinstance(batch, (list, tuple)) and batch:
-        first = batch[0]
-        if isinstance(first, Mapping):
-            found.append(("forward(**batch[0])", _keywords(pl_module, first)))
-        found.append(("forward(batch[0])", (first,)))
-        found.append(("forward(*batch)", tuple(batch)))
-    found.append(("forward(batch)", (batch,)))
-    return found
-
-
-def batch_input(pl_module: pl.LightningModule, batch: Any) -> Any:
-    """The tracing input a training batch gives: its first sample, on the module's device and dtype, in the first
-    form of :func:`candidates` that ``forward`` runs with (in eval mode, without gradients).
-
-    Raises:
-        ValueError: ``forward`` runs with none of them (each attempt and its error are named).
-    """
-    device, dtype = device_dtype(pl_module)
-    sample = move(_first_sample(batch), device, dtype)
-    tried = []
-    for form, inputs in candidates(pl_module, sample):
-        try:
-            with torch.no_grad(), preserved_modes(pl_module):
-                pl_module.eval()
-                call_forward(pl_module, inputs)
-            return inputs
-        except Exception as err:  # noqa: BLE001 - the next form is tried, every failure is reported
-            tried.append(f"{form}: {type(err).__name__}: {err}")
-    raise ValueError(
-        "ChannelPruning traces the model with its first training batch when the LightningModule has no "
-        f"`example_input_array`, but `forward` runs with none of the forms tried ({'; '.join(tried)}). Set "
-        "`example_input_array` to what `forward` takes: a tensor for forward(x), a tuple for forward(*args), a dict "
-        "for forward(**kwargs), e.g. {'input_ids': torch.zeros(1, 16, dtype=torch.long)} for token ids"
-    )
-
-
-def tracing_input(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, input_shape: list[int] | None, allow_batch: bool = True
-) -> Any:
-    """``example_input_array``, else zeros of ``input_shape``, else (``allow_batch``) the first training sample in
-    the form ``forward`` takes (:func:`batch_input`)."""
-    device, dtype = device_dtype(pl_module)
-    x = getattr(pl_module, "example_input_array", None)
-    if x is not None:
-        return move(x, device, dtype)
-    if input_shape is not None:
-        return torch.zeros(input_shape, device=device, dtype=dtype or torch.float32)
-    return batch_input(pl_module, first_batch(trainer)) if allow_batch else None
-
-
-def first_batch(trainer: pl.Trainer) -> Any:
-    """The first batch of a fresh iterator over the training dataloader (the RNG states are restored after)."""
-    loader = trainer.train_dataloader
-    if loader is None:
-        raise ValueError(
-            "ChannelPruning needs a tracing input: set `example_input_array` on the LightningModule, pass "
-            "`input_shape`, or give the Trainer a training dataloader"
-        )
-    with support.isolated_rng():  # a fresh iterator draws from the RNG (shuffling): training's order stays the same
-        return next(iter(loader))
-
-
-class ChannelFitStart:
-    """Mixin of ``ChannelPruning``: the model checked when ``fit`` starts (see the module docstring)."""
-
-    core: ChannelPruner
-    input_shape: list[int] | None
-    _prepared: bool
-    _schedule_map: dict[int, float]
-    _last_event_epoch: int
-    _checked = False
-
-    def _without_batch(self, pl_module: pl.LightningModule) -> bool:
-        """Whether the tracing input is known before the training dataloader is (no batch needed)."""
-        return getattr(pl_module, "example_input_array", None) is not None or self.input_shape is not None
-
-    def _fresh_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """At ``setup`` of a fresh run: reset the engine and trace the model now when the tracing input is known
-        and the network exists (not built in ``configure_model``); returns whether it traced. The engine's state
-        of an earlier run comes back if tracing refuses this one."""
-        inputs = None
-        if not is_overridden("configure_model", pl_module):
-            inputs = self._example_inputs(trainer, pl_module, allow_batch=False)  # type: ignore[attr-defined]
-        previous = self.core.state_dict()
-        self.core.load_state_dict({})
-        if inputs is not None:
-            try:
-                with self._frozen_policy(pl_module):  # type: ignore[attr-defined]
-                    self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
-            except Exception:
-                self.core.load_state_dict(previous)
-                raise
-        self._prepared = inputs is not None
-        return self._prepared
-
-    def _check_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Trace the model and rehearse the last remaining event (undone); raise on every rank if it fails, with
-        the model and the engine as before; warn about submodules the forward never reaches."""
-        self._checked = True
-        core = self.core
-        previous, prepared = core.state_dict(), self._prepared
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, schedule: dict[int, float], done: int) -> None:
+        """Trace the model and rehearse the last event of ``schedule`` after epoch ``done`` (undone); raise on every
+        rank if it fails, with the model and the pruner as before; warn about submodules the forward never
+        reaches."""
+        self.done = True
+        left = [t for e, t in schedule.items() if e > done]
+        engine, core = self.engine, self.engine.core
+        previous, prepared = core.state_dict(), engine.prepared
         error = None
         try:
-            inputs = self._example_inputs(trainer, pl_module)  # type: ignore[attr-defined]
-            left = [t for e, t in self._schedule_map.items() if e > self._last_event_epoch]
-            with support.isolated_rng(), self._frozen_policy(pl_module):  # type: ignore[attr-defined]
+            inputs = engine.inputs.get(trainer, pl_module)
+            with support.isolated_rng(), engine.frozen_policy(pl_module):
                 if not prepared:  # (isolated: "random" importance draws, training's random stream stays the same)
                     core.prepare(pl_module, inputs)
                 if left:
                     rehearse(core, pl_module, inputs, max(left))
-            self._prepared = True
+            engine.prepared = True
         except Exception as err:  # noqa: BLE001 - raised below, on every rank
             core.load_state_dict(previous)
-            self._prepared = prepared
+            engine.prepared = prepared
             error = err
         support.agree(trainer, error, trainer.current_epoch)
         if core.unreached:  # found by this fit's trace (a resumed or continued run does not trace again)
@@ -193,9 +50,5 @@ class ChannelFitStart:
             )
             core.unreached = []
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._checked:  # the tracing input comes from the first training batch, loaded by now
-            self._check_model(trainer, pl_module)
 
-
-__all__ = ["ChannelFitStart", "batch_input", "candidates", "first_batch", "tracing_input"]
+__all__ = ["FitStartCheck"]
