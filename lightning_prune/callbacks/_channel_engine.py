@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_prune.callbacks import _channel_support as support
-from lightning_prune.callbacks._channel_inputs import TracingInput
+from lightning_prune.callbacks._channel_start import TracingInput
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner
 
