@@ -159,11 +159,16 @@ class TracingInput:
 
 
 class FitStartCheck:
-    """The fit-start check of a ``ChannelPruning`` run, once per fit (``done``; reset at ``setup``)."""
+    """The fit-start check of a ``ChannelPruning`` run, once per fit (``done``; :meth:`reset` at ``setup``)."""
 
     def __init__(self, engine: ChannelEngine) -> None:
         self.engine = engine
         self.done = False
+
+    def reset(self) -> None:
+        """A new fit: the check is due, and the tracing input is taken anew."""
+        self.done = False
+        self.engine.inputs.reset()
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, schedule: dict[int, float], done: int) -> None:
         """Trace the model and rehearse the last event of ``schedule`` after epoch ``done`` (undone); raise on every

@@ -193,8 +193,7 @@ class ChannelPruning(ScheduledPruning):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._fit_check.done = False
-        self._engine.inputs.reset()
+        self._fit_check.reset()  # due again, with the tracing input taken anew
         if stage != "fit":  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes
             self._install_load_hook(pl_module)
             return
