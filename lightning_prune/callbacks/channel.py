@@ -1,4 +1,10 @@
-"""``ChannelPruning``: remove channels with torch-pruning (DepGraph) at epoch starts while training goes on."""
+"""``ChannelPruning``: remove channels with torch-pruning (DepGraph) at epoch starts while training goes on.
+
+This module defines every Lightning hook the callback uses, what it logs and what goes in its checkpoints. What it
+needs it owns, and none of these defines a hook: a :class:`ChannelEngine` (the pruner with its tracing input and
+frozen-layer policy), a :class:`FitStartCheck` (trace and rehearse when ``fit`` starts), a :class:`TaylorGradients`
+collector (the training steps' gradients for ``"taylor"``) and a :class:`ChannelEventRunner` (one event as a
+transaction: plan, cut, optimizer remap, measurement, record). User guide: docs/channel.md."""
 
 from __future__ import annotations
 
@@ -229,7 +235,7 @@ class ChannelPruning(ScheduledPruning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         event = self._due_event(epoch)
-        waits = self._taylor.defer(event)  # Taylor, no step of this fit before it: waits for the epoch's first
+        waits = self._taylor.defer(event)  # "taylor" with no step before it: runs later this epoch
         if event is not None and not waits:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
         self._taylor.clear()
