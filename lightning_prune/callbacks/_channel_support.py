@@ -1,5 +1,5 @@
 """What ``ChannelPruning`` checks and does around an event, as functions: refusals at setup and at an event,
-the frozen-layer policy, agreeing across ranks and re-wrapping DDP."""
+the frozen-layer policy, agreeing across ranks, re-wrapping DDP and reshaping to a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_prune.callbacks import _lightning_compat as compat
-from lightning_prune.callbacks._scheduled import frozen_module_names
+from lightning_prune.callbacks._scheduled import averaged_models, frozen_module_names
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
+from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 
 
 @contextlib.contextmanager
@@ -92,6 +93,17 @@ def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             "keeps the unpruned shapes, so averaging fails after an event. Use Lightning's WeightAveraging or "
             "EMAWeightAveraging (their averaged copy follows every event), or average after the last event"
         )
+
+
+def reshape_to_checkpoint(trainer: pl.Trainer | None, pl_module: pl.LightningModule, state: Any) -> None:
+    """Reshape the module, and the averaged copies of weight averaging, to a checkpoint's shapes (and its recorded
+    head counts and widths, which shapes alone cannot tell) before its weights load."""
+    checkpoint = compat.loaded_checkpoint(trainer)
+    arch = architecture_in(checkpoint) if checkpoint else None
+    reshape_to_state_dict(pl_module, state, arch)
+    if trainer is not None:
+        for averaged in averaged_models(trainer):
+            reshape_to_state_dict(averaged, state, arch)
 
 
 def check_no_masks(
@@ -208,6 +220,7 @@ __all__ = [
     "frozen_policy",
     "isolated_rng",
     "refuse_masks",
+    "reshape_to_checkpoint",
     "schedule_amount",
     "rewrap_ddp",
 ]
