@@ -17,10 +17,7 @@ PKG = Path(__file__).resolve().parent.parent / "lightning_prune"
 #: characters of literal text a message may hold
 CAP = 300
 #: files whose messages are shortened on another branch: the lead empties this list after merging
-SKIP: set[str] = {
-    "callbacks/_channel_support.py",
-    "callbacks/_channel_start.py",
-}
+SKIP: set[str] = set()
 WARN_CALLS = {"rank_zero_warn", "warn", "warning"}
 
 

@@ -101,9 +101,8 @@ def batch_input(pl_module: pl.LightningModule, batch: Any) -> Any:
         except Exception as err:  # noqa: BLE001 - the next form is tried, every failure is reported
             tried.append(f"{form}: {type(err).__name__}: {err}")
     raise ValueError(
-        "ChannelPruning traces the model with a training sample, but `forward` runs with none of the forms tried "
-        f"({'; '.join(tried)}). Set `example_input_array` to what `forward` takes: a tensor, a tuple of arguments "
-        "or a dict of keywords, e.g. {'input_ids': torch.zeros(1, 16, dtype=torch.long)}"
+        f"ChannelPruning: `forward` runs with none of the forms tried from a training sample ({'; '.join(tried)}). "
+        "Set `example_input_array` to what `forward` takes (a tensor, a tuple, or a dict of keywords)"
     )
 
 

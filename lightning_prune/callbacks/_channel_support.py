@@ -114,11 +114,9 @@ def check_no_masks(
     masked = masked_modules(pl_module)
     if masked:
         raise ValueError(
-            f"ChannelPruning cannot remove channels of a model with active torch.nn.utils.prune masks "
-            f"(weight_orig/weight_mask and a forward pre-hook) on modules {masked}: torch-pruning would replace "
-            "the masked weights and break the next forward. Make the pruning permanent first, e.g. "
-            "torch.nn.utils.prune.remove(module, 'weight') for each of them, or "
-            "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
+            f"ChannelPruning cannot cut a model with active torch.nn.utils.prune masks on modules {masked}. Make "
+            "them permanent first: torch.nn.utils.prune.remove(module, 'weight'), or "
+            "UnstructuredPruning(make_pruning_permanent=True) in the run that made them"
         )
 
     last_channel = max(channel_events)
@@ -131,13 +129,9 @@ def check_no_masks(
             continue
         if unstructured_events and min(unstructured_events) <= last_channel:
             raise ValueError(
-                "ChannelPruning and UnstructuredPruning cannot interleave: UnstructuredPruning's masks "
-                "(torch.nn.utils.prune) are active until the end of fit, and removing channels of a masked "
-                f"layer breaks the run. ChannelPruning's events are {channel_events}, UnstructuredPruning's "
-                f"are {unstructured_events} (epoch: target); all channel events must come before the first "
-                f"unstructured event (epoch {min(unstructured_events)} <= last channel event {last_channel}). "
-                "Move UnstructuredPruning's start_epoch after ChannelPruning's end_epoch, or run them one after "
-                "the other"
+                f"ChannelPruning's events are {channel_events}, UnstructuredPruning's are {unstructured_events}: "
+                "all channel events must come before the first unstructured event (masked layers cannot be cut). "
+                "Start UnstructuredPruning after ChannelPruning's end_epoch, or run them one after the other"
             )
 
 
@@ -146,10 +140,8 @@ def refuse_masks(pl_module: pl.LightningModule, epoch: int) -> None:
     if masked:
         raise RuntimeError(
             f"ChannelPruning: epoch {epoch}: the model has active torch.nn.utils.prune masks on modules "
-            f"{masked}; removing their channels would break the next forward, so nothing was pruned and the "
-            "model and optimizers are unchanged. Make the pruning permanent before a channel event "
-            "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
-            "unstructured pruning"
+            f"{masked}, so nothing was pruned. Make them permanent before a channel event "
+            "(torch.nn.utils.prune.remove), or schedule all channel events before any unstructured pruning"
         )
 
 
