@@ -71,10 +71,9 @@ def main() -> None:
     )
     text = common.header("Layer-collapse floor (min_kept_per_layer)", "python benchmarks/floor.py", started)
     text += f"\nLeNet on digits, the main job's settings, {epochs} epochs, seeds {seeds}.\n\n" + table + "\n"
-    out = common.RESULTS_DIR / "floor.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
     print(text)
+    if not args.quick:  # a smoke run writes nothing
+        common.write_part("floor", text)
 
 
 if __name__ == "__main__":

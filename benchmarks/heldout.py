@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         import heldout_table
 
-        return heldout_table.main()
+        return heldout_table.main(BUDGETS, __doc__.split("Protocol:")[1].split("Run:")[0].strip())
     common.quiet()
     dm = datamodule(args.data, args.data_dir, args.train_size)
     done = set() if args.quick else done_keys()

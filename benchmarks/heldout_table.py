@@ -1,5 +1,8 @@
 """The RESULTS.md part of ``heldout.py``: tables from ``benchmarks/results/heldout_runs.jsonl``.
 
+A helper of ``heldout.py`` (``python benchmarks/heldout.py --table`` runs :func:`main`, passing its budgets and its
+protocol text): it imports nothing from ``heldout.py``, so the two do not import each other.
+
 For every data set and budget: mean +- sample std over seeds of the validation and test accuracy of every row,
 then same-seed paired differences (points) against ModelPruning and against our defaults, with a verdict per
 cell: *ahead* / *behind* when the paired 95% interval (mean +- t * sd / sqrt(n)) excludes 0, *tie* otherwise.
@@ -15,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import heldout  # noqa: E402  (its protocol text heads the part)
 
 RUNS = common.RESULTS_DIR / "heldout_runs.jsonl"
 ORDER = [
@@ -48,18 +50,19 @@ def verdict(diffs: list[float]) -> str:
     return "ahead" if m - half > 0 else ("behind" if m + half < 0 else "tie")
 
 
-def budget_label(r: dict) -> str:
-    """``scratch`` / ``trained`` at the protocol's epochs, ``scratch 30 epochs`` for a longer (``--epochs``) run."""
-    default = heldout.BUDGETS[r["data"]][r["budget"]][1]
+def budget_label(r: dict, budgets: dict) -> str:
+    """``scratch`` / ``trained`` at the protocol's epochs, ``scratch 30 epochs`` for a longer (``--epochs``) run;
+    ``budgets``: data -> budget -> (pretrain epochs, epochs), as ``heldout.BUDGETS``."""
+    default = budgets[r["data"]][r["budget"]][1]
     label = r["budget"] if r["epochs"] == default else f"{r['budget']} {r['epochs']} epochs"
     return label + (" LeNet-5-Caffe" if r.get("model") == "lenet5caffe" else "")
 
 
-def cells(rows: list[dict]) -> dict:
+def cells(rows: list[dict], budgets: dict) -> dict:
     """(data, budget label, method, target) -> {seed: row}."""
     out: dict = defaultdict(dict)
     for r in rows:
-        out[(r["data"], budget_label(r), r["method"], r["target"])][r["seed"]] = r
+        out[(r["data"], budget_label(r, budgets), r["method"], r["target"])][r["seed"]] = r
     return out
 
 
@@ -176,20 +179,21 @@ def summary(c: dict, kind: str, split: str = "val", methods: list[str] | None = 
 README_ROWS = ["dense", "ModelPruning", "ours halfway", "ours late", "ours lamp steps late", "fasterai"]
 
 
-def main() -> int:
+def main(budgets: dict, protocol: str) -> int:
+    """Write the part from the runs file; ``budgets`` as ``heldout.BUDGETS``, ``protocol`` the text that heads it."""
     rows = load()
-    c = cells(rows)
+    c = cells(rows, budgets)
     budgets = sorted({k[1] for k in c}, key=lambda b: (not b.startswith("scratch"), len(b), b))
     parts = [section(c, d, b) for d in ("digits", "fashion") for b in budgets]
     libs = sorted({r["library"] for r in rows})
     text = (
-        "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets (issue 22)\n\n"
+        "## 12. Quality on held-out data: digits and Fashion-MNIST, two budgets\n\n"
         "Command: `python benchmarks/heldout.py --data {digits,fashion} --budget {scratch,trained}` (`--epochs 30` / "
         "`--epochs 20` for the longer budgets from scratch, `--seeds 3,4` for the last two seeds, `--methods` for "
         "the optional rows; runs appended to `benchmarks/results/heldout_runs.jsonl`), then "
         "`python benchmarks/heldout.py --table`.  \n"
         f"Library: {', '.join(libs)}; machine: 2 cores, torch threads 1 (a loaded machine: times not comparable).\n\n"
-        + heldout.__doc__.split("Protocol:")[1].split("Run:")[0].strip()
+        + protocol
         + "\n\n### Summary: validation accuracy, mean over seeds\n\nIn brackets: the paired difference (same seed, "
         "points) to the row `UnstructuredPruning(amount=s)` gives with no other option (**bold**: `ours late` from "
         "scratch, `ours halfway` from a trained model), and the verdict (ahead / behind: the paired 95% interval "
@@ -204,7 +208,3 @@ def main() -> int:
     print(text)
     common.write_part("heldout", text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,6 @@
 """Run every benchmark script in turn (each writes its part of ``benchmarks/RESULTS.md``) and print how long each took.
 
+The parts it runs, and their arguments, are those ``parts.py`` marks ``run_all``.
 Run: ``python benchmarks/run_all.py`` (``--quick`` runs every script's smoke mode and writes nothing;
 ``--only quality,size`` runs a subset). The timing parts (overhead, speedup) are only meaningful on an idle
 machine: the 1-minute load average is printed before each script and recorded in RESULTS.md.
@@ -15,26 +16,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# part name -> (script, its arguments), in the order they run
-RUNS = {
-    "quality": ("quality", []),
-    "quality_short": ("quality", ["--epochs", "12"]),
-    "quality_trained": ("quality", ["--from-trained", "30", "--epochs", "15"]),
-    **{
-        name: (name, [])
-        for name in [
-            "channel_quality",
-            "overhead",
-            "speedup",
-            "size",
-            "resume",
-            "deploy",
-            "scale",
-            "channel_event",
-            "llm_text",
-        ]
-    },
-}
+sys.path.insert(0, str(HERE))
+import parts  # noqa: E402
+
+# part name -> (script, its arguments), in the order they run: the parts that parts.py marks run_all
+RUNS = {p.name: (p.script, list(p.args)) for p in parts.PARTS if p.run_all}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
         print(f"== {name} (1-min load {load:.2f}{'; timings will be noisy' if load > 1.5 else ''})", flush=True)
         t0 = time.time()
-        cmd = [sys.executable, str(HERE / f"{script}.py")] + extra + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, str(HERE / script)] + extra + (["--quick"] if args.quick else [])
         rc = subprocess.call(cmd, env=env, cwd=str(HERE.parent))
         took[name] = time.time() - t0
         if rc != 0:

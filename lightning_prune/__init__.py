@@ -1,76 +1,87 @@
 """lightning_prune: neural-network pruning as a one-line addition to a PyTorch Lightning run.
 
-Public names resolve lazily (PEP 562), so ``import lightning_prune`` loads neither Lightning nor
-torchvision until a name that needs them is used; ``lightning_prune.core`` never loads them.
+``__all__`` holds what a user of the callbacks needs: the callbacks, the example ``ImageClassifier``, reshape-on-load
+for checkpoints of pruned models, export and compressed save/load, and the errors' base class. The functional API
+(masks, schedules, measurement, pruners) is :mod:`lightning_prune.core`; a few of its names are importable from
+here too.
+
+Public names resolve lazily (PEP 562), so ``import lightning_prune`` loads neither Lightning nor torchvision until
+a name that needs them is used; ``lightning_prune.core`` never loads them. The ``if TYPE_CHECKING:`` block below is
+the one declaration of the lazy names (see :mod:`lightning_prune.core._lazy`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lightning_prune.core._lazy import lazy_module
+from lightning_prune.core._lazy import attach
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute in that module)
-_LAZY: dict[str, tuple[str, str]] = {
-    "ChannelPruning": ("lightning_prune.callbacks.channel", "ChannelPruning"),
-    "ChannelPrunedCheckpointMixin": ("lightning_prune.callbacks.channel", "ChannelPrunedCheckpointMixin"),
-    "DecoderPruning": ("lightning_prune.callbacks.decoder", "DecoderPruning"),
-    "DecoderPrunedCheckpointMixin": ("lightning_prune.callbacks.decoder", "DecoderPrunedCheckpointMixin"),
-    "DecoderPruner": ("lightning_prune.core.channel.decoder", "DecoderPruner"),
-    "save_pretrained": ("lightning_prune.core.channel.decoder_io", "save_pretrained"),
-    "reshape_decoder_to_state_dict": ("lightning_prune.core.channel.decoder_io", "reshape_decoder_to_state_dict"),
-    "PruningMetrics": ("lightning_prune.callbacks.metrics", "PruningMetrics"),
-    "Distillation": ("lightning_prune.callbacks.distillation", "Distillation"),
-    "ChannelRegularization": ("lightning_prune.callbacks.regularization", "ChannelRegularization"),
-    "distillation_loss": ("lightning_prune.core.distill", "distillation_loss"),
-    "UnstructuredPruning": ("lightning_prune.callbacks.unstructured", "UnstructuredPruning"),
-    "ImageClassifier": ("lightning_prune.models.classifier", "ImageClassifier"),
-    "ChannelPruner": ("lightning_prune.core.channel.pruner", "ChannelPruner"),
-    "load_channel_pruned": ("lightning_prune.core.channel.reshape", "load_channel_pruned"),
-    "reshape_to_state_dict": ("lightning_prune.core.channel.reshape", "reshape_to_state_dict"),
-    "compressed_nbytes": ("lightning_prune.core.compress", "compressed_nbytes"),
-    "load_compressed": ("lightning_prune.core.compress", "load_compressed"),
-    "save_compressed": ("lightning_prune.core.compress", "save_compressed"),
-    "export": ("lightning_prune.core.export", "export"),
-    "load_exported": ("lightning_prune.core.export", "load_exported"),
-    "apply_masks": ("lightning_prune.core.unstructured.masks", "apply_masks"),
-    "compute_masks": ("lightning_prune.core.unstructured.masks", "compute_masks"),
-    "find_prunable": ("lightning_prune.core.unstructured.masks", "find_prunable"),
-    "make_permanent": ("lightning_prune.core.unstructured.masks", "make_permanent"),
-    "count_macs": ("lightning_prune.core.measure", "count_macs"),
-    "count_macs_nonzero": ("lightning_prune.core.measure", "count_macs_nonzero"),
-    "count_params": ("lightning_prune.core.measure", "count_params"),
-    "count_params_nonzero": ("lightning_prune.core.measure", "count_params_nonzero"),
-    # the module is `lightning_prune.core.measure`; the function is `measure_model`
-    "measure_model": ("lightning_prune.core.measure", "measure"),
-    "Schedule": ("lightning_prune.core.schedules", "Schedule"),
-    "build_schedule": ("lightning_prune.core.schedules", "build_schedule"),
-}
+__all__ = [
+    # callbacks, and what a module or a script using them calls
+    "UnstructuredPruning",
+    "ChannelPruning",
+    "DecoderPruning",
+    "PruningMetrics",
+    "Distillation",
+    "ChannelRegularization",
+    "distillation_loss",  # the Distillation term, in a module's training_step
+    "Schedule",  # which epochs prune, to what target
+    # models, and loading a pruned checkpoint into a fresh model
+    "ImageClassifier",
+    "ChannelPrunedCheckpointMixin",
+    "DecoderPrunedCheckpointMixin",
+    "load_channel_pruned",
+    "reshape_to_state_dict",
+    "reshape_decoder_to_state_dict",
+    # saving and deploying
+    "export",
+    "load_exported",
+    "save_compressed",
+    "load_compressed",
+    "save_pretrained",
+    # measuring the result
+    "count_params",
+    "count_macs",
+    "measure_model",
+    # errors
+    "LightningPruneError",
+]
 
-__all__ = sorted(_LAZY)
+_LAZY, __getattr__, __dir__ = attach(globals())
 
-
-__getattr__, __dir__ = lazy_module(globals(), _LAZY)
-
-
-if TYPE_CHECKING:  # static tools see the eager imports
-    from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
-    from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin, DecoderPruning
-    from lightning_prune.callbacks.distillation import Distillation
-    from lightning_prune.callbacks.metrics import PruningMetrics
-    from lightning_prune.callbacks.regularization import ChannelRegularization
-    from lightning_prune.callbacks.unstructured import UnstructuredPruning
-    from lightning_prune.core.channel.decoder import DecoderPruner
-    from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict, save_pretrained
-    from lightning_prune.core.channel.pruner import ChannelPruner
-    from lightning_prune.core.channel.reshape import load_channel_pruned, reshape_to_state_dict
-    from lightning_prune.core.compress import compressed_nbytes, load_compressed, save_compressed
-    from lightning_prune.core.distill import distillation_loss
-    from lightning_prune.core.export import export, load_exported
-    from lightning_prune.core.measure import count_macs, count_macs_nonzero, count_params, count_params_nonzero
+if TYPE_CHECKING:  # the one declaration of the lazy names: mypy reads it, `attach` parses it
+    from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin as ChannelPrunedCheckpointMixin
+    from lightning_prune.callbacks.channel import ChannelPruning as ChannelPruning
+    from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin as DecoderPrunedCheckpointMixin
+    from lightning_prune.callbacks.decoder import DecoderPruning as DecoderPruning
+    from lightning_prune.callbacks.distillation import Distillation as Distillation
+    from lightning_prune.callbacks.metrics import PruningMetrics as PruningMetrics
+    from lightning_prune.callbacks.regularization import ChannelRegularization as ChannelRegularization
+    from lightning_prune.callbacks.unstructured import UnstructuredPruning as UnstructuredPruning
+    from lightning_prune.core.channel.decoder import DecoderPruner as DecoderPruner
+    from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict as reshape_decoder_to_state_dict
+    from lightning_prune.core.channel.decoder_io import save_pretrained as save_pretrained
+    from lightning_prune.core.channel.pruner import ChannelPruner as ChannelPruner
+    from lightning_prune.core.channel.reshape import load_channel_pruned as load_channel_pruned
+    from lightning_prune.core.channel.reshape import reshape_to_state_dict as reshape_to_state_dict
+    from lightning_prune.core.compress import compressed_nbytes as compressed_nbytes
+    from lightning_prune.core.compress import load_compressed as load_compressed
+    from lightning_prune.core.compress import save_compressed as save_compressed
+    from lightning_prune.core.distill import distillation_loss as distillation_loss
+    from lightning_prune.core.errors import LightningPruneError as LightningPruneError
+    from lightning_prune.core.export import export as export
+    from lightning_prune.core.export import load_exported as load_exported
+    from lightning_prune.core.measure import count_macs as count_macs
+    from lightning_prune.core.measure import count_macs_nonzero as count_macs_nonzero
+    from lightning_prune.core.measure import count_params as count_params
+    from lightning_prune.core.measure import count_params_nonzero as count_params_nonzero
     from lightning_prune.core.measure import measure as measure_model
-    from lightning_prune.core.schedules import Schedule, build_schedule
-    from lightning_prune.core.unstructured.masks import apply_masks, compute_masks, find_prunable, make_permanent
-    from lightning_prune.models.classifier import ImageClassifier
+    from lightning_prune.core.schedules import Schedule as Schedule
+    from lightning_prune.core.schedules import build_schedule as build_schedule
+    from lightning_prune.core.unstructured.masks import apply_masks as apply_masks
+    from lightning_prune.core.unstructured.masks import compute_masks as compute_masks
+    from lightning_prune.core.unstructured.masks import find_prunable as find_prunable
+    from lightning_prune.core.unstructured.masks import make_permanent as make_permanent
+    from lightning_prune.models.classifier import ImageClassifier as ImageClassifier

@@ -10,31 +10,14 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = [
-    "common",
-    "quality",
-    "channel_quality",
-    "overhead",
-    "speedup",
-    "size",
-    "resume",
-    "deploy",
-    "scale",
-    "run_all",
-    "llm_text",
-    "heldout",
-    "heldout_table",
-    "trace_modelpruning",
-    "distill_default",
-    "step_schedule",
-]
 
 
 def test_benchmark_scripts_import_and_size_quick_reports_compression():
+    # every script benchmarks/parts.py lists, parts and helpers (benchmarks/gpu/ ones too)
     code = (
-        f"import sys; sys.path.insert(0, {str(BENCH)!r}); "
-        + "; ".join(f"import {s}" for s in SCRIPTS)
-        + "; sys.exit(size.main(['--quick']))"
+        f"import importlib, sys; sys.path[:0] = [{str(BENCH)!r}, {str(BENCH / 'gpu')!r}]; import parts, size; "
+        "[importlib.import_module(s.rsplit('/', 1)[-1][:-3]) for s in [p.script for p in parts.PARTS] + list(parts.HELPERS)]; "
+        "sys.exit(size.main(['--quick']))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=BENCH.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -331,7 +331,7 @@ def test_setup_refuses_a_model_with_prune_masks(tmp_path):
     m = _masked_model()
     before = _state(m)
     cb = ChannelPruning(0.5, start_epoch=0, verbose=False)
-    with pytest.raises(ValueError, match=r"active torch.nn.utils.prune masks .* on modules \['model.conv2', 'model.fc1'\].*"
+    with pytest.raises(ValueError, match=r"active torch.nn.utils.prune masks on modules \['model.conv2', 'model.fc1'\].*"
                        r"torch.nn.utils.prune.remove.*make_pruning_permanent=True"):
         _trainer(tmp_path, 1, [cb]).fit(m, DigitsDataModule(batch_size=8))
     after = _state(m)

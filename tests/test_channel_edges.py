@@ -1,4 +1,4 @@
-"""ChannelPruning at the edges of the lifecycle (issue 21): tied weights on reload, checkpoints of another
+"""ChannelPruning at the edges of the lifecycle: tied weights on reload, checkpoints of another
 architecture refused before any change, any optimizer whose state follows the parameter's shape, a teacher
 kept across a second fit, ``validate/test/predict(ckpt_path=...)`` with the recorded architecture."""
 
@@ -407,7 +407,7 @@ def test_validate_test_predict_with_ckpt_path_use_the_recorded_head_counts(tmp_p
 
 
 def test_stochastic_weight_averaging_is_refused_at_setup_before_any_step(tmp_path):
-    """#21: StochasticWeightAveraging + ChannelPruning crashed after the first event (a size mismatch in SWA's
+    """StochasticWeightAveraging + ChannelPruning used to crash after the first event (a size mismatch in SWA's
     avg_fn); it is refused by name when fit starts, with the model unchanged."""
     from helpers import UserClassifier, make_trainer
     from lightning.pytorch.callbacks import StochasticWeightAveraging

@@ -1,4 +1,4 @@
-"""What ``ChannelPruning`` checks when ``fit`` starts (issue 21): the tracing input taken from dict and tuple
+"""What ``ChannelPruning`` checks when ``fit`` starts: the tracing input taken from dict and tuple
 batches in the form ``forward`` takes, a model that cannot be traced or pruned refused before any training step
 (``ChannelPruningError`` naming the layer, the model untouched), and one warning naming the submodules the forward
 never reaches."""

@@ -234,11 +234,6 @@ def test_event_failing_in_a_late_step_leaves_model_optimizer_and_averaged_copy_a
             seen["opt_params"] = [id(p) for g in opt.param_groups for p in g["params"]]
             super()._prune(trainer, pl_module, *args)
 
-        def _measure(self, pl_module, inputs):
-            if failing == "measure" and self._baseline:  # the pruned model's measurement
-                raise RuntimeError("injected failure")
-            return super()._measure(pl_module, inputs)
-
     if failing == "averaged copy":
         real = transaction.follow_pruned
 
@@ -248,6 +243,15 @@ def test_event_failing_in_a_late_step_leaves_model_optimizer_and_averaged_copy_a
 
         monkeypatch.setattr(transaction, "follow_pruned", follow)
     cb = Probe(pruning_ratio={1: 0.5}, verbose=False)
+    if failing == "measure":
+        events, measure = cb._events, cb._events.measure
+
+        def measure_failing(model, inputs):
+            if events.baseline:  # the pruned model's measurement
+                raise RuntimeError("injected failure")
+            return measure(model, inputs)
+
+        monkeypatch.setattr(events, "measure", measure_failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         make_trainer(tmp_path, 2, [cb, ema]).fit(module, data)
     after = module.state_dict()

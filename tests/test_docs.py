@@ -1,4 +1,5 @@
-"""Every ```python block in README.md and docs/*.md runs, and every documented `lightning-prune` command works."""
+"""Every ```python block in README.md and docs/*.md runs, every documented `lightning-prune` command works, every
+relative link resolves, and the README stays a short front door (its length, its commands, its tables)."""
 
 import re
 import shlex
@@ -25,6 +26,70 @@ def test_readme_has_python_blocks():
     assert blocks(ROOT / "README.md", "python")
 
 
+README = ROOT / "README.md"
+#: the README's two commands: install + the main job, install + the tests (`.ci/run` runs the second as it is)
+MAIN_JOB = "pip install -e . && lightning-prune fit -c examples/configs/lenet_digits_prune.yaml"
+TESTS = 'pip install -e ".[test]" && python -m pytest'
+CALLBACKS = ["UnstructuredPruning", "ChannelPruning", "DecoderPruning"]
+CALLBACKS += ["PruningMetrics", "Distillation", "ChannelRegularization"]
+
+
+def prose(text: str) -> str:
+    """A page without its fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def test_readme_is_a_front_door():
+    """At most 180 lines, and both commands, each alone on its line, in the first 40."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 180, len(lines)
+    assert MAIN_JOB in lines[:40]
+    assert TESTS in lines[:40]
+
+
+def test_ci_runs_the_readme_test_command():
+    assert TESTS in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_tables_have_at_most_six_columns():
+    rows = [line.strip() for line in prose(README.read_text()).splitlines() if line.strip().startswith("|")]
+    assert rows, "the README has a table of the callbacks and one comparing the alternatives"
+    widths = {row: len(row.replace("\\|", "").strip("|").split("|")) for row in rows}
+    assert max(widths.values()) <= 6, {row: n for row, n in widths.items() if n > 6}
+
+
+def test_every_callback_has_a_readme_example_and_a_docs_page():
+    code = "\n".join(blocks(README, "python"))
+    table = {row.split("|")[1].strip(): row for row in prose(README.read_text()).splitlines() if row.startswith("| `")}
+    for name in CALLBACKS:
+        assert f"{name}(" in code, f"no README example constructs {name}"
+        page = re.search(r"\]\(docs/[\w-]+\.md", table[f"`{name}`"])
+        assert page, f"the README's table gives no docs page for {name}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
+def test_relative_links_resolve(path):
+    """Every relative link of README.md and docs/*.md names a file that exists, and an anchor a heading there."""
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", prose(path.read_text())):
+        if re.match(r"[a-z]+:", link):
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target) if target else path
+        if not file.exists():
+            broken.append(link)
+        elif anchor and file.suffix == ".md":
+            headings = re.findall(r"^#+ (.*)$", prose(file.read_text()), flags=re.M)
+            if anchor not in {slug(h) for h in headings}:
+                broken.append(link)
+    assert not broken, broken
+
+
 @pytest.mark.parametrize(("path", "index", "code"), PY_BLOCKS, ids=[f"{p.name}-{i}" for p, i, _ in PY_BLOCKS])
 def test_python_block_runs(path, index, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -32,9 +97,11 @@ def test_python_block_runs(path, index, code, tmp_path, monkeypatch):
 
 
 def cli_commands(path: Path) -> list[str]:
-    """The `lightning-prune` lines of a page's ```bash blocks, in order (backslash continuations joined)."""
+    """The `lightning-prune` commands of a page's ```bash blocks, in order (backslash continuations joined; of
+    `pip install -e . && lightning-prune fit ...`, the part after `&&`)."""
     text = "\n".join(blocks(path, "bash")).replace("\\\n", " ")
-    return [line.strip() for line in text.splitlines() if line.strip().startswith("lightning-prune ")]
+    parts = [part.strip() for line in text.splitlines() for part in line.split("&&")]
+    return [part for part in parts if part.startswith("lightning-prune ")]
 
 
 CLI_PAGES = [p for p in DOCS if cli_commands(p)]

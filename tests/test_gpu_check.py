@@ -12,7 +12,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+SCRIPT = REPO / "benchmarks" / "gpu" / "gpu_check.py"
 CHECKS = [
     "1. pytest -m gpu",
     "2. callbacks x precision",
@@ -24,7 +24,7 @@ CHECKS = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal  # minutes: not in the default run (`python -m pytest -m rehearsal`, .ci/run's second step)
 def test_gpu_check_quick_on_cpu_passes_every_check(tmp_path):
     out = tmp_path / "gpu.md"
     # a generous budget: on a loaded CPU nothing may be skipped for time, every code path must run here

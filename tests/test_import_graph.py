@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "lightning_prune"
-OUTER = ("lightning_prune.callbacks", "lightning_prune.models", "lightning_prune.data", "lightning_prune.cli",
-         "lightning_prune.trainer_cli", "lightning_prune.report", "lightning_prune.sensitivity")
+OUTER = ("lightning_prune.callbacks", "lightning_prune.models", "lightning_prune.data", "lightning_prune.cli")
 HEAVY = ("lightning", "pytorch_lightning", "torchvision", "torchmetrics")
 
 
@@ -113,3 +112,11 @@ def test_core_imports_no_outer_layer(name):
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith(("lightning_prune.models", "lightning_prune.data"))))
 def test_models_and_data_import_no_callbacks(name):
     assert not [m for m in _imports(MODULES[name]) if m.startswith("lightning_prune.callbacks")]
+
+
+def test_cli_modules_do_not_share_a_name_with_core_modules():
+    """The command line (``lightning_prune.cli``) and the engine (``lightning_prune.core``) name their modules apart:
+    ``cli.scan`` runs ``core.sensitivity``, ``cli.export_args`` feeds ``core.export``."""
+    cli = {m.rsplit(".", 1)[1] for m in MODULES if m.startswith("lightning_prune.cli.")}
+    core = {m.rsplit(".", 1)[1] for m in MODULES if m.startswith("lightning_prune.core.")}
+    assert cli and core and not cli & core, cli & core

@@ -93,7 +93,7 @@ def test_callback_with_a_users_own_module_prunes_the_lamp_masks():
 
 
 def test_nan_and_inf_rank_like_l1_and_leave_the_other_scores_alone():
-    """(issue 20b) one NaN zeroed every score of its tensor, an inf made the rest NaN; now the finite entries score as
+    """One NaN used to zero every score of its tensor, an inf made the rest NaN; now the finite entries score as
     without them and the non-finite ones rank above every finite one (inf, then NaN), as under l1."""
     finite = torch.tensor([1.0, -2.0, 3.0, 0.5])
     for bad in (float("nan"), -float("nan"), float("inf"), -float("inf")):

@@ -1,4 +1,4 @@
-"""Both pruning callbacks through Lightning's lifecycle (issue 10): a second fit, an early end, weight averaging,
+"""Both pruning callbacks through Lightning's lifecycle: a second fit, an early end, weight averaging,
 pickling, the Taylor gradient pass, logging, frozen layers, checks before changes, ``configure_model``."""
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def test_ema_with_unstructured_resumes_with_the_masks_on_both_models(tmp_path):
 
 def test_weight_averaging_with_buffers_keeps_exact_masks(tmp_path):
     """WeightAveraging(use_buffers=True) averages the (float) mask buffers too: they stay exactly 0/1 and equal to
-    the module's through every event, and the averaged model swapped in at the end is exactly as sparse (issue 21:
-    this combination used to be refused as if the masks were boolean)."""
+    the module's through every event, and the averaged model swapped in at the end is exactly as sparse (this
+    combination used to be refused as if the masks were boolean)."""
     torch.manual_seed(0)
     model = UserClassifier()
     cb = UnstructuredPruning(amount=0.8, schedule="linear", start_epoch=0, end_epoch=2, verbose=False)

@@ -1,4 +1,4 @@
-"""UnstructuredPruning's defaults train exactly like Lightning's ModelPruning on the same schedule (issue 22).
+"""UnstructuredPruning's defaults train exactly like Lightning's ModelPruning on the same schedule.
 
 Same weights, same batches, global L1 over the conv/linear weights, ours at the start of epochs 1..E and
 ModelPruning at the end of epochs 0..E-1 with its amounts converted to "fraction of what remains". Ours zeroes

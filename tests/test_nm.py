@@ -182,7 +182,7 @@ def test_to_semi_structured_on_gpu():
 
 
 def test_previous_mask_with_more_than_m_minus_n_pruned_in_a_group_is_refused():
-    """(issue 20c) a group with more than M - N entries pruned before was silently regrown."""
+    """A group with more than M - N entries pruned before used to be silently regrown; it is refused."""
     w = torch.randn(2, 8)
     prev = torch.ones(2, 8, dtype=torch.bool)
     prev[1, 4:7] = False  # 3 of a group of 4 pruned: more than 2:4 allows

@@ -54,7 +54,7 @@ def test_readers():
 
 
 def test_effective_is_plus_zero_where_pruned_for_non_finite_orig_with_either_mask_dtype():
-    """(issue 20d) a NaN or inf orig under a 0 float mask gave NaN (0.0 with a bool mask)."""
+    """A NaN or inf orig under a 0 float mask used to give NaN (0.0 with a bool mask); both give +0.0."""
     orig = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, float("nan"), 2.0])
     keep = torch.tensor([False, False, False, False, True, True])
     for mask in (keep, keep.float(), keep.double().float()):

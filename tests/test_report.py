@@ -1,4 +1,4 @@
-"""lightning_prune.report: reading CSVLogger files and writing the PNG plots."""
+"""lightning_prune.cli.report: reading CSVLogger files and writing the PNG plots."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from helpers import make_trainer
 from lightning_prune import ImageClassifier, PruningMetrics
 from lightning_prune.data import DigitsDataModule
-from lightning_prune.report import find_metrics_csv, main, read_epoch_metrics, render_report
+from lightning_prune.cli.report import find_metrics_csv, main, read_epoch_metrics, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

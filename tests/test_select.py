@@ -101,7 +101,7 @@ def test_nan_and_inf_weights_rank_last_like_the_sort():
 
 
 def test_float64_l2_nan_with_its_sign_bit_ranks_like_l1():
-    """(issue 20a) a NaN with its sign bit set squared kept the sign: a negative key, never prunable, and a high
+    """A NaN with its sign bit set, squared, used to keep the sign: a negative key, never prunable, and a high
     target raised an internal RuntimeError. It now ranks last, exactly as under l1."""
     nan = -torch.tensor(float("nan"), dtype=torch.float64)
     assert torch.signbit(nan)

@@ -108,7 +108,7 @@ def test_callback_refuses_speedup_with_a_pruning_ratio():
 
 @pytest.mark.parametrize("speedup", [2.0, 3.0])
 def test_callback_reaches_the_speedup_on_a_users_own_module(tmp_path, speedup):
-    module = UserClassifier(small_cnn())  # configure_model support is issue 10's
+    module = UserClassifier(small_cnn())  # configure_model is tested in test_lifecycle.py
     cb = ChannelPruning(speedup=speedup, schedule="linear", start_epoch=0, end_epoch=1, input_shape=[1, 1, 32, 32])
     trainer = make_trainer(tmp_path, 2, [cb], limit_train_batches=2)
     trainer.fit(module, DigitsDataModule(batch_size=16))

@@ -1,4 +1,4 @@
-"""Every weight a user has (issue 20): fused attention, recurrent layers, bare and tied parameters, selected by
+"""Every weight a user has: fused attention, recurrent layers, bare and tied parameters, selected by
 name; counted over unique tensors; trained, resumed, reloaded and exported; the layer-collapse floor; the
 ``ModelPruning`` parity arguments (an int amount, a score callable, ``filter_parameters``, resampling)."""
 
@@ -237,7 +237,7 @@ def test_lstm_and_attention_train_and_eval_pruned(mode):
 
 
 def test_tied_weights_pruned_once_and_kept_tied():
-    """(issue 20) a tied embedding / lm-head was counted twice (reported 0.8000 of the weights pruned, 0.8719 of the
+    """A tied embedding / lm-head used to be counted twice (reported 0.8000 of the weights pruned, 0.8719 of the
     unique ones) and the tie broke under training."""
     model = RecurrentLM(None, tied=True)
     targets = M.find_prunable(model, module_types=["Linear", "Embedding"])

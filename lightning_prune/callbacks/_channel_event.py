@@ -1,10 +1,10 @@
-"""The event machinery of ``ChannelPruning``: the tracing input, planning (the same plan on every rank), the
-event as one core transaction (:func:`lightning_prune.core.channel.transaction.run_channel_event`) and the record
-of what it did. ``ChannelPruning`` adds the Lightning hooks, the Taylor steps, the logging and checkpoint state."""
+"""One ``ChannelPruning`` event as a transaction: plan (the same plan on every rank; for ``speedup`` runs the channel
+ratio is searched), cut, optimizer remap, averaged copies, DDP re-wrap and measurement, all or nothing
+(:func:`lightning_prune.core.channel.transaction.run_channel_event`), then the record of what it did (see
+docs/channel.md). ``ChannelPruning``'s hooks call :class:`ChannelEventRunner`; it defines no hook itself."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,84 +13,91 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks import _channel_support as support
-from lightning_prune.callbacks._channel_start import tracing_input
-from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
+from lightning_prune.callbacks._channel_engine import ChannelEngine
+from lightning_prune.callbacks._scheduled import averaged_models
+from lightning_prune.callbacks._taylor import TaylorGradients
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
-from lightning_prune.core.channel.gradients import GradientSum
-from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.channel.reshape import architecture, remember_shapes
-from lightning_prune.core.channel.transaction import run_channel_event
+from lightning_prune.core.channel.transaction import ChannelEvent, run_channel_event
 from lightning_prune.core.measure import count_macs, count_params
 
 _SPEEDUP_TOLERANCE = 0.03  # a speed-up target missed by more than this (relative MACs) is reported
 
 
-class ChannelEvents(ScheduledPruning):
-    """Base of ``ChannelPruning``: one pruning event, all or nothing (the subclass sets the attributes below)."""
+class ChannelEventRunner:
+    """Runs the events of a ``ChannelPruning`` run and keeps what they reached: the dense model's figures
+    (``baseline``: params and MACs), the pruned model's (``current``), the latest channel ratio
+    (``current_target``) and the pruned architecture as plain data (``architecture``)."""
 
-    core: ChannelPruner
-    speedup: float | dict[int, float] | None
-    input_shape: list[int] | None
-    prune_frozen: bool
-    verbose: bool
-    importance: str
-    _gradients: GradientSum
-    _prepared: bool
-    _baseline: dict[str, int]
-    _current: dict[str, int]
-    _current_target: float
-    _architecture: dict[str, Any]
-    _batch_input: Any = None
+    def __init__(self, engine: ChannelEngine, gradients: TaylorGradients, speedup: bool, verbose: bool) -> None:
+        self.engine = engine
+        self.gradients = gradients
+        self.speedup = speedup  # `target` is then the fraction of the dense MACs removed, not a channel ratio
+        self.verbose = verbose
+        self.architecture: dict[str, Any] = {}
+        self.reset()
 
-    def example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        """The tracing input of ``pl_module`` (its ``example_input_array``, ``input_shape``, or the first
-        training sample), with the engine prepared on it (original widths and ignored layers recorded)."""
-        inputs = self._example_inputs(trainer, pl_module)
-        if not self._prepared:
-            self._prepare(pl_module, inputs)
-        return inputs
+    def reset(self) -> None:
+        """A fresh run: nothing measured, nothing pruned yet."""
+        self.current_target = 0.0
+        self.baseline: dict[str, int] = {}
+        self.current: dict[str, int] = {}
 
-    def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_batch: bool = True) -> Any:
-        """The tracing input; one taken from a training batch is kept for the rest of the fit."""
-        if self._batch_input is not None:
-            return self._batch_input
-        inputs = tracing_input(trainer, pl_module, self.input_shape, allow_batch)
-        if inputs is not None and getattr(pl_module, "example_input_array", None) is None and not self.input_shape:
-            self._batch_input = inputs
-        return inputs
+    def measure(self, model: nn.Module, inputs: Any) -> dict[str, int]:
+        return {"params": int(count_params(model)), "macs": int(count_macs(model, inputs))}
 
-    def _prepare(self, pl_module: pl.LightningModule, inputs: Any) -> None:
-        with self._frozen_policy(pl_module):
-            self.core.prepare(pl_module, inputs)
-        self._prepared = True
+    def dense(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int]:
+        """The unpruned model's figures (measured once, before the first event)."""
+        if not self.baseline:
+            self.baseline = self.measure(pl_module, self.engine.inputs.get(trainer, pl_module))
+        return self.baseline
 
-    def _measure(self, pl_module: nn.Module, inputs: Any) -> dict[str, int]:
-        return {"params": int(count_params(pl_module)), "macs": int(count_macs(pl_module, inputs))}
-
-    def _frozen_policy(self, pl_module: pl.LightningModule) -> contextlib.AbstractContextManager:
-        """Frozen layers keep their output channels (ignored), unless ``prune_frozen``: then they are traced
-        like trainable ones (flags restored by name afterwards)."""
-        return support.frozen_policy(self.core, pl_module, self.prune_frozen)
+    def run(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, final: float, epoch: int
+    ) -> dict[str, Any]:
+        """Prune to ``target`` (``final``: the schedule's last target) as one transaction: any failure leaves the
+        model, optimizers, LR schedulers, averaged copies and DDP wrapper as before. Returns the history entry."""
+        support.refuse_masks(pl_module, epoch)
+        remember_shapes(pl_module)  # its unpruned widths: it can load an earlier, wider checkpoint of the run
+        engine = self.engine
+        inputs = engine.example_inputs(trainer, pl_module)
+        if not self.baseline:
+            self.baseline = self.measure(pl_module, inputs)
+        plan, decided = self._planner(trainer, pl_module, inputs, target, final, epoch)
+        done = run_channel_event(
+            engine.core,
+            pl_module,
+            plan,
+            inputs,
+            optimizers=trainer.optimizers,
+            averaged=averaged_models(trainer),
+            rewrap=lambda: support.rewrap_ddp(trainer, pl_module),
+            measure=lambda model: self.measure(model, inputs),
+            tracing=lambda: engine.frozen_policy(pl_module),
+        )
+        missing = optim_ops.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
+        if missing and trainer.optimizers:
+            rank_zero_warn(f"ChannelPruning: {len(missing)} trainable parameters are in no optimizer after pruning")
+        return self._record(pl_module, done, float(decided["target"]), decided["extra"], epoch)
 
     def _planner(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any, target: float, epoch: int
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any, target: float, final: float, epoch: int
     ) -> tuple[Callable[[], list], dict[str, Any]]:
         """The event's planning step (the same plan on every rank) and what it decides besides the plan: the
         channel ratio (``target``; found by the search for ``speedup`` runs) and the speed-up figures."""
-        final = max(self._schedule_map.values()) if self._schedule_map else target
         scale = target / final if final > 0 else 1.0
         decided: dict[str, Any] = {"target": target, "extra": {}}
 
         def plan() -> list:
             chosen, error = None, None
             try:
-                with self._gradients.as_gradients(pl_module):  # Taylor: the sums of the last training steps
-                    if self.speedup is not None:  # `target` is the fraction of the dense MACs removed
+                with self.gradients.as_gradients(pl_module):  # Taylor: the sums of the last training steps
+                    if self.speedup:  # `target` is the fraction of the dense MACs removed
                         ratio, chosen, decided["extra"] = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
                         decided["target"] = ratio
                     else:
-                        chosen = self.core.plan(pl_module, inputs, target, scale)
+                        chosen = self.engine.core.plan(pl_module, inputs, target, scale)
             except Exception as err:  # noqa: BLE001 - raised below, on every rank
                 error = err
             support.agree(trainer, error, epoch)
@@ -101,77 +108,14 @@ class ChannelEvents(ScheduledPruning):
 
         return plan, decided
 
-    def _log_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._last_event_epoch >= 0 and self._current:
-            model = {"pruning/params": self._current["params"], "pruning/macs": self._current["macs"]}
-            own = {"pruning/channel_ratio": self._current_target}
-            if self.speedup is not None and self._history:
-                own["pruning/speedup"] = self._history[-1]["speedup_target"]
-            self._log_epoch(trainer, pl_module, own, model)
-        elif self._schedule_map:  # before the first event: the dense point, so a run's curves start from it
-            if not self._baseline:
-                self._baseline = self._measure(pl_module, self._example_inputs(trainer, pl_module))
-            model = {"pruning/params": self._baseline["params"], "pruning/macs": self._baseline["macs"]}
-            self._log_epoch(trainer, pl_module, {"pruning/channel_ratio": 0.0}, model)
-
-    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
-        """One event: a transaction in core (plan, apply, optimizers, averaged copies, DDP re-wrap, measure: any
-        failure leaves everything as before), then this callback's records and logs."""
-        support.refuse_masks(pl_module, epoch)
-        remember_shapes(pl_module)  # its unpruned widths: it can load an earlier, wider checkpoint of the run
-        inputs = self.example_inputs(trainer, pl_module)
-        if not self._baseline:
-            self._baseline = self._measure(pl_module, inputs)
-        plan, decided = self._planner(trainer, pl_module, inputs, target, epoch)
-        done = run_channel_event(
-            self.core,
-            pl_module,
-            plan,
-            inputs,
-            optimizers=trainer.optimizers,
-            averaged=averaged_models(trainer),
-            rewrap=lambda: support.rewrap_ddp(trainer, pl_module),
-            measure=lambda model: self._measure(model, inputs),
-            tracing=lambda: self._frozen_policy(pl_module),
-        )
-        missing = optim_ops.params_missing_from(trainer.optimizers, list(pl_module.parameters()))
-        if missing and trainer.optimizers:
-            rank_zero_warn(f"ChannelPruning: {len(missing)} trainable parameters are in no optimizer after pruning")
-        self._record_event(pl_module, done, float(decided["target"]), decided["extra"], epoch, event)
-
-    def _record_event(
-        self, pl_module: pl.LightningModule, done: Any, target: float, extra: dict, epoch: int, event: int
-    ) -> None:
-        self._current = done.measured
-        self._architecture = architecture(pl_module)
-        self._last_event_epoch = event
-        self._current_target = target
-        entry = {
-            "epoch": int(epoch),
-            "target": target,
-            "channels_removed": int(done.result.channels_removed),
-            "params": self._current["params"],
-            "macs": self._current["macs"],
-            **extra,
-        }
-        if extra:
-            entry["speedup"] = self._baseline["macs"] / max(1, self._current["macs"])
-        self._history.append(entry)
-        if self.verbose:
-            goal = f", speed-up {entry['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
-            summary = support.fmt_summary(
-                self._baseline["macs"], self._current["macs"], self._baseline["params"], self._current["params"]
-            )
-            rank_zero_info(f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({self.importance}), {summary}{goal}")
-
     def _resolve_speedup(
         self, pl_module: pl.LightningModule, inputs: Any, reduction: float, scale: float, epoch: int
     ) -> tuple[float, list, dict[str, float]]:
         """The channel ratio and plan that cut the dense MACs by ``reduction`` (searched on a copy)."""
-        dense = self._baseline["macs"]
+        dense = self.baseline["macs"]
         goal = speedup_ops.reduction_speedup(reduction)
         found = speedup_ops.search_ratio(
-            self.core, pl_module, inputs, dense * (1.0 - reduction), lower=self._current_target, scale=scale
+            self.engine.core, pl_module, inputs, dense * (1.0 - reduction), lower=self.current_target, scale=scale
         )
         if abs(found.error) > _SPEEDUP_TOLERANCE:
             rank_zero_warn(
@@ -181,5 +125,51 @@ class ChannelEvents(ScheduledPruning):
             )
         return found.ratio, found.plan, {"speedup_target": goal, "macs_target": dense * (1.0 - reduction)}
 
+    def _record(
+        self, pl_module: pl.LightningModule, done: ChannelEvent, target: float, extra: dict, epoch: int
+    ) -> dict[str, Any]:
+        """Keep what the event reached, print its summary line (``verbose``) and return its history entry."""
+        self.current = done.measured
+        self.architecture = architecture(pl_module)
+        self.current_target = target
+        entry = {
+            "epoch": int(epoch),
+            "target": target,
+            "channels_removed": int(done.result.channels_removed),
+            "params": self.current["params"],
+            "macs": self.current["macs"],
+            **extra,
+        }
+        if extra:
+            entry["speedup"] = self.baseline["macs"] / max(1, self.current["macs"])
+        if self.verbose:
+            goal = f", speed-up {entry['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
+            summary = support.fmt_summary(
+                self.baseline["macs"], self.current["macs"], self.baseline["params"], self.current["params"]
+            )
+            importance = self.engine.core.importance_name
+            rank_zero_info(f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({importance}), {summary}{goal}")
+        return entry
 
-__all__ = ["ChannelEvents"]
+    def reached(self) -> str:
+        """What the events reached, in words (for the early-end warning)."""
+        if not self.current or not self.baseline:
+            return ""
+        return f" (params {self.baseline['params']:,} -> {self.current['params']:,})"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "current_target": float(self.current_target),
+            "architecture": self.architecture,
+            "baseline": dict(self.baseline),
+            "current": dict(self.current),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.current_target = float(state_dict.get("current_target", 0.0))
+        self.architecture = dict(state_dict.get("architecture") or {})
+        self.baseline = dict(state_dict.get("baseline") or {})
+        self.current = dict(state_dict.get("current") or {})
+
+
+__all__ = ["ChannelEventRunner"]

@@ -1,26 +1,29 @@
-"""What ``ChannelPruning`` checks when ``fit`` starts: the tracing input (``example_input_array``, ``input_shape``
-or the first training batch, in the form ``forward`` takes), and a rehearsal of the last event of the schedule on
-the real model, undone (:func:`lightning_prune.core.channel.rehearsal.rehearse`). A model that cannot be traced or
-pruned is refused before any training step, with the model unchanged; the submodules whose layers the forward never
-reaches are named in one warning."""
+"""What ``ChannelPruning`` settles when ``fit`` starts. The tracing input (:class:`TracingInput`): the
+LightningModule's ``example_input_array``, zeros of ``input_shape``, or the first sample of the first training batch
+in the form ``forward`` takes. The fit-start check (:class:`FitStartCheck`): the model is traced and the last
+remaining event of the schedule is rehearsed on the real model and undone
+(:func:`lightning_prune.core.channel.rehearsal.rehearse`), so a model that cannot be traced or pruned is refused
+before any training step, with the model unchanged; the submodules whose layers the forward never reaches are
+named in one warning. See docs/channel.md, "What is checked when fit starts"."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.core._inputs import device_dtype, move
 from lightning_prune.core._inputs import forward as call_forward
 from lightning_prune.core.channel.modules import preserved_modes
-from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.channel.rehearsal import rehearse
+
+if TYPE_CHECKING:  # (it imports TracingInput from here)
+    from lightning_prune.callbacks._channel_engine import ChannelEngine
 
 
 def _first_sample(batch: Any) -> Any:
@@ -98,10 +101,8 @@ def batch_input(pl_module: pl.LightningModule, batch: Any) -> Any:
         except Exception as err:  # noqa: BLE001 - the next form is tried, every failure is reported
             tried.append(f"{form}: {type(err).__name__}: {err}")
     raise ValueError(
-        "ChannelPruning traces the model with its first training batch when the LightningModule has no "
-        f"`example_input_array`, but `forward` runs with none of the forms tried ({'; '.join(tried)}). Set "
-        "`example_input_array` to what `forward` takes: a tensor for forward(x), a tuple for forward(*args), a dict "
-        "for forward(**kwargs), e.g. {'input_ids': torch.zeros(1, 16, dtype=torch.long)} for token ids"
+        f"ChannelPruning: `forward` runs with none of the forms tried from a training sample ({'; '.join(tried)}). "
+        "Set `example_input_array` to what `forward` takes (a tensor, a tuple, or a dict of keywords)"
     )
 
 
@@ -131,58 +132,63 @@ def first_batch(trainer: pl.Trainer) -> Any:
         return next(iter(loader))
 
 
-class ChannelFitStart:
-    """Mixin of ``ChannelPruning``: the model checked when ``fit`` starts (see the module docstring)."""
+class TracingInput:
+    """The tracing input of one fit (:func:`tracing_input`); one taken from a training batch is kept for the rest
+    of the fit (:meth:`reset` at ``setup``)."""
 
-    core: ChannelPruner
-    input_shape: list[int] | None
-    _prepared: bool
-    _schedule_map: dict[int, float]
-    _last_event_epoch: int
-    _checked = False
+    def __init__(self, input_shape: list[int] | None) -> None:
+        self.input_shape = input_shape
+        self._from_batch: Any = None
 
-    def _without_batch(self, pl_module: pl.LightningModule) -> bool:
-        """Whether the tracing input is known before the training dataloader is (no batch needed)."""
+    def reset(self) -> None:
+        self._from_batch = None
+
+    def known_without_batch(self, pl_module: pl.LightningModule) -> bool:
+        """Whether the input is known before the training dataloader is (no batch needed)."""
         return getattr(pl_module, "example_input_array", None) is not None or self.input_shape is not None
 
-    def _fresh_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """At ``setup`` of a fresh run: reset the engine and trace the model now when the tracing input is known
-        and the network exists (not built in ``configure_model``); returns whether it traced. The engine's state
-        of an earlier run comes back if tracing refuses this one."""
-        inputs = None
-        if not is_overridden("configure_model", pl_module):
-            inputs = self._example_inputs(trainer, pl_module, allow_batch=False)  # type: ignore[attr-defined]
-        previous = self.core.state_dict()
-        self.core.load_state_dict({})
-        if inputs is not None:
-            try:
-                with self._frozen_policy(pl_module):  # type: ignore[attr-defined]
-                    self.core.prepare(pl_module, inputs)  # raises on bad patterns/inputs; records the widths
-            except Exception:
-                self.core.load_state_dict(previous)
-                raise
-        self._prepared = inputs is not None
-        return self._prepared
+    def get(self, trainer: pl.Trainer, pl_module: pl.LightningModule, allow_batch: bool = True) -> Any:
+        """The input (None when it needs a batch and ``allow_batch`` is False)."""
+        if self._from_batch is not None:
+            return self._from_batch
+        inputs = tracing_input(trainer, pl_module, self.input_shape, allow_batch)
+        if inputs is not None and getattr(pl_module, "example_input_array", None) is None and not self.input_shape:
+            self._from_batch = inputs
+        return inputs
 
-    def _check_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Trace the model and rehearse the last remaining event (undone); raise on every rank if it fails, with
-        the model and the engine as before; warn about submodules the forward never reaches."""
-        self._checked = True
-        core = self.core
-        previous, prepared = core.state_dict(), self._prepared
+
+class FitStartCheck:
+    """The fit-start check of a ``ChannelPruning`` run, once per fit (``done``; :meth:`reset` at ``setup``)."""
+
+    def __init__(self, engine: ChannelEngine) -> None:
+        self.engine = engine
+        self.done = False
+
+    def reset(self) -> None:
+        """A new fit: the check is due, and the tracing input is taken anew."""
+        self.done = False
+        self.engine.inputs.reset()
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, schedule: dict[int, float], done: int) -> None:
+        """Trace the model and rehearse the last event of ``schedule`` after epoch ``done`` (undone); raise on every
+        rank if it fails, with the model and the pruner as before; warn about submodules the forward never
+        reaches."""
+        self.done = True
+        left = [t for e, t in schedule.items() if e > done]
+        engine, core = self.engine, self.engine.core
+        previous, prepared = core.state_dict(), engine.prepared
         error = None
         try:
-            inputs = self._example_inputs(trainer, pl_module)  # type: ignore[attr-defined]
-            left = [t for e, t in self._schedule_map.items() if e > self._last_event_epoch]
-            with support.isolated_rng(), self._frozen_policy(pl_module):  # type: ignore[attr-defined]
+            inputs = engine.inputs.get(trainer, pl_module)
+            with support.isolated_rng(), engine.frozen_policy(pl_module):
                 if not prepared:  # (isolated: "random" importance draws, training's random stream stays the same)
                     core.prepare(pl_module, inputs)
                 if left:
                     rehearse(core, pl_module, inputs, max(left))
-            self._prepared = True
+            engine.prepared = True
         except Exception as err:  # noqa: BLE001 - raised below, on every rank
             core.load_state_dict(previous)
-            self._prepared = prepared
+            engine.prepared = prepared
             error = err
         support.agree(trainer, error, trainer.current_epoch)
         if core.unreached:  # found by this fit's trace (a resumed or continued run does not trace again)
@@ -193,9 +199,5 @@ class ChannelFitStart:
             )
             core.unreached = []
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._checked:  # the tracing input comes from the first training batch, loaded by now
-            self._check_model(trainer, pl_module)
 
-
-__all__ = ["ChannelFitStart", "batch_input", "candidates", "first_batch", "tracing_input"]
+__all__ = ["FitStartCheck", "TracingInput", "batch_input", "candidates", "first_batch", "tracing_input"]

@@ -1,5 +1,5 @@
 """What ``ChannelPruning`` checks and does around an event, as functions: refusals at setup and at an event,
-the frozen-layer policy, agreeing across ranks and re-wrapping DDP."""
+the frozen-layer policy, agreeing across ranks, re-wrapping DDP and reshaping to a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_prune.callbacks import _lightning_compat as compat
-from lightning_prune.callbacks._scheduled import frozen_module_names
+from lightning_prune.callbacks._scheduled import averaged_models, frozen_module_names
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
+from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 
 
 @contextlib.contextmanager
@@ -94,6 +95,17 @@ def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         )
 
 
+def reshape_to_checkpoint(trainer: pl.Trainer | None, pl_module: pl.LightningModule, state: Any) -> None:
+    """Reshape the module, and the averaged copies of weight averaging, to a checkpoint's shapes (and its recorded
+    head counts and widths, which shapes alone cannot tell) before its weights load."""
+    checkpoint = compat.loaded_checkpoint(trainer)
+    arch = architecture_in(checkpoint) if checkpoint else None
+    reshape_to_state_dict(pl_module, state, arch)
+    if trainer is not None:
+        for averaged in averaged_models(trainer):
+            reshape_to_state_dict(averaged, state, arch)
+
+
 def check_no_masks(
     trainer: pl.Trainer, pl_module: pl.LightningModule, channel_events: dict[int, float], from_trained: bool
 ) -> None:
@@ -102,11 +114,9 @@ def check_no_masks(
     masked = masked_modules(pl_module)
     if masked:
         raise ValueError(
-            f"ChannelPruning cannot remove channels of a model with active torch.nn.utils.prune masks "
-            f"(weight_orig/weight_mask and a forward pre-hook) on modules {masked}: torch-pruning would replace "
-            "the masked weights and break the next forward. Make the pruning permanent first, e.g. "
-            "torch.nn.utils.prune.remove(module, 'weight') for each of them, or "
-            "UnstructuredPruning(make_pruning_permanent=True) in the run that produced them"
+            f"ChannelPruning cannot cut a model with active torch.nn.utils.prune masks on modules {masked}. Make "
+            "them permanent first: torch.nn.utils.prune.remove(module, 'weight'), or "
+            "UnstructuredPruning(make_pruning_permanent=True) in the run that made them"
         )
 
     last_channel = max(channel_events)
@@ -119,13 +129,9 @@ def check_no_masks(
             continue
         if unstructured_events and min(unstructured_events) <= last_channel:
             raise ValueError(
-                "ChannelPruning and UnstructuredPruning cannot interleave: UnstructuredPruning's masks "
-                "(torch.nn.utils.prune) are active until the end of fit, and removing channels of a masked "
-                f"layer breaks the run. ChannelPruning's events are {channel_events}, UnstructuredPruning's "
-                f"are {unstructured_events} (epoch: target); all channel events must come before the first "
-                f"unstructured event (epoch {min(unstructured_events)} <= last channel event {last_channel}). "
-                "Move UnstructuredPruning's start_epoch after ChannelPruning's end_epoch, or run them one after "
-                "the other"
+                f"ChannelPruning's events are {channel_events}, UnstructuredPruning's are {unstructured_events}: "
+                "all channel events must come before the first unstructured event (masked layers cannot be cut). "
+                "Start UnstructuredPruning after ChannelPruning's end_epoch, or run them one after the other"
             )
 
 
@@ -134,10 +140,8 @@ def refuse_masks(pl_module: pl.LightningModule, epoch: int) -> None:
     if masked:
         raise RuntimeError(
             f"ChannelPruning: epoch {epoch}: the model has active torch.nn.utils.prune masks on modules "
-            f"{masked}; removing their channels would break the next forward, so nothing was pruned and the "
-            "model and optimizers are unchanged. Make the pruning permanent before a channel event "
-            "(torch.nn.utils.prune.remove(module, 'weight')), or schedule all channel events before any "
-            "unstructured pruning"
+            f"{masked}, so nothing was pruned. Make them permanent before a channel event "
+            "(torch.nn.utils.prune.remove), or schedule all channel events before any unstructured pruning"
         )
 
 
@@ -208,6 +212,7 @@ __all__ = [
     "frozen_policy",
     "isolated_rng",
     "refuse_masks",
+    "reshape_to_checkpoint",
     "schedule_amount",
     "rewrap_ddp",
 ]

@@ -1,4 +1,10 @@
-"""``ChannelPruning``: remove channels with torch-pruning (DepGraph) at epoch starts while training goes on."""
+"""``ChannelPruning``: remove channels with torch-pruning (DepGraph) at epoch starts while training goes on.
+
+This module defines every Lightning hook the callback uses, what it logs and what goes in its checkpoints. What it
+needs it owns, and none of these defines a hook: a :class:`ChannelEngine` (the pruner with its tracing input and
+frozen-layer policy), a :class:`FitStartCheck` (trace and rehearse when ``fit`` starts), a :class:`TaylorGradients`
+collector (the training steps' gradients for ``"taylor"``) and a :class:`ChannelEventRunner` (one event as a
+transaction: plan, cut, optimizer remap, measurement, record). User guide: docs/channel.md."""
 
 from __future__ import annotations
 
@@ -6,19 +12,18 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from typing_extensions import override
 
 from lightning_prune.callbacks import _channel_support as support
-from lightning_prune.callbacks import _lightning_compat as compat
-from lightning_prune.callbacks._channel_event import ChannelEvents
-from lightning_prune.callbacks._channel_start import ChannelFitStart
-from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
-from lightning_prune.callbacks._taylor import TaylorSteps
+from lightning_prune.callbacks._channel_engine import ChannelEngine
+from lightning_prune.callbacks._channel_event import ChannelEventRunner
+from lightning_prune.callbacks._channel_start import FitStartCheck
+from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
+from lightning_prune.callbacks._taylor import TaylorGradients
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
-from lightning_prune.core.channel.decoder import refuse_decoders
-from lightning_prune.core.channel.importance import needs_gradients
 from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 from lightning_prune.core.schedules import Schedule
@@ -26,25 +31,16 @@ from lightning_prune.core.schedules import Schedule
 _STATE_VERSION = 1
 
 
-class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
+class ChannelPruning(ScheduledPruning):
     """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
 
     At the **start** of each pruning epoch the LightningModule's coupled layers lose the least important
     channels until ``pruning_ratio`` of the original channels are gone (an absolute target, relative to the
-    unpruned model); the epoch's training and validation follow. After every event the run is as healthy as
-    before: optimizers hold the new parameters with their state (momentum, Adam moments, steps) sliced to the
-    surviving channels, LR schedulers keep their state, ``requires_grad`` flags and train/eval modes are as
-    they were, and under DDP every rank removes the same channels and the model is re-wrapped so gradients of
-    the new parameters are synchronised.
-
-    The pruned architecture goes into checkpoints as plain data, and the model's tensor shapes are in its
-    ``state_dict``: ``trainer.fit(ckpt_path=...)`` with this callback reshapes the fresh model before the
-    weights load (any LightningModule), ``ImageClassifier.load_from_checkpoint(path)`` returns the pruned
-    model, and users' own modules load a checkpoint with :class:`ChannelPrunedCheckpointMixin` or
-    :func:`lightning_prune.core.channel.reshape.load_channel_pruned`.
-
-    Layer names (``ignored_layers``, ``pruning_ratio_dict``) are those of ``pl_module.named_modules()``, e.g.
-    ``"model.fc"`` for ``ImageClassifier``; a full-match regex works too (``"model\\.layer4\\..*"``).
+    unpruned model); the epoch's training and validation follow. Optimizers (their state sliced), LR schedulers,
+    flags, modes and the DDP wrapper follow every event (docs/channel.md, "What stays healthy after an event").
+    Checkpoints record the pruned architecture as plain data: ``trainer.fit(ckpt_path=...)``,
+    ``ImageClassifier.load_from_checkpoint`` and :class:`ChannelPrunedCheckpointMixin` load them into a fresh
+    model (docs/channel.md, "Checkpoints").
 
     Args:
         pruning_ratio: fraction of the original channels removed by the last event, in [0, 1), or explicit
@@ -52,70 +48,57 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
         speedup: a MACs target instead of a channel ratio: by the last event the model's MACs are the dense
             MACs / ``speedup`` (within 3% where the model's granularity allows), e.g. ``2.0``; or milestones
             ``{epoch: speedup}``. Earlier events follow ``schedule`` on the fraction of MACs removed
-            (``1 - 1/speedup``; ``geometric`` gives the same speed-up factor per event). At each event the
-            channel ratio is searched on a copy of the model (see :mod:`lightning_prune.core.channel.speedup`) with all
-            the other options (ranking, ``round_to``, ignored layers, caps, ``pruning_ratio_dict``); the target
-            and the resolved ratio are logged (``pruning/speedup``, ``pruning/channel_ratio``), printed, kept in
-            :attr:`history` and in checkpoints.
+            (``1 - 1/speedup``; ``geometric``: the same factor per event). Each event searches the channel ratio
+            on a copy of the model with all the other options, and logs the target and the ratio found
+            (``pruning/speedup``, ``pruning/channel_ratio``; in :attr:`history`; docs/channel.md).
         importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (the gradients of the last
             ``taylor_batches`` training steps before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
-            ``"random"``, ``"group_norm"`` (an alias of ``"l2"``), a torch-pruning ``Importance`` class as
-            ``{"class_path": "torch_pruning.pruner.importance.GroupMagnitudeImportance", "init_args": {"p": 1}}``
-            (a ``class_path`` block in YAML; instantiated by the callback), or, from Python, an ``Importance``
-            object.
+            ``"random"``, ``"group_norm"`` (an alias of ``"l2"``), a torch-pruning ``Importance`` class as a
+            ``{"class_path": ..., "init_args": ...}`` block (instantiated by the callback), or an ``Importance``
+            object (docs/channel.md, "Importance criteria").
         schedule: ``"constant"``, ``"linear"``, ``"cubic"`` or ``"geometric"``, as in ``UnstructuredPruning``.
-        start_epoch: first pruning epoch. Default ``None``: automatic, as in ``UnstructuredPruning``: epoch 1
-            for a model trained from scratch (channels are ranked after one epoch of training), epoch 0 for one
-            that starts from trained weights (``ImageClassifier(init_from_checkpoint=...)`` or ``weights=...``,
-            or ``starts_from_trained_weights = True`` on your module). Pass ``start_epoch=0`` to prune weights
-            you loaded yourself at once. The resolved schedule is printed at ``setup`` (rank zero, ``verbose``).
+        start_epoch: first pruning epoch. Default ``None``: epoch 1 for a model trained from scratch, epoch 0 for
+            one that starts from trained weights (``starts_from_trained_weights = True`` on the module, as
+            ``ImageClassifier`` sets it; docs/channel.md, "When and how much"). Printed at ``setup`` (``verbose``).
         end_epoch: last pruning epoch; default: half-way from ``start_epoch`` to the end of training.
         every_n_epochs: epochs between events.
         global_pruning: rank channels across all layers instead of within each layer.
         round_to: keep channel counts multiples of this (e.g. 8).
-        ignored_layers: module names or regexes whose output channels are never removed.
+        ignored_layers: modules whose output channels are never removed: names in ``pl_module.named_modules()``
+            (``"model.fc"`` for ``ImageClassifier``) or full-match regexes (``"model\\.layer4\\..*"``).
         pruning_ratio_dict: ``{module name or regex: ratio}`` for layers pruned to another final ratio (scaled
             by the schedule's progress like the main ratio).
         max_pruning_ratio: no layer loses more than this fraction of its original channels.
         isomorphic: rank groups of identical structure together (torch-pruning's isomorphic pruning).
         input_shape: shape of the tracing input, e.g. ``[1, 3, 32, 32]``; used when the module has no
             ``example_input_array`` (a tensor, tuple or dict). Without either, the first sample of the first
-            training batch, in the first form ``forward`` runs with: ``forward(**batch)`` (a dict, keys ``forward``
-            takes), ``forward(x)`` for ``(x, y)``, ``forward(*batch)``, ``forward(batch)``.
+            training batch, in the form ``forward`` takes (docs/channel.md, "What is checked when fit starts").
         ignore_output_layer: ignore the layer(s) producing the model's output (the classifier).
-        taylor_batches: the last training steps of the epoch before an event whose gradients (summed, unscaled)
-            feed ``"taylor"`` importance; no extra pass runs. An event with no step before it in the fit (epoch 0,
-            after a resume) runs after this many steps of its epoch.
+        taylor_batches: the last training steps before an event whose summed gradients feed ``"taylor"`` (no
+            extra pass); an event with no step before it in the fit runs after this many steps of its epoch.
         verbose: print a rank-zero summary line after each event.
         num_heads: ``{Linear name: heads}`` for attention built from Linear layers (query/key/value), so their
-            widths are pruned per head. Hugging Face style modules (``num_attention_heads`` with ``query``/
-            ``key``/``value``) are found without it; ``nn.MultiheadAttention`` needs nothing (its width stays a
-            multiple of its heads).
+            widths are pruned per head; Hugging Face style modules and ``nn.MultiheadAttention`` need nothing
+            (docs/channel.md, "Transformers").
         prune_num_heads: remove whole attention heads too.
         head_pruning_ratio: fraction of the original heads removed by the last event (with ``prune_num_heads``),
             following the schedule like ``pruning_ratio``.
         unwrapped_parameters: ``{parameter name: dim}`` for parameters used outside a layer (a ``class_token``,
             positional embeddings); by default their last non-singleton dimension follows the width.
-        prune_frozen: also remove output channels of layers whose parameters are all frozen
-            (``requires_grad=False``). By default they keep their output channels and do not count towards the
-            target, as in ``UnstructuredPruning``.
+        prune_frozen: also remove output channels of layers whose parameters are all frozen. By default they
+            keep them and do not count towards the target (docs/lifecycle.md, "Frozen layers").
 
     Lifecycle (docs/lifecycle.md): a second ``fit`` continues the schedule; an early end warns; the averaged copy
-    of ``WeightAveraging``/``EMAWeightAveraging`` loses the same channels (its averaged values sliced); a network
-    built in ``configure_model`` is traced at ``on_fit_start``; a resume reshapes in ``load_state_dict``.
+    of ``WeightAveraging``/``EMAWeightAveraging`` loses the same channels; ``configure_model`` networks work.
 
     Raises:
-        ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching
-            no module, every layer ignored, a tracing input that does not fit the model, an unsupported
-            strategy / compiled model, a model that already carries ``torch.nn.utils.prune`` masks, or an
-            ``UnstructuredPruning`` callback whose first event is not after the last channel event.
-        TypeError: a value of the wrong type; when fit starts, an optimizer whose state cannot follow an event
-            (see ``lightning_prune.core.channel.optim.check_optimizer``).
-        ChannelPruningError: when fit starts, before any training step (docs/channel.md), a model torch-pruning
-            cannot trace, or that fails the last scheduled event rehearsed on it (and undone); the model is unchanged.
-        RuntimeError: at an event, the model carries ``torch.nn.utils.prune`` masks added during the run; any step
-            of an event failed (``ChannelPruningError`` names the layer and the reason): the model, optimizers,
-            LR schedulers and averaged copies are then exactly as before the event.
+        ValueError: a value out of range or an unknown choice (at construction); at setup, patterns matching no
+            module, every layer ignored, a tracing input that does not fit, an unsupported strategy or compiled
+            model, ``torch.nn.utils.prune`` masks, ``UnstructuredPruning`` events not after the channel events.
+        TypeError: a value of the wrong type; when fit starts, an optimizer whose state cannot follow an event.
+        ChannelPruningError: when fit starts, a model torch-pruning cannot trace or that fails the last event
+            rehearsed on it (undone); at an event, a failed step, with everything left as before the event.
+        RuntimeError: at an event, ``torch.nn.utils.prune`` masks added during the run (nothing pruned).
 
     Example::
 
@@ -152,12 +135,9 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     ) -> None:
         self.speedup, amount, arg = support.schedule_amount(pruning_ratio, speedup)
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg=arg))
-        milestones = self._sched.milestones
-        given = dict(milestones) if milestones is not None else self._sched.amount
+        given = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount
         self._ratio_repr: Any = given if self.speedup is None else None
-        check_bool("global_pruning", global_pruning)
-        check_bool("isomorphic", isomorphic)
-        check_bool("ignore_output_layer", ignore_output_layer)
+        check_bool("ignore_output_layer", ignore_output_layer)  # (ChannelPruner checks the others by their names)
         self.taylor_batches = check_int("taylor_batches", taylor_batches, minimum=1)
         self.input_shape = check_shape("input_shape", input_shape)
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
@@ -177,13 +157,10 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
         )
         self.importance = self.core.importance_name
         self.verbose = check_bool("verbose", verbose)
-        self._current_target = 0.0
-        self._architecture: dict[str, Any] = {}
-        self._baseline: dict[str, int] = {}  # macs/params of the unpruned model
-        self._current: dict[str, int] = {}
-        self._prepared = False
-        self._fitting = False
-        self._init_taylor()
+        self._engine = ChannelEngine(self.core, self.input_shape, self.prune_frozen)
+        self._fit_check = FitStartCheck(self._engine)
+        self._taylor = TaylorGradients(self.core, self.taylor_batches)
+        self._events = ChannelEventRunner(self._engine, self._taylor, self.speedup is not None, self.verbose)
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -206,41 +183,38 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     @property
     def architecture(self) -> dict[str, Any]:
         """The pruned architecture after the latest event, as plain data (see ``structure.architecture``)."""
-        return dict(self._architecture)
+        return dict(self._events.architecture)
+
+    def example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """The tracing input (``example_input_array``, ``input_shape`` or a training sample), the engine prepared."""
+        return self._engine.example_inputs(trainer, pl_module)
 
     @property
     def state_key(self) -> str:
-        if self.speedup is not None:
-            return self._schedule_state_key(speedup=self.speedup, importance=self.importance)
-        return self._schedule_state_key(pruning_ratio=self._ratio_repr, importance=self.importance)
+        ratio = {"speedup": self.speedup} if self.speedup is not None else {"pruning_ratio": self._ratio_repr}
+        return self._schedule_state_key(**ratio, importance=self.importance)
 
     # ------------------------------------------------------------------------------------------ hooks
     _reshape_on_load = True
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._fitting = stage == "fit"
-        self._checked, self._batch_input = False, None
-        if not self._fitting:  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes
+        self._fit_check.reset()  # due again, with the tracing input taken anew
+        if stage != "fit":  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes
             self._install_load_hook(pl_module)
             return
         # every check that can refuse the run comes before any change (a refused setup leaves all as it was)
         support.check_supported(trainer, pl_module)
         from_trained = starts_from_trained(pl_module)
         support.check_no_masks(trainer, pl_module, self._sched.resolve(trainer.max_epochs, from_trained), from_trained)
-        if needs_gradients(self.core.importance) and not pl_module.automatic_optimization:
-            raise ValueError(
-                f"`importance`={self.importance!r} needs gradients computed by the callback, which requires "
-                "automatic optimization; this LightningModule uses manual optimization"
-            )
+        self._taylor.check_optimization(pl_module, self.importance)
         schedule_map = self._check_schedule(trainer, pl_module)
         traced = False
         if not self._continuing(pl_module):  # a fresh run (a resume brings the progress back in `load_state_dict`)
-            traced = self._fresh_engine(trainer, pl_module)
-            self._current_target = 0.0
-            self._baseline, self._current = {}, {}
+            traced = self._engine.start_run(trainer, pl_module)
+            self._events.reset()
         self._start_schedule(trainer, pl_module, schedule_map)
-        self._init_taylor()  # a fresh fit: no training step seen yet
+        self._taylor.start_fit()
         self._inspected = self._inspected or traced
         self._install_load_hook(pl_module)
 
@@ -249,19 +223,49 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
         for opt in trainer.optimizers:  # refuse, before any training, an optimizer whose state cannot follow
             optim_ops.check_optimizer(opt)
         self._begin_fit(trainer, pl_module)
-        if self._without_batch(pl_module):  # else at on_train_start, with the first training batch
-            self._check_model(trainer, pl_module)
+        if self._engine.inputs.known_without_batch(pl_module):  # else at on_train_start, with the first batch
+            self._fit_check.run(trainer, pl_module, self._schedule_map, self._last_event_epoch)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._fit_check.done:  # the tracing input comes from the first training batch, loaded by now
+            self._fit_check.run(trainer, pl_module, self._schedule_map, self._last_event_epoch)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         event = self._due_event(epoch)
-        waits = self._taylor_epoch_start(trainer, pl_module, event)  # Taylor: no step before it yet
+        waits = self._taylor.defer(event)  # "taylor" with no step before it: runs later this epoch
         if event is not None and not waits:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
-        self._gradients.reset()
+        self._taylor.clear()
         if not waits:  # (a waiting event logs once it ran: one value per key and epoch)
             self._log_state(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._taylor.batch_idx = batch_idx
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        event_next = self._due_event(trainer.current_epoch + 1) is not None
+        self._taylor.add(trainer, pl_module, optimizer, event_next)  # when these gradients feed the next event
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._taylor.ready(batch_idx, trainer.num_training_batches):
+            self._run_waiting(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._taylor.waiting is not None:  # an epoch without batches
+            self._run_waiting(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -275,54 +279,57 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_load_hook()
 
-    # ------------------------------------------------------------------------------------------ logging
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": _STATE_VERSION,
             "core": self.core.state_dict(),
-            **self._schedule_state(),
-            "current_target": float(self._current_target),
-            "architecture": self._architecture,
-            "baseline": dict(self._baseline),
-            "current": dict(self._current),
+            **self._schedule_state(),  # last_event_epoch, schedule, history
+            **self._events.state_dict(),  # current_target, architecture, baseline, current
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._load_schedule_state(state_dict)
-        core = state_dict.get("core")
-        if core:
-            self.core.load_state_dict(core)
-            self._prepared = bool(self.core.original_channels)
-        self._current_target = float(state_dict.get("current_target", 0.0))
-        self._architecture = dict(state_dict.get("architecture") or {})
-        self._baseline = dict(state_dict.get("baseline") or {})
-        self._current = dict(state_dict.get("current") or {})
+        self._engine.load_state_dict(state_dict.get("core"))
+        self._events.load_state_dict(state_dict)
 
-    # ------------------------------------------------------------------------------------------ lifecycle
-    def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._prepared:
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
+        """One event (all or nothing, see ``ChannelEventRunner.run``), recorded in :attr:`history`."""
+        entry = self._events.run(trainer, pl_module, target, max(self._schedule_map.values(), default=target), epoch)
+        self._last_event_epoch = event
+        self._history.append(entry)
+
+    def _run_waiting(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        event = self._taylor.take_waiting()
+        try:
+            self._prune(trainer, pl_module, self._schedule_map[event], trainer.current_epoch, event)
+        finally:
+            self._taylor.clear()
+        self._log_state(trainer, pl_module)
+
+    def _log_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the channel ratio (and the speed-up target), and the model's params and MACs, once per epoch."""
+        events = self._events
+        if self._last_event_epoch >= 0 and events.current:
+            figures, own = events.current, {"pruning/channel_ratio": events.current_target}
+            if self.speedup is not None and self._history:
+                own["pruning/speedup"] = self._history[-1]["speedup_target"]
+        elif self._schedule_map:  # before the first event: the dense point, so a run's curves start from it
+            figures, own = events.dense(trainer, pl_module), {"pruning/channel_ratio": 0.0}
+        else:
             return
-        refuse_decoders(pl_module)  # a model built in configure_model: refused before the first event
-        inputs = self._example_inputs(trainer, pl_module, allow_batch=False)
-        if inputs is not None:
-            self._prepare(pl_module, inputs)
+        model = {"pruning/params": figures["params"], "pruning/macs": figures["macs"]}
+        self._log_epoch(trainer, pl_module, own, model)
+
+    def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._engine.inspect(trainer, pl_module)
 
     def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
-        """Reshape the module, and the averaged copies of weight averaging, to the checkpoint's shapes (and its
-        recorded head counts and widths, which shapes alone cannot tell)."""
-        checkpoint = compat.loaded_checkpoint(trainer)
-        arch = architecture_in(checkpoint) if checkpoint else None
-        reshape_to_state_dict(pl_module, state, arch)
-        if trainer is not None:
-            for averaged in averaged_models(trainer):
-                reshape_to_state_dict(averaged, state, arch)
+        support.reshape_to_checkpoint(trainer, pl_module, state)  # the averaged copies of weight averaging too
 
     def _reached(self) -> str:
-        if not self._current or not self._baseline:
-            return ""
-        return f" (params {self._baseline['params']:,} -> {self._current['params']:,})"
+        return self._events.reached()
 
 
 class ChannelPrunedCheckpointMixin:

@@ -27,12 +27,9 @@ TeacherSource = Literal["auto", "first_event"]
 TEACHERS: tuple[TeacherSource, ...] = ("auto", "first_event")
 
 NO_TEACHER_WARNING = (
-    "Distillation: this run trains from scratch and has no trained teacher, so it distils nothing (the term is 0, "
-    "no copy of the model is made). A teacher taken before the first pruning event would be trained only up to "
-    "it (one epoch with the default schedule), which lowered the pruned student on held-out data. To distil, pass "
-    "`teacher_checkpoint=<a trained checkpoint>`, start from trained weights "
-    "(`ImageClassifier(init_from_checkpoint=...)`, or set `starts_from_trained_weights = True` on your module), or "
-    "opt in with `teacher='first_event'`"
+    "Distillation: this run trains from scratch and has no trained teacher, so it distils nothing. Pass "
+    "`teacher_checkpoint=...`, start from trained weights (`init_from_checkpoint=...` or "
+    "`starts_from_trained_weights = True` on your module), or set `teacher='first_event'` (see docs/quality.md)"
 )
 
 

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from lightning_prune.core._inputs import device_dtype
 from lightning_prune.core._validation import check_bool, check_choice
+from lightning_prune.core.errors import LightningPruneError
 from lightning_prune.core.unstructured import masks as mask_ops
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ _ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
 _EXPORT_EXTRA_HINT = 'pip install "lightning_prune[export]"  (onnx, onnxscript, onnxruntime)'
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(LightningPruneError, RuntimeError):
     """The exported model's output differs from the module's by more than the tolerance."""
 
 

@@ -78,7 +78,7 @@ def late_end_epoch(start_epoch: int, max_epochs: int | None) -> int:
     benchmarks used), at least ``start_epoch`` and at most ``max_epochs - 1``.
 
     With ``max_epochs=10`` and ``start_epoch=1`` the events fall on epochs 1..8 and epochs 8 and 9 train at the
-    final sparsity. It won over the half-way end from scratch on two data sets and two budgets (RESULTS.md part 12).
+    final sparsity. It won over the half-way end from scratch on two data sets and two budgets (docs/quality.md).
     """
     max_epochs = _finite_max_epochs(start_epoch, max_epochs)
     return max(start_epoch, min(max_epochs - 1, round(0.75 * max_epochs)))

@@ -7,8 +7,10 @@ from typing import Any
 
 from torch import nn
 
+from lightning_prune.core.errors import LightningPruneError
 
-class DecoderPruningError(ValueError):
+
+class DecoderPruningError(LightningPruneError, ValueError):
     """A decoder model this engine cannot prune (the message names the reason)."""
 
 

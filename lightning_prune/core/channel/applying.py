@@ -13,9 +13,10 @@ from lightning_prune.core._inputs import forward as _forward
 from lightning_prune.core.channel import _tp_compat
 from lightning_prune.core.channel.modules import _module_of, _slots, _Snapshot, preserved_modes
 from lightning_prune.core.channel.reshape import sync_width_attributes, tensor_shapes
+from lightning_prune.core.errors import LightningPruneError
 
 
-class ChannelPruningError(RuntimeError):
+class ChannelPruningError(LightningPruneError, RuntimeError):
     """A pruning event failed; the model is exactly as before the event."""
 
 

@@ -101,9 +101,8 @@ def refuse_decoders(model: nn.Module, who: str = "ChannelPruning") -> None:
         names = [f"{name or '<model>'} ({type(m).__name__})" for name, m in found]
         raise DecoderPruningError(
             f"{who} cannot trace Hugging Face decoder models ({', '.join(names)}): torch-pruning's dependency graph "
-            "does not finish on their attention. Use the `DecoderPruning` callback (lightning_prune.DecoderPruning; "
-            "core: DecoderPruner) for MLP width, KV groups and hidden size, or `UnstructuredPruning` for single "
-            "weights and N:M"
+            "does not finish on their attention. Use the `DecoderPruning` callback for their widths and KV groups, "
+            "or `UnstructuredPruning` (see docs/llm.md)"
         )
 
 
@@ -158,10 +157,9 @@ def check_decoder(model: nn.Module, decoder: Any) -> list[str]:
     tp_size = getattr(model, "_tp_size", None) or getattr(decoder, "_tp_size", None)
     if sharded or (isinstance(tp_size, int) and tp_size > 1):
         raise DecoderPruningError(
-            "cannot prune tensor-parallel or sharded parameters (a tensor-parallel plan applied with a device mesh, "
-            f"e.g. from_pretrained(tp_plan=...), or FSDP2; first: {sharded[:1]}): each rank holds a slice of the "
-            "heads and channels, and removing them would need the same plan re-applied to the new widths; prune a "
-            "single-device or DDP replica, then shard the pruned model"
+            f"cannot prune tensor-parallel or sharded parameters (first: {sharded[:1]}): each rank holds a slice of "
+            "the heads and channels. Prune a single-device or DDP replica, then shard the pruned model (see "
+            "docs/llm.md)"
         )
     w = config_widths(decoder.config)
     if w.num_key_value_heads <= 0 or w.num_attention_heads % w.num_key_value_heads:
@@ -436,10 +434,9 @@ class DecoderPruner:
         decoders = [m for m in found if any(p.requires_grad for p in m.parameters())]
         if not decoders:
             raise DecoderPruningError(
-                f"no Hugging Face style decoder with trainable parameters found in {type(model).__name__} "
-                f"({len(found)} frozen): expected a module with `config` and `layers[i].mlp.gate_proj/up_proj/"
-                "down_proj` and `layers[i].self_attn.q_proj/k_proj/v_proj/o_proj` (LoRA-wrapped projections are "
-                "not supported)"
+                f"no Hugging Face style decoder with trainable parameters in {type(model).__name__} ({len(found)} "
+                "frozen): expected a module with `config` and `layers[i].mlp.{gate,up,down}_proj`, "
+                "`layers[i].self_attn.{q,k,v,o}_proj` (not LoRA-wrapped)"
             )
         self.notes = []
         for decoder in decoders:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.core.errors import LightningPruneError
+
 _CHANNEL_ATTRS = (
     "in_channels",
     "out_channels",
@@ -247,7 +249,7 @@ def _apply_recorded_attrs(model: nn.Module, arch: Mapping[str, Mapping[str, Any]
     return changed
 
 
-class ArchitectureMismatchError(ValueError):
+class ArchitectureMismatchError(LightningPruneError, ValueError):
     """A checkpoint's tensors or recorded architecture do not fit the model (another kernel size, other layers,
     wider layers than the model, ...). Raised by :func:`reshape_to_state_dict` before anything changes."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_prune._cli_common import OneLineArgumentParser
+from lightning_prune.cli._common import OneLineArgumentParser
 from lightning_prune.core.sensitivity import DEFAULT_RATIOS, KINDS, accuracy, channel_macs_of, sensitivity_scan
 
 __all__ = ["main"]
@@ -52,8 +52,8 @@ def _parser() -> OneLineArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit code."""
+    from lightning_prune.cli.trainer import scan_cli
     from lightning_prune.core.channel.reshape import reshape_to_state_dict
-    from lightning_prune.trainer_cli import scan_cli
 
     args, rest = _parser().parse_known_args(list(argv) if argv is not None else None)
     if args.speedup is not None and not args.speedup > 1:

@@ -1,5 +1,5 @@
 """The GPU check's harness: settings, one check's report, the time budget, background subprocesses and the
-markdown report (``benchmarks/gpu_check.py`` runs the checks).
+markdown report (``benchmarks/gpu/gpu_check.py`` runs the checks).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 STARTED = time.time()
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ (common.py)
 import common  # noqa: E402
 
 import torch  # noqa: E402

@@ -17,7 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_prune._cli_common import debug_enabled
+from lightning_prune.cli._common import debug_enabled
 from lightning_prune.models.classifier import ImageClassifier
 
 
@@ -179,7 +179,7 @@ class ExportCLI(PruneCLI):
     :func:`lightning_prune.export` to ``--out``. Nothing is trained and no Trainer is built."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        from lightning_prune.export_cli import EXPORT_ARGUMENTS
+        from lightning_prune.cli.export_args import EXPORT_ARGUMENTS
 
         super().add_arguments_to_parser(parser)
         for flags, kwargs in EXPORT_ARGUMENTS:

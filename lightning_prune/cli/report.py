@@ -9,7 +9,7 @@ accuracy (``val/acc`` by default), and writes two PNG files into ``<run>/plots``
 
 Example::
 
-    >>> from lightning_prune.report import main
+    >>> from lightning_prune.cli.report import main
     >>> main(["lightning_logs/version_0"])  # doctest: +SKIP
     0
 """
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_prune._cli_common import OneLineArgumentParser
+from lightning_prune.cli._common import OneLineArgumentParser
 
 __all__ = ["PANELS", "find_metrics_csv", "main", "read_epoch_metrics", "render_report"]
 

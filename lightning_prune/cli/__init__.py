@@ -10,6 +10,12 @@
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's subcommands; the data module is chosen
 by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offline digits. A top-level
 ``optimizer:`` / ``lr_scheduler:`` block replaces the model's default Adam, the LightningCLI way.
+
+This module is the dispatcher (it imports no Lightning); one module per subcommand does the work:
+:mod:`~lightning_prune.cli.trainer` (the LightningCLI: fit/validate/test/predict, export, the scan's model and
+data), :mod:`~lightning_prune.cli.export_args` (export's options, for ``--help`` without Lightning),
+:mod:`~lightning_prune.cli.report` (``report``), :mod:`~lightning_prune.cli.scan` (``sensitivity``) and
+:mod:`~lightning_prune.cli._common` (the debug switch and one-line argparse errors).
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from lightning_prune._cli_common import DEBUG_ENV, OneLineArgumentParser, debug_enabled
+from lightning_prune.cli._common import DEBUG_ENV, OneLineArgumentParser, debug_enabled
 
 if TYPE_CHECKING:
-    from lightning_prune.trainer_cli import PruneCLI
+    from lightning_prune.cli.trainer import PruneCLI
 
 
 #: third-party warnings a plain run prints that say nothing about the user's run (regexes of the message);
@@ -63,7 +69,7 @@ def quiet_third_party() -> Iterator[None]:
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PruneCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, e.g. ``["fit", "-c", "cfg.yaml"]``."""
-    from lightning_prune.trainer_cli import cli_main as build
+    from lightning_prune.cli.trainer import cli_main as build
 
     return build(args, run=run)
 
@@ -92,19 +98,19 @@ LIGHTNING_PRUNE_DEBUG=1) shows the traceback instead.
 def _run_subcommand(argv: list[str]) -> int:
     sub = argv[0] if argv else ""
     if sub == "sensitivity":
-        from lightning_prune.sensitivity import main as sensitivity_main
+        from lightning_prune.cli.scan import main as sensitivity_main
 
         return sensitivity_main(argv[1:])
     if sub == "report":
-        from lightning_prune.report import main as report_main
+        from lightning_prune.cli.report import main as report_main
 
         return report_main(argv[1:])
     if sub == "export":
         if any(a in ("-h", "--help") for a in argv[1:]):
-            from lightning_prune.export_cli import print_help
+            from lightning_prune.cli.export_args import print_help
 
             return print_help()
-        from lightning_prune.trainer_cli import export_main
+        from lightning_prune.cli.trainer import export_main
 
         return export_main(argv[1:])
     with warnings.catch_warnings():
@@ -169,9 +175,6 @@ def _class_that_raised(err: BaseException) -> str | None:
         tb = tb.tb_next
     return None if found is None else f"{found.__module__.split('.')[0]}.{found.__qualname__}"
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 __all__ = [
     "DEBUG_ENV",

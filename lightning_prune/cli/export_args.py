@@ -1,5 +1,5 @@
 """The options of ``lightning-prune export`` without Lightning: ``export --help`` prints them at once, and
-:class:`lightning_prune.trainer_cli.ExportCLI` adds the same definitions to its LightningCLI parser."""
+:class:`lightning_prune.cli.trainer.ExportCLI` adds the same definitions to its LightningCLI parser."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import common  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from there)
+import common  # noqa: E402  (benchmarks/ and benchmarks/gpu/ are on sys.path: gpu_check.py puts them there)
 import torch  # noqa: E402
 from gpu_harness import BACKGROUND, Check, Settings, Skip, subprocess_timeout, tail  # noqa: E402
 

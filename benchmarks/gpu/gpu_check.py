@@ -2,11 +2,11 @@
 
 Run, from the repository root, on a machine with one CUDA GPU::
 
-    python benchmarks/gpu_check.py            # <= 8 min on one H200; writes benchmarks/results/gpu.md
+    python benchmarks/gpu/gpu_check.py            # <= 8 min on one H200; writes benchmarks/results/gpu.md
 
 and beforehand, on any CPU, the same checks with tiny sizes (< 2 min; tests/test_gpu_check.py runs it)::
 
-    python benchmarks/gpu_check.py --device cpu --quick [--out /tmp/gpu.md]
+    python benchmarks/gpu/gpu_check.py --device cpu --quick [--out /tmp/gpu.md]
 
 The checks (each runs on its own: a failing one, or a failing case inside one, never stops the others; the
 report gives PASS / FAIL / SKIP per check, the figures, and the last lines of every traceback):
@@ -41,7 +41,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import common  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from there)
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]  # benchmarks/, gpu/
+import common  # noqa: E402
 import torch  # noqa: E402
 from gpu_checks_fit import (  # noqa: E402
     check_adam, check_ddp, check_precision, check_pytest, ddp_worker, run_ddp_worker, run_pytest,
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         fn, need_cuda, need_quick = CHECKS[number]
         checks.append(run_check(number, fn, s, need_quick if s.quick else need_cuda))
     checks.sort(key=lambda c: c.number)
-    command = "python benchmarks/gpu_check.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = "python benchmarks/gpu/gpu_check.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     text = render(s, checks, command.strip())
     print("\n" + text)
     if args.out:
