@@ -86,3 +86,16 @@ def test_sigterm_exception_is_public():
 @pytest.mark.parametrize("name", ["fork_rng"])
 def test_public_rng_fork_exists(name):
     assert callable(getattr(torch.random, name))
+
+
+def test_spawn_recovery_wrapper_installs_once_over_lightnings_method():
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    compat.before_spawn_recovery()
+    wrapped = _MultiProcessingLauncher._recover_results_in_main_process
+    compat.before_spawn_recovery()
+    assert _MultiProcessingLauncher._recover_results_in_main_process is wrapped and wrapped._lightning_prune
+    # what the wrapper relies on: the worker output's weights file and the strategy's checkpoint_io
+    from lightning.pytorch.strategies.launchers.multiprocessing import _WorkerOutput
+
+    assert "weights_path" in _WorkerOutput._fields

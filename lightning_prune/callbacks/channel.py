@@ -16,6 +16,7 @@ import torch
 from typing_extensions import override
 
 from lightning_prune.callbacks import _channel_support as support
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_engine import ChannelEngine
 from lightning_prune.callbacks._channel_event import ChannelEventRunner
 from lightning_prune.callbacks._channel_start import FitStartCheck
@@ -161,6 +162,7 @@ class ChannelPruning(ScheduledPruning):
         self._fit_check = FitStartCheck(self._engine)
         self._taylor = TaylorGradients(self.core, self.taylor_batches)
         self._events = ChannelEventRunner(self._engine, self._taylor, self.speedup is not None, self.verbose)
+        compat.before_spawn_recovery()  # ddp_spawn: the main process's module takes the pruned shapes at the end
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -327,6 +329,9 @@ class ChannelPruning(ScheduledPruning):
 
     def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
         support.reshape_to_checkpoint(trainer, pl_module, state)  # the averaged copies of weight averaging too
+
+    def _before_spawned_weights_load(self, trainer: pl.Trainer, state: Any) -> None:
+        support.reshape_to_checkpoint(None, trainer.lightning_module, state)  # in the main process of ddp_spawn
 
     def _reached(self) -> str:
         return self._events.reached()
