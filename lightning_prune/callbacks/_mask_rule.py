@@ -1,0 +1,123 @@
+"""``MaskRule``: how one ``UnstructuredPruning`` event picks its masks from the weights (the ranking ``norm``,
+``scope``, an N:M ``pattern``, ``structured_dim``, the per-layer cap, floor and amounts, the seed). Pure PyTorch, no
+Lightning hooks: the callback builds one at construction and asks it for the masks of every event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor
+
+from lightning_prune.core.patterns import name_matches
+from lightning_prune.core.unstructured import masks as mask_ops
+from lightning_prune.core.unstructured import nm as nm_ops
+from lightning_prune.core.unstructured.structured import compute_structured_masks
+
+__all__ = ["MaskRule", "layer_fractions"]
+
+Target = mask_ops.Target
+
+
+def layer_fractions(layer_amounts: dict[str, float], targets: Sequence[Target]) -> list[float | None]:
+    """Per target, the final amount of the first ``layer_amounts`` entry that names its module or its tensor
+    (full-match regex), or None."""
+    out: list[float | None] = []
+    for t in targets:
+        key = mask_ops.target_key(t)
+        out.append(next((a for p, a in layer_amounts.items() if name_matches(t[0], p) or name_matches(key, p)), None))
+    return out
+
+
+@dataclass
+class MaskRule:
+    """The arguments that decide an event's masks, and the selection itself (dense tensors; the sharded selection
+    of ``ShardedMasks.select`` reads the same fields). ``nm_dims``: the group dimension of each target under a
+    ``pattern``, set when the targets are found."""
+
+    norm: Any  # a name in `masks.NORMS` or "wanda", or a callable `weight -> scores`
+    scope: Any  # "global" or "layerwise"
+    nm: tuple[int, int] | None = None
+    structured_dim: int | None = None
+    max_layer_sparsity: float | None = None
+    min_kept: int = 1
+    layer_amounts: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    nm_dims: list[int] = field(default_factory=list)
+
+    def generator(self, event: int) -> torch.Generator | None:
+        """``norm="random"``: the generator of ``event`` (seeded by ``seed`` and the event, the same on every rank)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + event) if self.norm == "random" else None
+
+    def masks(
+        self,
+        weights: list[Tensor],
+        prev: list[Tensor | None],
+        target: float,
+        final: float,
+        event: int,
+        targets: Sequence[Target],
+    ) -> list[Tensor]:
+        """The keep-masks of an event at ``target`` (``final``: the schedule's last target, for ``layer_amounts``);
+        ``weights`` are the scores' source (the Wanda scores under ``norm="wanda"``, ranked as l1)."""
+        generator, norm = self.generator(event), "l1" if self.norm == "wanda" else self.norm
+        if self.nm is not None:
+            return nm_ops.compute_nm_masks(
+                weights, self.nm_dims, *self.nm, target, norm, self.scope, prev, generator=generator
+            )
+        if self.structured_dim is not None:
+            norm = self.norm if isinstance(self.norm, str) else "l1"
+            return compute_structured_masks(
+                weights,
+                target,
+                self.structured_dim,
+                cast(Literal["l1", "l2", "random"], norm),  # checked against STRUCTURED_NORMS at construction
+                prev,
+                generator,
+                self.min_kept,
+            )
+        return self._per_layer_masks(weights, prev, target, final, norm, generator, targets)
+
+    def _per_layer_masks(
+        self,
+        weights: list[Tensor],
+        prev: list[Tensor | None],
+        target: float,
+        final: float,
+        norm: Any,
+        generator: torch.Generator | None,
+        targets: Sequence[Target],
+    ) -> list[Tensor]:
+        """Single weights: ``scope`` over the tensors without their own amount; each tensor named in
+        ``layer_amounts`` layerwise, to its amount scaled by the schedule's progress (``target / final``)."""
+        own = layer_fractions(self.layer_amounts, targets)
+        rest = [i for i, a in enumerate(own) if a is None]
+        masks: list[Tensor | None] = [None] * len(weights)
+        if rest:
+            got = mask_ops.compute_masks(
+                [weights[i] for i in rest],
+                target,
+                norm,
+                self.scope,
+                [prev[i] for i in rest],
+                self.max_layer_sparsity,
+                generator=generator,
+                min_kept=self.min_kept,
+            )
+            for i, m in zip(rest, got, strict=True):
+                masks[i] = m
+        progress = target / final if final > 0 else 1.0
+        for i, a in enumerate(own):
+            if a is not None:
+                masks[i] = mask_ops.compute_masks(
+                    [weights[i]],
+                    a * progress,
+                    norm,
+                    "layerwise",
+                    [prev[i]],
+                    generator=generator,
+                    min_kept=self.min_kept,
+                )[0]
+        return [m for m in masks if m is not None]
