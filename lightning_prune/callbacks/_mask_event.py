@@ -25,14 +25,11 @@ __all__ = ["MaskEvent"]
 
 class MaskEvent:
     """Runs the events of one callback on its ``store`` with its ``rule`` (and ``wanda`` inputs); ``resample``:
-    ``resample_parameters``, ``pattern``: for the summary line."""
+    ``resample_parameters``."""
 
-    def __init__(
-        self, store: MaskStore, rule: MaskRule, wanda: WandaInputs, resample: bool, pattern: str | None
-    ) -> None:
+    def __init__(self, store: MaskStore, rule: MaskRule, wanda: WandaInputs, resample: bool) -> None:
         self.store, self.rule, self.wanda = store, rule, wanda
         self.resample = resample
-        self.pattern = pattern
 
     def run(
         self, trainer: pl.Trainer, pl_module: nn.Module, target: float, final: float, epoch: int, event: int
@@ -43,7 +40,9 @@ class MaskEvent:
         if store.shard is not None:  # FSDP2: over the local shards
             pruned, total = _sharded.prune_event(store.shard, self.rule, trainer, target, event)
             store.packed = store.shard.packed()
-            summary = _sharded.event_summary(store.shard, epoch, target, self.rule.norm, self.rule.scope, self.pattern)
+            summary = _sharded.event_summary(
+                store.shard, epoch, target, self.rule.norm, self.rule.scope, self.rule.pattern
+            )
             return self._entry(epoch, target, pruned, total), summary
         weights = mask_ops.current_weights(pl_module, store.targets)
         scored = self.wanda.scored(trainer, store.targets, weights)  # the weights themselves unless norm="wanda"
@@ -57,7 +56,7 @@ class MaskEvent:
         if empty:
             rank_zero_warn(f"UnstructuredPruning: epoch {epoch}: every weight of {empty} is pruned (layer collapse)")
         how = f"{norm_name(self.rule.norm)}, {self.rule.scope}"
-        summary = event_summary(epoch, target, store.targets, masks, how, self.pattern)
+        summary = event_summary(epoch, target, store.targets, masks, how, self.rule.pattern)
         return {**self._entry(epoch, target, pruned, total), **self.wanda.figures}, summary
 
     @staticmethod

@@ -1,20 +1,25 @@
 """``MaskRule``: how one ``UnstructuredPruning`` event picks its masks from the weights (the ranking ``norm``,
 ``scope``, an N:M ``pattern``, ``structured_dim``, the per-layer cap, floor and amounts, the seed). Pure PyTorch, no
-Lightning hooks: the callback builds one at construction and asks it for the masks of every event."""
+Lightning hooks: the callback builds one at construction (``MaskRule.checked``) and asks it for the masks of every
+event."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor
 
+from lightning_prune.callbacks._unstructured_options import check_pattern, check_structured
 from lightning_prune.core.patterns import name_matches
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured import nm as nm_ops
 from lightning_prune.core.unstructured.structured import compute_structured_masks
+
+if TYPE_CHECKING:
+    from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
 __all__ = ["MaskRule", "layer_fractions"]
 
@@ -39,13 +44,34 @@ class MaskRule:
 
     norm: Any  # a name in `masks.NORMS` or "wanda", or a callable `weight -> scores`
     scope: Any  # "global" or "layerwise"
-    nm: tuple[int, int] | None = None
+    pattern: str | None = None  # "N:M"
+    nm: tuple[int, int] | None = None  # (N, M) of `pattern`
     structured_dim: int | None = None
     max_layer_sparsity: float | None = None
     min_kept: int = 1
     layer_amounts: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     nm_dims: list[int] = field(default_factory=list)
+
+    @classmethod
+    def checked(
+        cls, cb: UnstructuredPruning, pattern: str | None, structured_dim: Any, count: int | None, fraction: float
+    ) -> MaskRule:
+        """The rule of the callback's checked ranking arguments, with ``pattern`` and ``structured_dim`` checked
+        against them and ``amount`` (``count`` weights, or the schedule's final ``fraction``); raises, naming the
+        argument."""
+        cap, layer_amounts = cb.max_layer_sparsity, cb.layer_amounts
+        pattern, nm = check_pattern(
+            pattern,
+            cb.amount,
+            count,
+            fraction,
+            cap=cap,
+            prune_bias=cb.prune_bias,
+            layer_amounts=layer_amounts,
+        )
+        dim = check_structured(structured_dim, cb.norm, pattern=pattern, cap=cap, layer_amounts=layer_amounts)
+        return cls(cb.norm, cb.scope, pattern, nm, dim, cap, cb.min_kept_per_layer, layer_amounts, cb.seed)
 
     def generator(self, event: int) -> torch.Generator | None:
         """``norm="random"``: the generator of ``event`` (seeded by ``seed`` and the event, the same on every rank)."""

@@ -175,8 +175,11 @@ class MaskStore:
             return {**state, "masks": join_sharded_masks(state["sharded_masks"])}
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take the masks and rewind weights of ``state`` (``whole``); ``restore`` applies them."""
+    def load_state_dict(self, state: dict[str, Any], pattern: str | None, check_targets: bool) -> None:
+        """Take the masks and rewind weights of ``state`` (``whole``; ``restore`` applies them), after checking
+        that these arguments can continue them."""
+        if state.get("masks"):
+            self.check_checkpoint(state, pattern, check_targets)
         rewind = state.get("rewind")
         self.rewind = dict(rewind) if rewind is not None else None
         self.packed = dict(state.get("masks") or {})

@@ -135,7 +135,7 @@ def check_pattern(
     count: int | None,
     fraction: float,
     *,
-    max_layer_sparsity: float | None,
+    cap: float | None,
     prune_bias: bool,
     layer_amounts: dict[str, float],
 ) -> tuple[str | None, tuple[int, int] | None]:
@@ -150,17 +150,17 @@ def check_pattern(
             f"`amount`={amount!r} does not reach `pattern`={pattern!r}, which prunes {sparsity} of "
             f"the weights: the final target must be the pattern's sparsity (amount={sparsity})"
         )
-    if max_layer_sparsity is not None or prune_bias or layer_amounts:
+    if cap is not None or prune_bias or layer_amounts:
         raise ValueError(
             f"`pattern`={pattern!r} fixes every layer's sparsity to {sparsity} and prunes weights only; got "
-            f"max_layer_sparsity={max_layer_sparsity!r}, prune_bias={prune_bias!r}, "
+            f"max_layer_sparsity={cap!r}, prune_bias={prune_bias!r}, "
             f"layer_amounts={layer_amounts or None!r}"
         )
     return f"{nm[0]}:{nm[1]}", nm
 
 
 def check_structured(
-    dim: Any, norm: Any, *, pattern: str | None, max_layer_sparsity: float | None, layer_amounts: dict[str, float]
+    dim: Any, norm: Any, *, pattern: str | None, cap: float | None, layer_amounts: dict[str, float]
 ) -> int | None:
     """``structured_dim``: an int, with an ``l1``/``l2``/``random`` norm, not combined with the per-weight options."""
     if dim is None:
@@ -172,9 +172,9 @@ def check_structured(
             f"`structured_dim`={dim} ranks slices by their L1/L2 norm (or randomly): `norm` must be one of "
             f"{list(STRUCTURED_NORMS)}; got {norm_name(norm)!r}"
         )
-    if pattern is not None or max_layer_sparsity is not None or layer_amounts:
+    if pattern is not None or cap is not None or layer_amounts:
         raise ValueError(
             f"`structured_dim`={dim} prunes round(target x slices) of every tensor; it does not combine with "
-            f"pattern={pattern!r}, max_layer_sparsity={max_layer_sparsity!r} or layer_amounts"
+            f"pattern={pattern!r}, max_layer_sparsity={cap!r} or layer_amounts"
         )
     return int(dim)

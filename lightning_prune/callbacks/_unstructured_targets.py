@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_prune.callbacks._mask_rule import MaskRule, layer_fractions
+from lightning_prune.callbacks._scheduled import starts_from_trained
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.core.patterns import name_matches
 from lightning_prune.core.schedules import Schedule, count_for
@@ -169,20 +170,19 @@ def check_room(rule: MaskRule, sizes: list[int], final: float, amount: Any) -> N
 def counted_schedule(
     sched: Schedule,
     count: int,
-    pl_module: pl.LightningModule,
     targets: Sequence[Target],
     layer_amounts: dict[str, float],
-    max_epochs: int | None,
-    from_trained: bool,
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
     verbose: bool,
 ) -> tuple[Schedule, dict[int, float]]:
-    """An int ``amount``: the schedule as fractions of the selected weights it governs (those without their own
-    ``layer_amounts``), and its ``{epoch: target}`` map (printed when ``verbose``)."""
+    """An int ``amount`` (``count``): the schedule as fractions of the selected weights it governs (those without
+    their own ``layer_amounts``), and its ``{epoch: target}`` map for this run (printed when ``verbose``)."""
     own = layer_fractions(layer_amounts, targets)
     total = sum(target_param(pl_module, t).numel() for t, a in zip(targets, own, strict=True) if a is None)
     s = sched
     counted = Schedule(count / total, s.schedule, s.start_epoch, s.end_epoch, s.every_n_epochs, "amount", s.late_end)
-    schedule_map = counted.resolve(max_epochs, from_trained)
+    schedule_map = counted.resolve(trainer.max_epochs, starts_from_trained(pl_module))
     if verbose:
         shown = ", ".join(f"{e}: {t:.4f} ({round(t * total)})" for e, t in schedule_map.items())
         rank_zero_info(f"UnstructuredPruning: amount={count} of {total} weights: {{{shown}}}")

@@ -184,33 +184,16 @@ class UnstructuredPruning(ScheduledPruning):
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
         self.layer_amounts = opts.check_layer_amounts(layer_amounts)
         self._amount_repr = self._count if self._count is not None else (self._sched.milestones or self._sched.amount)
-        self._rule = self._ranking(pattern, structured_dim)  # sets `pattern`, `structured_dim`
+        # how an event ranks its weights: the arguments above, `pattern` and `structured_dim`
+        self._rule = MaskRule.checked(self, pattern, structured_dim, self._count, self._sched.amount)
+        self.pattern, self.structured_dim = self._rule.pattern, self._rule.structured_dim
         self.every_n_steps = check_every_n_steps(every_n_steps, self._sched, rewind_epoch, resample_parameters)
         self._store = MaskStore()  # targets, masks and rewind weights, from setup on
         self._clock = StepClock(self.every_n_steps, self._sched.schedule)  # every_n_steps: the step events
         self._wanda = WandaInputs.build(self.norm, self.prune_bias)  # norm="wanda": the input norms
-        self._event = MaskEvent(self._store, self._rule, self._wanda, self.resample_parameters, self.pattern)
+        self._event = MaskEvent(self._store, self._rule, self._wanda, self.resample_parameters)
         self._fitting = False
         self._fsdp2 = False
-
-    def _ranking(self, pattern: str | None, structured_dim: int | None) -> MaskRule:
-        """``pattern`` and ``structured_dim`` checked against the other ranking arguments; the rule of them all."""
-        cap, layer_amounts = self.max_layer_sparsity, self.layer_amounts
-        self.pattern, nm = opts.check_pattern(
-            pattern,
-            self._amount_repr,
-            self._count,
-            self._sched.amount,
-            max_layer_sparsity=cap,
-            prune_bias=self.prune_bias,
-            layer_amounts=layer_amounts,
-        )
-        self.structured_dim = opts.check_structured(
-            structured_dim, self.norm, pattern=self.pattern, max_layer_sparsity=cap, layer_amounts=layer_amounts
-        )
-        return MaskRule(
-            self.norm, self.scope, nm, self.structured_dim, cap, self.min_kept_per_layer, layer_amounts, self.seed
-        )
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -275,8 +258,7 @@ class UnstructuredPruning(ScheduledPruning):
             self._store.clear()  # (a later fit of the same module: targets, masks and rewind weights carry on)
             self._clock.reset()
         if found is not None:
-            self._store.targets, self._store.ties = found
-            self._count_schedule(trainer, pl_module)
+            self._adopt_targets(trainer, pl_module, found)
             self._inspected = True
         self._install_load_hook(pl_module)
 
@@ -378,17 +360,14 @@ class UnstructuredPruning(ScheduledPruning):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = MaskStore.whole(state_dict)
-        pl_module = self._module if self._fitting else None
-        resuming = pl_module is not None and bool(state.get("masks"))
-        if pl_module is not None and resuming:
+        pl_module = self._module if self._fitting and state.get("masks") else None  # a fit resumed with masks
+        if pl_module is not None:
             self._ensure_inspected(pl_module.trainer, pl_module)
-        if state.get("masks"):  # (a resumed fit normally refused it already, before the weights loaded)
-            self._store.check_checkpoint(state, self.pattern, check_targets=resuming)
+        self._store.load_state_dict(state, self.pattern, check_targets=pl_module is not None)  # or refuse it
         self._load_schedule_state(state)
-        self._store.load_state_dict(state)
         self._wanda.load(state.get("wanda"), self._trainer())
         self._clock.load(state.get("steps"))
-        if pl_module is not None and resuming:  # the model's plain weights are loaded, the optimizer not built yet
+        if pl_module is not None:  # its plain weights are loaded, the optimizer not built yet: the masks again
             self._store.restore(pl_module)
             self._follow_averaged(pl_module.trainer, pl_module)
 
@@ -419,25 +398,17 @@ class UnstructuredPruning(ScheduledPruning):
     def _select_targets(self, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> tuple[list, dict]:
         return select_targets(self, pl_module, self._rule, self._wanda, self._count, schedule_map)
 
-    def _count_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """An int ``amount``: the schedule becomes the fraction of the selected weights (before any event)."""
+    def _adopt_targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule, found: tuple[list, dict]) -> None:
+        """The targets found; an int ``amount`` becomes a fraction of them (before any event)."""
+        self._store.targets, self._store.ties = found
         if self._count is not None and self._last_event_epoch < 0:
-            from_trained, targets = starts_from_trained(pl_module), self._store.targets
             self._sched, self._schedule_map = counted_schedule(
-                self._sched,
-                self._count,
-                pl_module,
-                targets,
-                self.layer_amounts,
-                trainer.max_epochs,
-                from_trained,
-                self.verbose,
+                self._sched, self._count, found[0], self.layer_amounts, trainer, pl_module, self.verbose
             )
 
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._store.targets:
-            self._store.targets, self._store.ties = self._select_targets(pl_module, self._schedule_map)
-            self._count_schedule(trainer, pl_module)
+            self._adopt_targets(trainer, pl_module, self._select_targets(pl_module, self._schedule_map))
         self._store.shard_over(pl_module, self._fsdp2)
 
     def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
