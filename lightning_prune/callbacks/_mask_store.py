@@ -16,13 +16,12 @@ from torch import Tensor, nn
 
 from lightning_prune.callbacks._scheduled import averaged_models
 from lightning_prune.callbacks._sharded import ShardedMasks, join_sharded_masks
-from lightning_prune.callbacks._unstructured_targets import target_param
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.reparam import effective
 from lightning_prune.core.unstructured.targets import with_ties
 
-__all__ = ["MaskStore", "plain_weights", "resampled_weights"]
+__all__ = ["MaskStore", "plain_weights", "resampled_weights", "target_param"]
 
 Target = mask_ops.Target
 
@@ -241,3 +240,11 @@ def resampled_weights(model: nn.Module, targets: Sequence[Target], seed: int) ->
                 fresh[mname] = clone
             out[(mname, pname)] = getattr(fresh[mname], pname).detach()
     return out
+
+
+def target_param(model: nn.Module, target: Target) -> Tensor:
+    """The trainable tensor of a selected target (``mask_ops.get_param``, never None: targets are found among the
+    module's tensors)."""
+    param = mask_ops.get_param(model.get_submodule(target[0]), target[1])
+    assert param is not None, target
+    return param

@@ -30,7 +30,7 @@ from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
 
 if TYPE_CHECKING:
-    from lightning_prune.callbacks._mask_rule import MaskRule
+    from lightning_prune.callbacks._mask_event import MaskRule
 
 __all__ = [
     "ShardedMasks",

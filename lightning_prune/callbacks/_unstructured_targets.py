@@ -1,6 +1,7 @@
 """Which tensors ``UnstructuredPruning`` prunes: the names and objects its arguments select, the user's
 ``filter_parameters``, ties, the N:M-eligible ones, and the checks that refuse a selection before anything changes
-(a per-layer amount naming nothing, a count or a cap the selection cannot meet). No Lightning hooks here."""
+(a per-layer amount naming nothing, a count or a cap the selection cannot meet), and an int ``amount`` made a
+fraction of them. No Lightning hooks here."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
 
-from lightning_prune.callbacks._mask_rule import MaskRule, layer_fractions
+from lightning_prune.callbacks._mask_event import MaskRule, layer_fractions
+from lightning_prune.callbacks._mask_store import target_param
 from lightning_prune.callbacks._scheduled import starts_from_trained
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.core.patterns import name_matches
@@ -26,29 +27,13 @@ if TYPE_CHECKING:
 __all__ = [
     "check_layer_amounts_match",
     "check_room",
-    "collapsed",
     "counted_schedule",
-    "event_summary",
     "find_targets",
     "nm_targets",
     "select_targets",
-    "target_param",
 ]
 
 Target = mask_ops.Target
-
-
-def target_param(model: nn.Module, target: Target) -> Tensor:
-    """The trainable tensor of a selected target (``mask_ops.get_param``, never None: targets are found among the
-    module's tensors)."""
-    param = mask_ops.get_param(model.get_submodule(target[0]), target[1])
-    assert param is not None, target
-    return param
-
-
-def collapsed(targets: Sequence[Target], masks: Sequence[Tensor]) -> list[str]:
-    """Names of the targets left with no weight at all."""
-    return [mask_ops.target_key(t) for t, m in zip(targets, masks, strict=True) if not bool(m.any())]
 
 
 def find_targets(cb: UnstructuredPruning, pl_module: pl.LightningModule) -> tuple[list[Target], dict]:
@@ -187,19 +172,3 @@ def counted_schedule(
         shown = ", ".join(f"{e}: {t:.4f} ({round(t * total)})" for e, t in schedule_map.items())
         rank_zero_info(f"UnstructuredPruning: amount={count} of {total} weights: {{{shown}}}")
     return counted, schedule_map
-
-
-def event_summary(
-    epoch: int, target: float, targets: Sequence[Target], masks: Sequence[Tensor], how: str, pattern: str | None
-) -> str:
-    """The line an event prints (``how``: the norm's name and the scope)."""
-    pruned = sum(int((~m).sum()) for m in masks)
-    total = sum(m.numel() for m in masks)
-    per_layer = ", ".join(
-        f"{mask_ops.target_key(t)} {float((~m).sum()) / m.numel():.3f}" for t, m in zip(targets, masks, strict=False)
-    )
-    return (
-        f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned "
-        f"(sparsity {pruned / total:.4f}, target {target:.4f}, {how}"
-        f"{', pattern ' + pattern if pattern else ''}); {per_layer}"
-    )

@@ -22,8 +22,7 @@ from typing_extensions import override
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks import _sharded
 from lightning_prune.callbacks import _unstructured_options as opts
-from lightning_prune.callbacks._mask_event import MaskEvent
-from lightning_prune.callbacks._mask_rule import MaskRule
+from lightning_prune.callbacks._mask_event import MaskEvent, MaskRule
 from lightning_prune.callbacks._mask_store import MaskStore, plain_weights
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
