@@ -168,18 +168,25 @@ class MaskEvent:
         self.resample = resample
 
     def run(
-        self, trainer: pl.Trainer, pl_module: nn.Module, target: float, final: float, epoch: int, event: int
-    ) -> tuple[dict[str, Any], str]:
+        self,
+        trainer: pl.Trainer,
+        pl_module: nn.Module,
+        target: float,
+        final: float,
+        epoch: int,
+        event: int,
+        verbose: bool,
+    ) -> tuple[dict[str, Any], str | None]:
         """The event at ``target`` (``final``: the schedule's last target; ``event``: its epoch, or step): returns
-        its history entry and its summary line."""
+        its history entry and (``verbose``) its summary line."""
         store = self.store
         if store.shard is not None:  # FSDP2: over the local shards
             pruned, total = _sharded.prune_event(store.shard, self.rule, trainer, target, event)
             store.packed = store.shard.packed()
-            summary = _sharded.event_summary(
-                store.shard, epoch, target, self.rule.norm, self.rule.scope, self.rule.pattern
-            )
-            return self._entry(epoch, target, pruned, total), summary
+            rule, entry = self.rule, self._entry(epoch, target, pruned, total)
+            if not verbose:
+                return entry, None
+            return entry, _sharded.event_summary(store.shard, epoch, target, rule.norm, rule.scope, rule.pattern)
         weights = mask_ops.current_weights(pl_module, store.targets)
         scored = self.wanda.scored(trainer, store.targets, weights)  # the weights themselves unless norm="wanda"
         prev = mask_ops.get_masks(pl_module, store.targets)
@@ -191,9 +198,11 @@ class MaskEvent:
         empty = collapsed(store.targets, masks)
         if empty:
             rank_zero_warn(f"UnstructuredPruning: epoch {epoch}: every weight of {empty} is pruned (layer collapse)")
+        entry = {**self._entry(epoch, target, pruned, total), **self.wanda.figures}
+        if not verbose:
+            return entry, None
         how = f"{norm_name(self.rule.norm)}, {self.rule.scope}"
-        summary = event_summary(epoch, target, store.targets, masks, how, self.rule.pattern)
-        return {**self._entry(epoch, target, pruned, total), **self.wanda.figures}, summary
+        return entry, event_summary(epoch, target, store.targets, masks, how, self.rule.pattern)
 
     @staticmethod
     def _entry(epoch: int, target: float, pruned: int, total: int) -> dict[str, Any]:

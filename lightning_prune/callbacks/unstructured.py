@@ -384,10 +384,11 @@ class UnstructuredPruning(ScheduledPruning):
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
         """One event to ``target`` (``event``: its epoch, or its step), recorded in the history."""
         final = max(self._schedule_map.values()) if self._schedule_map else target
-        entry, summary = self._event.run(trainer, pl_module, target, final, epoch, event)
+        verbose = self.verbose and not self._clock.on  # step events: one line per epoch (`on_train_epoch_end`)
+        entry, summary = self._event.run(trainer, pl_module, target, final, epoch, event, verbose)
         self._last_event_epoch = event
         self._history.append(entry)
-        if self.verbose and not self._clock.on:  # step events: one line per epoch (`on_train_epoch_end`)
+        if summary is not None:
             rank_zero_info(summary)
 
     def _log_target(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
