@@ -79,7 +79,7 @@ def test_callback_with_a_users_own_module_prunes_the_lamp_masks():
     class Grab(UnstructuredPruning):
         def _prune(self, trainer, pl_module, target, epoch, event):
             nonlocal weights_before
-            weights_before = M.current_weights(pl_module, self._targets)
+            weights_before = M.current_weights(pl_module, self._store.targets)
             super()._prune(trainer, pl_module, target, epoch, event)
 
     cb = Grab(amount=0.9, norm="lamp", start_epoch=0, end_epoch=0, verbose=False)

@@ -18,22 +18,25 @@ device, works.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
 
+if TYPE_CHECKING:
+    from lightning_prune.callbacks._mask_event import MaskRule
+
 __all__ = [
     "ShardedMasks",
     "check_strategy",
     "check_unstructured",
+    "event_summary",
     "is_fsdp2",
     "join_sharded_masks",
     "prune_event",
@@ -140,21 +143,21 @@ class ShardedMasks:
     def shards(self) -> list[Tensor]:
         return [p.to_local() for p in self.params]
 
-    def select(self, cb: Any, target: float, generator: torch.Generator | None) -> list[Tensor]:
-        """The local masks of an event (the callback's arguments: norm, scope, pattern, cap)."""
+    def select(self, rule: MaskRule, target: float, generator: torch.Generator | None) -> list[Tensor]:
+        """The local masks of an event (the rule's norm, scope, pattern and cap)."""
         shards = [s.detach() for s in self.shards()]
-        if cb._nm is not None:
-            n, m = cb._nm
+        if rule.nm is not None:
+            n, m = rule.nm
             return nm_masks_sharded(
-                shards, cb._nm_dims, n, m, self.comm, target, cb.norm, cb.scope, self.local, generator
+                shards, rule.nm_dims, n, m, self.comm, target, rule.norm, rule.scope, self.local, generator
             )
         return select_masks_sharded(
             shards,
             self.comm,
-            norm=cb.norm,
-            scope=cb.scope,
+            norm=rule.norm,
+            scope=rule.scope,
             prev_masks=self.local,
-            max_layer_sparsity=cb.max_layer_sparsity,
+            max_layer_sparsity=rule.max_layer_sparsity,
             generator=generator,
             target=target,
         )
@@ -211,7 +214,7 @@ class ShardedMasks:
 
     def load(self, packed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """This rank's slices of whole packed masks (``{key: packed}``, as one device saves them); returns them
-        packed (the callback's ``_packed``) after adopting them."""
+        packed (the mask store's ``packed``) after adopting them."""
         shards = self.shards()
         sizes = self.comm.table(torch.tensor([s.numel() for s in shards], dtype=torch.int64, device=shards[0].device))
         starts = sizes[: self.comm.rank].sum(0).tolist()
@@ -225,21 +228,18 @@ class ShardedMasks:
         return self.packed()
 
 
-def prune_event(cb: Any, trainer: pl.Trainer, target: float, epoch: int, event: int) -> None:
-    """``UnstructuredPruning._prune`` over shards: select, enforce, record (every rank at once)."""
-    shard: ShardedMasks = cb._shard
-    generator = torch.Generator().manual_seed(cb.seed * 1_000_003 + event) if cb.norm == "random" else None
-    masks = shard.select(cb, target, generator)
+def prune_event(shard: ShardedMasks, rule: MaskRule, trainer: pl.Trainer, target: float, event: int) -> tuple[int, int]:
+    """An ``UnstructuredPruning`` event over shards: select and enforce (every rank at once); returns ``(pruned,
+    total)`` over the whole model."""
+    masks = shard.select(rule, target, rule.generator(event))
     shard.set(masks, list(trainer.optimizers))
-    cb._packed = shard.packed()
-    cb._last_event_epoch = event
+    return shard.counts
+
+
+def event_summary(shard: ShardedMasks, epoch: int, target: float, norm: Any, scope: str, pattern: str | None) -> str:
     pruned, total = shard.counts
-    cb._history.append(
-        {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
+    return (
+        f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned (sparsity "
+        f"{pruned / total:.4f}, target {target:.4f}, {norm}, {scope}"
+        f"{', pattern ' + pattern if pattern else ''}; sharded over {shard.comm.world} processes)"
     )
-    if cb.verbose:
-        rank_zero_info(
-            f"UnstructuredPruning: epoch {epoch}: {pruned:,} of {total:,} weights pruned (sparsity "
-            f"{pruned / total:.4f}, target {target:.4f}, {cb.norm}, {cb.scope}"
-            f"{', pattern ' + cb.pattern if cb.pattern else ''}; sharded over {shard.comm.world} processes)"
-        )

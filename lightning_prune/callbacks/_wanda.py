@@ -67,20 +67,20 @@ class WandaInputs:
         self.figures: dict[str, int] = {}
 
     @staticmethod
-    def build(cb: Any) -> WandaInputs:
-        """Active when ``cb.norm == "wanda"``; refuses (at construction) the options Wanda has no meaning for."""
-        if cb.norm != "wanda":
+    def build(norm: Any, prune_bias: bool) -> WandaInputs:
+        """Active when ``norm == "wanda"``; refuses (at construction) the options Wanda has no meaning for."""
+        if norm != "wanda":
             return WandaInputs(active=False)
-        if cb.prune_bias:
+        if prune_bias:
             raise ValueError(
                 "`norm`='wanda' scores weights by the norm of their input feature; a bias has none: got "
                 "prune_bias=True (use prune_bias=False, or norm='l1')"
             )
         return WandaInputs()
 
-    def check_setup(self, cb: Any, schedule_map: dict[int, float], continuing: bool) -> None:
+    def check_setup(self, schedule_map: dict[int, float], continuing: bool, last_event_epoch: int) -> None:
         """The first event must follow at least one training epoch (no inputs were seen before epoch 0)."""
-        if self.active and schedule_map and min(schedule_map) == 0 and not continuing and cb._last_event_epoch < 0:
+        if self.active and schedule_map and min(schedule_map) == 0 and not continuing and last_event_epoch < 0:
             raise ValueError(
                 "`norm`='wanda' ranks weights by their inputs over the training batches before an event, and the "
                 "first event is at epoch 0, before any batch; set `start_epoch` to 1 or later (the first epoch "

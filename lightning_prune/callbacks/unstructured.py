@@ -1,4 +1,11 @@
-"""``UnstructuredPruning``: iterative magnitude pruning of single weights on a schedule, with exact resume."""
+"""``UnstructuredPruning``: iterative magnitude pruning of single weights on a schedule, with exact resume.
+
+This module defines every Lightning hook of the callback. What it keeps and decides it owns as collaborators with no
+hooks of their own: ``MaskStore`` (targets, ties, packed masks, rewind weights and their checkpoint state),
+``MaskRule`` (how an event picks its masks), ``StepClock`` (which optimizer step is an event, ``every_n_steps``),
+``WandaInputs`` (``norm="wanda"``) and, under FSDP2, the store's ``ShardedMasks``. ``ScheduledPruning`` gives the epoch
+schedule, its checkpoint progress and the lifecycle helpers it shares with ``ChannelPruning``.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +14,27 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks import _sharded, _steps
-from lightning_prune.callbacks import _unstructured_state as helpers
-from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
+from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks import _sharded
+from lightning_prune.callbacks import _unstructured_options as opts
+from lightning_prune.callbacks._mask_event import MaskEvent, MaskRule
+from lightning_prune.callbacks._mask_store import MaskStore, plain_weights
+from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
+from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
+from lightning_prune.callbacks._unstructured_targets import counted_schedule, select_targets
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.core._validation import check_bool, check_choice, check_int
-from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
-from lightning_prune.core.unstructured.targets import with_ties
 
 
-class UnstructuredPruning(_steps.StepEvents):
+class UnstructuredPruning(ScheduledPruning):
     """Prune single weights (magnitude or random) to an absolute sparsity on a schedule.
 
     At the **start** of each pruning epoch the selected weights are pruned to exactly the scheduled target:
@@ -61,7 +71,7 @@ class UnstructuredPruning(_steps.StepEvents):
         end_epoch: epoch of the last event. Default from scratch: three quarters of the way through training,
             ``round(0.75 * max_epochs)`` (at least ``start_epoch``, at most ``max_epochs - 1``); from trained weights:
             half-way, ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``). Chosen on two
-            data sets and two budgets each (RESULTS.md part 12).
+            data sets and two budgets each (docs/quality.md).
         every_n_epochs: epochs between events.
         modules: names or regexes (full match against ``named_modules()`` names) of the modules to prune.
         exclude: names or regexes of modules never to prune (e.g. the classifier, ``"model.fc3"``).
@@ -152,41 +162,44 @@ class UnstructuredPruning(_steps.StepEvents):
         structured_dim: int | None = None,
         every_n_steps: int | None = None,
     ) -> None:
-        sched_amount, self._count = helpers.split_amount(amount)
+        sched_amount, self._count = opts.split_amount(amount)  # `_count`: an int amount, a number of weights
         super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, late_end=True))
-        self.norm = helpers.check_norm(norm)
+        self.norm = opts.check_norm(norm)
         self.scope = check_choice("scope", scope, mask_ops.SCOPES)
         self.modules = compile_patterns("modules", modules)
         self.exclude = compile_patterns("exclude", exclude)
-        self.module_types = helpers.check_module_types(module_types)
-        self.parameters, self._objects = helpers.split_parameters(parameters)
+        self.module_types = opts.check_module_types(module_types)
+        self.parameters, self._objects = opts.split_parameters(parameters)
         self.prune_bias = check_bool("prune_bias", prune_bias)
-        self.max_layer_sparsity = helpers.check_cap(max_layer_sparsity, self.scope)
+        self.max_layer_sparsity = opts.check_cap(max_layer_sparsity, self.scope)
         self.min_kept_per_layer = check_int("min_kept_per_layer", min_kept_per_layer, minimum=0)
         self.make_pruning_permanent = check_bool("make_pruning_permanent", make_pruning_permanent)
         self.rewind_epoch = check_int("rewind_epoch", rewind_epoch, minimum=0, allow_none=True)
         self.resample_parameters = check_bool("resample_parameters", resample_parameters)
-        helpers.check_resample(self.resample_parameters, self.rewind_epoch)
-        self._check_rewind(from_trained=False)
+        opts.check_resample(self.resample_parameters, self.rewind_epoch)
+        opts.check_rewind_epoch(self.rewind_epoch, self._sched.first_epoch(False))
         self.seed = check_int("seed", seed)
         self.verbose = check_bool("verbose", verbose)
         self.prune_frozen = check_bool("prune_frozen", prune_frozen)
-        self.layer_amounts = helpers.check_layer_amounts(layer_amounts)
+        self.layer_amounts = opts.check_layer_amounts(layer_amounts)
         self._amount_repr = self._count if self._count is not None else (self._sched.milestones or self._sched.amount)
-        self._set_pattern(pattern)
-        self.structured_dim = helpers.check_structured(structured_dim, self)
-        self.every_n_steps = _steps.check_every_n_steps(self, every_n_steps)
-        # run-time state (set at setup / events / restore)
+        # how an event ranks its weights: the arguments above, `pattern` and `structured_dim`
+        self._rule = MaskRule.checked(self, pattern, structured_dim, self._count, self._sched.amount)
+        self.pattern, self.structured_dim = self._rule.pattern, self._rule.structured_dim
+        self.every_n_steps = check_every_n_steps(every_n_steps, self._sched, rewind_epoch, resample_parameters)
+        self._store = MaskStore()  # targets, masks and rewind weights, from setup on
+        self._clock = StepClock(self.every_n_steps, self._sched.schedule)  # every_n_steps: the step events
+        self._wanda = WandaInputs.build(self.norm, self.prune_bias)  # norm="wanda": the input norms
+        self._event = MaskEvent(self._store, self._rule, self._wanda, self.resample_parameters)
         self._fitting = False
-        self._targets: list[mask_ops.Target] = []
-        self._ties: dict[mask_ops.Target, list[mask_ops.Target]] = {}
-        self._packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
-        self._rewind: dict[str, torch.Tensor] | None = None
-        self._shard: _sharded.ShardedMasks | None = None  # FSDP2: the local masks (see callbacks._sharded)
         self._fsdp2 = False
-        self._wanda = WandaInputs.build(self)  # norm="wanda": the input norms (see callbacks._wanda)
 
     # ------------------------------------------------------------------------------------------ public API
+    @property
+    def amount(self) -> float | int | dict[int, float]:
+        """``amount`` as given: the final fraction, the count of weights, or the milestones."""
+        return self._amount_repr
+
     @property
     def state_key(self) -> str:
         extra: dict[str, Any] = {"pattern": self.pattern} if self.pattern is not None else {}
@@ -195,13 +208,33 @@ class UnstructuredPruning(_steps.StepEvents):
         for name in ("structured_dim", "every_n_steps"):
             if getattr(self, name) is not None:
                 extra[name] = getattr(self, name)
-        norm = helpers.norm_name(self.norm)
+        norm = opts.norm_name(self.norm)
         return self._schedule_state_key(amount=self._amount_repr, norm=norm, scope=self.scope, **extra)
 
     def filter_parameters(self, pl_module: pl.LightningModule, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Override in a subclass to change what is pruned: gets the ``(module name, parameter name)`` pairs the
         arguments select and returns those to prune (any other parameters of ``pl_module`` may be added)."""
         return targets
+
+    @property
+    def last_event_step(self) -> int:
+        """The global step of the latest step event done (-1: none yet, or epoch events)."""
+        return self._clock.last_event_step
+
+    @property
+    def step_schedule(self) -> dict[int, float]:
+        """``{global step: absolute target}`` of this fit's step events (empty before ``on_train_start`` and
+        with ``every_n_steps=None``)."""
+        return self._clock.targets()
+
+    def step_targets(
+        self, steps_per_epoch: int, max_epochs: int | None = None, from_trained: bool = False
+    ) -> dict[int, float]:
+        """``{global step: absolute target}`` of the step events for a run of ``steps_per_epoch`` optimizer steps
+        per epoch (``every_n_steps`` set; ``max_epochs`` as in ``targets``)."""
+        if self.every_n_steps is None:
+            raise ValueError("`step_targets` needs `every_n_steps`; this callback prunes at epoch starts (`targets`)")
+        return self._clock.build(self._sched.resolve(max_epochs, from_trained), steps_per_epoch).targets()
 
     # ------------------------------------------------------------------------------------------ hooks
     @override
@@ -210,55 +243,82 @@ class UnstructuredPruning(_steps.StepEvents):
         if not self._fitting:
             return
         # every check that can refuse the run comes before any change
+        self._clock.check_module(pl_module)
         verbose, self.verbose = self.verbose, self.verbose and self._count is None and self.every_n_steps is None
         schedule_map = self._check_schedule(trainer, pl_module)
         self.verbose = verbose
         self._fsdp2 = _sharded.check_unstructured(self, trainer)
-        self._check_rewind(starts_from_trained(pl_module))
+        opts.check_rewind_epoch(self.rewind_epoch, self._sched.first_epoch(starts_from_trained(pl_module)))
         continuing = self._continuing(pl_module)
-        self._wanda.check_setup(self, schedule_map, continuing)
+        self._wanda.check_setup(schedule_map, continuing, self._last_event_epoch)
         early = not is_overridden("configure_model", pl_module) and not continuing
-        found = self._find_targets(pl_module, schedule_map) if early else None
-        if self._start_schedule(trainer, pl_module, schedule_map):
-            pass  # a later fit of the same module: targets, masks and rewind weights carry on
-        else:
-            self._targets, self._ties, self._packed, self._rewind = [], {}, {}, None
+        found = self._select_targets(pl_module, schedule_map) if early else None
+        if not self._start_schedule(trainer, pl_module, schedule_map):
+            self._store.clear()  # (a later fit of the same module: targets, masks and rewind weights carry on)
+            self._clock.reset()
         if found is not None:
-            self._targets, self._ties = found
-            self._apply_count(trainer, pl_module)
+            self._adopt_targets(trainer, pl_module, found)
             self._inspected = True
         self._install_load_hook(pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._ensure_inspected(trainer, pl_module)  # (then follows the averaged copies, as `_begin_fit` does)
+        self._ensure_inspected(trainer, pl_module)
         # a later fit: the pruning made permanent at the end of the last one comes back (before any step)
-        if self._packed and not any(mask_ops.is_pruned(pl_module.get_submodule(n), p) for n, p in self._targets):
-            self._apply_packed(pl_module)
+        if self._store.packed and not self._store.is_applied(pl_module):
+            self._store.apply(pl_module)
         self._follow_averaged(trainer, pl_module)
-        self._wanda.attach(pl_module, self._targets)
+        self._wanda.attach(pl_module, self._store.targets)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        why = " (the model starts from trained weights)" if starts_from_trained(pl_module) else ""
+        self._clock.start(trainer, self._schedule_map, self.verbose, why)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self.rewind_epoch is not None and epoch == self.rewind_epoch and self._rewind is None:
-            weights = mask_ops.current_weights(pl_module, self._targets)
-            self._rewind = {
-                mask_ops.target_key(t): w.detach().cpu().clone() for t, w in zip(self._targets, weights, strict=False)
-            }
-        event = self._due_event(epoch) if self.every_n_steps is None else None  # else: `on_train_batch_start`
+        if self.rewind_epoch is not None and epoch == self.rewind_epoch:
+            self._store.save_rewind(pl_module)
+        if self._clock.on:  # step events: pruned at `on_train_batch_start`, logged at the epoch's end
+            return
+        event = self._due_event(epoch)
         if event is not None:
             self._prune(trainer, pl_module, self._schedule_map[event], epoch, event)
             self._follow_averaged(trainer, pl_module)
-        if self._last_event_epoch >= 0 and self.every_n_steps is None:  # else: logged at the epoch's end
-            target = self._schedule_map[self._last_event_epoch]
-            self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._sparsity()})
+        if self._last_event_epoch >= 0:
+            self._log_target(trainer, pl_module, self._schedule_map[self._last_event_epoch])
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = self._clock.due(trainer.global_step)
+        if step is None:
+            return
+        self._prune(trainer, pl_module, self._clock.target(step), trainer.current_epoch, step)
+        self._clock.last_event_step = step
+        self._last_event_epoch = self._clock.epoch_of(step, self._schedule_map)
+        self._history[-1]["step"] = step
+        self._follow_averaged(trainer, pl_module)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self._store.zero_grads()  # FSDP2 only: pruned entries get no gradient, as under the reparametrisation
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._store.zero_weights()  # FSDP2 only: the masks are enforced in place
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # drop the autograd history the prune forward hook left on `module.weight` (deepcopy refuses it)
-        mask_ops.refresh_weights(pl_module, self._all_targets())
-        super().on_train_epoch_end(trainer, pl_module)  # step events: the epoch's log and summary
+        self._store.refresh(pl_module)  # drop the prune hook's autograd history on `module.weight`
+        if self._clock.sched is None or self._clock.last_event_step < 0:
+            return
+        self._log_target(trainer, pl_module, self._clock.target(self._clock.last_event_step))
+        summary = self._clock.epoch_summary(trainer.current_epoch, self._history)  # step events: one line an epoch
+        if self.verbose and summary:
+            rank_zero_info(summary)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -266,60 +326,108 @@ class UnstructuredPruning(_steps.StepEvents):
         # the pruning hook, sees the weights of the latest step (nn.TransformerEncoderLayer's fused fast path does
         # read it directly, but refuses to run while hooks are attached, so it only runs once pruning is permanent)
         if self._fitting:
-            mask_ops.refresh_weights(pl_module, self._all_targets())
+            self._store.refresh(pl_module)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_training(trainer)
         self._wanda.detach()
-        if self.make_pruning_permanent and self._targets:
-            # the averaged copies too, in the same step: their parameters and buffers stay aligned with the
-            # module's, whichever of WeightAveraging's and this callback's `on_train_end` runs first
-            for averaged in averaged_models(trainer):
-                mask_ops.make_permanent(averaged, self._all_targets())
-            mask_ops.make_permanent(pl_module, self._all_targets())
-            if self._packed:
-                rank_zero_info(
-                    f"UnstructuredPruning: pruning made permanent (sparsity {self._sparsity():.4f} of "
-                    f"{self._total()} selected weights)"
-                )
-        else:
-            mask_ops.refresh_weights(pl_module, self._all_targets())
+        if not (self.make_pruning_permanent and self._store.targets):
+            self._store.refresh(pl_module)
+            return
+        self._store.make_permanent(trainer, pl_module)
+        if self._store.packed:
+            rank_zero_info(
+                f"UnstructuredPruning: pruning made permanent (sparsity {self._store.sparsity():.4f} of "
+                f"{self._store.total()} selected weights)"
+            )
 
-    # ------------------------------------------------------------------------------------------ lifecycle
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The modules' state_dict hooks already write plain `weight`s; this catches any path that bypassed them.
+        plain_weights(checkpoint.get("state_dict"), self._store.all_targets())
 
-    # ------------------------------------------------------------------------------------------ internals
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = {**self._store.state_dict(), **self._schedule_state(), "pattern": self.pattern}
+        state["wanda"] = self._wanda.state(self._trainer())  # under DDP a collective, as the store's under FSDP2
+        steps = self._clock.state()
+        return state if steps is None else {**state, "steps": steps}
 
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = MaskStore.whole(state_dict)
+        pl_module = self._module if self._fitting and state.get("masks") else None  # a fit resumed with masks
+        if pl_module is not None:
+            self._ensure_inspected(pl_module.trainer, pl_module)
+        self._store.load_state_dict(state, self.pattern, check_targets=pl_module is not None)  # or refuse it
+        self._load_schedule_state(state)
+        self._wanda.load(state.get("wanda"), self._trainer())
+        self._clock.load(state.get("steps"))
+        if pl_module is not None:  # its plain weights are loaded, the optimizer not built yet: the masks again
+            self._store.restore(pl_module)
+            self._follow_averaged(pl_module.trainer, pl_module)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._wanda.detach()
+        self._remove_load_hook()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._wanda.detach()  # a failed fit does not reach `teardown`
+        self._after_exception(trainer, exception)
+
+    # ------------------------------------------------------------------------------------------ the event
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
-        if self._shard is not None:
-            return _sharded.prune_event(self, trainer, target, epoch, event)
-        targets = self._targets
-        weights = mask_ops.current_weights(pl_module, targets)
-        scored = self._wanda.scored(trainer, targets, weights)  # the weights themselves unless norm="wanda"
-        masks = self._masks(scored, mask_ops.get_masks(pl_module, targets), target, event)
-        packed = [pack_mask(m) for m in masks]
-        if trainer.world_size > 1:  # identical on every rank by construction; make it so by rule, too
-            packed = trainer.strategy.broadcast(packed, src=0)
-            masks = [unpack_mask(p, w.device) for p, w in zip(packed, weights, strict=False)]
-        mask_ops.apply_masks(pl_module, *with_ties(targets, masks, self._ties))
-        params = [helpers.target_param(pl_module, t) for t in targets]
-        for optimizer in trainer.optimizers:
-            for param, mask in zip(params, masks, strict=False):
-                mask_ops.zero_optimizer_state(optimizer, param, mask)
-        if self._rewind is not None or self.resample_parameters:
-            self._reset_survivors(pl_module, params, masks, event)
-        self._packed = {mask_ops.target_key(t): p for t, p in zip(targets, packed, strict=False)}
+        """One event to ``target`` (``event``: its epoch, or its step), recorded in the history."""
+        final = max(self._schedule_map.values()) if self._schedule_map else target
+        verbose = self.verbose and not self._clock.on  # step events: one line per epoch (`on_train_epoch_end`)
+        entry, summary = self._event.run(trainer, pl_module, target, final, epoch, event, verbose)
         self._last_event_epoch = event
-        self._wanda.reset()  # norm="wanda": the next event ranks by the inputs from here on
-        pruned = sum(int((~m).sum()) for m in masks)
-        total = sum(m.numel() for m in masks)
-        entry = {"epoch": epoch, "target": float(target), "sparsity": pruned / total, "pruned": pruned, "total": total}
-        self._history.append({**entry, **self._wanda.figures})
-        empty = helpers.collapsed(targets, masks)
-        if empty:
-            rank_zero_warn(f"UnstructuredPruning: epoch {epoch}: every weight of {empty} is pruned (layer collapse)")
-        if self.verbose:
-            rank_zero_info(helpers.event_summary(self, epoch, target, targets, masks))
+        self._history.append(entry)
+        if summary is not None:
+            rank_zero_info(summary)
+
+    def _log_target(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
+        self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._store.sparsity()})
+
+    # ------------------------------------------------------------------------------------------ ScheduledPruning's
+    def _select_targets(self, pl_module: pl.LightningModule, schedule_map: dict[int, float]) -> tuple[list, dict]:
+        return select_targets(self, pl_module, self._rule, self._wanda, self._count, schedule_map)
+
+    def _adopt_targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule, found: tuple[list, dict]) -> None:
+        """The targets found; an int ``amount`` becomes a fraction of them (before any event)."""
+        self._store.targets, self._store.ties = found
+        if self._count is not None and self._last_event_epoch < 0:
+            self._sched, self._schedule_map = counted_schedule(
+                self._sched, self._count, found[0], self.layer_amounts, trainer, pl_module, self.verbose
+            )
+
+    def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._store.targets:
+            self._adopt_targets(trainer, pl_module, self._select_targets(pl_module, self._schedule_map))
+        self._store.shard_over(pl_module, self._fsdp2)
+
+    def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
+        if not self._fitting:
+            return
+        self._ensure_inspected(trainer, pl_module)
+        own = (compat.loaded_checkpoint(trainer).get("callbacks") or {}).get(self.state_key) or {}
+        if own.get("masks"):
+            self._store.check_checkpoint(own, self.pattern)
+
+    def _follow_averaged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._store.follow(trainer)
+
+    def _reached(self) -> str:
+        return f" (sparsity {self._store.sparsity():.4f} of the selected weights)" if self._store.packed else ""
+
+    def _trainer(self) -> pl.Trainer | None:
+        """The Trainer of the module pruned, if any (for the collectives of the checkpoint state)."""
+        return compat.attached_trainer(self._module) if self._module is not None else None
 
 
 __all__ = [

@@ -93,7 +93,7 @@ class Before(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         cb = next(c for c in trainer.callbacks if isinstance(c, UnstructuredPruning))
-        local = cb._shard.local if cb._shard is not None else None
+        local = cb._store.shard.local if cb._store.shard is not None else None
         self.record["before"] = (weights(pl_module), None if local is None else [gather_rows(m) for m in local])
 
 
@@ -108,7 +108,7 @@ class After(Callback):
         cb = next(c for c in trainer.callbacks if isinstance(c, UnstructuredPruning))
         if cb._last_event_epoch != trainer.current_epoch:
             return
-        got = [gather_rows(m) for m in cb._shard.local]
+        got = [gather_rows(m) for m in cb._store.shard.local]
         w, prev = self.record["before"]
         ref = self.reference(w, cb._schedule_map[trainer.current_epoch], prev)
         pruned = sum(int((~m).sum()) for m in got)
@@ -117,7 +117,7 @@ class After(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         cb = next(c for c in trainer.callbacks if isinstance(c, UnstructuredPruning))
-        masks = [gather_rows(m) for m in cb._shard.local]
+        masks = [gather_rows(m) for m in cb._store.shard.local]
         self.zeros_ok.append(all(bool((w[~m] == 0).all()) for w, m in zip(weights(pl_module), masks, strict=True)))
 
 
