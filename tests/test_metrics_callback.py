@@ -160,14 +160,22 @@ def test_hand_pruned_own_module_every_n_epochs_and_input_shape(tmp_path):
     assert float(rows[0]["pruning/sparsity"]) == pytest.approx(288 / (8 * 27 + 288 * 4))
 
 
-def test_without_example_input_warns_and_skips_macs(tmp_path):
+def test_without_example_input_counts_macs_on_the_first_training_sample(tmp_path):
+    # as ChannelPruning traces: no `input_shape`, no `example_input_array`, so the first training sample
     metrics = PruningMetrics(per_layer=False, summary=False)
     trainer = _trainer(tmp_path, [metrics], max_epochs=1)
-    with pytest.warns(UserWarning, match="pruning/macs and pruning/macs_nonzero are not logged"):
-        trainer.fit(SmallNet(with_example=False))
-    assert "pruning/macs" not in trainer.callback_metrics
+    trainer.fit(SmallNet(with_example=False))
+    assert trainer.callback_metrics["pruning/macs"].item() == SMALLNET_MACS
     assert "pruning/sparsity/conv" not in trainer.callback_metrics
     assert trainer.callback_metrics["pruning/params"].item() == 8 * 27 + 8 + 16 + 288 * 4 + 4
+
+
+def test_without_any_input_warns_and_skips_macs(tmp_path):
+    metrics = PruningMetrics(per_layer=False, summary=False)
+    model = SmallNet(with_example=False)
+    with pytest.warns(UserWarning, match=r"no input for MACs .* pruning/macs\(_nonzero\) are not logged"):
+        figures = metrics.compute(model).as_dict(per_layer=False)  # outside a fit: no training sample either
+    assert "macs" not in figures and figures["params"] == 8 * 27 + 8 + 16 + 288 * 4 + 4
 
 
 def test_a_failing_forward_warns_and_skips_macs(tmp_path):

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks import _channel_support as support
+from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_engine import ChannelEngine
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._scheduled import averaged_models
 from lightning_prune.callbacks._taylor import TaylorGradients
 from lightning_prune.core.channel import optim as optim_ops
@@ -148,7 +150,10 @@ class ChannelEventRunner:
                 self.baseline["macs"], self.current["macs"], self.baseline["params"], self.current["params"]
             )
             importance = self.engine.core.importance_name
-            rank_zero_info(f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({importance}), {summary}{goal}")
+            say(
+                compat.attached_trainer(pl_module),
+                f"ChannelPruning: epoch {epoch}: ratio {target:.4f} ({importance}), {summary}{goal}",
+            )
         return entry
 
     def reached(self) -> str:

@@ -17,13 +17,17 @@ def say(trainer: Any, message: str) -> None:
         return
     if not trainer.is_global_zero:
         return
-    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     if isinstance(bar, TQDMProgressBar):  # tqdm's `write` keeps its bars below, active or not yet created
         from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
         Tqdm.write(message)
-    else:  # RichProgressBar (its live display takes stdout above itself) and users' own bars
+    elif isinstance(bar, RichProgressBar):  # the console the bar draws on (Rich's global one): above the bar
+        from rich import get_console
+
+        get_console().print(message, markup=False, highlight=False, soft_wrap=True)
+    else:  # users' own bars
         bar.print(message)
 
 

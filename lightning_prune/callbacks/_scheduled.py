@@ -9,11 +9,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks.metrics import PruningMetrics, log_figures
 from lightning_prune.core.schedules import Schedule
 
@@ -42,6 +43,15 @@ def averaged_models(trainer: pl.Trainer) -> list[nn.Module]:
             if averaged is not None:
                 out.append(averaged.module)
     return out
+
+
+def _shown(schedule_map: Mapping[int, float]) -> str:
+    return "{" + ", ".join(f"{e}: {t:.4f}" for e, t in schedule_map.items()) + "}"
+
+
+def _same_schedule(a: Mapping[int, float], b: Mapping[int, float]) -> bool:
+    """The same events and targets (up to float noise: older checkpoints kept unrounded targets)."""
+    return a.keys() == b.keys() and all(abs(a[e] - b[e]) < 1e-9 for e in a)
 
 
 class _BeforeWeightsLoad:
@@ -117,6 +127,7 @@ class ScheduledPruning(Callback):
         self._fits = 0
         self._hook_handle: Any = None
         self._inspected = False
+        self._schedule_note: str | None = None  # why this fit's schedule is what it is, until it is printed
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickling (e.g. a ``ddp_spawn`` launch, or a user saving the callback) drops what only means something
@@ -195,8 +206,7 @@ class ScheduledPruning(Callback):
                     why = "start_epoch=None: the model starts from trained weights, so pruning starts at once"
                 else:
                     why = "start_epoch=None: training from scratch, so the first event follows one epoch of training"
-                shown = ", ".join(f"{e}: {t:.4f}" for e, t in schedule_map.items())
-                rank_zero_info(f"{type(self).__name__}: schedule {{epoch: target}} = {{{shown}}} ({why})")
+                self._schedule_note = why  # printed at `_announce_schedule`, once a checkpoint has had its say
         max_epochs = trainer.max_epochs
         remaining = (
             {e: t for e, t in schedule_map.items() if e > self._last_event_epoch}
@@ -237,6 +247,13 @@ class ScheduledPruning(Callback):
         self._inspected = False
         return continuing
 
+    def _announce_schedule(self, trainer: pl.Trainer) -> None:
+        """``on_train_start``: print the schedule this fit follows, once, after a resumed checkpoint had its say (the
+        schedule that runs is the checkpoint's, whatever ``max_epochs`` the arguments would resolve it with)."""
+        why, self._schedule_note = self._schedule_note, None
+        if why is not None and self._schedule_map:
+            say(trainer, f"{type(self).__name__}: schedule {{epoch: target}} = {_shown(self._schedule_map)} ({why})")
+
     def _due_event(self, epoch: int) -> int | None:
         """The latest scheduled event at or before ``epoch`` not done yet (a resume mid-schedule catches up)."""
         due = [e for e in self._schedule_map if e <= epoch]
@@ -255,11 +272,9 @@ class ScheduledPruning(Callback):
         stored = state_dict.get("schedule") or {}
         if stored:
             stored = {int(k): float(v) for k, v in stored.items()}
-            if self._schedule_map and stored != self._schedule_map:
-                rank_zero_warn(
-                    f"{type(self).__name__}: the checkpoint's schedule differs from the one these arguments give "
-                    f"({stored} vs {self._schedule_map}); continuing the checkpoint's schedule"
-                )
+            if self._schedule_map and not _same_schedule(stored, self._schedule_map) and self._schedule_note:
+                given = _shown(self._schedule_map)
+                self._schedule_note = f"the checkpoint's schedule, kept; these arguments give {given}"
             self._schedule_map = stored
         self._last_event_epoch = int(state_dict.get("last_event_epoch", -1))
         self._history = [dict(h) for h in state_dict.get("history", [])]

@@ -19,8 +19,9 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune.callbacks._console import say
 from lightning_prune.core._validation import check_int
 from lightning_prune.core.schedules import Schedule, StepSchedule, steps_per_epoch
 
@@ -111,9 +112,10 @@ class StepClock:
             shown = list(steps.items())
             shown = shown if len(shown) <= 6 else shown[:3] + [(-1, 0.0)] + shown[-2:]
             text = ", ".join("..." if s < 0 else f"{s}: {t:.4f}" for s, t in shown)
-            rank_zero_info(
+            say(
+                trainer,
                 f"UnstructuredPruning: {len(steps)} events every {self.every_n_steps} optimizer steps, epochs "
-                f"{min(epochs)}..{max(epochs)}{why} ({per_epoch} steps per epoch): {{step: target}} = {{{text}}}"
+                f"{min(epochs)}..{max(epochs)}{why} ({per_epoch} steps per epoch): {{step: target}} = {{{text}}}",
             )
 
     def due(self, global_step: int) -> int | None:

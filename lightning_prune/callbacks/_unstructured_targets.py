@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._mask_event import MaskRule, layer_fractions
 from lightning_prune.callbacks._mask_store import target_param
 from lightning_prune.callbacks._scheduled import starts_from_trained
@@ -64,7 +66,10 @@ def find_targets(cb: UnstructuredPruning, pl_module: pl.LightningModule) -> tupl
     if cb.verbose:
         dense = target_ops.unselected_matrices(pl_module, targets, ties)
         if dense:
-            rank_zero_info(f"UnstructuredPruning: weight matrices left dense (not selected): {', '.join(dense[:12])}")
+            say(
+                compat.attached_trainer(pl_module),
+                f"UnstructuredPruning: weight matrices left dense (not selected): {', '.join(dense[:12])}",
+            )
     return targets, ties
 
 
@@ -170,5 +175,5 @@ def counted_schedule(
     schedule_map = counted.resolve(trainer.max_epochs, starts_from_trained(pl_module))
     if verbose:
         shown = ", ".join(f"{e}: {t:.4f} ({round(t * total)})" for e, t in schedule_map.items())
-        rank_zero_info(f"UnstructuredPruning: amount={count} of {total} weights: {{{shown}}}")
+        say(trainer, f"UnstructuredPruning: amount={count} of {total} weights: {{{shown}}}")
     return counted, schedule_map

@@ -230,6 +230,7 @@ class ChannelPruning(ScheduledPruning):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._announce_schedule(trainer)
         if not self._fit_check.done:  # the tracing input comes from the first training batch, loaded by now
             self._fit_check.run(trainer, pl_module, self._schedule_map, self._last_event_epoch)
 

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_support import rewrap_ddp
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
 from lightning_prune.core._validation import check_bool, check_fraction
 from lightning_prune.core.channel import optim as optim_ops
@@ -152,6 +153,10 @@ class DecoderPruning(ScheduledPruning):
         self._install_load_hook(pl_module)
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._announce_schedule(trainer)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for opt in trainer.optimizers:
             optim_ops.check_optimizer(opt)
@@ -165,7 +170,7 @@ class DecoderPruning(ScheduledPruning):
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         decoders = self.core.prepare(pl_module)  # raises, naming the reason, on a model it cannot prune
         for note in self.core.notes if self.verbose else []:
-            rank_zero_info(f"DecoderPruning: {note}")
+            say(trainer, f"DecoderPruning: {note}")
         for kind, ratio in (("mlp", self.mlp_ratio), ("attn", self.head_ratio)):
             if ratio > 0 and kind in self.core.refused:
                 raise DecoderPruningError(self.core.refused[kind])
@@ -293,10 +298,11 @@ class DecoderPruning(ScheduledPruning):
                 rank_zero_warn(f"DecoderPruning: epoch {epoch}: {note}")
         if self.verbose:
             w = self._widths[0]
-            rank_zero_info(
+            say(
+                trainer,
                 f"DecoderPruning: epoch {epoch}: mlp ratio {mlp:.4f}, head ratio {head:.4f} ({self.criterion}): "
                 f"hidden_size {w['hidden_size']}, intermediate_size {w['intermediate_size']}, heads "
-                f"{w['num_attention_heads']}/{w['num_key_value_heads']} KV, params {params_before:,} -> {params:,}"
+                f"{w['num_attention_heads']}/{w['num_key_value_heads']} KV, params {params_before:,} -> {params:,}",
             )
 
 

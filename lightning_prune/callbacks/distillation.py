@@ -9,11 +9,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._sharded import check_strategy
 from lightning_prune.core._validation import check_bool, check_choice
@@ -184,7 +185,7 @@ class Distillation(Callback):
         if self.teacher_checkpoint is not None:
             self._teacher = self._build(pl_module, _load_state(self.teacher_checkpoint))
             self._taken_at = -1
-            self._announce(f"loaded from {self.teacher_checkpoint}")
+            self._announce(trainer, f"loaded from {self.teacher_checkpoint}")
             return
         first = _first_event(trainer)
         if first is None or trainer.current_epoch >= first:
@@ -231,7 +232,9 @@ class Distillation(Callback):
     def _take(self, pl_module: pl.LightningModule, epoch: int) -> None:
         self._teacher = frozen_copy(pl_module)
         self._taken_at = int(epoch)
-        self._announce(f"a frozen copy of the model before the pruning event of epoch {epoch}")
+        self._announce(
+            compat.attached_trainer(pl_module), f"a frozen copy of the model before the pruning event of epoch {epoch}"
+        )
 
     def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
         teacher = frozen_copy(pl_module)
@@ -241,11 +244,12 @@ class Distillation(Callback):
         teacher.load_state_dict(state, strict=True)
         return teacher
 
-    def _announce(self, what: str) -> None:
+    def _announce(self, trainer: pl.Trainer | None, what: str) -> None:
         if self.verbose:
-            rank_zero_info(
+            say(
+                trainer,
                 f"Distillation: teacher = {what}; loss += {self.weight} * T^2 * KL(teacher || "
-                f"student), T={self.temperature}"
+                f"student), T={self.temperature}",
             )
 
 

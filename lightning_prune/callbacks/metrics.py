@@ -7,9 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_prune.callbacks._console import say
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.measure import MacsCache, ModelStats, measure
 
@@ -107,6 +108,7 @@ class PruningMetrics(Callback):
         self.last_epoch: int | None = None
         self._warned_no_input = False
         self._forward_failed = False
+        self._batch_input: Any = None
 
     @property
     @override
@@ -117,10 +119,23 @@ class PruningMetrics(Callback):
 
     # ---------------------------------------------------------------------------------------------------
     def example_inputs(self, pl_module: pl.LightningModule) -> Any:
-        """The input used to count MACs: ``torch.zeros(input_shape)`` or ``pl_module.example_input_array``."""
+        """The input used to count MACs: ``torch.zeros(input_shape)``, ``pl_module.example_input_array``, or the
+        first training sample in the form ``forward`` takes (tensor, tuple or dict batches), as ``ChannelPruning``
+        traces; taken at the start of training."""
         if self.input_shape is not None:
             return torch.zeros(self.input_shape)
-        return getattr(pl_module, "example_input_array", None)
+        given = getattr(pl_module, "example_input_array", None)
+        return given if given is not None else self._batch_input
+
+    def _take_batch_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.input_shape is not None or getattr(pl_module, "example_input_array", None) is not None:
+            return
+        from lightning_prune.callbacks._channel_start import batch_input, first_batch  # (imports the callbacks)
+
+        try:
+            self._batch_input = batch_input(pl_module, first_batch(trainer))
+        except (ValueError, StopIteration):  # no loader, or no form `forward` takes: warned at `compute`
+            self._batch_input = None
 
     def compute(self, pl_module: pl.LightningModule) -> ModelStats:
         """Measure ``pl_module`` now (MACs from the cache when the architecture is unchanged)."""
@@ -128,8 +143,8 @@ class PruningMetrics(Callback):
         if inputs is None and not self._warned_no_input:
             self._warned_no_input = True
             rank_zero_warn(
-                "PruningMetrics: no `input_shape` given and `pl_module.example_input_array` is not set, so"
-                " pruning/macs and pruning/macs_nonzero are not logged. Pass e.g. input_shape=[1, 3, 32, 32]."
+                "PruningMetrics: no input for MACs (no `input_shape`, `example_input_array` or training sample that"
+                " `forward` takes), so pruning/macs(_nonzero) are not logged. Pass e.g. input_shape=[1, 3, 32, 32]."
             )
         if inputs is not None and not self._forward_failed:
             try:
@@ -149,6 +164,7 @@ class PruningMetrics(Callback):
     # ---------------------------------------------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_batch_input(trainer, pl_module)
         if self.summary and not self.first:
             self.first = self.compute(pl_module).as_dict(per_layer=False)
             self.first_epoch = trainer.current_epoch
@@ -169,7 +185,7 @@ class PruningMetrics(Callback):
         if not self.last:
             self.last = self.compute(pl_module).as_dict(per_layer=False)
             self.last_epoch = trainer.current_epoch
-        rank_zero_info(self.summary_table())
+        say(trainer, self.summary_table())
 
     def summary_table(self) -> str:
         """The start-of-fit vs last-epoch table (Markdown) printed at the end of fit."""

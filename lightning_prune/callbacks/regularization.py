@@ -8,10 +8,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks.channel import ChannelPruning
 from lightning_prune.core._validation import check_bool
 from lightning_prune.core.channel.regularize import GroupRegularizer
@@ -94,10 +94,11 @@ class ChannelRegularization(Callback):
             self._regularizer = GroupRegularizer(pl_module, inputs, cb.core.ignored_names or [], self.reg, self.alpha)
             self._built_for = cb.last_event_epoch
             if self.verbose:
-                rank_zero_info(
+                say(
+                    trainer,
                     f"ChannelRegularization: epoch {trainer.current_epoch}: group regularisation of "
                     f"{self._regularizer.num_groups} channel groups (reg={self.reg}, alpha={self.alpha}) until "
-                    f"the last ChannelPruning event (epoch {max(schedule)})"
+                    f"the last ChannelPruning event (epoch {max(schedule)})",
                 )
         self._regularizer.apply()
         self.steps += 1

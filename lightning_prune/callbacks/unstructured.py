@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from typing_extensions import override
@@ -22,6 +21,7 @@ from typing_extensions import override
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks import _sharded
 from lightning_prune.callbacks import _unstructured_options as opts
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._mask_event import MaskEvent, MaskRule
 from lightning_prune.callbacks._mask_store import MaskStore, plain_weights
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
@@ -272,6 +272,7 @@ class UnstructuredPruning(ScheduledPruning):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._announce_schedule(trainer)
         why = " (the model starts from trained weights)" if starts_from_trained(pl_module) else ""
         self._clock.start(trainer, self._schedule_map, self.verbose, why)
 
@@ -318,7 +319,7 @@ class UnstructuredPruning(ScheduledPruning):
         self._log_target(trainer, pl_module, self._clock.target(self._clock.last_event_step))
         summary = self._clock.epoch_summary(trainer.current_epoch, self._history)  # step events: one line an epoch
         if self.verbose and summary:
-            rank_zero_info(summary)
+            say(trainer, summary)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -337,9 +338,10 @@ class UnstructuredPruning(ScheduledPruning):
             return
         self._store.make_permanent(trainer, pl_module)
         if self._store.packed:
-            rank_zero_info(
+            say(
+                trainer,
                 f"UnstructuredPruning: pruning made permanent (sparsity {self._store.sparsity():.4f} of "
-                f"{self._store.total()} selected weights)"
+                f"{self._store.total()} selected weights)",
             )
 
     @override
@@ -389,7 +391,7 @@ class UnstructuredPruning(ScheduledPruning):
         self._last_event_epoch = event
         self._history.append(entry)
         if summary is not None:
-            rank_zero_info(summary)
+            say(trainer, summary)
 
     def _log_target(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
         self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._store.sparsity()})

@@ -36,15 +36,16 @@ SCHEDULES: tuple[ScheduleName, ...] = ("constant", "linear", "cubic", "geometric
 
 
 def schedule_fraction(schedule: ScheduleName, t: float, amount: float) -> float:
-    """Target at progress ``t`` in (0, 1] of a schedule that ends at ``amount``."""
+    """Target at progress ``t`` in (0, 1] of a schedule that ends at ``amount``, rounded to 12 decimals so that
+    float noise (``0.6000000000000001`` for two thirds of 0.9) never reaches messages, logs or checkpoints."""
     if schedule == "constant":
         return amount
     if schedule == "linear":
-        return amount * t
+        return round(amount * t, 12)
     if schedule == "cubic":  # Zhu & Gupta (2017): fast early, slow near the end
-        return amount * (1.0 - (1.0 - t) ** 3)
+        return round(amount * (1.0 - (1.0 - t) ** 3), 12)
     if schedule == "geometric":  # the same fraction of the remaining weights at every event
-        return 1.0 - (1.0 - amount) ** t
+        return round(1.0 - (1.0 - amount) ** t, 12)
     raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}; got {schedule!r}")
 
 
