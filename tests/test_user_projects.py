@@ -37,6 +37,11 @@ callbacks:
     parameters: [weight]
   metrics:
     _target_: lightning_prune.PruningMetrics
+channel:
+  _target_: lightning_prune.ChannelPruning
+  pruning_ratio: {0: 0.25, 1: 0.5}
+  ignored_layers: [backbone.fc2]
+  importance: {class_path: GroupMagnitudeImportance, init_args: {p: 1}}
 """
 
 
@@ -53,6 +58,11 @@ def test_callbacks_from_a_hydra_config_take_its_containers(tmp_path):
     make_trainer(tmp_path, 3, callbacks).fit(model, _data())
     fc1 = model.backbone.fc1.weight
     assert float((fc1 == 0).sum()) / fc1.numel() == pytest.approx(0.5, abs=1e-3)
+    channel = hydra.utils.instantiate(config.channel)
+    assert channel.targets(max_epochs=3) == {0: 0.25, 1: 0.5}
+    model = UserClassifier()
+    make_trainer(tmp_path, 2, [channel]).fit(model, _data())
+    assert model.backbone.fc2.out_features == 84 and model.backbone.fc1.out_features == 60
 
 
 # ------------------------------------------------------------------------------------------ ddp_spawn

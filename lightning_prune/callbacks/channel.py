@@ -22,7 +22,7 @@ from lightning_prune.callbacks._channel_event import ChannelEventRunner
 from lightning_prune.callbacks._channel_start import FitStartCheck
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._taylor import TaylorGradients
-from lightning_prune.core._validation import check_bool, check_int, check_shape
+from lightning_prune.core._validation import check_bool, check_int, check_shape, plain
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.pruner import ChannelPruner
@@ -134,6 +134,10 @@ class ChannelPruning(ScheduledPruning):
         unwrapped_parameters: dict[str, int] | None = None,
         prune_frozen: bool = False,
     ) -> None:
+        pruning_ratio, importance, ignored_layers, pruning_ratio_dict, input_shape, num_heads = plain(
+            (pruning_ratio, importance, ignored_layers, pruning_ratio_dict, input_shape, num_heads)
+        )  # Hydra's containers too
+        speedup, unwrapped_parameters = plain((speedup, unwrapped_parameters))
         self.speedup, amount, arg = support.schedule_amount(pruning_ratio, speedup)
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg=arg))
         given = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount

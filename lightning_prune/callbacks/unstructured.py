@@ -28,7 +28,7 @@ from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_t
 from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
 from lightning_prune.callbacks._unstructured_targets import counted_schedule, select_targets
 from lightning_prune.callbacks._wanda import WandaInputs
-from lightning_prune.core._validation import check_bool, check_choice, check_int
+from lightning_prune.core._validation import check_bool, check_choice, check_int, plain
 from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
@@ -162,6 +162,9 @@ class UnstructuredPruning(ScheduledPruning):
         structured_dim: int | None = None,
         every_n_steps: int | None = None,
     ) -> None:
+        amount, modules, exclude, module_types, parameters, layer_amounts = plain(  # Hydra's containers too
+            (amount, modules, exclude, module_types, parameters, layer_amounts)
+        )
         sched_amount, self._count = opts.split_amount(amount)  # `_count`: an int amount, a number of weights
         super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, late_end=True))
         self.norm = opts.check_norm(norm)

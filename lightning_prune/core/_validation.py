@@ -7,10 +7,24 @@ and what is allowed, so a bad YAML value is caught when the object is built.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast, overload
 
 _Choice = TypeVar("_Choice", bound=str)
+
+
+def plain(value: Any) -> Any:
+    """Configuration containers as plain data, recursively: any mapping (Hydra/OmegaConf's ``DictConfig``) as a
+    ``dict``, any sequence that is not a string or tuple (``ListConfig``) as a ``list``, tuples as tuples; anything
+    else unchanged. Constructors call it first, so a callback built by ``hydra.utils.instantiate`` gets what
+    Python code would pass."""
+    if isinstance(value, Mapping):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
 
 
 def check_choice(arg: str, value: Any, allowed: Iterable[_Choice]) -> _Choice:
