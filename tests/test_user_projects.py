@@ -129,3 +129,18 @@ def test_channel_pruning_refuses_a_network_compiled_in_the_modules_setup(tmp_pat
         trainer.fit(model, _data())
     assert trainer.global_step == 0
     assert model.backbone._orig_mod.fc3.out_features == 10 and model.backbone._orig_mod.conv2.out_channels == 16
+
+
+# ------------------------------------------------------------------------------------------ callbacks together
+def test_two_unstructured_callbacks_on_the_same_weights_are_refused(tmp_path):
+    model = UserClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callbacks = [UnstructuredPruning(amount=0.5), UnstructuredPruning(amount=0.8)]
+    trainer = make_trainer(tmp_path, 3, callbacks)
+    with pytest.raises(ValueError, match=r"two UnstructuredPruning callbacks prune the same weights .* amount=0.5 and amount=0.8"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # disjoint weights are fine
+    callbacks = [UnstructuredPruning(amount=0.5, modules=["backbone.conv.*"]), UnstructuredPruning(amount=0.8, exclude=["backbone.conv.*"])]
+    make_trainer(tmp_path, 3, callbacks).fit(model, _data())
+    assert model.backbone.fc1.weight.eq(0).float().mean().item() > 0.5
