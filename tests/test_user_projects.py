@@ -144,3 +144,19 @@ def test_two_unstructured_callbacks_on_the_same_weights_are_refused(tmp_path):
     callbacks = [UnstructuredPruning(amount=0.5, modules=["backbone.conv.*"]), UnstructuredPruning(amount=0.8, exclude=["backbone.conv.*"])]
     make_trainer(tmp_path, 3, callbacks).fit(model, _data())
     assert model.backbone.fc1.weight.eq(0).float().mean().item() > 0.5
+
+
+def test_a_bare_parameter_of_a_custom_module_is_selected_by_its_type(tmp_path):
+    class Bare(torch.nn.Module):  # a custom layer that owns its matrix directly
+        def __init__(self):
+            super().__init__()
+            self.W = torch.nn.Parameter(torch.randn(10, 1024) * 0.01)
+
+        def forward(self, x):
+            return x.flatten(1) @ self.W.t()
+
+    with pytest.raises(ValueError, match=r"`parameters`=\['W'\] names parameters of \['Bare'\] modules.*module_types=\['Bare'\]"):
+        make_trainer(tmp_path, 3, [UnstructuredPruning(amount=0.5, parameters=["W"])]).fit(UserClassifier(Bare()), _data())
+    model = UserClassifier(Bare())
+    make_trainer(tmp_path, 3, [UnstructuredPruning(amount=0.5, parameters=["W"], module_types=["Bare"])]).fit(model, _data())
+    assert model.backbone.W.eq(0).float().mean().item() == pytest.approx(0.5)

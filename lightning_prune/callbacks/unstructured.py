@@ -406,8 +406,10 @@ class UnstructuredPruning(ScheduledPruning):
     def _adopt_targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule, found: tuple[list, dict]) -> None:
         """The targets found; an int ``amount`` becomes a fraction of them (before any event)."""
         for other in compat.trainer_callbacks(trainer):  # two schedules on one weight: the masks would fight
-            shared = [t for t in other._store.targets if t in found[0]] if isinstance(other, type(self)) else []
-            if other is not self and shared:
+            if not isinstance(other, UnstructuredPruning) or other is self:
+                continue
+            shared = [t for t in other._store.targets if t in found[0]]
+            if shared:
                 raise ValueError(
                     f"two UnstructuredPruning callbacks prune the same weights ({mask_ops.target_key(shared[0])}, "
                     f"{len(shared)} in all): amount={other.amount!r} and amount={self.amount!r}. Use one callback "

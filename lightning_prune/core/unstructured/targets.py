@@ -176,13 +176,32 @@ def find_targets(
                 seen.add(id(p))
                 out.append((mname, pname))
     if not out:
-        pnames = sorted({n for _, m in named for n, _ in named_tensors(m)})[:30]
-        raise ValueError(
-            f"nothing to prune: no module matches `modules`={modules or None}, `exclude`={exclude or None} and "
-            f"`module_types`={types} with a floating parameter named like `parameters`={wanted}; the model's "
-            f"modules are {[(n, type(m).__name__) for n, m in named if n][:30]}, its parameter names {pnames}"
-        )
+        raise ValueError(_nothing_selected(named, modules, exclude, types, wanted, parameters is not None))
     return out
+
+
+def _nothing_selected(named: list, modules: list, exclude: list, types: list, wanted: list, given: bool) -> str:
+    """What selected nothing, and, where ``parameters`` were ``given`` and a module of another type owns one, how to
+    select it."""
+    owners = (
+        sorted(
+            {type(m).__name__ for _, m in named for pname, _ in named_tensors(m) if any(pname == w for w in wanted)}
+            - set(types)
+        )
+        if given
+        else []
+    )
+    if owners:
+        return (
+            f"nothing to prune: `parameters`={wanted} names parameters of {owners} modules, which are not in "
+            f"`module_types`; select them with module_types={owners} (class names)"
+        )
+    pnames = sorted({n for _, m in named for n, _ in named_tensors(m)})[:30]
+    return (
+        f"nothing to prune: no module matches `modules`={modules or None}, `exclude`={exclude or None} and "
+        f"`module_types`={types} with a floating parameter named like `parameters`={wanted}; the model's "
+        f"modules are {[(n, type(m).__name__) for n, m in named if n][:30]}, its parameter names {pnames}"
+    )
 
 
 def resolve_objects(model: nn.Module, objects: Sequence[Any], prune_bias: bool = False) -> list[Target]:
