@@ -11,7 +11,9 @@ Lightning or torch upgrade that removes one fails loudly in the test suite inste
   raises then);
 * ``LightningModule._compiler_ctx``: set by Lightning when the module was compiled through ``from_compiled``;
 * ``Module._load_state_dict_pre_hooks`` and ``_WrappedHook.hook``: the hooks already registered, so the pruning
-  callbacks share one.
+  callbacks share one;
+* ``DDPStrategy._start_method``: how the processes start (``"popen"`` for ``strategy="ddp"``, ``"spawn"``/``"fork"``
+  for ``ddp_spawn``/``ddp_fork``), read by the support table (``callbacks/support.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ PRIVATE_NAMES = {
     "attached_trainer": "LightningModule._trainer",
     "is_compiled": "LightningModule._compiler_ctx",
     "load_state_dict_pre_hooks": "Module._load_state_dict_pre_hooks, _WrappedHook.hook",
+    "start_method": "DDPStrategy._start_method",
 }
 
 
@@ -78,6 +81,12 @@ def load_state_dict_pre_hooks(module: nn.Module) -> list[Any]:
     return [getattr(registered, "hook", registered) for registered in module._load_state_dict_pre_hooks.values()]
 
 
+def start_method(strategy: Any) -> str | None:
+    """How a ``DDPStrategy`` starts its processes: ``"popen"`` (``strategy="ddp"``: the script runs again per
+    process), ``"spawn"``, ``"fork"`` or ``"forkserver"`` (``ddp_spawn``/``ddp_fork``); None for other strategies."""
+    return getattr(strategy, "_start_method", None)
+
+
 __all__ = [
     "PRIVATE_NAMES",
     "attached_trainer",
@@ -86,5 +95,6 @@ __all__ = [
     "is_compiled",
     "load_state_dict_pre_hooks",
     "loaded_checkpoint",
+    "start_method",
     "trainer_callbacks",
 ]

@@ -14,6 +14,7 @@ from lightning_prune.callbacks._channel_event import ChannelEvents
 from lightning_prune.callbacks._channel_start import ChannelFitStart
 from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
 from lightning_prune.callbacks._taylor import TaylorSteps
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
@@ -26,6 +27,7 @@ from lightning_prune.core.schedules import Schedule
 _STATE_VERSION = 1
 
 
+@record_options
 class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
     """Remove whole channels during training, on a schedule, with torch-pruning's dependency graph.
 
@@ -219,6 +221,8 @@ class ChannelPruning(ChannelFitStart, TaylorSteps, ChannelEvents):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # first: options not honoured in this fit's contexts (docs/support.md)
+            refuse_unsupported(self, trainer, pl_module)
         self._fitting = stage == "fit"
         self._checked, self._batch_input = False, None
         if not self._fitting:  # validate/test/predict with ckpt_path: the model takes the checkpoint's shapes

@@ -16,6 +16,7 @@ from lightning_prune.callbacks import _sharded, _steps
 from lightning_prune.callbacks import _unstructured_state as helpers
 from lightning_prune.callbacks._scheduled import averaged_models, starts_from_trained
 from lightning_prune.callbacks._wanda import WandaInputs
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice, check_int
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.patterns import compile_patterns
@@ -24,6 +25,7 @@ from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.targets import with_ties
 
 
+@record_options
 class UnstructuredPruning(_steps.StepEvents):
     """Prune single weights (magnitude or random) to an absolute sparsity on a schedule.
 
@@ -206,6 +208,8 @@ class UnstructuredPruning(_steps.StepEvents):
     # ------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # first: options not honoured in this fit's contexts (docs/support.md)
+            refuse_unsupported(self, trainer, pl_module)
         self._fitting = stage == "fit"
         if not self._fitting:
             return
