@@ -162,27 +162,17 @@ def test_a_callable_norm_is_not_a_string():
         refuse_unsupported(wanda, _fake(callbacks_=[wanda]), module)
 
 
-@pytest.mark.parametrize(
-    ("cb", "needle"),
-    [
-        (ChannelPruning(0.5, start_epoch=0), "ChannelPruning supports single-device and DDP training only"),
-        (DecoderPruning(start_epoch=0), "DecoderPruning supports single-device and DDP training only"),
-    ],
-)
-def test_ddp_spawn_is_refused_where_the_table_says_so(cb, needle):
-    """Where CALLBACKS says a callback does not run, its own check refuses it (here: ddp_spawn)."""
-    name = type(cb).__name__
-    assert not CALLBACKS[name]["ddp_spawn"].every and CALLBACKS[name]["ddp"].every
-    with pytest.raises(ValueError, match=f"{needle}.*start_method='spawn' \\(ddp_spawn\\).*strategy='auto' or 'ddp'"):
-        cb.setup(_fake(DDPStrategy(start_method="spawn"), [cb]), UserClassifier(), "fit")
-
-
-def test_every_refused_callback_context_is_refused_by_its_own_check():
-    """The callback-level cells that say 'refused' name the check that refuses (what the other tests exercise)."""
-    for name, cells in CALLBACKS.items():
-        for context, cell in cells.items():
-            if not cell.every:
-                assert cell.why.endswith(")") or "ChannelPruning" in cell.why, (name, context)
+@pytest.mark.parametrize("name", ["ChannelPruning", "DecoderPruning"])
+@pytest.mark.parametrize("context", ["ddp_spawn", "fsdp2"])
+def test_strategies_the_table_refuses_are_refused_by_the_callbacks_own_check(name, context):
+    """Where CALLBACKS says a callback does not run, its setup refuses it (compiled modules: test_channel.py and
+    test_llm.py; DecoderPruning with weight averaging: test_llm.py)."""
+    assert not CALLBACKS[name][context].every and CALLBACKS[name]["ddp"].every
+    cb = ChannelPruning(0.5, start_epoch=0) if name == "ChannelPruning" else DecoderPruning(start_epoch=0)
+    strategy = DDPStrategy(start_method="spawn") if context == "ddp_spawn" else ModelParallelStrategy()
+    detail = "start_method='spawn' \\(ddp_spawn\\)" if context == "ddp_spawn" else "ModelParallelStrategy"
+    with pytest.raises(ValueError, match=f"{name} supports single-device and DDP training only.*{detail}.*'ddp'"):
+        cb.setup(_fake(strategy, [cb]), UserClassifier(), "fit")
 
 
 def _loader():
@@ -238,3 +228,19 @@ def test_fsdp2_refuses_the_options_it_does_not_honour(tmp_path):
             got = r[name]
             assert got["message"].startswith("ValueError") and needle in got["message"], (name, got)
             assert got["steps"] == 0 and not got["built"], (name, got)
+
+
+@pytest.mark.parametrize(
+    ("needle", "context"),
+    [
+        ("`torch.compile`d model", "compiled"),
+        ("FSDP2", "fsdp2"),
+        ("`WeightAveraging`", "averaging"),
+        ('`strategy="ddp_spawn"`', "ddp_spawn"),
+    ],
+)
+def test_llm_docs_refusals_agree_with_the_table(needle, context):
+    """docs/llm.md's "What is refused" rows for DecoderPruning say what the table says."""
+    text = (ROOT / "docs" / "llm.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| ") and needle in line.split("|")[1]]
+    assert ("| refused" in row) == (not CALLBACKS["DecoderPruning"][context].every), row
