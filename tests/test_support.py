@@ -212,7 +212,8 @@ def test_a_refused_option_leaves_the_model_untouched_and_runs_no_step(tmp_path, 
 
 
 def test_fsdp2_refuses_the_options_it_does_not_honour(tmp_path):
-    """Six fits under FSDP2 (2 processes, one launch): each option refused at setup, 0 steps, model not built."""
+    """Six fits under FSDP2 (2 processes, one launch): each option refused at setup, 0 steps, model not built; a
+    seventh: the default min_kept_per_layer=1 where it binds stops the run at the event, the model unpruned."""
     r0, r1 = run_ddp_script("fsdp2_support.py", tmp_path, timeout=400)
     needles = {
         "layer_amounts": "`layer_amounts`={'net.0': 0.2} is not supported under ModelParallelStrategy (FSDP2)",
@@ -223,7 +224,11 @@ def test_fsdp2_refuses_the_options_it_does_not_honour(tmp_path):
         "norm": "`norm`=<callable l1_squared> is not supported under ModelParallelStrategy (FSDP2)",
     }
     for r in (r0, r1):
-        assert set(r) == set(needles)
+        assert set(r) == {*needles, "collapse"}
+        collapse = r["collapse"]  # the default floor, where it would bind: stopped at the event, nothing changed
+        assert collapse["message"].startswith("RuntimeError") and "min_kept_per_layer=1" in collapse["message"]
+        assert "['net.4.weight']" in collapse["message"] and collapse["steps"] == 0 and collapse["masks"] is None
+        assert collapse["zeros"][0] == collapse["zeros"][1]
         for name, needle in needles.items():
             got = r[name]
             assert got["message"].startswith("ValueError") and needle in got["message"], (name, got)

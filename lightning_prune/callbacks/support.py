@@ -102,7 +102,10 @@ CALLBACKS: dict[str, dict[str, Cell]] = {
         "averaging": Cell(True, why="not under FSDP2 (weight averaging keeps an unsharded copy): refused at setup"),
     },
     "ChannelPruning": {
-        **{c: YES for c in (*_ONE, "averaging")},
+        **{c: YES for c in _ONE},
+        "averaging": Cell(
+            True, why="Lightning's older StochasticWeightAveraging (not a WeightAveraging) is refused (check_supported)"
+        ),
         _SPAWN: no("the main process would load rank 0's pruned state_dict into its unpruned module (check_supported)"),
         "fsdp2": no("torch-pruning reshapes whole tensors, not shards (check_supported)"),
         "compiled": no("the compiled graph keeps the old shapes (check_supported)"),
@@ -174,10 +177,18 @@ _U_AVERAGING = {
     ),
 }
 _U_STEPS = {  # refused at construction already (``every_n_steps`` with them)
-    "amount": only(kinds=(int, float), why="milestones are epochs; give a fraction or a count"),
-    "every_n_epochs": no("every_n_steps replaces it; use every_n_steps=None for epoch events"),
-    "rewind_epoch": no("the survivors would be reset at every step event; use every_n_steps=None"),
-    "resample_parameters": no("the survivors would be re-initialised at every step event; use every_n_steps=None"),
+    "amount": only(
+        kinds=(int, float), why="milestones are epochs; give a fraction or a count (refused at construction)"
+    ),
+    "every_n_epochs": no(
+        "every_n_steps replaces it; use every_n_steps=None for epoch events (refused at construction)"
+    ),
+    "rewind_epoch": no(
+        "the survivors would be reset at every step event; use every_n_steps=None (refused at construction)"
+    ),
+    "resample_parameters": no(
+        "the survivors would be re-initialised at every step event; use every_n_steps=None (refused at construction)"
+    ),
 }
 _U_OPTIONS = (
     "amount norm scope schedule start_epoch end_epoch every_n_epochs modules exclude module_types parameters "
