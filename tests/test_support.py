@@ -249,3 +249,26 @@ def test_llm_docs_refusals_agree_with_the_table(needle, context):
     text = (ROOT / "docs" / "llm.md").read_text()
     (row,) = [line for line in text.splitlines() if line.startswith("| ") and needle in line.split("|")[1]]
     assert ("| refused" in row) == (not CALLBACKS["DecoderPruning"][context].every), row
+
+
+@pytest.mark.parametrize(
+    ("page", "start", "end"),
+    [
+        ("unstructured.md", "Under FSDP2 (`ModelParallelStrategy` with `fully_shard`)", "See [distributed.md]"),
+        (
+            "distributed.md",
+            "(`tensor_parallel_size > 1`, weights sharded along other dims): refused.",
+            "`ChannelPruning`",
+        ),
+    ],
+)
+def test_fsdp2_prose_names_only_options_the_table_refuses(page, start, end):
+    """The paragraphs of docs/ that list UnstructuredPruning's FSDP2 refusals name options the table refuses there."""
+    import re
+
+    text = (ROOT / "docs" / page).read_text()
+    paragraph = text[text.index(start) :]
+    paragraph = paragraph[: paragraph.index(end)]
+    named = {m for m in re.findall(r"`(\w+)[`=]", paragraph) if m in TABLE["UnstructuredPruning"]}
+    assert named >= {"norm", "rewind_epoch", "layer_amounts", "structured_dim", "resample_parameters"}, named
+    assert all(not TABLE["UnstructuredPruning"][o]["fsdp2"].every for o in named), named
