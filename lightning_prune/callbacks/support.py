@@ -296,20 +296,18 @@ def record_options(cls: _T) -> _T:
     return cls
 
 
-def table_key(callback: Any) -> str:
-    """The table's name of ``callback``'s class (a user's subclass goes by the library class it extends)."""
+def table_class(callback: Any) -> type:
+    """The library class of ``callback`` that has a row in the table (a user's subclass goes by the class it
+    extends). By name and module: this module imports no callback module (they import it)."""
     for klass in type(callback).__mro__:
         if klass.__name__ in TABLE and klass.__module__.startswith("lightning_prune."):
-            return klass.__name__
+            return klass
     raise TypeError(f"{type(callback).__name__} has no row in the support table ({DOCS})")
 
 
-def defaults(key: str) -> dict[str, Any]:
-    """``{option: signature default}`` of a table callback (``inspect.Parameter.empty`` for a required one)."""
-    from lightning_prune import callbacks
-
-    init = getattr(callbacks, key).__init__
-    return {n: p.default for n, p in list(inspect.signature(init).parameters.items())[1:]}
+def defaults(klass: type) -> dict[str, Any]:
+    """``{option: signature default}`` of a table callback class (``inspect.Parameter.empty`` for a required one)."""
+    return {n: p.default for n, p in list(inspect.signature(klass.__init__).parameters.items())[1:]}  # type: ignore[misc]
 
 
 def strategy_context(trainer: Any) -> str | None:
@@ -362,10 +360,13 @@ def uses_averaging(trainer: Any) -> bool:
 
 def uses_step_events(callback: Any, trainer: Any) -> bool:
     """``callback`` prunes on steps, or (for the others) an ``UnstructuredPruning`` in the Trainer does."""
-    from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
-    others = [c for c in _callbacks(trainer) if isinstance(c, UnstructuredPruning)]
-    pruners = [callback] if isinstance(callback, UnstructuredPruning) else others
+    def unstructured(c: Any) -> bool:
+        return any(
+            k.__name__ == "UnstructuredPruning" and k.__module__.startswith("lightning_prune.") for k in type(c).__mro__
+        )
+
+    pruners = [callback] if unstructured(callback) else [c for c in _callbacks(trainer) if unstructured(c)]
     return any(getattr(c, "every_n_steps", None) is not None for c in pruners)
 
 
@@ -381,14 +382,15 @@ def contexts(callback: Any, trainer: Any, pl_module: Any) -> list[str]:
 def refuse_unsupported(callback: Any, trainer: Any, pl_module: Any) -> None:
     """Raise ``ValueError`` for the first option set to a non-default value that a context of this fit does not
     honour (see :data:`TABLE`); call it first in ``setup`` (stage ``"fit"``), before anything changes."""
-    key = table_key(callback)
+    klass = table_class(callback)
+    key = klass.__name__
     active = contexts(callback, trainer, pl_module)
     if any(not CALLBACKS[key][c].every for c in active):
         return  # the callback's own check refuses it in that context, with its own message
     given = getattr(callback, "_options", None)
     if given is None:
         raise TypeError(f"{type(callback).__name__} was not constructed through its recorded __init__ ({DOCS})")
-    default = defaults(key)
+    default = defaults(klass)
     for option, value in given.items():
         if option in default and default[option] is not inspect.Parameter.empty and same(value, default[option]):
             continue
