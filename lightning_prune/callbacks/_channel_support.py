@@ -68,16 +68,9 @@ def fmt_summary(macs0: int, macs1: int, params0: int, params1: int) -> str:
 
 
 def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+    from lightning_prune.callbacks.support import refuse_strategy
 
-    strategy = trainer.strategy
-    ok = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
-    if not ok:
-        raise ValueError(
-            f"ChannelPruning supports single-device and DDP training only; the Trainer's strategy is "
-            f"{type(strategy).__name__}, whose sharded/wrapped parameters torch-pruning cannot reshape. "
-            "Use strategy='auto', 'ddp' or 'ddp_spawn'"
-        )
+    refuse_strategy("ChannelPruning", trainer, "its sharded/wrapped parameters torch-pruning cannot reshape")
     refuse_decoders(pl_module)  # before tracing: torch-pruning's graph does not finish on them
     if compat.is_compiled(pl_module):
         raise ValueError(

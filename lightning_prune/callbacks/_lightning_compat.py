@@ -15,6 +15,8 @@ Lightning or torch upgrade that removes one fails loudly in the test suite inste
 * ``_MultiProcessingLauncher._recover_results_in_main_process``: under ``ddp_spawn`` the main process loads rank 0's
   final weights into its own module, which no callback hook sees; a channel-pruned module must take the pruned
   shapes first.
+* ``DDPStrategy._start_method``: how the processes start (``"popen"`` for ``strategy="ddp"``, ``"spawn"``/``"fork"``
+  for ``ddp_spawn``/``ddp_fork``), read by the support table (``callbacks/support.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ PRIVATE_NAMES = {
     "is_compiled": "LightningModule._compiler_ctx",
     "load_state_dict_pre_hooks": "Module._load_state_dict_pre_hooks, _WrappedHook.hook",
     "before_spawn_recovery": "_MultiProcessingLauncher._recover_results_in_main_process",
+    "start_method": "DDPStrategy._start_method",
 }
 
 #: the attribute a callback defines to run in a ``ddp_spawn`` run's main process, before rank 0's weights load
@@ -112,6 +115,12 @@ def before_spawn_recovery() -> None:
     _MultiProcessingLauncher._recover_results_in_main_process = recover  # type: ignore[method-assign]
 
 
+def start_method(strategy: Any) -> str | None:
+    """How a ``DDPStrategy`` starts its processes: ``"popen"`` (``strategy="ddp"``: the script runs again per
+    process), ``"spawn"``, ``"fork"`` or ``"forkserver"`` (``ddp_spawn``/``ddp_fork``); None for other strategies."""
+    return getattr(strategy, "_start_method", None)
+
+
 __all__ = [
     "PRIVATE_NAMES",
     "SPAWN_RECOVERY_HOOK",
@@ -122,5 +131,6 @@ __all__ = [
     "is_compiled",
     "load_state_dict_pre_hooks",
     "loaded_checkpoint",
+    "start_method",
     "trainer_callbacks",
 ]

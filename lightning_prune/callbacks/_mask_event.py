@@ -181,7 +181,7 @@ class MaskEvent:
         its history entry and (``verbose``) its summary line."""
         store = self.store
         if store.shard is not None:  # FSDP2: over the local shards
-            pruned, total = _sharded.prune_event(store.shard, self.rule, trainer, target, event)
+            pruned, total = _sharded.prune_event(store.shard, self.rule, trainer, target, epoch, event)
             store.packed = store.shard.packed()
             rule, entry = self.rule, self._entry(epoch, target, pruned, total)
             if not verbose:

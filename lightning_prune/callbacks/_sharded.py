@@ -40,6 +40,7 @@ __all__ = [
     "is_fsdp2",
     "join_sharded_masks",
     "prune_event",
+    "refuse_collapse",
 ]
 
 
@@ -71,7 +72,7 @@ def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
             f"dim 0); got tensor_parallel_size={mesh['tensor_parallel'].size()}. Use tensor_parallel_size=1"
         )
     for name, (value, why) in unsupported.items():
-        if value not in (None, False):
+        if value is not None and value is not False:  # 0 is a value (`0 == False`, but 0 is not False)
             raise ValueError(
                 f"{who}: `{name}`={value!r} is not supported under ModelParallelStrategy (FSDP2): {why} "
                 "(see docs/distributed.md)"
@@ -80,22 +81,16 @@ def check_strategy(trainer: pl.Trainer, who: str, **unsupported: Any) -> bool:
 
 
 def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
-    """``UnstructuredPruning``'s refusals under FSDP/FSDP2 (before anything changes); whether the run is FSDP2."""
+    """``UnstructuredPruning``'s refusals of FSDP1 and of FSDP2 with weight averaging (before anything changes);
+    whether the run is FSDP2. The options FSDP2 does not honour are refused by the support table
+    (``callbacks/support.py``), called first in ``setup``."""
     from lightning.pytorch.callbacks import WeightAveraging
 
     averaging = [type(c).__name__ for c in compat.trainer_callbacks(trainer) if isinstance(c, WeightAveraging)]
     return check_strategy(
         trainer,
         "UnstructuredPruning",
-        norm=(
-            cb.norm if cb.norm in ("lamp", "wanda") else None,
-            "a weight's LAMP score needs its whole tensor's sorted magnitudes; use 'l1' or 'l2'"
-            if cb.norm == "lamp"
-            else "the Wanda input norms are not collected under FSDP2 yet; use 'l1' or 'l2'",
-        ),
-        rewind_epoch=(cb.rewind_epoch, "the rewind weights would be a full copy of the weights on every rank"),
         callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
-        every_n_steps=(cb.every_n_steps, "the sharded masks follow epoch events only; use every_n_steps=None"),
     )
 
 
@@ -228,10 +223,30 @@ class ShardedMasks:
         return self.packed()
 
 
-def prune_event(shard: ShardedMasks, rule: MaskRule, trainer: pl.Trainer, target: float, event: int) -> tuple[int, int]:
+def refuse_collapse(shard: ShardedMasks, masks: list[Tensor], floor: int, epoch: int) -> None:
+    """The selection over shards has no per-tensor floor (one device re-selects with a limit on a tensor left with
+    fewer than ``min_kept_per_layer`` weights): where the floor would bind, stop before anything changes (on every
+    rank at once: the kept counts are summed over the ranks) instead of emptying the tensor silently."""
+    if floor <= 0 or not masks:
+        return
+    local = torch.tensor([int(m.sum()) for m in masks], dtype=torch.int64, device=shard.params[0].device)
+    kept = shard.comm.table(local).sum(0).tolist()
+    low = [n for n, k, p in zip(shard.names, kept, shard.params, strict=True) if k < min(floor, p.numel())]
+    if low:
+        raise RuntimeError(
+            f"UnstructuredPruning: epoch {epoch}: this event would leave {low[:10]} with fewer than "
+            f"min_kept_per_layer={floor} weights, and the selection over shards (FSDP2) has no per-tensor floor; "
+            "nothing was pruned. Lower `amount`, cap layers with `max_layer_sparsity`, or prune on one device or DDP"
+        )
+
+
+def prune_event(
+    shard: ShardedMasks, rule: MaskRule, trainer: pl.Trainer, target: float, epoch: int, event: int
+) -> tuple[int, int]:
     """An ``UnstructuredPruning`` event over shards: select and enforce (every rank at once); returns ``(pruned,
     total)`` over the whole model."""
     masks = shard.select(rule, target, rule.generator(event))
+    refuse_collapse(shard, masks, rule.min_kept, epoch)
     shard.set(masks, list(trainer.optimizers))
     return shard.counts
 

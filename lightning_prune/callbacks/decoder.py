@@ -14,6 +14,7 @@ from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_support import rewrap_ddp
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_fraction
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel.decoder import (
@@ -32,6 +33,7 @@ from lightning_prune.core.schedules import Schedule
 _STATE_VERSION = 1
 
 
+@record_options
 class DecoderPruning(ScheduledPruning):
     """Remove MLP channels and whole KV groups of a Hugging Face decoder LLM on a schedule, during training.
 
@@ -127,6 +129,8 @@ class DecoderPruning(ScheduledPruning):
     # ------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # first: options not honoured in this fit's contexts (docs/support.md)
+            refuse_unsupported(self, trainer, pl_module)
         if stage != "fit":  # validate/test/predict with ckpt_path: the model takes the checkpoint's widths
             self._module_ref = weakref.ref(pl_module)
             self._install_load_hook(pl_module)
@@ -240,14 +244,9 @@ class DecoderPruning(ScheduledPruning):
         return self.mlp_ratio * progress, self.head_ratio * progress, self.hidden_ratio * progress
 
     def _check_strategy(self, trainer: pl.Trainer) -> None:
-        from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+        from lightning_prune.callbacks.support import refuse_strategy
 
-        strategy = trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or isinstance(strategy, DeepSpeedStrategy):
-            raise ValueError(
-                f"DecoderPruning supports single-device and DDP training only; the Trainer's strategy is "
-                f"{type(strategy).__name__}, whose sharded parameters cannot be cut. Use strategy='auto' or 'ddp'"
-            )
+        refuse_strategy("DecoderPruning", trainer, "its sharded parameters cannot be cut")
 
     def _activations(self, trainer: pl.Trainer) -> dict | None:
         if self.criterion != "activation":

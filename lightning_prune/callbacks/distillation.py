@@ -17,6 +17,7 @@ from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._sharded import check_strategy
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice
 from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
@@ -40,6 +41,7 @@ def _check_positive(arg: str, value: Any) -> float:
     return float(value)
 
 
+@record_options
 class Distillation(Callback):
     """Distil a trained, unpruned model into the model being pruned: a frozen teacher, a KL term on the logits.
 
@@ -157,6 +159,7 @@ class Distillation(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_unsupported(self, trainer, pl_module)  # docs/support.md
         if check_strategy(trainer, "Distillation"):  # FSDP1 is refused in there
             raise ValueError(
                 "Distillation does not support ModelParallelStrategy (FSDP2): its teacher is a full, unsharded copy "

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_prune.callbacks._console import say
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_int, check_shape
 from lightning_prune.core.measure import MacsCache, ModelStats, measure
 
@@ -42,6 +43,7 @@ def log_figures(trainer: pl.Trainer, pl_module: pl.LightningModule, figures: dic
         pl_module.log(key, value_t, on_step=False, on_epoch=True, batch_size=1, sync_dist=distributed)
 
 
+@record_options
 class PruningMetrics(Callback):
     """Log what pruning did to the model at the end of every ``every_n_epochs``-th training epoch, through
     ``pl_module.log`` (so every logger gets it, and ``ModelCheckpoint``/``EarlyStopping`` can monitor it).
@@ -162,6 +164,11 @@ class PruningMetrics(Callback):
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # ---------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            refuse_unsupported(self, trainer, pl_module)  # docs/support.md
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_batch_input(trainer, pl_module)

@@ -13,12 +13,14 @@ from typing_extensions import override
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks.channel import ChannelPruning
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool
 from lightning_prune.core.channel.regularize import GroupRegularizer
 
 _STATE_VERSION = 1
 
 
+@record_options
 class ChannelRegularization(Callback):
     """Group regularisation of the channels a ``ChannelPruning`` callback is about to remove (sparse training).
 
@@ -69,6 +71,7 @@ class ChannelRegularization(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_unsupported(self, trainer, pl_module)  # docs/support.md
         found = [cb for cb in compat.trainer_callbacks(trainer) if isinstance(cb, ChannelPruning)]
         if not found:
             raise ValueError(

@@ -28,12 +28,14 @@ from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_t
 from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
 from lightning_prune.callbacks._unstructured_targets import counted_schedule, select_targets
 from lightning_prune.callbacks._wanda import WandaInputs
+from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice, check_int, plain
 from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
 
 
+@record_options
 class UnstructuredPruning(ScheduledPruning):
     """Prune single weights (magnitude or random) to an absolute sparsity on a schedule.
 
@@ -242,6 +244,8 @@ class UnstructuredPruning(ScheduledPruning):
     # ------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # first: options not honoured in this fit's contexts (docs/support.md)
+            refuse_unsupported(self, trainer, pl_module)
         self._fitting = stage == "fit"
         if not self._fitting:
             return

@@ -1,4 +1,4 @@
-"""ChannelPruning under ``strategy="ddp_spawn"`` with 2 CPU processes, on a user's own LightningModule.
+"""ChannelPruning (with ChannelRegularization) under ``strategy="ddp_spawn"`` with 2 CPU processes, on a user's own LightningModule.
 
 Usage: python tests/scripts/channel_ddp_spawn.py OUT_DIR   (run by tests/test_user_projects.py).
 
@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 from helpers import UserClassifier, make_trainer  # noqa: E402
 
-from lightning_prune import ChannelPruning  # noqa: E402
+from lightning_prune import ChannelPruning, ChannelRegularization  # noqa: E402
 from lightning_prune.core.channel.reshape import architecture  # noqa: E402
 from lightning_prune.data import DigitsDataModule  # noqa: E402
 
@@ -35,8 +35,9 @@ def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     model = UserClassifier()
-    pruning = ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=0)
-    trainer = make_trainer(out_dir, 2, [pruning, SaveRankWeights(out_dir)], devices=2, strategy="ddp_spawn")
+    pruning = ChannelPruning(pruning_ratio={1: 0.5})  # ChannelRegularization works in epoch 0, before the event
+    callbacks = [pruning, ChannelRegularization(reg=1e-3), SaveRankWeights(out_dir)]
+    trainer = make_trainer(out_dir, 2, callbacks, devices=2, strategy="ddp_spawn")
     trainer.fit(model, DigitsDataModule(batch_size=32))
     out = {"architecture": architecture(model), "weights": model.state_dict(), "state": str(trainer.state.status)}
     out["logits"] = model(torch.zeros(2, 1, 32, 32)).detach()  # the main process's module runs at its new shapes
