@@ -33,6 +33,7 @@ __all__ = [
     "ChannelPrunedCheckpointMixin",
     "DecoderPrunedCheckpointMixin",
     "load_channel_pruned",
+    "reshape_on_load",
     "reshape_to_state_dict",
     "reshape_decoder_to_state_dict",
     # saving and deploying
@@ -54,6 +55,7 @@ _LAZY, __getattr__, __dir__ = attach(globals())
 if TYPE_CHECKING:  # the one declaration of the lazy names: mypy reads it, `attach` parses it
     from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin as ChannelPrunedCheckpointMixin
     from lightning_prune.callbacks.channel import ChannelPruning as ChannelPruning
+    from lightning_prune.callbacks.channel import reshape_on_load as reshape_on_load
     from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin as DecoderPrunedCheckpointMixin
     from lightning_prune.callbacks.decoder import DecoderPruning as DecoderPruning
     from lightning_prune.callbacks.distillation import Distillation as Distillation

@@ -83,9 +83,24 @@ class _BeforeWeightsLoad:
             if reshapers:  # with the checkpoint's recorded architecture (head counts)
                 reshapers[0]._before_weights_load(trainer, module, state)
                 return
-            from lightning_prune.core.channel.reshape import reshape_to_state_dict
+            from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 
-            reshape_to_state_dict(module, state)
+            checkpoint = compat.loaded_checkpoint(trainer)  # a Trainer's restore: its recorded architecture too
+            reshape_to_state_dict(module, state, architecture_in(checkpoint) if checkpoint else None)
+
+
+def reshape_on_load(module: nn.Module) -> nn.Module:
+    """Let ``module`` load channel-pruned checkpoints from any script, with no pruning callback in its Trainer:
+    every later ``load_state_dict`` (``trainer.test(module, ckpt_path=...)``, ``validate``, ``predict``, or by hand)
+    first gives the module the checkpoint's shapes and recorded architecture. Returns ``module``.
+
+    Example: ``trainer.test(reshape_on_load(MyModule()), datamodule=dm, ckpt_path="last.ckpt")``."""
+    for hook in compat.load_state_dict_pre_hooks(module):
+        if isinstance(hook, _BeforeWeightsLoad):
+            hook.reshape = True
+            return module
+    module.register_load_state_dict_pre_hook(_BeforeWeightsLoad(reshape=True))
+    return module
 
 
 TRAINED_WEIGHTS_ATTR = "starts_from_trained_weights"
@@ -372,6 +387,7 @@ class ScheduledPruning(Callback):
 
 __all__ = [
     "ScheduledPruning",
+    "reshape_on_load",
     "TRAINED_WEIGHTS_ATTR",
     "averaged_models",
     "frozen_module_names",

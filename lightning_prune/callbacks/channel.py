@@ -20,7 +20,7 @@ from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_engine import ChannelEngine
 from lightning_prune.callbacks._channel_event import ChannelEventRunner
 from lightning_prune.callbacks._channel_start import FitStartCheck
-from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
+from lightning_prune.callbacks._scheduled import ScheduledPruning, reshape_on_load, starts_from_trained
 from lightning_prune.callbacks._taylor import TaylorGradients
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_int, check_shape, plain
@@ -361,4 +361,4 @@ class ChannelPrunedCheckpointMixin:
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 
-__all__ = ["ChannelPrunedCheckpointMixin", "ChannelPruning"]
+__all__ = ["ChannelPrunedCheckpointMixin", "ChannelPruning", "reshape_on_load"]
