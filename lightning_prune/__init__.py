@@ -26,6 +26,7 @@ __all__ = [
     "PruningMetrics",
     "Distillation",
     "ChannelRegularization",
+    "AtTargetCheckpoint",  # ModelCheckpoint over the epochs at the final pruning target
     "distillation_loss",  # the Distillation term, in a module's training_step
     "Schedule",  # which epochs prune, to what target
     # models, and loading a pruned checkpoint into a fresh model
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # the one declaration of the lazy names: mypy reads it, `atta
     from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin as ChannelPrunedCheckpointMixin
     from lightning_prune.callbacks.channel import ChannelPruning as ChannelPruning
     from lightning_prune.callbacks.channel import reshape_on_load as reshape_on_load
+    from lightning_prune.callbacks.checkpoint import AtTargetCheckpoint as AtTargetCheckpoint
     from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin as DecoderPrunedCheckpointMixin
     from lightning_prune.callbacks.decoder import DecoderPruning as DecoderPruning
     from lightning_prune.callbacks.distillation import Distillation as Distillation

@@ -179,3 +179,22 @@ def test_a_separate_eval_script_loads_a_channel_pruned_checkpoint_with_one_line(
     assert done.returncode == 0, done.stderr[-2000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["fc1"] == model.backbone.fc1.out_features == 60 and "val/loss" in out["metrics"][0]
+
+
+# ------------------------------------------------------------------------------------------ choosing a checkpoint
+def test_at_target_checkpoint_ranks_only_epochs_at_the_final_target(tmp_path):
+    from lightning_prune import AtTargetCheckpoint
+
+    pruning = UnstructuredPruning(amount=0.8)  # 4 epochs from scratch: events at the starts of epochs 1..3
+    best = AtTargetCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", mode="min", save_top_k=2, save_last=True)
+    make_trainer(tmp_path, 4, [pruning, best], enable_checkpointing=True, limit_val_batches=2).fit(
+        UserClassifier(), _data()
+    )
+    assert max(pruning.schedule_epochs) == 3
+    saved = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "ckpt").iterdir()}
+    assert "last.ckpt" in saved and saved["last.ckpt"]["epoch"] == 3
+    for name, ckpt in saved.items():  # every file holds the model at 80% sparsity, the best one included
+        weights = [v for k, v in ckpt["state_dict"].items() if k.endswith("weight")]
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        assert ckpt["epoch"] == 3 and zeros == pytest.approx(0.8, abs=1e-3), name
+    assert Path(best.best_model_path).name in saved
