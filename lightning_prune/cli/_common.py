@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
 __all__ = ["DEBUG_ENV", "OneLineArgumentParser", "debug_enabled"]
 
@@ -21,7 +21,12 @@ def debug_enabled() -> bool:
 
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (``prog: error: message (see `prog --help`)``, exit status 2), as the
-    LightningCLI subcommands have; ``--debug`` / ``LIGHTNING_PRUNE_DEBUG=1`` prints argparse's usage too."""
+    LightningCLI subcommands have; ``--debug`` / ``LIGHTNING_PRUNE_DEBUG=1`` prints argparse's usage too.
+    Options are never abbreviated (``--ckpt`` is not ``--ckpt_path``), as in the LightningCLI subcommands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         if debug_enabled():
