@@ -44,12 +44,13 @@ def pruning_targets(checkpoint: Mapping[str, Any]) -> list[PruningTarget]:
     for key, state in dict(checkpoint.get("callbacks") or {}).items():
         if not isinstance(state, Mapping):
             continue
-        schedule, last = _schedule(state), state.get("last_event_epoch")
-        if schedule is None or not isinstance(last, numbers.Integral) or isinstance(last, bool):
+        schedule, last_event = _schedule(state), state.get("last_event_epoch")
+        if schedule is None or not isinstance(last_event, numbers.Integral) or isinstance(last_event, bool):
             continue
+        last = int(last_event)
         done = [epoch for epoch in schedule if epoch <= last]
         target = schedule[max(done)] if done else 0.0
-        found.append(PruningTarget(str(key).split("{", 1)[0], int(last), target, schedule[max(schedule)]))
+        found.append(PruningTarget(str(key).split("{", 1)[0], last, target, schedule[max(schedule)]))
     return found
 
 
@@ -79,7 +80,8 @@ def mismatch_message(path: str, err: BaseException, channel_pruned: bool, run_co
     lines = str(err).strip().splitlines() or [type(err).__name__]
     problem = " ".join(lines[0].split())[:300]
     config = f"-c {run_config}" if run_config else "-c lightning_logs/<name>/version_N/config.yaml"
-    text = f"`--ckpt_path` {path} does not fit the model and data of this config ({problem}); pass its run's config: {config}"
+    text = f"`--ckpt_path` {path} does not fit the model and data of this config ({problem}); pass its run's config"
+    text += f": {config}"
     if channel_pruned:
         text += (
             "; the checkpoint is channel-pruned: in Python, lightning_prune.load_channel_pruned(model, ckpt_path) "

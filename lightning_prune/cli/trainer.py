@@ -186,7 +186,8 @@ def _invalid_choice(lines: list[str]) -> str | None:
     except (SyntaxError, ValueError):
         return None
     got = re.search(r"Got value: (.*)$", literal)
-    given = got.group(1) if got else next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), None)
+    given = got.group(1) if got else None
+    given = given or next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), None)
     if given is None:
         return None
     text = f"{key.group(1)}: got {given!r}; expected one of {', '.join(repr(c) for c in choices)}"
@@ -239,7 +240,8 @@ class PruneCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", OneLineErrorParser)
         # no abbreviated options: `--trainer.max_epoch=1` is an error, not `max_epochs` (the subcommands inherit it)
-        kwargs["parser_kwargs"] = {"prog": "lightning-prune", "allow_abbrev": False, **(kwargs.get("parser_kwargs") or {})}
+        given = kwargs.get("parser_kwargs") or {}
+        kwargs["parser_kwargs"] = {"prog": "lightning-prune", "allow_abbrev": False, **given}
         # Lightning's "Seed set to 0" and device lines wait until the config is built (an error comes alone)
         self._held_logs = HeldLogs(HELD_LOGGERS)
         try:
@@ -349,6 +351,7 @@ def run_config_of(ckpt_path: str) -> str | None:
 
 def _load_weights(model: ImageClassifier, path: str) -> None:
     """The checkpoint's weights into ``model``, reshaped to its recorded (channel-pruned) architecture first."""
+    from lightning_prune.cli.checkpoints import below_target_warning, mismatch_message
     from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -356,8 +359,17 @@ def _load_weights(model: ImageClassifier, path: str) -> None:
         model.init_weights_from(path)  # a plain state_dict file
         return
     state = ckpt["state_dict"]
-    reshape_to_state_dict(model, state, architecture_in(ckpt))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        reshape_to_state_dict(model, state, architecture_in(ckpt))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatch
+        if debug_enabled():
+            raise
+        message = mismatch_message(path, err, bool(architecture_in(ckpt)), run_config_of(path))
+        raise CheckpointMismatchError(message) from None
+    warning = below_target_warning("lightning-prune export", path, ckpt)
+    if warning:
+        print(warning, file=sys.stderr)
     if missing or unexpected:
         raise ValueError(
             f"`--ckpt_path` {path!r} does not fit the model built for it ({len(missing)} missing keys, e.g. "
@@ -389,7 +401,6 @@ def export_main(argv: list[str]) -> int:
     ckpt = _flag_value(argv, "--ckpt_path")
     found = run_config_of(ckpt) if ckpt and not {"-c", "--config"} & set(argv) else None
     if found:
-        print(f"lightning-prune export: model and data from the run's config {found}")
         argv = ["-c", found, *argv]
     cli = _build_cli(
         ExportCLI, argv, save_config_callback=None, run=False, parser_kwargs={"prog": "lightning-prune export"}
@@ -398,6 +409,8 @@ def export_main(argv: list[str]) -> int:
     fmt = cfg.get("format") or format_for_path(cfg.out)
     if fmt is None:
         raise ValueError(f"cannot tell the format from `--out` {cfg.out!r}; pass --format onnx|torchscript|pt2")
+    if found:  # (after the config is built: an error in it comes alone)
+        print(f"lightning-prune export: model and data from the run's config {found}")
     _load_weights(cli.model, cfg.ckpt_path)
     print(export(cli.model, cfg.out, format=fmt, atol=cfg.atol))
     return 0
@@ -422,11 +435,15 @@ def scan_cli(args: list[str]) -> PruneCLI:
 
 
 __all__ = [
+    "HELD_LOGGERS",
+    "CheckpointMismatchError",
     "ExportCLI",
+    "HeldLogs",
     "OneLineErrorParser",
     "PruneCLI",
     "SaveFitConfig",
     "ScanCLI",
+    "check_checkpoint",
     "cli_main",
     "export_main",
     "run_config_of",
