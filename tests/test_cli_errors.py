@@ -192,8 +192,10 @@ def test_pruning_targets_reads_the_callbacks_state():
 def main_job_checkpoints(tmp_path):
     """The main job for 2 epochs, each epoch's checkpoint kept (epoch 0: dense; epoch 1: at the final target)."""
     tiny = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    # (mode=max: a state key apart from the config's own unmonitored ModelCheckpoint)
     every = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath=every",
-             "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={epoch}"]  # fmt: skip
+             "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={epoch}",
+             "--trainer.callbacks.mode=max"]  # fmt: skip
     assert main(["fit", "-c", str(MAIN_JOB), *tiny, *every, "--trainer.enable_progress_bar=false"]) == 0
     run = tmp_path / "lightning_logs" / "lenet_digits_prune" / "version_0"
     return run, tmp_path / "every" / "epoch=0.ckpt", tmp_path / "every" / "epoch=1.ckpt"
