@@ -14,8 +14,9 @@ by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offl
 This module is the dispatcher (it imports no Lightning); one module per subcommand does the work:
 :mod:`~lightning_prune.cli.trainer` (the LightningCLI: fit/validate/test/predict, export, the scan's model and
 data), :mod:`~lightning_prune.cli.export_args` (export's options, for ``--help`` without Lightning),
-:mod:`~lightning_prune.cli.report` (``report``), :mod:`~lightning_prune.cli.scan` (``sensitivity``) and
-:mod:`~lightning_prune.cli._common` (the debug switch and one-line argparse errors).
+:mod:`~lightning_prune.cli.report` (``report``), :mod:`~lightning_prune.cli.scan` (``sensitivity``),
+:mod:`~lightning_prune.cli.checkpoints` (what a checkpoint's pruning state says, the mismatch line) and
+:mod:`~lightning_prune.cli._common` (the debug switch, one-line argparse errors, held start-up lines).
 """
 
 from __future__ import annotations

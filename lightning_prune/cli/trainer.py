@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import logging
 import os
 import re
 import sys
@@ -18,7 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_prune.cli._common import debug_enabled
+from lightning_prune.cli._common import HELD_LOGGERS, HeldLogs, debug_enabled
 from lightning_prune.models.classifier import ImageClassifier
 
 
@@ -50,34 +49,6 @@ class SaveFitConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
-#: the loggers of Lightning's start-up lines (``Seed set to 0``, ``GPU available: ...``) that wait for the config
-HELD_LOGGERS = ("lightning.fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero")
-
-
-class HeldLogs(logging.Filter):
-    """Hold the records of some loggers back (from construction) until :meth:`release` prints them, or drops them:
-    an error in the config is then the only line a run prints."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-        self.loggers = [logging.getLogger(name) for name in names]
-        for logger in self.loggers:
-            logger.addFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.records.append(record)
-        return False
-
-    def release(self, drop: bool = False) -> None:
-        """Stop holding; print the held records in order (none when ``drop``). Idempotent."""
-        for logger in self.loggers:
-            logger.removeFilter(self)
-        records, self.records, self.loggers = self.records, [], []
-        for record in [] if drop else records:
-            logging.getLogger(record.name).handle(record)
-
-
 class CheckpointMismatchError(ValueError):
     """A ``--ckpt_path`` whose weights or input do not fit the model and data a config builds."""
 
@@ -95,20 +66,26 @@ def check_checkpoint(model: pl.LightningModule, datamodule: Any, path: str, stag
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         return
-    probe, loading = copy.deepcopy(model), True
+    probe = copy.deepcopy(model)
     try:
         probe.on_load_checkpoint(ckpt)  # ImageClassifier reshapes itself to a channel-pruned checkpoint here
         probe.load_state_dict(ckpt["state_dict"], strict=getattr(probe, "strict_loading", None) is not False)
-        loading, x = False, _first_input(datamodule, stage)
-        if x is not None:
-            probe.eval()
-            with torch.no_grad():
-                probe(x)
-    except (RuntimeError, ValueError, IndexError) as err:
+    except (RuntimeError, ValueError) as err:
         if debug_enabled():
             raise
-        pruned = loading and bool(architecture_in(ckpt))
+        pruned = bool(architecture_in(ckpt))
         raise CheckpointMismatchError(mismatch_message(path, err, pruned, run_config_of(path))) from None
+    x = _first_input(datamodule, stage)
+    if x is not None:
+        probe.eval()
+        try:
+            with torch.no_grad():
+                probe(x)
+        except (RuntimeError, ValueError, IndexError) as err:
+            if debug_enabled():
+                raise
+            raise CheckpointMismatchError(mismatch_message(path, err, False, run_config_of(path))) from None
+    del probe
     warning = below_target_warning(f"lightning-prune {stage}", path, ckpt)
     if warning:
         print(warning, file=sys.stderr)
@@ -116,9 +93,12 @@ def check_checkpoint(model: pl.LightningModule, datamodule: Any, path: str, stag
 
 def _first_input(datamodule: Any, stage: str) -> torch.Tensor | None:
     """One input of the data module's ``stage`` loader (the first sample of its first batch), if it has one."""
-    loader_of = getattr(datamodule, "val_dataloader" if stage == "validate" else f"{stage}_dataloader", None)
-    if loader_of is None:
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    name = "val_dataloader" if stage == "validate" else f"{stage}_dataloader"
+    if datamodule is None or not is_overridden(name, datamodule, parent=pl.LightningDataModule):
         return None
+    loader_of = getattr(datamodule, name)
     datamodule.prepare_data()
     datamodule.setup(stage)
     batch = next(iter(loader_of()), None)
@@ -435,10 +415,8 @@ def scan_cli(args: list[str]) -> PruneCLI:
 
 
 __all__ = [
-    "HELD_LOGGERS",
     "CheckpointMismatchError",
     "ExportCLI",
-    "HeldLogs",
     "OneLineErrorParser",
     "PruneCLI",
     "SaveFitConfig",
