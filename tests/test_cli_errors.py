@@ -104,14 +104,23 @@ def test_the_mismatch_line_names_load_channel_pruned_for_a_channel_pruned_checkp
 # --- item 10c: nothing comes before an error line -----------------------------------------------------------------
 
 
-def test_a_config_error_comes_alone(tmp_path):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(MAIN_JOB.read_text().replace("amount: 0.9 ", "amount: 1.9 "))
-    out = _console("fit", "-c", str(cfg), "--trainer.fast_dev_run=true", cwd=tmp_path)
-    assert out.returncode == 2
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--trainer.callbacks+=lightning_prune.UnstructuredPruning", "--trainer.callbacks.amount=1.9"],
+         "`amount` must be in [0, 1)"),
+        (["--trainer.accelerator=gpu"], "gpu"),  # Lightning's MisconfigurationException, at Trainer construction
+    ],
+    ids=["callback-argument", "trainer-option"],
+)  # fmt: skip
+def test_a_config_error_comes_alone(args, expected, tmp_path):
+    if "--trainer.accelerator=gpu" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    out = _console("fit", *args, "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
     assert out.stdout == ""
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("lightning-prune fit: error: ") and "`amount` must be in [0, 1)" in line, line
+    assert line.startswith("lightning-prune fit: error: ") and expected in line, line
 
 
 def test_the_seed_and_device_lines_still_come_on_a_good_run(tmp_path):
