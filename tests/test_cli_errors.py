@@ -177,7 +177,7 @@ def test_last_ckpt_of_the_main_job_is_the_final_epoch(tmp_path):
 
 
 def test_pruning_targets_reads_the_callbacks_state():
-    from lightning_prune.cli.checkpoints import below_final_target, pruning_targets
+    from lightning_prune.cli.checkpoints import below_final_target, below_target_warning, pruning_targets
 
     unstructured = {"version": 1, "last_event_epoch": -1, "schedule": {1: 0.5, 2: 0.8, 3: 0.9}, "history": []}
     channel = {"version": 1, "last_event_epoch": 2, "schedule": {1: 0.25, 2: 0.5}, "current_target": 0.5}
@@ -194,6 +194,13 @@ def test_pruning_targets_reads_the_callbacks_state():
     assert pruning_targets(ckpt)[0].target == 0.8
     unstructured["last_event_epoch"] = 3
     assert below_final_target(ckpt) == []
+    unstructured["last_event_epoch"] = 1
+    assert below_target_warning("lightning-prune test", "run/best.ckpt", ckpt).endswith(
+        "use the run's last.ckpt for the pruned model"
+    )
+    assert below_target_warning("lightning-prune test", "run/last.ckpt", ckpt).endswith(
+        "stopped before the end of its schedule"
+    )
     assert pruning_targets({"epoch": 0}) == [] and pruning_targets({"callbacks": {"X": {"schedule": "?"}}}) == []
 
 

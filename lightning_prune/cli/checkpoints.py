@@ -5,6 +5,7 @@ checkpoint that does not fit the config. Pure functions of a loaded checkpoint (
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,9 +68,12 @@ def below_target_warning(prog: str, path: str, checkpoint: Mapping[str, Any]) ->
         return None
     epoch = checkpoint.get("epoch")
     where = " and ".join(f"{t.callback}'s target {round(t.target, 4)} (final {round(t.final, 4)})" for t in low)
+    if os.path.basename(path).startswith("last"):  # the run itself stopped early
+        advice = "the run stopped before the end of its schedule"
+    else:
+        advice = "use the run's last.ckpt for the pruned model"
     return (
-        f"{prog}: warning: `--ckpt_path` {path} (epoch {epoch}) is at {where}, below the run's final target: "
-        "use the run's last.ckpt for the pruned model"
+        f"{prog}: warning: `--ckpt_path` {path} (epoch {epoch}) is at {where}, below the run's final target: {advice}"
     )
 
 
