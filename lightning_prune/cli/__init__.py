@@ -14,8 +14,9 @@ by ``class_path`` (subclass mode) and defaults to ``DigitsDataModule``, the offl
 This module is the dispatcher (it imports no Lightning); one module per subcommand does the work:
 :mod:`~lightning_prune.cli.trainer` (the LightningCLI: fit/validate/test/predict, export, the scan's model and
 data), :mod:`~lightning_prune.cli.export_args` (export's options, for ``--help`` without Lightning),
-:mod:`~lightning_prune.cli.report` (``report``), :mod:`~lightning_prune.cli.scan` (``sensitivity``) and
-:mod:`~lightning_prune.cli._common` (the debug switch and one-line argparse errors).
+:mod:`~lightning_prune.cli.report` (``report``), :mod:`~lightning_prune.cli.scan` (``sensitivity``),
+:mod:`~lightning_prune.cli.checkpoints` (what a checkpoint's pruning state says, the mismatch line) and
+:mod:`~lightning_prune.cli._common` (the debug switch, one-line argparse errors, held start-up lines).
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet_third_party():
             return _run_subcommand(argv)
-    except USER_ERRORS as err:
-        if debug_enabled():
+    except Exception as err:
+        if debug_enabled() or not is_user_error(err):
             raise
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -151,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
 
 #: exceptions that are the user's to fix (a bad value, a missing file or package): one line, not a traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is the user's to fix (one line, not a traceback): one of :data:`USER_ERRORS`, or Lightning's
+    ``MisconfigurationException`` (a Trainer option the machine cannot run, e.g. ``accelerator: gpu`` without one;
+    told by name, so that this module imports no Lightning)."""
+    return isinstance(err, USER_ERRORS) or any(c.__name__ == "MisconfigurationException" for c in type(err).__mro__)
 
 
 def one_line(err: BaseException) -> str:
@@ -185,6 +193,7 @@ __all__ = [
     "USER_ERRORS",
     "cli_main",
     "debug_enabled",
+    "is_user_error",
     "main",
     "one_line",
     "quiet_third_party",

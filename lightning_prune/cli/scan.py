@@ -64,6 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = scan_cli(cli_args)
     model, datamodule = cli.model, cli.datamodule
     ckpt_path = args.ckpt_path or cli.config.get("ckpt_path")  # the flag, else the run config's own key
+    if not ckpt_path and not getattr(model, "starts_from_trained_weights", False):  # weights= / init_from_checkpoint
+        print(
+            "lightning-prune sensitivity: warning: no checkpoint (no --ckpt_path, none in the config): scanning the "
+            "model's untrained weights; pass a trained run's --ckpt_path lightning_logs/<name>/version_N/checkpoints/"
+            "last.ckpt",
+            file=sys.stderr,
+        )
     if ckpt_path:
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"`--ckpt_path` {ckpt_path!r}: no such file; pass the checkpoint of a trained run")

@@ -17,7 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_prune.cli._common import debug_enabled
+from lightning_prune.cli._common import HELD_LOGGERS, HeldLogs, debug_enabled
 from lightning_prune.models.classifier import ImageClassifier
 
 
@@ -49,6 +49,63 @@ class SaveFitConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+class CheckpointMismatchError(ValueError):
+    """A ``--ckpt_path`` whose weights or input do not fit the model and data a config builds."""
+
+
+def check_checkpoint(model: pl.LightningModule, datamodule: Any, path: str, stage: str) -> None:
+    """Before ``validate``/``test``/``predict`` runs on ``path``: raise :class:`CheckpointMismatchError` (one line)
+    when its weights do not load into (a copy of) ``model`` or one input of the data does not go through it, and
+    warn (one line) when it is below its run's final pruning target (:func:`~lightning_prune.cli.checkpoints.
+    below_target_warning`)."""
+    import copy
+
+    from lightning_prune.cli.checkpoints import below_target_warning, mismatch_message
+    from lightning_prune.core.channel.reshape import architecture_in
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        return
+    probe = copy.deepcopy(model)
+    try:
+        probe.on_load_checkpoint(ckpt)  # ImageClassifier reshapes itself to a channel-pruned checkpoint here
+        probe.load_state_dict(ckpt["state_dict"], strict=getattr(probe, "strict_loading", None) is not False)
+    except (RuntimeError, ValueError) as err:
+        if debug_enabled():
+            raise
+        pruned = bool(architecture_in(ckpt))
+        raise CheckpointMismatchError(mismatch_message(path, err, pruned, run_config_of(path))) from None
+    x = _first_input(datamodule, stage)
+    if x is not None:
+        probe.eval()
+        try:
+            with torch.no_grad():
+                probe(x)
+        except (RuntimeError, ValueError, IndexError) as err:
+            if debug_enabled():
+                raise
+            raise CheckpointMismatchError(mismatch_message(path, err, False, run_config_of(path))) from None
+    del probe
+    warning = below_target_warning(f"lightning-prune {stage}", path, ckpt)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def _first_input(datamodule: Any, stage: str) -> torch.Tensor | None:
+    """One input of the data module's ``stage`` loader (the first sample of its first batch), if it has one."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    name = "val_dataloader" if stage == "validate" else f"{stage}_dataloader"
+    if datamodule is None or not is_overridden(name, datamodule, parent=pl.LightningDataModule):
+        return None
+    loader_of = getattr(datamodule, name)
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    batch = next(iter(loader_of()), None)
+    x = batch[0] if isinstance(batch, list | tuple) and batch else batch
+    return x[:1] if isinstance(x, torch.Tensor) else None
+
+
 #: a subcommand's ``--ckpt_path`` values that Lightning resolves itself (not file names)
 _CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
@@ -77,6 +134,7 @@ def summarise_parser_error(message: str, parser: LightningArgumentParser | None 
         found = re.match(r"Problem with given class_path '([^']+)':?", line)
         if found:
             owner, detail = found.group(1), lines[i + 1]
+            detail = _invalid_choice(lines[i + 1 :]) or detail
     if detail is None:
         rest = [ln for ln in lines[1:] if not ln.startswith(("Does not validate", "Subtypes:", "Errors:"))]
         detail = rest[0] if key and rest else (lines[0] if lines else message)
@@ -91,6 +149,31 @@ def summarise_parser_error(message: str, parser: LightningArgumentParser | None 
         close = difflib.get_close_matches(name, _accepted_names(owner, parser, name), n=1, cutoff=0.6)
         dashes = "--" if bad.group(3) else ""
         text += f"; did you mean {dashes + close[0]!r}?" if close else ""
+    return text
+
+
+def _invalid_choice(lines: list[str]) -> str | None:
+    """``key: got 'x'; expected one of 'a', 'b'`` when ``lines`` (from a ``Parser key "key":`` line on) say that a
+    value is not one of a ``Literal``'s choices; ``None`` otherwise."""
+    key = re.match(r'Parser key "([^"]+)":?$', lines[0]) if lines else None
+    literal = next((ln for ln in lines[1:] if ln.startswith("Expected a typing.Literal[")), None)
+    if key is None or literal is None:
+        return None
+    import ast
+
+    try:
+        choices = ast.literal_eval("(" + literal[len("Expected a typing.Literal[") :].split("]", 1)[0] + ",)")
+    except (SyntaxError, ValueError):
+        return None
+    got = re.search(r"Got value: (.*)$", literal)
+    given = got.group(1) if got else None
+    given = given or next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), None)
+    if given is None:
+        return None
+    text = f"{key.group(1)}: got {given!r}; expected one of {', '.join(repr(c) for c in choices)}"
+    same = [c for c in choices if isinstance(c, str) and c.lower() == given.lower()]
+    if same:
+        text += f" (choices are lower case: {same[0]!r})" if same[0] == same[0].lower() else f" (spelled {same[0]!r})"
     return text
 
 
@@ -136,8 +219,15 @@ class PruneCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", OneLineErrorParser)
-        kwargs.setdefault("parser_kwargs", {"prog": "lightning-prune"})
-        super().__init__(*args, **kwargs)
+        # no abbreviated options: `--trainer.max_epoch=1` is an error, not `max_epochs` (the subcommands inherit it)
+        given = kwargs.get("parser_kwargs") or {}
+        kwargs["parser_kwargs"] = {"prog": "lightning-prune", "allow_abbrev": False, **given}
+        # Lightning's "Seed set to 0" and device lines wait until the config is built (an error comes alone)
+        self._held_logs = HeldLogs(HELD_LOGGERS)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            self._held_logs.release(drop=True)  # an error before after_instantiate_classes: the lines are dropped
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "lightning_prune.data.DigitsDataModule"}})
@@ -162,6 +252,14 @@ class PruneCLI(LightningCLI):
                 f"`--ckpt_path` {path!r}: no such file; pass a checkpoint a run wrote, e.g. "
                 "lightning_logs/<name>/version_0/checkpoints/last.ckpt"
             )
+
+    def after_instantiate_classes(self) -> None:
+        """Check an evaluated checkpoint against the config (:func:`check_checkpoint`), then print the held lines."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub in ("validate", "test", "predict") else None
+        if isinstance(path, str) and os.path.isfile(path):
+            check_checkpoint(self.model, self.datamodule, path, sub)
+        self._held_logs.release()
 
 
 class ScanCLI(PruneCLI):
@@ -233,6 +331,7 @@ def run_config_of(ckpt_path: str) -> str | None:
 
 def _load_weights(model: ImageClassifier, path: str) -> None:
     """The checkpoint's weights into ``model``, reshaped to its recorded (channel-pruned) architecture first."""
+    from lightning_prune.cli.checkpoints import below_target_warning, mismatch_message
     from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -240,8 +339,17 @@ def _load_weights(model: ImageClassifier, path: str) -> None:
         model.init_weights_from(path)  # a plain state_dict file
         return
     state = ckpt["state_dict"]
-    reshape_to_state_dict(model, state, architecture_in(ckpt))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        reshape_to_state_dict(model, state, architecture_in(ckpt))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatch
+        if debug_enabled():
+            raise
+        message = mismatch_message(path, err, bool(architecture_in(ckpt)), run_config_of(path))
+        raise CheckpointMismatchError(message) from None
+    warning = below_target_warning("lightning-prune export", path, ckpt)
+    if warning:
+        print(warning, file=sys.stderr)
     if missing or unexpected:
         raise ValueError(
             f"`--ckpt_path` {path!r} does not fit the model built for it ({len(missing)} missing keys, e.g. "
@@ -273,7 +381,6 @@ def export_main(argv: list[str]) -> int:
     ckpt = _flag_value(argv, "--ckpt_path")
     found = run_config_of(ckpt) if ckpt and not {"-c", "--config"} & set(argv) else None
     if found:
-        print(f"lightning-prune export: model and data from the run's config {found}")
         argv = ["-c", found, *argv]
     cli = _build_cli(
         ExportCLI, argv, save_config_callback=None, run=False, parser_kwargs={"prog": "lightning-prune export"}
@@ -282,6 +389,8 @@ def export_main(argv: list[str]) -> int:
     fmt = cfg.get("format") or format_for_path(cfg.out)
     if fmt is None:
         raise ValueError(f"cannot tell the format from `--out` {cfg.out!r}; pass --format onnx|torchscript|pt2")
+    if found:  # (after the config is built: an error in it comes alone)
+        print(f"lightning-prune export: model and data from the run's config {found}")
     _load_weights(cli.model, cfg.ckpt_path)
     print(export(cli.model, cfg.out, format=fmt, atol=cfg.atol))
     return 0
@@ -306,11 +415,13 @@ def scan_cli(args: list[str]) -> PruneCLI:
 
 
 __all__ = [
+    "CheckpointMismatchError",
     "ExportCLI",
     "OneLineErrorParser",
     "PruneCLI",
     "SaveFitConfig",
     "ScanCLI",
+    "check_checkpoint",
     "cli_main",
     "export_main",
     "run_config_of",
