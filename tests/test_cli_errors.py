@@ -41,9 +41,9 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("schedule: cubic ", "schedule: cubik "), "schedule: got 'cubik'; expected one of 'constant', 'linear', "
-         "'cubic', 'geometric'"),
-        (("norm: l1", "norm: l3"), "norm: got 'l3'; expected one of 'l1', 'l2', 'lamp', 'random', 'wanda'"),
+        (("schedule: cubic ", "schedule: cubik "), "`schedule` must be one of ['constant', 'linear', 'cubic', "
+         "'geometric']; got 'cubik'"),
+        (("norm: l1", "norm: l3"), "`norm` must be one of ['l1', 'l2', 'lamp', 'random', 'wanda']; got 'l3'"),
     ],
     ids=["schedule", "norm"],
 )  # fmt: skip

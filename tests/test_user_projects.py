@@ -198,3 +198,40 @@ def test_at_target_checkpoint_ranks_only_epochs_at_the_final_target(tmp_path):
         zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
         assert ckpt["epoch"] == 3 and zeros == pytest.approx(0.8, abs=1e-3), name
     assert Path(best.best_model_path).name in saved
+
+
+# ------------------------------------------------------------------------------------------ console
+def test_resume_with_another_max_epochs_prints_only_the_schedule_that_runs(tmp_path, caplog):
+    import logging
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    cbs = [UnstructuredPruning(amount=0.5, schedule="linear"), checkpoint]
+    make_trainer(tmp_path, 2, cbs, enable_checkpointing=True).fit(UserClassifier(), _data())  # events 1
+    resumed = UnstructuredPruning(amount=0.5, schedule="linear")
+    caplog.clear()
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, 4, [resumed]).fit(UserClassifier(), _data(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    lines = [r.getMessage() for r in caplog.records if "schedule {epoch: target}" in r.getMessage()]
+    assert lines == [
+        "UnstructuredPruning: schedule {epoch: target} = {1: 0.5000} (the checkpoint's schedule, kept; these "
+        "arguments give {1: 0.1667, 2: 0.3333, 3: 0.5000})"
+    ]
+    assert not [w for w in warned if "schedule" in str(w.message)]
+    assert resumed.schedule_epochs == {1: 0.5}
+
+
+def test_targets_carry_no_float_noise_into_logs(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_prune.core.schedules import build_schedule
+
+    assert build_schedule(0.9, "linear", 0, 2) == {0: 0.3, 1: 0.6, 2: 0.9}  # 0.9 * 2 / 3 is 0.6000000000000001
+    logger = CSVLogger(tmp_path, name="run")
+    cb = UnstructuredPruning(amount=0.9, schedule="linear", start_epoch=0, end_epoch=2)
+    make_trainer(tmp_path, 3, [cb], logger=logger).fit(UserClassifier(), _data())
+    text = (Path(logger.log_dir) / "metrics.csv").read_text()
+    assert "0.6000000000000001" not in text and ",0.6," in text.replace("\n", ",")

@@ -4,13 +4,11 @@ the frozen-layer policy, agreeing across ranks, re-wrapping DDP and reshaping to
 from __future__ import annotations
 
 import contextlib
-import random
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._scheduled import averaged_models, frozen_module_names
@@ -19,25 +17,6 @@ from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
 from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
-
-
-@contextlib.contextmanager
-def isolated_rng():
-    """Restore the torch (CPU and CUDA), numpy and Python RNG states on exit."""
-    try:
-        import numpy as np
-    except ImportError:  # numpy is optional
-        np = None  # type: ignore[assignment]
-    python_state = random.getstate()
-    numpy_state = np.random.get_state() if np is not None else None
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        if np is not None:
-            np.random.set_state(numpy_state)
 
 
 def schedule_amount(pruning_ratio: Any, speedup: Any) -> tuple[Any, Any, str]:
@@ -203,7 +182,6 @@ __all__ = [
     "fmt_pair",
     "fmt_summary",
     "frozen_policy",
-    "isolated_rng",
     "refuse_masks",
     "reshape_to_checkpoint",
     "schedule_amount",

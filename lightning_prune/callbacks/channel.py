@@ -9,7 +9,7 @@ transaction: plan, cut, optimizer remap, measurement, record). User guide: docs/
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -115,7 +115,7 @@ class ChannelPruning(ScheduledPruning):
         self,
         pruning_ratio: float | dict[int, float] | None = None,
         importance: str | dict[str, Any] = "l2",
-        schedule: Literal["constant", "linear", "cubic", "geometric"] = "linear",
+        schedule: str = "linear",  # "constant", "linear", "cubic" or "geometric"
         start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,

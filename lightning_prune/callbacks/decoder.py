@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
@@ -88,8 +88,8 @@ class DecoderPruning(ScheduledPruning):
         self,
         mlp_ratio: float = 0.25,
         head_ratio: float = 0.0,
-        criterion: Literal["l2", "l1", "activation", "random"] = "l2",
-        schedule: Literal["constant", "linear", "cubic", "geometric"] = "linear",
+        criterion: str = "l2",  # "l2", "l1", "activation" or "random"
+        schedule: str = "linear",  # "constant", "linear", "cubic" or "geometric"
         start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,

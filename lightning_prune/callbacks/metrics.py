@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_prune.callbacks._batch_input import batch_input, first_batch
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_int, check_shape
@@ -132,8 +133,6 @@ class PruningMetrics(Callback):
     def _take_batch_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.input_shape is not None or getattr(pl_module, "example_input_array", None) is not None:
             return
-        from lightning_prune.callbacks._channel_start import batch_input, first_batch  # (imports the callbacks)
-
         try:
             self._batch_input = batch_input(pl_module, first_batch(trainer))
         except (ValueError, StopIteration):  # no loader, or no form `forward` takes: warned at `compute`

@@ -10,7 +10,7 @@ schedule, its checkpoint progress and the lifecycle helpers it shares with ``Cha
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -140,9 +140,9 @@ class UnstructuredPruning(ScheduledPruning):
     def __init__(
         self,
         amount: int | float | dict[int, float],
-        norm: Literal["l1", "l2", "lamp", "random", "wanda"] | Callable[[Tensor], Tensor] = "l1",
-        scope: Literal["global", "layerwise"] = "global",
-        schedule: Literal["constant", "linear", "cubic", "geometric"] = "cubic",
+        norm: str | Callable[[Tensor], Tensor] = "l1",  # "l1", "l2", "lamp", "random", "wanda" (any case)
+        scope: str = "global",  # "global" or "layerwise"
+        schedule: str = "cubic",  # "constant", "linear", "cubic" or "geometric"
         start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,

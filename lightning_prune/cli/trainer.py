@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prune.cli._common import HELD_LOGGERS, HeldLogs, debug_enabled
+from lightning_prune.core.errors import LightningPruneError
 from lightning_prune.models.classifier import ImageClassifier
 
 
@@ -49,7 +50,7 @@ class SaveFitConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(LightningPruneError, ValueError):
     """A ``--ckpt_path`` whose weights or input do not fit the model and data a config builds."""
 
 

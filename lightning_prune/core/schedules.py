@@ -144,7 +144,7 @@ class Schedule:
     def __init__(
         self,
         amount: float | Mapping[int, float],
-        schedule: ScheduleName = "cubic",
+        schedule: ScheduleName | str = "cubic",  # any case
         start_epoch: int | None = None,
         end_epoch: int | None = None,
         every_n_epochs: int = 1,

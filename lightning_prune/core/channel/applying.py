@@ -20,6 +20,17 @@ class ChannelPruningError(LightningPruneError, RuntimeError):
     """A pruning event failed; the model is exactly as before the event."""
 
 
+def refuse_compiled(model: nn.Module) -> None:
+    """Raise when ``model`` holds a ``torch.compile``d submodule (an ``OptimizedModule``): tracing sees through it
+    under other names (``net._orig_mod.fc``), so the output layer would no longer be recognised and kept."""
+    compiled = [n or "(the model)" for n, m in model.named_modules() if type(m).__name__ == "OptimizedModule"]
+    if compiled:
+        raise ChannelPruningError(
+            f"{compiled} are torch.compile'd: channel pruning needs the eager modules. Compile after the last "
+            "pruning event (or in `on_train_start` of a later fit); nothing was changed"
+        )
+
+
 @dataclass
 class StepResult:
     """What one :meth:`ChannelPruner.apply` did.

@@ -409,7 +409,7 @@ class DecoderPruner:
     :meth:`load_state_dict` restores it, so targets stay relative to the unpruned model after a resume.
     """
 
-    def __init__(self, criterion: DecoderCriterion = "l2", round_to: int = 1, seed: int = 0) -> None:
+    def __init__(self, criterion: DecoderCriterion | str = "l2", round_to: int = 1, seed: int = 0) -> None:
         self.criterion = check_choice("criterion", criterion, DECODER_CRITERIA)
         self.round_to = int(check_int("round_to", round_to, minimum=1) or 1)
         self.seed = int(check_int("seed", seed, minimum=0) or 0)

@@ -68,19 +68,6 @@ def preserved_modes(model: nn.Module):
                 m.training = modes[name]
 
 
-def refuse_compiled(model: nn.Module) -> None:
-    """Raise when ``model`` holds a ``torch.compile``d submodule (an ``OptimizedModule``): tracing sees through it
-    under other names (``net._orig_mod.fc``), so the output layer would no longer be recognised and kept."""
-    from lightning_prune.core.channel.applying import ChannelPruningError
-
-    compiled = [n or "(the model)" for n, m in model.named_modules() if type(m).__name__ == "OptimizedModule"]
-    if compiled:
-        raise ChannelPruningError(
-            f"{compiled} are torch.compile'd: channel pruning needs the eager modules. Compile after the last "
-            "pruning event (or in `on_train_start` of a later fit); nothing was changed"
-        )
-
-
 def find_output_layers(model: nn.Module, example_inputs: Any) -> list[str]:
     """Names of the layers that produce the model's output (the classifier), found by running the model.
 

@@ -43,7 +43,7 @@ from lightning_prune.core._inputs import forward as _forward
 from lightning_prune.core._inputs import zeros_input
 from lightning_prune.core._validation import check_bool, check_fraction, check_int
 from lightning_prune.core.channel import _tp_compat, planning
-from lightning_prune.core.channel.applying import ChannelPruningError, StepResult, apply_plan
+from lightning_prune.core.channel.applying import ChannelPruningError, StepResult, apply_plan, refuse_compiled
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.importance import _tp, build_importance, importance_name, needs_gradients
 from lightning_prune.core.channel.modules import (
@@ -55,7 +55,6 @@ from lightning_prune.core.channel.modules import (
     find_output_layers,
     masked_modules,
     preserved_modes,
-    refuse_compiled,
     unreached_modules,
 )
 from lightning_prune.core.patterns import check_patterns_match, compile_patterns, matches_any
