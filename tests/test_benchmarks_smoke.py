@@ -1,3 +1,4 @@
+import pytest
 """Smoke test of the benchmark scripts (the benchmarks themselves are not part of the suite).
 
 Every script must import (a renamed API breaks them at import or first use), and the cheapest one runs its
@@ -12,6 +13,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+@pytest.mark.rehearsal  # a long end-to-end run: .ci/run's second step (`python -m pytest -m rehearsal`)
 def test_benchmark_scripts_import_and_size_quick_reports_compression():
     # every script benchmarks/parts.py lists, parts and helpers (benchmarks/gpu/ ones too)
     code = (
@@ -30,6 +32,7 @@ def test_benchmark_scripts_import_and_size_quick_reports_compression():
     assert ours < gzip_dense
 
 
+@pytest.mark.rehearsal  # a long end-to-end run: .ci/run's second step (`python -m pytest -m rehearsal`)
 def test_quality_quick_from_trained_prunes_every_row_to_the_target():
     """The accuracy benchmark's trained-model budget end to end (1 seed, 2 + 3 tiny epochs, nothing written):
     every method reaches 90% from the shared trained start and both paired tables are printed, with the dense +

@@ -119,6 +119,7 @@ def test_the_pages_with_commands_are_found():
     assert {p.name for p in CLI_PAGES} >= {"README.md", "deploy.md", "sensitivity.md", "channel.md"}
 
 
+@pytest.mark.rehearsal  # a long end-to-end run: .ci/run's second step (`python -m pytest -m rehearsal`)
 def test_every_documented_command_runs(tmp_path, monkeypatch, capsys):
     """Every page's commands (README.md, then docs/*.md), in order, in one fresh directory holding a copy of the
     examples: exit status 0 and no warning of ours. A line already run (the same fit on two pages) runs once."""

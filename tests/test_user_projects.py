@@ -106,7 +106,9 @@ def test_tqdm_progress_bar_keeps_every_line(tmp_path, capsys):
 def test_callbacks_pickle_after_fit(tmp_path):
     callbacks = [UnstructuredPruning(amount=0.5), PruningMetrics()]
     make_trainer(tmp_path, 3, callbacks).fit(UserClassifier(), _data())
-    for cb in callbacks:
+    channel = ChannelPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=0)
+    make_trainer(tmp_path, 1, [channel]).fit(UserClassifier(), _data())
+    for cb in [*callbacks, channel]:
         copy = pickle.loads(pickle.dumps(cb))
         assert copy.state_dict().keys() == cb.state_dict().keys()
 

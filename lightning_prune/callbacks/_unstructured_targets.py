@@ -104,6 +104,20 @@ def select_targets(
     return targets, ties
 
 
+def refuse_shared_targets(cb: UnstructuredPruning, callbacks: Sequence[Any], found: list[Target]) -> None:
+    """Refuse a second ``UnstructuredPruning`` on weights another one prunes: two schedules on one weight fight."""
+    for other in callbacks:
+        if other is cb or type(other).__name__ != "UnstructuredPruning" or not hasattr(other, "_store"):
+            continue
+        shared = [t for t in other._store.targets if t in found]
+        if shared:
+            raise ValueError(
+                f"two UnstructuredPruning callbacks prune the same weights ({mask_ops.target_key(shared[0])}, "
+                f"{len(shared)} in all): amount={other.amount!r} and amount={cb.amount!r}. Use one callback "
+                "(`layer_amounts` for per-layer targets), or give each its own weights (`modules`/`exclude`)"
+            )
+
+
 def nm_targets(
     pattern: str, m: int, pl_module: pl.LightningModule, targets: list[Target]
 ) -> tuple[list[Target], list[int]]:

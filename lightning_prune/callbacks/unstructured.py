@@ -26,7 +26,7 @@ from lightning_prune.callbacks._mask_event import MaskEvent, MaskRule
 from lightning_prune.callbacks._mask_store import MaskStore, plain_weights
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
-from lightning_prune.callbacks._unstructured_targets import counted_schedule, select_targets
+from lightning_prune.callbacks._unstructured_targets import counted_schedule, refuse_shared_targets, select_targets
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice, check_int, plain
@@ -46,13 +46,10 @@ class UnstructuredPruning(ScheduledPruning):
     and ``module.weight_orig`` exist during training, and pruned weights stay exactly zero through every
     optimizer step); at the end of ``fit`` the pruning is made permanent (plain ``weight`` tensors with zeros).
 
-    Checkpoints hold a plain model ``state_dict`` (``weight`` with zeros, no ``weight_orig``/``weight_mask``),
-    which loads with ``strict=True`` into an unpruned model of the same class; the masks (bit-packed) and the
-    schedule progress are this callback's state, so ``trainer.fit(ckpt_path=...)`` resumes exactly.
-
-    After each event it logs ``pruning/sparsity`` (the fraction of the selected weights that are pruned) and
-    ``pruning/target`` (the scheduled target); both are logged at the start of every epoch from then on.
-    With a ``PruningMetrics`` callback in the Trainer, ``pruning/sparsity`` is left to it (one owner per key).
+    Checkpoints hold a plain ``state_dict`` (zeros, no ``weight_orig``/``weight_mask``); the masks and the schedule
+    progress are this callback's state, so ``trainer.fit(ckpt_path=...)`` resumes exactly. It logs
+    ``pruning/target`` and ``pruning/sparsity`` (left to ``PruningMetrics`` when one is in the Trainer). Which option
+    works in which context (DDP, ``ddp_spawn``, FSDP2, compiled, weight averaging, step events): docs/support.md.
 
     Args:
         amount: final sparsity in [0, 1) of the selected weights, reached by ``schedule`` between
@@ -69,7 +66,7 @@ class UnstructuredPruning(ScheduledPruning):
         schedule: ``"constant"``, ``"linear"``, ``"cubic"`` (Zhu & Gupta 2017) or ``"geometric"``.
         start_epoch: epoch of the first event. ``None``: epoch 1 when training from scratch, epoch 0 from trained
             weights (``ImageClassifier`` with ``init_from_checkpoint``/``weights``, or a module with
-            ``starts_from_trained_weights = True``). The resolved schedule is printed at ``setup`` (``verbose``).
+            ``starts_from_trained_weights = True``). The schedule that runs is printed when training starts.
         end_epoch: epoch of the last event. Default from scratch: three quarters of the way through training,
             ``round(0.75 * max_epochs)`` (at least ``start_epoch``, at most ``max_epochs - 1``); from trained weights:
             half-way, ``start_epoch + (max_epochs - start_epoch) // 2 - 1`` (at least ``start_epoch``). Chosen on two
@@ -117,16 +114,8 @@ class UnstructuredPruning(ScheduledPruning):
     Hook: override ``filter_parameters(pl_module, targets)`` in a subclass to change the list of
     ``(module name, parameter name)`` pairs the arguments select (``ModelPruning.filter_parameters_to_prune``).
 
-    Lifecycle: a second ``trainer.fit`` of the same module continues the schedule (the masks come back, no event
-    repeats); training that ends before the final target warns; the averaged copy of Lightning's
-    ``WeightAveraging``/``EMAWeightAveraging`` gets the same masks at every event, so the model swapped in at the
-    end has exactly the scheduled sparsity; a network built in ``configure_model`` is found at ``on_fit_start``.
-
-    Raises:
-        ValueError: a value out of range or not among the allowed choices (the message names the argument);
-            at ``setup``: a pattern in ``modules``/``exclude``/``parameters`` matching nothing, nothing to prune,
-            or a ``max_layer_sparsity``/``min_kept_per_layer`` that makes ``amount`` unreachable.
-        TypeError: a value of the wrong type.
+    Lifecycle (a second ``fit``, an early end, weight averaging, ``configure_model``): docs/lifecycle.md. Errors:
+    ``ValueError``/``TypeError`` naming the argument, at construction or (what depends on the model) at ``setup``.
 
     Example::
 
@@ -165,8 +154,7 @@ class UnstructuredPruning(ScheduledPruning):
         every_n_steps: int | None = None,
     ) -> None:
         amount, modules, exclude, module_types, parameters, layer_amounts = plain(  # Hydra's containers too
-            (amount, modules, exclude, module_types, parameters, layer_amounts)
-        )
+            (amount, modules, exclude, module_types, parameters, layer_amounts))  # fmt: skip
         sched_amount, self._count = opts.split_amount(amount)  # `_count`: an int amount, a number of weights
         super().__init__(Schedule(sched_amount, schedule, start_epoch, end_epoch, every_n_epochs, late_end=True))
         self.norm = opts.check_norm(norm)
@@ -409,16 +397,7 @@ class UnstructuredPruning(ScheduledPruning):
 
     def _adopt_targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule, found: tuple[list, dict]) -> None:
         """The targets found; an int ``amount`` becomes a fraction of them (before any event)."""
-        for other in compat.trainer_callbacks(trainer):  # two schedules on one weight: the masks would fight
-            if not isinstance(other, UnstructuredPruning) or other is self:
-                continue
-            shared = [t for t in other._store.targets if t in found[0]]
-            if shared:
-                raise ValueError(
-                    f"two UnstructuredPruning callbacks prune the same weights ({mask_ops.target_key(shared[0])}, "
-                    f"{len(shared)} in all): amount={other.amount!r} and amount={self.amount!r}. Use one callback "
-                    "(`layer_amounts` for per-layer targets), or give each its own weights (`modules`/`exclude`)"
-                )
+        refuse_shared_targets(self, compat.trainer_callbacks(trainer), found[0])
         self._store.targets, self._store.ties = found
         if self._count is not None and self._last_event_epoch < 0:
             self._sched, self._schedule_map = counted_schedule(
