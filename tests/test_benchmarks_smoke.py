@@ -1,4 +1,3 @@
-import pytest
 """Smoke test of the benchmark scripts (the benchmarks themselves are not part of the suite).
 
 Every script must import (a renamed API breaks them at import or first use), and the cheapest one runs its
@@ -9,6 +8,8 @@ which must not leak into the other tests.
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -81,6 +81,7 @@ def _rgb_resnet_checkpoint(path: Path) -> Path:
     return path
 
 
+@pytest.mark.rehearsal  # trains a ResNet-18 run first: .ci/run's second step
 def test_a_checkpoint_that_does_not_fit_the_config_is_one_line(tmp_path):
     ckpt = _rgb_resnet_checkpoint(tmp_path / "resnet.ckpt")
     out = _console("validate", "-c", str(DENSE), "--ckpt_path", str(ckpt), "--trainer.logger=false", cwd=tmp_path)

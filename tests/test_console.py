@@ -31,8 +31,9 @@ def _run(args, tmp_path):
     [
         ["fit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=10"],
         # the whole schedule on a tiny budget (a logging interval that fits 3 batches)
-        ["fit", "-c", str(ROOT / "examples/configs/lenet_digits_prune.yaml"), "--trainer.limit_train_batches=3",
-         "--trainer.log_every_n_steps=1"],
+        pytest.param(  # the main job end to end: a rehearsal (.ci/run's second step)
+            ["fit", "-c", str(ROOT / "examples/configs/lenet_digits_prune.yaml"), "--trainer.limit_train_batches=3",
+             "--trainer.log_every_n_steps=1"], marks=pytest.mark.rehearsal),
     ],
     ids=["plain", "main-job"],
 )  # fmt: skip

@@ -149,3 +149,25 @@ def test_the_errors_keep_their_builtin_bases():
     assert issubclass(ArchitectureMismatchError, ValueError) and issubclass(DecoderPruningError, ValueError)
     assert issubclass(ChannelPruningError, RuntimeError) and issubclass(ExportMismatchError, RuntimeError)
     assert lightning_prune.LightningPruneError is LightningPruneError
+
+
+def test_each_public_callback_defines_every_hook_it_uses_in_its_own_module():
+    """One class per callback, at most one base class from this package, and no Lightning hook inherited from it:
+    a reader finds what the callback does at every hook in the callback's own module."""
+    import inspect
+
+    from lightning.pytorch.callbacks import Callback
+
+    import lightning_prune
+
+    hooks = [n for n, f in vars(Callback).items() if callable(f) and not n.startswith("_")] + ["state_key"]
+    names = ["UnstructuredPruning", "ChannelPruning", "DecoderPruning", "PruningMetrics", "Distillation",
+             "ChannelRegularization", "AtTargetCheckpoint"]  # fmt: skip
+    for name in names:
+        cls = getattr(lightning_prune, name)
+        ours = [b for b in cls.__mro__[1:] if b.__module__.startswith("lightning_prune.")]
+        assert len(ours) <= 1, (name, ours)
+        for hook in hooks:
+            owner = next(k for k in cls.__mro__ if hook in vars(k))
+            if owner.__module__.startswith("lightning_prune."):
+                assert inspect.getmodule(owner) is inspect.getmodule(cls) and owner is cls, (name, hook, owner)
