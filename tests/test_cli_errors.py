@@ -1,4 +1,4 @@
-"""The console's errors and warnings, the way a user meets them (issue 31, items 5 and 10): invalid choices, a
+"""The console's errors and warnings, the way a user meets them: invalid choices, a
 checkpoint that does not fit the config, nothing printed before an error, no abbreviated options, a scan of
 untrained weights, and checkpoints below their run's final pruning target."""
 

@@ -47,6 +47,13 @@ def test_the_lazy_table_is_the_type_checking_block(package):
     module = importlib.import_module(package)
     assert module._LAZY == declared_names(_source(package))
     assert module.__getattr__.__module__ == "lightning_prune.core._lazy"  # no second, hand-kept table
+    # the table is the TYPE_CHECKING block as Python itself reads it: run the block's imports and compare
+    tree = ast.parse(_source(package))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    scope: dict = {}
+    exec(compile(ast.Module(body=block.body, type_ignores=[]), package, "exec"), scope)
+    assert {k for k in scope if not k.startswith("__")} == set(module._LAZY)
+    assert all(getattr(module, name) is scope[name] for name in module._LAZY)
 
 
 @pytest.mark.parametrize("package", PACKAGES)

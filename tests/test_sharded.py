@@ -92,7 +92,7 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
     for name, needle in (
         (
             "channel",
-            "ChannelPruning supports single-device and DDP training only; the Trainer's strategy is "
+            "ChannelPruning supports single-device, DDP and ddp_spawn training only; the Trainer's strategy is "
             "ModelParallelStrategy",
         ),
         ("lamp", "`norm`='lamp' is not supported under ModelParallelStrategy"),

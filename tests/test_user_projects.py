@@ -74,7 +74,9 @@ def test_channel_pruning_under_ddp_spawn_gives_the_main_process_the_pruned_model
     assert proc.returncode == 0, proc.stderr[-3000:]
     main = torch.load(tmp_path / "main.pt", weights_only=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    assert main["architecture"]["backbone.conv2"]["out_channels"] == 8
+    arch = main["architecture"]
+    assert arch["backbone.0"]["out_channels"] == 4 and arch["backbone.3"]["shapes"]["weight"] == [16, 4 * 28 * 28]
+    assert arch["backbone.4"]["normalized_shape"] == [16]  # from rank 0's recorded architecture
     assert main["logits"].shape == (2, 10)
     for key, value in rank0.items():
         assert torch.equal(main["weights"][key], value), key
@@ -189,9 +191,11 @@ def test_at_target_checkpoint_ranks_only_epochs_at_the_final_target(tmp_path):
 
     pruning = UnstructuredPruning(amount=0.8)  # 4 epochs from scratch: events at the starts of epochs 1..3
     best = AtTargetCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", mode="min", save_top_k=2, save_last=True)
-    make_trainer(tmp_path, 4, [pruning, best], enable_checkpointing=True, limit_val_batches=2).fit(
+    steps = AtTargetCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=2, save_top_k=-1)  # 3 steps an epoch
+    make_trainer(tmp_path, 4, [pruning, best, steps], enable_checkpointing=True, limit_val_batches=2).fit(
         UserClassifier(), _data()
     )
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["epoch=3-step=10.ckpt", "epoch=3-step=12.ckpt"]
     assert max(pruning.schedule_epochs) == 3
     saved = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "ckpt").iterdir()}
     assert "last.ckpt" in saved and saved["last.ckpt"]["epoch"] == 3
@@ -237,3 +241,29 @@ def test_targets_carry_no_float_noise_into_logs(tmp_path):
     make_trainer(tmp_path, 3, [cb], logger=logger).fit(UserClassifier(), _data())
     text = (Path(logger.log_dir) / "metrics.csv").read_text()
     assert "0.6000000000000001" not in text and ",0.6," in text.replace("\n", ",")
+
+
+def test_a_subclass_is_refused_in_either_order_and_choices_are_case_insensitive(tmp_path):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lightning_prune.callbacks.support import refuse_unsupported
+
+    class MyPruning(UnstructuredPruning):  # a subclass, e.g. for `filter_parameters`
+        pass
+
+    for callbacks in ([UnstructuredPruning(0.5), MyPruning(0.8)], [MyPruning(0.8), UnstructuredPruning(0.5)]):
+        with pytest.raises(ValueError, match="two UnstructuredPruning callbacks prune the same weights"):
+            make_trainer(tmp_path, 3, callbacks).fit(UserClassifier(), _data())
+
+    class Fake:  # what refuse_unsupported reads of a Trainer
+        strategy, callbacks = ModelParallelStrategy(), []
+
+    refuse_unsupported(UnstructuredPruning(0.5, norm="L1"), Fake(), UserClassifier())  # "L1" is "l1": honoured
+
+
+def test_an_option_refused_on_compiled_modules_is_refused_when_the_module_compiles_in_its_setup(tmp_path):
+    model = CompilesInSetup()
+    trainer = make_trainer(tmp_path, 3, [UnstructuredPruning(amount=0.5, norm="wanda", exclude=["backbone.conv.*"])])
+    with pytest.raises(ValueError, match="`norm`='wanda' is not supported under a torch.compile'd module"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0

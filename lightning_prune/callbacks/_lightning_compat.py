@@ -38,12 +38,14 @@ PRIVATE_NAMES = {
     "attached_trainer": "LightningModule._trainer",
     "is_compiled": "LightningModule._compiler_ctx",
     "load_state_dict_pre_hooks": "Module._load_state_dict_pre_hooks, _WrappedHook.hook",
-    "before_spawn_recovery": "_MultiProcessingLauncher._recover_results_in_main_process",
+    "before_spawn_recovery": "_MultiProcessingLauncher._recover_results_in_main_process, get_extra_results",
     "start_method": "DDPStrategy._start_method",
 }
 
 #: the attribute a callback defines to run in a ``ddp_spawn`` run's main process, before rank 0's weights load
 SPAWN_RECOVERY_HOOK = "_before_spawned_weights_load"
+#: the attribute a callback defines to send plain data from a ``ddp_spawn`` run's rank 0 to the main process
+SPAWN_EXTRA_HOOK = "_spawned_extra"
 
 
 def loaded_checkpoint(trainer: Any) -> Mapping[str, Any]:
@@ -93,13 +95,23 @@ def before_spawn_recovery() -> None:
 
     Lightning's spawn launcher ends a fit by loading rank 0's weights into the main process's module
     (``load_state_dict(strict=False)``, which still refuses other shapes); no callback hook runs in the main process
-    before that. Installed once (idempotent), this wraps that step: every callback in the Trainer with a method
-    named :data:`SPAWN_RECOVERY_HOOK` gets ``(trainer, state_dict)`` first (e.g. to reshape the module)."""
+    before that. Installed once per process (idempotent), this wraps two launcher steps: on rank 0, every callback
+    with a method :data:`SPAWN_EXTRA_HOOK` adds plain data to what the worker sends back (``get_extra_results``,
+    a documented extension point); in the main process, every callback with :data:`SPAWN_RECOVERY_HOOK` gets
+    ``(trainer, state_dict, extra)`` before the weights load (e.g. to reshape the module)."""
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
     original = _MultiProcessingLauncher._recover_results_in_main_process
     if getattr(original, "_lightning_prune", False):
         return
+    original_extra = _MultiProcessingLauncher.get_extra_results
+
+    def extra_results(self: Any, trainer: pl.Trainer) -> dict[str, Any]:
+        extra = original_extra(self, trainer)
+        for cb in trainer_callbacks(trainer):
+            if hasattr(cb, SPAWN_EXTRA_HOOK):
+                extra.update(getattr(cb, SPAWN_EXTRA_HOOK)(trainer))
+        return extra
 
     def recover(self: Any, worker_output: Any, trainer: pl.Trainer) -> None:
         hooks = [
@@ -108,11 +120,12 @@ def before_spawn_recovery() -> None:
         if hooks and worker_output.weights_path is not None:
             state = self._strategy.checkpoint_io.load_checkpoint(worker_output.weights_path)
             for hook in hooks:
-                hook(trainer, state)
+                hook(trainer, state, dict(worker_output.extra or {}))
         original(self, worker_output, trainer)
 
     recover._lightning_prune = True  # type: ignore[attr-defined]
     _MultiProcessingLauncher._recover_results_in_main_process = recover  # type: ignore[method-assign]
+    _MultiProcessingLauncher.get_extra_results = extra_results  # type: ignore[method-assign]
 
 
 def start_method(strategy: Any) -> str | None:
@@ -123,6 +136,7 @@ def start_method(strategy: Any) -> str | None:
 
 __all__ = [
     "PRIVATE_NAMES",
+    "SPAWN_EXTRA_HOOK",
     "SPAWN_RECOVERY_HOOK",
     "before_spawn_recovery",
     "attached_trainer",

@@ -90,9 +90,10 @@ class _BeforeWeightsLoad:
 
 
 def reshape_on_load(module: nn.Module) -> nn.Module:
-    """Let ``module`` load channel-pruned checkpoints from any script, with no pruning callback in its Trainer:
-    every later ``load_state_dict`` (``trainer.test(module, ckpt_path=...)``, ``validate``, ``predict``, or by hand)
-    first gives the module the checkpoint's shapes and recorded architecture. Returns ``module``.
+    """Let ``module`` load channel-pruned checkpoints from any script, with no pruning callback in its Trainer: a
+    Trainer's restore (``trainer.test/validate/predict(module, ckpt_path=...)``) first gives the module the
+    checkpoint's shapes and recorded architecture; a ``load_state_dict`` by hand gets the shapes only (use
+    ``load_channel_pruned(module, path)`` there: it applies the recorded architecture too). Returns ``module``.
 
     Example: ``trainer.test(reshape_on_load(MyModule()), datamodule=dm, ckpt_path="last.ckpt")``."""
     for hook in compat.load_state_dict_pre_hooks(module):

@@ -106,8 +106,10 @@ def select_targets(
 
 def refuse_shared_targets(cb: UnstructuredPruning, callbacks: Sequence[Any], found: list[Target]) -> None:
     """Refuse a second ``UnstructuredPruning`` on weights another one prunes: two schedules on one weight fight."""
+    from lightning_prune.callbacks.unstructured import UnstructuredPruning  # (it imports this module)
+
     for other in callbacks:
-        if other is cb or type(other).__name__ != "UnstructuredPruning" or not hasattr(other, "_store"):
+        if other is cb or not isinstance(other, UnstructuredPruning):
             continue
         shared = [t for t in other._store.targets if t in found]
         if shared:

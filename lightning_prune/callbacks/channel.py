@@ -27,7 +27,7 @@ from lightning_prune.core._validation import check_bool, check_int, check_shape,
 from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.pruner import ChannelPruner
-from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
+from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
 from lightning_prune.core.schedules import Schedule
 
 _STATE_VERSION = 1
@@ -62,7 +62,7 @@ class ChannelPruning(ScheduledPruning):
         schedule: ``"constant"``, ``"linear"``, ``"cubic"`` or ``"geometric"``, as in ``UnstructuredPruning``.
         start_epoch: first pruning epoch. Default ``None``: epoch 1 for a model trained from scratch, epoch 0 for
             one that starts from trained weights (``starts_from_trained_weights = True`` on the module, as
-            ``ImageClassifier`` sets it; docs/channel.md, "When and how much"). Printed at ``setup`` (``verbose``).
+            ``ImageClassifier`` sets it; docs/channel.md, "When and how much"). Printed when training starts.
         end_epoch: last pruning epoch; default: half-way from ``start_epoch`` to the end of training.
         every_n_epochs: epochs between events.
         global_pruning: rank channels across all layers instead of within each layer.
@@ -168,7 +168,6 @@ class ChannelPruning(ScheduledPruning):
         self._fit_check = FitStartCheck(self._engine)
         self._taylor = TaylorGradients(self.core, self.taylor_batches)
         self._events = ChannelEventRunner(self._engine, self._taylor, self.speedup is not None, self.verbose)
-        compat.before_spawn_recovery()  # ddp_spawn: the main process's module takes the pruned shapes at the end
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -339,8 +338,12 @@ class ChannelPruning(ScheduledPruning):
     def _before_weights_load(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Any) -> None:
         support.reshape_to_checkpoint(trainer, pl_module, state)  # the averaged copies of weight averaging too
 
-    def _before_spawned_weights_load(self, trainer: pl.Trainer, state: Any) -> None:
-        support.reshape_to_checkpoint(None, trainer.lightning_module, state)  # in the main process of ddp_spawn
+    def _spawned_extra(self, trainer: pl.Trainer) -> dict[str, Any]:  # rank 0 of ddp_spawn: sent to the main process
+        return {"lightning_prune/architecture": architecture(trainer.lightning_module)}
+
+    def _before_spawned_weights_load(self, trainer: pl.Trainer, state: Any, extra: dict[str, Any]) -> None:
+        arch = extra.get("lightning_prune/architecture")  # the main process of ddp_spawn: rank 0's architecture
+        reshape_to_state_dict(trainer.lightning_module, state, arch)
 
     def _reached(self) -> str:
         return self._events.reached()
@@ -362,3 +365,5 @@ class ChannelPrunedCheckpointMixin:
 
 
 __all__ = ["ChannelPrunedCheckpointMixin", "ChannelPruning", "reshape_on_load"]
+
+compat.before_spawn_recovery()  # here, so spawned workers install it too when they import this module

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
@@ -17,8 +19,9 @@ def at_final_target(trainer: pl.Trainer) -> bool:
 
 
 class AtTargetCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` for pruning runs: it saves (top-k and ``last``) only in epochs whose model has reached the
-    final target of every pruning callback in the Trainer.
+    """``ModelCheckpoint`` for pruning runs: it saves (top-k, ``last``, step- and time-interval checkpoints) only once
+    the model has reached the final target of every pruning callback in the Trainer (and ``last`` at the end of
+    training, as ``ModelCheckpoint`` does, whatever it reached).
 
     A plain ``ModelCheckpoint(monitor="val/acc")`` in a pruning run usually keeps an epoch *before* the final
     sparsity (the denser model scores higher), and Lightning writes ``last.ckpt`` only where a top-k checkpoint
@@ -26,6 +29,11 @@ class AtTargetCheckpoint(ModelCheckpoint):
 
         AtTargetCheckpoint(monitor="val/acc", mode="max", save_top_k=1, save_last=True)
     """
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if at_final_target(trainer):
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -177,6 +177,7 @@ class Distillation(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_unsupported(self, trainer, pl_module)  # again: a module may compile itself in its own `setup`
         if not self._active:
             return
         if self._teacher_state is not None:  # resumed: rebuild the teacher the checkpoint holds

@@ -79,13 +79,15 @@ def only(*values: Any, kinds: tuple[type, ...] = (), why: str) -> Cell:
 
 def same(a: Any, b: Any) -> bool:
     """Equal by type and value: ``0`` is not ``False``, ``None`` is not ``0``, a callable is not a string; an int
-    and a float of the same value are the same number."""
+    and a float of the same value are the same number; strings compare without case."""
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return type(a) is type(b) and a == b
     if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
         return float(a) == float(b)
     if type(a) is not type(b):
         return False
+    if isinstance(a, str):  # the choices are case-insensitive, as the constructors take them ("L1" is "l1")
+        return a.lower() == b.lower()
     try:
         return bool(a == b)
     except Exception:  # e.g. tensors: not a default of any option
@@ -342,9 +344,10 @@ def refuse_strategy(who: str, trainer: Any, why: str) -> None:
     if context == "ddp_spawn":
         name += f" with start_method={compat.start_method(trainer.strategy)!r} (ddp_spawn)"
         why = CALLBACKS[who]["ddp_spawn"].why.rsplit(" (", 1)[0]
+    spawn = CALLBACKS[who]["ddp_spawn"].every
     raise ValueError(
-        f"{who} supports single-device and DDP training only; the Trainer's strategy is {name}: {why}. Use "
-        "strategy='auto' or 'ddp'"
+        f"{who} supports single-device, DDP{' and ddp_spawn' if spawn else ''} training only; the Trainer's strategy "
+        f"is {name}: {why}. Use strategy='auto' or 'ddp'"
     )
 
 
@@ -353,7 +356,10 @@ def _callbacks(trainer: Any) -> list[Any]:
 
 
 def uses_averaging(trainer: Any) -> bool:
-    from lightning.pytorch.callbacks import WeightAveraging
+    try:
+        from lightning.pytorch.callbacks import WeightAveraging
+    except ImportError:  # lightning < 2.6: no WeightAveraging callbacks
+        return False
 
     return any(isinstance(c, WeightAveraging) for c in _callbacks(trainer))
 

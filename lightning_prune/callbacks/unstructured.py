@@ -258,6 +258,7 @@ class UnstructuredPruning(ScheduledPruning):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_unsupported(self, trainer, pl_module)  # again: a module may compile itself in its own `setup`
         self._ensure_inspected(trainer, pl_module)
         # a later fit: the pruning made permanent at the end of the last one comes back (before any step)
         if self._store.packed and not self._store.is_applied(pl_module):

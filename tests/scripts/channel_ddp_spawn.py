@@ -31,10 +31,18 @@ class SaveRankWeights(Callback):
         torch.save(weights, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
 
 
+def network() -> torch.nn.Module:
+    """A conv layer, then a LayerNorm with no tensors of its own: only the recorded architecture tells its width."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 5), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 28 * 28, 32),
+        torch.nn.LayerNorm(32, elementwise_affine=False), torch.nn.ReLU(), torch.nn.Linear(32, 10),
+    )  # fmt: skip
+
+
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    model = UserClassifier()
+    model = UserClassifier(network())
     pruning = ChannelPruning(pruning_ratio={1: 0.5})  # ChannelRegularization works in epoch 0, before the event
     callbacks = [pruning, ChannelRegularization(reg=1e-3), SaveRankWeights(out_dir)]
     trainer = make_trainer(out_dir, 2, callbacks, devices=2, strategy="ddp_spawn")
