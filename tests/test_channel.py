@@ -451,7 +451,7 @@ def test_unsupported_strategy_and_compiled_model_refused():
     module = ImageClassifier("lenet")
     for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
         fake = types.SimpleNamespace(strategy=strategy, max_epochs=2)
-        with pytest.raises(ValueError, match=f"single-device and DDP training only.*{type(strategy).__name__}"):
+        with pytest.raises(ValueError, match=f"single-device, DDP and ddp_spawn training only.*{type(strategy).__name__}"):
             cb.setup(fake, module, "fit")
     from lightning.pytorch.strategies import SingleDeviceStrategy
 

@@ -106,11 +106,10 @@ def select_targets(
 
 def refuse_shared_targets(cb: UnstructuredPruning, callbacks: Sequence[Any], found: list[Target]) -> None:
     """Refuse a second ``UnstructuredPruning`` on weights another one prunes: two schedules on one weight fight."""
-    from lightning_prune.callbacks.unstructured import UnstructuredPruning  # (it imports this module)
-
-    for other in callbacks:
-        if other is cb or not isinstance(other, UnstructuredPruning):
-            continue
+    # the library's class, found through `cb` (its module imports this one): a user's subclass counts too
+    base: type = next(k for k in type(cb).__mro__ if k.__module__ == "lightning_prune.callbacks.unstructured")
+    others: list[Any] = [o for o in callbacks if o is not cb and isinstance(o, base)]
+    for other in others:
         shared = [t for t in other._store.targets if t in found]
         if shared:
             raise ValueError(
