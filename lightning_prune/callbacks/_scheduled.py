@@ -178,6 +178,11 @@ class ScheduledPruning(Callback):
         return self._last_event_epoch
 
     @property
+    def reached_final_target(self) -> bool:
+        """Whether the last scheduled event has run (False before ``setup`` resolved a schedule)."""
+        return bool(self._schedule_map) and self._last_event_epoch >= max(self._schedule_map)
+
+    @property
     def _module(self) -> pl.LightningModule | None:
         return self._module_ref() if self._module_ref is not None else None
 
@@ -332,11 +337,9 @@ class ScheduledPruning(Callback):
         return ""
 
     def _warn_if_unfinished(self, trainer: pl.Trainer, how: str) -> None:
-        if not self._schedule_map or self._fits == 0:
+        if not self._schedule_map or self._fits == 0 or self.reached_final_target:
             return
         final_epoch = max(self._schedule_map)
-        if self._last_event_epoch >= final_epoch:
-            return
         final = self._schedule_map[final_epoch]
         left = sorted(e for e in self._schedule_map if e > self._last_event_epoch)
         if self._last_event_epoch >= 0:

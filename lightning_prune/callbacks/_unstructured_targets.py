@@ -104,13 +104,12 @@ def select_targets(
     return targets, ties
 
 
-def refuse_shared_targets(cb: UnstructuredPruning, callbacks: Sequence[Any], found: list[Target]) -> None:
-    """Refuse a second ``UnstructuredPruning`` on weights another one prunes: two schedules on one weight fight."""
-    # the library's class, found through `cb` (its module imports this one): a user's subclass counts too
-    base: type = next(k for k in type(cb).__mro__ if k.__module__ == "lightning_prune.callbacks.unstructured")
-    others: list[Any] = [o for o in callbacks if o is not cb and isinstance(o, base)]
+def refuse_shared_targets(cb: UnstructuredPruning, others: Sequence[UnstructuredPruning], found: list[Target]) -> None:
+    """Refuse ``cb`` on weights one of the ``others`` (the Trainer's other ``UnstructuredPruning`` callbacks) prunes:
+    two schedules on one weight fight."""
+    mine = set(found)
     for other in others:
-        shared = [t for t in other._store.targets if t in found]
+        shared = [t for t in other._store.targets if t in mine]
         if shared:
             raise ValueError(
                 f"two UnstructuredPruning callbacks prune the same weights ({mask_ops.target_key(shared[0])}, "

@@ -136,10 +136,11 @@ class ChannelPruning(ScheduledPruning):
         unwrapped_parameters: dict[str, int] | None = None,
         prune_frozen: bool = False,
     ) -> None:
-        pruning_ratio, importance, ignored_layers, pruning_ratio_dict, input_shape, num_heads = plain(
-            (pruning_ratio, importance, ignored_layers, pruning_ratio_dict, input_shape, num_heads)
-        )  # Hydra's containers too
-        speedup, unwrapped_parameters = plain((speedup, unwrapped_parameters))
+        containers = (pruning_ratio, speedup, importance, ignored_layers, pruning_ratio_dict, input_shape, num_heads)
+        pruning_ratio, speedup, importance, ignored_layers, pruning_ratio_dict, input_shape, num_heads = plain(
+            containers  # Hydra's containers too
+        )
+        unwrapped_parameters = plain(unwrapped_parameters)
         self.speedup, amount, arg = support.schedule_amount(pruning_ratio, speedup)
         super().__init__(Schedule(amount, schedule, start_epoch, end_epoch, every_n_epochs, amount_arg=arg))
         given = dict(self._sched.milestones) if self._sched.milestones is not None else self._sched.amount

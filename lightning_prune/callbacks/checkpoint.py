@@ -14,8 +14,8 @@ from lightning_prune.callbacks._scheduled import ScheduledPruning
 
 def at_final_target(trainer: pl.Trainer) -> bool:
     """Whether every pruning callback in the Trainer has run its last scheduled event (True without any)."""
-    pruners = [cb for cb in compat.trainer_callbacks(trainer) if isinstance(cb, ScheduledPruning)]
-    return all(cb.schedule_epochs and cb.last_event_epoch >= max(cb.schedule_epochs) for cb in pruners)
+    callbacks = compat.trainer_callbacks(trainer)
+    return all(cb.reached_final_target for cb in callbacks if isinstance(cb, ScheduledPruning))
 
 
 class AtTargetCheckpoint(ModelCheckpoint):

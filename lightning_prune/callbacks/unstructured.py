@@ -398,7 +398,10 @@ class UnstructuredPruning(ScheduledPruning):
 
     def _adopt_targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule, found: tuple[list, dict]) -> None:
         """The targets found; an int ``amount`` becomes a fraction of them (before any event)."""
-        refuse_shared_targets(self, compat.trainer_callbacks(trainer), found[0])
+        others = [
+            cb for cb in compat.trainer_callbacks(trainer) if isinstance(cb, UnstructuredPruning) and cb is not self
+        ]
+        refuse_shared_targets(self, others, found[0])
         self._store.targets, self._store.ties = found
         if self._count is not None and self._last_event_epoch < 0:
             self._sched, self._schedule_map = counted_schedule(

@@ -53,17 +53,6 @@ class Transaction:
             self._undos.pop()()
 
 
-def _requires_grad_flags(model: nn.Module) -> Undo:
-    """The undo that gives ``model``'s parameters (these tensor objects) their ``requires_grad`` flags of now."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-
-    def undo() -> None:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-    return undo
-
-
 def snapshot_optimizers(optimizers: Sequence[torch.optim.Optimizer]) -> Undo:
     """References (no copies) to every optimizer's parameter lists and state; the returned undo puts them back."""
     saved = []
@@ -161,7 +150,7 @@ def run_channel_event(
     """
     names = {id(p): n for n, p in model.named_parameters()}
     tx = Transaction()
-    tx.done(_requires_grad_flags(model))  # taken before `tracing` may unfreeze layers; undone last
+    tx.done(_Snapshot(model).restore)  # before `tracing` may unfreeze layers: undone last, their flags too
     try:
         with tracing() if tracing is not None else contextlib.nullcontext():
             chosen = plan() if callable(plan) else plan
