@@ -23,6 +23,7 @@ __all__ = [
     "UnstructuredPruning",
     "ChannelPruning",
     "DecoderPruning",
+    "ExpertPruning",  # whole experts of mixture-of-experts decoders
     "PruningMetrics",
     "Distillation",
     "ChannelRegularization",
@@ -37,6 +38,7 @@ __all__ = [
     "reshape_on_load",
     "reshape_to_state_dict",
     "reshape_decoder_to_state_dict",
+    "reshape_experts_to_state_dict",
     # saving and deploying
     "export",
     "load_exported",
@@ -61,12 +63,14 @@ if TYPE_CHECKING:  # the one declaration of the lazy names: mypy reads it, `atta
     from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin as DecoderPrunedCheckpointMixin
     from lightning_prune.callbacks.decoder import DecoderPruning as DecoderPruning
     from lightning_prune.callbacks.distillation import Distillation as Distillation
+    from lightning_prune.callbacks.experts import ExpertPruning as ExpertPruning
     from lightning_prune.callbacks.metrics import PruningMetrics as PruningMetrics
     from lightning_prune.callbacks.regularization import ChannelRegularization as ChannelRegularization
     from lightning_prune.callbacks.unstructured import UnstructuredPruning as UnstructuredPruning
     from lightning_prune.core.channel.decoder import DecoderPruner as DecoderPruner
     from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict as reshape_decoder_to_state_dict
     from lightning_prune.core.channel.decoder_io import save_pretrained as save_pretrained
+    from lightning_prune.core.channel.experts_io import reshape_experts_to_state_dict as reshape_experts_to_state_dict
     from lightning_prune.core.channel.pruner import ChannelPruner as ChannelPruner
     from lightning_prune.core.channel.reshape import load_channel_pruned as load_channel_pruned
     from lightning_prune.core.channel.reshape import reshape_to_state_dict as reshape_to_state_dict

@@ -21,6 +21,7 @@ from lightning_prune import (
     ChannelRegularization,
     DecoderPruning,
     Distillation,
+    ExpertPruning,
     PruningMetrics,
     UnstructuredPruning,
 )
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {
     c.__name__: c
     for c in (UnstructuredPruning, ChannelPruning, DecoderPruning, Distillation, ChannelRegularization, PruningMetrics)
+    + (ExpertPruning,)
 }
 
 

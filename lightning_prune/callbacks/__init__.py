@@ -3,6 +3,7 @@
 from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, ChannelPruning
 from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin, DecoderPruning
 from lightning_prune.callbacks.distillation import Distillation
+from lightning_prune.callbacks.experts import ExpertPruning
 from lightning_prune.callbacks.metrics import PruningMetrics
 from lightning_prune.callbacks.regularization import ChannelRegularization
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
@@ -14,6 +15,7 @@ __all__: list[str] = [
     "DecoderPrunedCheckpointMixin",
     "DecoderPruning",
     "Distillation",
+    "ExpertPruning",
     "PruningMetrics",
     "UnstructuredPruning",
 ]

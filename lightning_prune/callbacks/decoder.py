@@ -27,6 +27,7 @@ from lightning_prune.core.channel.decoder import (
 )
 from lightning_prune.core.channel.decoder_event import run_decoder_event
 from lightning_prune.core.channel.decoder_io import head_pruning_unsupported, reshape_decoder_to_state_dict
+from lightning_prune.core.channel.experts_io import reshape_experts_to_state_dict
 from lightning_prune.core.measure import count_params
 from lightning_prune.core.schedules import Schedule
 
@@ -307,14 +308,16 @@ class DecoderPruning(ScheduledPruning):
 
 class DecoderPrunedCheckpointMixin:
     """Mixin for your own LightningModule holding a Hugging Face decoder: ``YourModule.load_from_checkpoint``
-    of a ``DecoderPruning`` checkpoint reshapes the freshly built model to the checkpoint's widths before the
-    weights load. Put it first among the bases: ``class MyLM(DecoderPrunedCheckpointMixin, pl.LightningModule)``.
+    of a ``DecoderPruning`` (or ``ExpertPruning``) checkpoint reshapes the freshly built model to the checkpoint's
+    widths (expert counts) before the weights load. Put it first among the bases:
+    ``class MyLM(DecoderPrunedCheckpointMixin, pl.LightningModule)``.
     """
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if isinstance(state, Mapping):
             reshape_decoder_to_state_dict(self, state)  # type: ignore[arg-type]
+            reshape_experts_to_state_dict(self, state)  # type: ignore[arg-type]  # ExpertPruning's counts
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 

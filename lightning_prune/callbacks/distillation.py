@@ -20,6 +20,7 @@ from lightning_prune.callbacks._sharded import check_strategy
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice
 from lightning_prune.core.channel.decoder_io import reshape_decoder_to_state_dict
+from lightning_prune.core.channel.experts_io import reshape_experts_to_state_dict
 from lightning_prune.core.channel.reshape import reshape_to_state_dict
 from lightning_prune.core.distill import frozen_copy, kd_loss
 
@@ -243,6 +244,7 @@ class Distillation(Callback):
     def _build(self, pl_module: pl.LightningModule, state: dict[str, Tensor]) -> torch.nn.Module:
         teacher = frozen_copy(pl_module)
         reshape_decoder_to_state_dict(teacher, state)  # a width-pruned LLM: its config's widths too
+        reshape_experts_to_state_dict(teacher, state)  # an expert-pruned MoE decoder: its expert count too
         # a channel-pruned student: the teacher gets its own (wider) shapes back
         reshape_to_state_dict(teacher, state, max_shapes={k: tuple(v.shape) for k, v in state.items()})
         teacher.load_state_dict(state, strict=True)

@@ -1,6 +1,7 @@
 """Which constructor option of which callback is honoured where: the one support table, and the refusal at ``setup``.
 
-For every constructor option of ``UnstructuredPruning``, ``ChannelPruning``, ``DecoderPruning``, ``Distillation``,
+For every constructor option of ``UnstructuredPruning``, ``ChannelPruning``, ``DecoderPruning``, ``ExpertPruning``,
+``Distillation``,
 ``ChannelRegularization`` and ``PruningMetrics``, :data:`TABLE` says in which contexts it is honoured (a run with
 it does what it does on one device): one device, DDP, ``ddp_spawn``, FSDP2 (``ModelParallelStrategy``), a
 ``torch.compile``'d module, weight averaging (Lightning's ``WeightAveraging``/``EMAWeightAveraging``), epoch events
@@ -113,6 +114,13 @@ CALLBACKS: dict[str, dict[str, Cell]] = {
         "compiled": no("the compiled graph keeps the old shapes (check_supported)"),
     },
     "DecoderPruning": {
+        **{c: YES for c in _ONE},
+        _SPAWN: no("the main process would load rank 0's pruned state_dict into its unpruned module (setup)"),
+        "fsdp2": no("sharded parameters cannot be cut (setup)"),
+        "compiled": no("the compiled graph keeps the old shapes (setup)"),
+        "averaging": no("the averaged copy is not pruned along (on_fit_start)"),
+    },
+    "ExpertPruning": {
         **{c: YES for c in _ONE},
         _SPAWN: no("the main process would load rank 0's pruned state_dict into its unpruned module (setup)"),
         "fsdp2": no("sharded parameters cannot be cut (setup)"),
@@ -236,6 +244,7 @@ _C_HEADS = ("num_heads", "prune_num_heads", "head_pruning_ratio", "unwrapped_par
 _D_OPTIONS = (
     "mlp_ratio head_ratio criterion schedule start_epoch end_epoch every_n_epochs round_to verbose hidden_ratio"
 ).split()
+_E_OPTIONS = "expert_ratio expert_criterion schedule start_epoch end_epoch every_n_epochs seed verbose".split()
 
 #: callback -> option -> context -> :class:`Cell`: the one declaration of what is honoured where
 TABLE: dict[str, dict[str, dict[str, Cell]]] = {
@@ -256,6 +265,7 @@ TABLE: dict[str, dict[str, dict[str, Cell]]] = {
         {"averaging": {o: _HEADS for o in _C_HEADS}},
     ),
     "DecoderPruning": _rows("DecoderPruning", _D_OPTIONS, {}),
+    "ExpertPruning": _rows("ExpertPruning", _E_OPTIONS, {}),
     "Distillation": _rows(
         "Distillation",
         ["weight", "temperature", "teacher_checkpoint", "teacher", "verbose"],

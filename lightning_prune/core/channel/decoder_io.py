@@ -203,7 +203,12 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs: An
     hf = pretrained_model(model)
     decoders = find_decoders(hf)
     if not decoders:
-        raise DecoderPruningError(f"{type(hf).__name__} has no Llama-style decoder blocks to describe in its config")
+        from lightning_prune.core.channel.experts import find_moe_blocks  # expert-pruned: the count is in the config
+
+        if not find_moe_blocks(hf)[0]:
+            raise DecoderPruningError(
+                f"{type(hf).__name__} has no Llama-style decoder or mixture-of-experts blocks to describe in its config"
+            )
     for _, decoder in decoders:
         widths = decoder_widths(decoder)
         declared = config_widths(decoder.config)
