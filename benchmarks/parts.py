@@ -110,6 +110,10 @@ PARTS: list[Part] = [
          "schedule, LeNet on digits from scratch: test accuracy per seed (printed, not recorded in RESULTS.md)",
          "minutes", command="`python benchmarks/step_schedule.py --seeds 3 --epochs 12 --sparsity 0.9 "
          "--every-n-steps 4`", recorded=False),
+    Part("17", "moe_text", "moe_text.py", "a 1.3M-parameter byte Mixtral-layout MoE decoder (8 experts, top-2) on "
+         "Shakespeare: validation perplexity, params and `generate()` tokens/s after removing 25% / 50% of the "
+         "experts one-shot and while fine-tuning (`ExpertPruning`), router mass vs REAP vs random, with and without "
+         "distillation, 2 seeds", "15 min"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip

@@ -15,11 +15,13 @@ transformers = pytest.importorskip("transformers")
 
 from lightning_prune import (  # noqa: E402
     DecoderPrunedCheckpointMixin,
+    DecoderPruning,
     ExpertPruning,
     reshape_experts_to_state_dict,
     save_pretrained,
 )
 from lightning_prune.core.channel import optim as optim_ops  # noqa: E402
+from lightning_prune.core.channel.decoder import DecoderPruner  # noqa: E402
 from lightning_prune.core.channel.experts import (  # noqa: E402
     ExpertPruner,
     ExpertPruningError,
@@ -176,6 +178,8 @@ def test_bad_inputs_are_refused_naming_the_reason(tmp_path):
         ExpertPruner().prepare(transformers.LlamaForCausalLM(transformers.LlamaConfig(**BASE, intermediate_size=8)))
     with pytest.raises(ExpertPruningError, match="unrecognised mixture-of-experts layout.*ModuleList"):
         ExpertPruner().prepare(nn.Sequential(_NotStacked()))
+    with pytest.raises(ValueError, match="mlp ratio 0.25: mixture-of-experts blocks.*ExpertPruning"):
+        DecoderPruner().step(make_moe("qwen2_moe"), mlp_ratio=0.25)
     with pytest.raises(ExpertPruningError, match="needs scores from training batches"):
         ExpertPruner("reap").step(make_moe("mixtral"), 0.25)
     trainer = make_trainer(tmp_path, 3, [ExpertPruning(expert_ratio=0.9, start_epoch=1)])
@@ -197,21 +201,25 @@ class _Generates(pl.Callback):
         self.counts.append(int(pl_module.model.model.layers[0].mlp.gate.weight.shape[0]))
 
 
-def test_fit_prunes_generates_resumes_bit_exact_and_reloads(tmp_path):
-    def callback():
-        return ExpertPruning(expert_ratio=0.5, expert_criterion="reap", start_epoch=1, end_epoch=2)
+def test_fit_with_kv_group_pruning_generates_resumes_bit_exact_and_reloads(tmp_path):
+    def callbacks():  # experts and, in the same events, KV groups of the attention (DecoderPruning)
+        return [
+            ExpertPruning(expert_ratio=0.5, expert_criterion="reap", start_epoch=1, end_epoch=2),
+            DecoderPruning(mlp_ratio=0.0, head_ratio=0.5, start_epoch=1, end_epoch=2),
+        ]
 
-    module, cb, gen = TinyMoE("mixtral"), callback(), _Generates()
+    module, (cb, kv), gen = TinyMoE("mixtral"), callbacks(), _Generates()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    trainer = make_trainer(tmp_path, 3, [cb, gen, ckpt], limit_train_batches=2, deterministic=True,
+    trainer = make_trainer(tmp_path, 3, [cb, kv, gen, ckpt], limit_train_batches=2, deterministic=True,
                            enable_checkpointing=True)  # fmt: skip
     trainer.fit(module, loader(), loader())
     assert gen.counts == [8, 6, 4] and [h["num_experts"] for h in cb.history] == [6, 4]
     assert module.model.config.num_local_experts == 4 and module.model.num_experts == 4
+    assert module.model.config.num_key_value_heads == 1 and module.model.config.intermediate_size == 16
     counts = cb.state_dict()["score_sums"]["0|count"]  # training tokens routed since the last event, 2 per token
     assert counts.shape == (4,) and counts.sum().item() == 2 * 2 * 4 * 12  # validation and generate() not counted
-    resumed, cb2 = TinyMoE("mixtral"), callback()
-    make_trainer(tmp_path, 3, [cb2], limit_train_batches=2, deterministic=True).fit(
+    resumed, (cb2, kv2) = TinyMoE("mixtral"), callbacks()
+    make_trainer(tmp_path, 3, [cb2, kv2], limit_train_batches=2, deterministic=True).fit(
         resumed, loader(), loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
     )
     a, b = module.state_dict(), resumed.state_dict()
@@ -245,3 +253,14 @@ def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
     assert cbs2[1].teacher.model.config.num_experts == 8 and resumed.model.config.num_experts == 4
     a, b = module.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.rehearsal
+def test_ddp_ranks_keep_the_same_experts_and_weights(tmp_path):
+    from helpers import run_ddp_script
+
+    r0, r1 = run_ddp_script("experts_ddp.py", tmp_path)
+    for criterion in ("router_mass", "reap"):
+        a, b = r0[criterion], r1[criterion]
+        assert a["kept"] == b["kept"] and len(a["kept"]) == 2 and len(a["kept"][1][0]) == 4
+        assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])

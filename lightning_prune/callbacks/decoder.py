@@ -176,9 +176,9 @@ class DecoderPruning(ScheduledPruning):
         decoders = self.core.prepare(pl_module)  # raises, naming the reason, on a model it cannot prune
         for note in self.core.notes if self.verbose else []:
             say(trainer, f"DecoderPruning: {note}")
-        for kind, ratio in (("mlp", self.mlp_ratio), ("attn", self.head_ratio)):
+        for kind, ratio in (("mlp", self.mlp_ratio), ("attn", self.head_ratio), ("hidden", self.hidden_ratio)):
             if ratio > 0 and kind in self.core.refused:
-                raise DecoderPruningError(self.core.refused[kind])
+                raise DecoderPruningError(f"`{kind}_ratio`={ratio}: {self.core.refused[kind]}")
         why = head_pruning_unsupported(pl_module) if self.head_ratio > 0 else None
         if why:
             raise DecoderPruningError(f"`head_ratio`={self.head_ratio}: {why}; prune the MLP width only (head_ratio=0)")

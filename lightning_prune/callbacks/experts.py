@@ -141,6 +141,17 @@ class ExpertPruning(ScheduledPruning):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._announce_schedule(trainer)
+        if trainer.global_rank != 0:  # a checkpoint's sums are rank 0's totals: counted once, by rank 0
+            self._stats.sums = {k: v.zero_() for k, v in self._stats.sums.items()}
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # under DDP rank 0 holds the totals of every rank at each epoch's end (checkpoints are written from rank 0
+        # after this hook) and the other ranks start again from zero: the sums over ranks stay the totals
+        if trainer.world_size > 1 and self._stats.sums:
+            self._stats.sums = self._reduced(trainer)
+            if trainer.global_rank != 0:
+                self._stats.sums = {k: v.zero_() for k, v in self._stats.sums.items()}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -241,11 +252,11 @@ class ExpertPruning(ScheduledPruning):
                 "are no scores"
             )
         if trainer.world_size > 1:  # the same scores on every rank, so every rank keeps the same experts
-            reduced = {
-                k: trainer.strategy.reduce(v.clone(), reduce_op="sum") for k, v in sorted(self._stats.sums.items())
-            }
-            self._stats.sums = reduced
+            self._stats.sums = self._reduced(trainer)
         return self._stats.scores(n_blocks, self.expert_criterion)
+
+    def _reduced(self, trainer: pl.Trainer) -> dict:
+        return {k: trainer.strategy.reduce(v.clone(), reduce_op="sum") for k, v in sorted(self._stats.sums.items())}
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
         ratio = self._ratio(target)

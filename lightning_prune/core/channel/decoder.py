@@ -65,12 +65,18 @@ class DecoderWidths:
 
 
 # ---------------------------------------------------------------------------------------------- discovery
+def is_sparse_mlp(mlp: Any) -> bool:
+    """A mixture-of-experts block in place of the dense MLP (a router ``gate`` and ``experts``; see
+    :mod:`lightning_prune.core.channel.experts`): its attention can be pruned here, its experts by ``ExpertPruning``."""
+    return isinstance(getattr(mlp, "gate", None), nn.Module) and isinstance(getattr(mlp, "experts", None), nn.Module)
+
+
 def _is_decoder_layer(layer: Any) -> bool:
     mlp, attn = getattr(layer, "mlp", None), getattr(layer, "self_attn", None)
     return (
         mlp is not None
         and attn is not None
-        and all(isinstance(getattr(mlp, n, None), nn.Linear) for n in _MLP)
+        and (all(isinstance(getattr(mlp, n, None), nn.Linear) for n in _MLP) or is_sparse_mlp(mlp))
         and all(isinstance(getattr(attn, n, None), nn.Linear) for n in _ATTN)
     )
 
@@ -115,11 +121,12 @@ def config_widths(config: Any) -> DecoderWidths:
     return DecoderWidths(int(config.intermediate_size), heads, kv, int(head_dim), int(config.hidden_size))
 
 
-def layer_widths(layer: Any, head_dim: int) -> DecoderWidths:
-    """The widths a decoder block's tensors have."""
+def layer_widths(layer: Any, head_dim: int, sparse_intermediate: int = 0) -> DecoderWidths:
+    """The widths a decoder block's tensors have (a mixture-of-experts block reports ``sparse_intermediate``, the
+    config's: its width is not pruned here)."""
     attn, mlp = layer.self_attn, layer.mlp
     return DecoderWidths(
-        int(mlp.gate_proj.weight.shape[0]),
+        int(mlp.gate_proj.weight.shape[0]) if not is_sparse_mlp(mlp) else sparse_intermediate,
         int(attn.q_proj.weight.shape[0]) // head_dim,
         int(attn.k_proj.weight.shape[0]) // head_dim,
         head_dim,
@@ -129,8 +136,8 @@ def layer_widths(layer: Any, head_dim: int) -> DecoderWidths:
 
 def decoder_widths(decoder: Any) -> DecoderWidths:
     """The widths of a decoder's blocks; raises :class:`DecoderPruningError` when the blocks differ."""
-    head_dim = config_widths(decoder.config).head_dim
-    widths = [layer_widths(layer, head_dim) for layer in decoder.layers]
+    declared = config_widths(decoder.config)
+    widths = [layer_widths(layer, declared.head_dim, declared.intermediate_size) for layer in decoder.layers]
     if any(w != widths[0] for w in widths[1:]):
         raise DecoderPruningError(
             f"the decoder's blocks have different widths ({sorted({str(w) for w in widths})}); a Hugging Face "
@@ -272,7 +279,8 @@ class ActivationStats(InputNorms):
             ((d, i, kind), module)
             for d, decoder in enumerate(decoders)
             for i, layer in enumerate(decoder.layers)
-            for kind, module in (("mlp", layer.mlp.down_proj), ("attn", layer.self_attn.o_proj))
+            for kind, module in (("mlp", getattr(layer.mlp, "down_proj", None)), ("attn", layer.self_attn.o_proj))
+            if module is not None  # (a mixture-of-experts block has none)
         )
 
 
@@ -449,6 +457,9 @@ class DecoderPruner:
                         f"{type(decoder.layers[0]).__name__}'s {kind} has parameters this engine does not cut with "
                         f"the width: {names}"
                     )
+            if any(is_sparse_mlp(layer.mlp) for layer in decoder.layers):
+                why = "mixture-of-experts blocks: their experts are removed whole by `ExpertPruning`, not narrowed"
+                self.refused["mlp"] = self.refused["hidden"] = why
         if not self.original:
             self.original = [decoder_widths(d).as_dict() for d in decoders]
         if len(self.original) != len(decoders):
@@ -469,9 +480,9 @@ class DecoderPruner:
         for arg, value in (("mlp_ratio", mlp_ratio), ("head_ratio", head_ratio), ("hidden_ratio", hidden_ratio)):
             check_fraction(arg, value)
         decoders = self.prepare(model)
-        for kind, ratio in (("mlp", mlp_ratio), ("attn", head_ratio)):
+        for kind, ratio in (("mlp", mlp_ratio), ("attn", head_ratio), ("hidden", hidden_ratio)):
             if ratio > 0 and kind in self.refused:
-                raise DecoderPruningError(self.refused[kind])
+                raise DecoderPruningError(f"{kind} ratio {ratio}: {self.refused[kind]}")
         result = DecoderStepResult()
         gen = torch.Generator().manual_seed(self.seed + len(self.original))
         acts = activations or {}
@@ -528,6 +539,7 @@ __all__ = [
     "refuse_decoders",
     "find_decoders",
     "group_scores",
+    "is_sparse_mlp",
     "kept_channels",
     "kept_groups",
     "layer_widths",

@@ -50,17 +50,22 @@ from lightning_prune.core.channel.decoder import (
 from lightning_prune.core.channel.decoder_hidden import output_heads, sync_hidden_attrs
 
 
-def _state_widths(state: Mapping[str, Any], prefix: str, n_layers: int, head_dim: int) -> DecoderWidths | None:
-    """The uniform widths a ``state_dict`` holds for the decoder at ``prefix`` (None: its keys are absent)."""
+def _state_widths(
+    state: Mapping[str, Any], prefix: str, n_layers: int, head_dim: int, sparse_intermediate: int = 0
+) -> DecoderWidths | None:
+    """The uniform widths a ``state_dict`` holds for the decoder at ``prefix`` (None: its keys are absent; a
+    mixture-of-experts block, with a router and no ``gate_proj``, reports ``sparse_intermediate``)."""
     found = []
     for i in range(n_layers):
         base = f"{prefix}layers.{i}."
         keys = [base + k for k in ("mlp.gate_proj.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight")]
-        if not all(isinstance(state.get(k), torch.Tensor) for k in keys):
+        sparse = keys[0] not in state and isinstance(state.get(f"{base}mlp.gate.weight"), torch.Tensor)
+        if not all(isinstance(state.get(k), torch.Tensor) for k in keys[sparse:]):
             return None
-        gate, q, k = (state[key] for key in keys)
+        q, k = state[keys[1]], state[keys[2]]
+        width = sparse_intermediate if sparse else int(state[keys[0]].shape[0])
         heads, kv = int(q.shape[0]) // head_dim, int(k.shape[0]) // head_dim
-        found.append(DecoderWidths(int(gate.shape[0]), heads, kv, head_dim, int(q.shape[1])))
+        found.append(DecoderWidths(width, heads, kv, head_dim, int(q.shape[1])))
     if any(w != found[0] for w in found[1:]):
         raise DecoderPruningError(
             f"the checkpoint's decoder blocks under {prefix!r} have different widths "
@@ -108,7 +113,7 @@ def reshape_decoder_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any
     for name, decoder in find_decoders(model):
         prefix = f"{name}." if name else ""
         now = decoder_widths(decoder)
-        target = _state_widths(state_dict, prefix, len(decoder.layers), now.head_dim)
+        target = _state_widths(state_dict, prefix, len(decoder.layers), now.head_dim, now.intermediate_size)
         if target is None or target == now:
             continue
         group = now.num_attention_heads // now.num_key_value_heads

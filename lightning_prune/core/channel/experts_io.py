@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lightning_prune.core.channel.decoder_io import _resize_from_state
-from lightning_prune.core.channel.experts import ExpertPruningError, find_moe_blocks, set_expert_count
+from lightning_prune.core.channel.experts import ExpertPruningError, MoeBlock, find_moe_blocks, set_expert_count
 
 _COUNT_ATTRS = ("num_experts", "num_local_experts")
 
@@ -40,15 +40,18 @@ def reshape_experts_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any
     ``model``); returns that count, or None when ``state_dict`` holds none of the blocks or nothing changed."""
     blocks, _ = find_moe_blocks(model)
     names = {id(m): n for n, m in model.named_modules()}
-    wanted = {}
+    wanted, olds = {}, set()
     for block in blocks:
         w = state_dict.get(f"{names[id(block.router)]}.weight")
-        if isinstance(w, torch.Tensor) and int(w.shape[0]) != block.num_experts:
+        # the count the modules declare: another reshape (DecoderPruning's, of the whole decoder) may have given the
+        # tensors the checkpoint's shapes already, but not the counts
+        declared = _declared(block)
+        if isinstance(w, torch.Tensor) and (int(w.shape[0]) != block.num_experts or int(w.shape[0]) != declared):
             wanted[id(block.module)] = int(w.shape[0])
+            olds.add(declared)
     if not wanted:
         return None
     counts = sorted(set(wanted.values()))
-    olds = sorted({b.num_experts for b in blocks if id(b.module) in wanted})
     if len(counts) > 1 or len(olds) > 1:
         raise ExpertPruningError(
             f"the checkpoint's sparse blocks have different expert counts ({counts}); only one count per model "
@@ -61,8 +64,17 @@ def reshape_experts_to_state_dict(model: nn.Module, state_dict: Mapping[str, Any
             for attr in _COUNT_ATTRS:
                 if isinstance(vars(m).get(attr), int):
                     setattr(m, attr, counts[0])
-    set_expert_count(model, changed, olds[0], counts[0])
+    set_expert_count(model, changed, olds.pop(), counts[0])
     return counts[0]
+
+
+def _declared(block: MoeBlock) -> int:
+    """The expert count the block's modules declare (their ``num_experts``), else its router's rows."""
+    for m in (block.experts, block.router):
+        for attr in _COUNT_ATTRS:
+            if isinstance(vars(m).get(attr), int):
+                return int(vars(m)[attr])
+    return block.num_experts
 
 
 __all__ = ["reshape_experts_to_state_dict"]
