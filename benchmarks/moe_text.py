@@ -79,9 +79,9 @@ def perplexity(module: MoeLM, loader: DataLoader) -> float:
 
 
 @torch.no_grad()
-def one_shot(module: MoeLM, train: DataLoader, criterion: str, ratio: float, batches: int) -> None:
+def one_shot(module: MoeLM, train: DataLoader, criterion: str, ratio: float, batches: int, seed: int) -> None:
     """Score the experts over the first ``batches`` training batches and remove ``ratio`` of them at once."""
-    pruner = ExpertPruner(criterion)
+    pruner = ExpertPruner(criterion, seed=seed)
     blocks = pruner.prepare(module)
     stats = ExpertStats()
     stats.attach(blocks, criterion)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> tuple[list[list], list[list]]:
             for seed in seeds:
                 pl.seed_everything(seed, verbose=False)
                 module = fresh()
-                one_shot(module, loader(seed), criterion, ratio, args.score_batches)
+                one_shot(module, loader(seed), criterion, ratio, args.score_batches, seed)
                 ppl.append(perplexity(module, val))
             oneshot.append([f"{ratio:.0%} experts removed", criterion, _fmt(ppl), *figures(module)])
             print(oneshot[-1], flush=True)
