@@ -110,6 +110,9 @@ PARTS: list[Part] = [
          "schedule, LeNet on digits from scratch: test accuracy per seed (printed, not recorded in RESULTS.md)",
          "minutes", command="`python benchmarks/step_schedule.py --seeds 3 --epochs 12 --sparsity 0.9 "
          "--every-n-steps 4`", recorded=False),
+    Part("17", "masking", "masking.py", "`UnstructuredPruning(masking=\"reparam\"/\"inplace\")` vs dense and "
+         "`ModelPruning`: peak RSS of training after the event, the event's own peak, step time (MLP 12x2048x2048 "
+         "with Adam and SGD, a small Llama in float32 and bfloat16)", "about 15 min"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip

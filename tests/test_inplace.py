@@ -163,3 +163,21 @@ def test_resume_in_place_from_either_mode_is_exact(tmp_path):
     for saved in ("reparam", "inplace"):
         run(saved, tmp_path / saved, 2)
         _same_weights(full, run("inplace", tmp_path / saved, 3, ckpt=str(tmp_path / saved / "last.ckpt")))
+
+
+@pytest.mark.rehearsal  # a 2-process launch
+def test_ddp_in_place_gives_the_reparametrisation_weights_on_both_ranks(tmp_path):
+    from helpers import run_ddp_script
+
+    r0, r1 = run_ddp_script("inplace_ddp.py", tmp_path, timeout=300)
+    for r in (r0, r1):
+        _same_weights_dicts(r["reparam"], r["inplace"])
+    _same_weights_dicts(r0["inplace"], r1["inplace"])
+    zeros = sum(int((v == 0).sum()) for k, v in r0["inplace"].items() if k.endswith("weight"))
+    assert zeros >= round(0.8 * 61_470)
+
+
+def _same_weights_dicts(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
