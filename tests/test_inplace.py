@@ -80,10 +80,13 @@ def _loader():
     "kwargs",
     [
         {"norm": "lamp"},
-        {"scope": "layerwise", "layer_amounts": {"backbone.fc1": 0.9}, "min_kept_per_layer": 5},
+        pytest.param(
+            {"scope": "layerwise", "layer_amounts": {"backbone.fc1": 0.9}, "min_kept_per_layer": 5},
+            marks=pytest.mark.rehearsal,  # (the default run's time budget: the first four are the default's)
+        ),
         {"pattern": "2:4", "amount": 0.5, "modules": ["backbone.fc.*"]},
-        {"norm": "wanda", "start_epoch": 1, "modules": ["backbone.fc.*"]},
-        {"rewind_epoch": 0},
+        pytest.param({"norm": "wanda", "start_epoch": 1, "modules": ["backbone.fc.*"]}, marks=pytest.mark.rehearsal),
+        pytest.param({"rewind_epoch": 0}, marks=pytest.mark.rehearsal),
         {"every_n_steps": 2, "start_epoch": 1, "end_epoch": 2},
         {"ema": True},
     ],

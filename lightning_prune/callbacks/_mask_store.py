@@ -49,6 +49,7 @@ class MaskStore:
     def clear(self) -> None:
         """A new schedule: no targets, masks or rewind weights yet."""
         self.targets, self.ties, self.packed, self.rewind = [], {}, {}, None
+        self.inplace = self.shard  # (FSDP2: this fit's local masks, set again by `shard_over`)
 
     def keys(self) -> list[str]:
         return [mask_ops.target_key(t) for t in self.targets]
