@@ -184,3 +184,19 @@ def _same_weights_dicts(a: dict, b: dict) -> None:
     assert list(a) == list(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_an_explicit_reparam_is_refused_under_fsdp2(monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lightning_prune.callbacks._sharded import check_unstructured
+
+    mesh = SimpleNamespace(mesh_dim_names=("data_parallel",))
+    monkeypatch.setattr(ModelParallelStrategy, "device_mesh", property(lambda self: mesh))
+    trainer = SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1), callbacks=[])
+    assert check_unstructured(UnstructuredPruning(0.5), trainer) is True  # the default: in place there
+    assert check_unstructured(UnstructuredPruning(0.5, masking="inplace"), trainer) is True
+    with pytest.raises(ValueError, match=r"`masking`='reparam' is not supported under ModelParallelStrategy"):
+        check_unstructured(UnstructuredPruning(0.5, masking="reparam"), trainer)

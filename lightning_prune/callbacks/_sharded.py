@@ -89,10 +89,15 @@ def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
     from lightning.pytorch.callbacks import WeightAveraging
 
     averaging = [type(c).__name__ for c in compat.trainer_callbacks(trainer) if isinstance(c, WeightAveraging)]
+    given = getattr(cb, "_options", {}).get("masking")  # the default masks in place here; a "reparam" asked for cannot
     return check_strategy(
         trainer,
         "UnstructuredPruning",
         callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
+        masking=(
+            given if isinstance(given, str) and given.lower() == "reparam" else None,
+            "torch.nn.utils.prune's reparametrisation cannot sit under fully_shard; use masking='inplace'",
+        ),
     )
 
 
