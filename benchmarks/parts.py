@@ -114,6 +114,9 @@ PARTS: list[Part] = [
          "Shakespeare: validation perplexity, params and `generate()` tokens/s after removing 25% / 50% of the "
          "experts one-shot and while fine-tuning (`ExpertPruning`), router mass vs REAP vs random, with and without "
          "distillation, 2 seeds", "15 min"),
+    Part("18", "masking", "masking.py", "`UnstructuredPruning(masking=\"reparam\"/\"inplace\")` vs dense and "
+         "`ModelPruning`: peak RSS of training after the event, the event's own peak, step time (MLP 12x2048x2048 "
+         "with Adam and SGD, a small Llama in float32 and bfloat16)", "about 15 min"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip

@@ -201,10 +201,12 @@ def test_cubic_schedule_exact_counts_zeros_persist_and_logs(tmp_path):
     assert sum(int((model.get_submodule(n).weight == 0).sum()) for n in LAYERS) == expected[3]
 
 
-def test_layerwise_milestones_random_and_bias(tmp_path):
+@pytest.mark.parametrize("masking", ["reparam", "inplace"])
+def test_layerwise_milestones_random_and_bias(tmp_path, masking):
     model = ImageClassifier("lenet")
     cb = UnstructuredPruning(
-        amount={0: 0.5, 2: 0.75}, scope="layerwise", norm="random", modules=["model.fc.*"], prune_bias=True
+        amount={0: 0.5, 2: 0.75}, scope="layerwise", norm="random", modules=["model.fc.*"], prune_bias=True,
+        masking=masking,
     )
     probe = Probe(layers=("model.fc1", "model.fc2", "model.fc3"))
     _trainer(tmp_path, 3, [cb, probe]).fit(model, _data())

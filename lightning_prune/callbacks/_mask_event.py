@@ -189,7 +189,7 @@ class MaskEvent:
             return entry, _sharded.event_summary(store.shard, epoch, target, rule.norm, rule.scope, rule.pattern)
         weights = mask_ops.current_weights(pl_module, store.targets)
         scored = self.wanda.scored(trainer, store.targets, weights)  # the weights themselves unless norm="wanda"
-        prev = mask_ops.get_masks(pl_module, store.targets)
+        prev = store.current_masks(pl_module)
         masks = store.adopt(trainer, pl_module, self.rule.masks(scored, prev, target, final, event, store.targets))
         if store.rewind is not None or self.resample:  # lottery ticket: the survivors reset
             store.reset_survivors(pl_module, masks, self.rule.seed * 1_000_003 + event if self.resample else None)

@@ -1,6 +1,7 @@
 """``MaskStore``: what ``UnstructuredPruning`` keeps between events: the pruned tensors (targets) and their ties,
 the bit-packed masks, the rewind weights, and under FSDP2 the local masks (``ShardedMasks``); applying them to the
-module and its averaged copies, and their part of the callback's checkpoint state. No Lightning hooks here: the
+module and its averaged copies (``masking="reparam"``: ``torch.nn.utils.prune``'s reparametrisation; ``"inplace"``
+and FSDP2: ``InplaceMasks``), and their part of the callback's checkpoint state. No Lightning hooks here: the
 callback calls it from its own."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_prune.callbacks._inplace import InplaceMasks
 from lightning_prune.callbacks._scheduled import averaged_models
 from lightning_prune.callbacks._sharded import ShardedMasks, join_sharded_masks
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
@@ -21,9 +23,12 @@ from lightning_prune.core.unstructured import masks as mask_ops
 from lightning_prune.core.unstructured.reparam import effective
 from lightning_prune.core.unstructured.targets import with_ties
 
-__all__ = ["MaskStore", "plain_weights", "resampled_weights", "target_param"]
+__all__ = ["MASKINGS", "MaskStore", "plain_weights", "resampled_weights", "target_param"]
 
 Target = mask_ops.Target
+
+#: the values of ``UnstructuredPruning(masking=...)``
+MASKINGS = ("reparam", "inplace")
 
 #: the ``version`` of the callback state (its mask part)
 STATE_VERSION = 1
@@ -32,7 +37,9 @@ STATE_VERSION = 1
 class MaskStore:
     """The masks of one callback, from the targets found at the first fit to the last event."""
 
-    def __init__(self) -> None:
+    def __init__(self, masking: str = "reparam") -> None:
+        self.masking = masking  # "reparam" or "inplace" (FSDP2 masks in place whatever it says)
+        self.inplace: InplaceMasks | None = None  # the masks enforced in place (FSDP2: `shard`)
         self.targets: list[Target] = []
         self.ties: dict[Target, list[Target]] = {}
         self.packed: dict[str, dict[str, Any]] = {}  # target key -> packed keep-mask (CPU)
@@ -42,6 +49,7 @@ class MaskStore:
     def clear(self) -> None:
         """A new schedule: no targets, masks or rewind weights yet."""
         self.targets, self.ties, self.packed, self.rewind = [], {}, {}, None
+        self.inplace = self.shard  # (FSDP2: this fit's local masks, set again by `shard_over`)
 
     def keys(self) -> list[str]:
         return [mask_ops.target_key(t) for t in self.targets]
@@ -52,19 +60,48 @@ class MaskStore:
 
     def shard_over(self, pl_module: nn.Module, fsdp2: bool) -> None:
         """Under FSDP2, keep the masks as local shards of the (sharded) targets of this fit."""
-        self.shard = None
+        self.shard = self.inplace = None
         if fsdp2:
-            self.shard = ShardedMasks([target_param(pl_module, t) for t in self.targets], self.keys())
+            self.shard = self.inplace = ShardedMasks([target_param(pl_module, t) for t in self.targets], self.keys())
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the masks are enforced in place (``masking="inplace"``, or FSDP2), not reparametrised."""
+        return self.masking == "inplace" or self.shard is not None
+
+    def bind(self, model: nn.Module) -> InplaceMasks:
+        """In place: the masks over ``model``'s target tensors (new ones if the tensors are not those bound)."""
+        params = [target_param(model, t) for t in self.targets]
+        if self.inplace is None or not self.inplace.binds(params):
+            self.inplace = InplaceMasks(params, self.keys())
+        return self.inplace
+
+    def current_masks(self, pl_module: nn.Module) -> list[Tensor | None]:
+        """The keep-masks in force on each target (None where none is), on the targets' devices."""
+        if self.in_place:
+            local = self.inplace.local if self.inplace is not None else None
+            return list(local) if local is not None else [None] * len(self.targets)
+        return mask_ops.get_masks(pl_module, self.targets)
 
     # ------------------------------------------------------------------------------------------ the model
     def is_applied(self, pl_module: nn.Module) -> bool:
-        """Whether ``pl_module`` carries the reparametrisation of any target (false after it was made permanent)."""
+        """Whether ``pl_module`` carries the reparametrisation of any target (in place: the masks are enforced on it;
+        false after the pruning was made permanent)."""
+        if self.in_place:
+            return (
+                self.inplace is not None
+                and self.inplace.local is not None
+                and self.inplace.binds([target_param(pl_module, t) for t in self.targets])
+            )
         return any(mask_ops.is_pruned(pl_module.get_submodule(n), p) for n, p in self.targets)
 
-    def apply(self, model: nn.Module) -> None:
-        """Apply the current masks to ``model`` (the module, or an averaged copy of it)."""
-        if self.shard is not None:
-            self.shard.adopt(self.packed)
+    def apply(self, model: nn.Module, copy: bool = False) -> None:
+        """Apply the current masks to ``model`` (the module, or with ``copy`` an averaged copy of it: in place its
+        weights are zeroed, the masks enforced on the module only)."""
+        if self.in_place:
+            keys = self.keys()
+            enforced = InplaceMasks([target_param(model, t) for t in self.targets], keys) if copy else self.bind(model)
+            enforced.adopt(self.packed)
             return
         device_of = [target_param(model, t).device for t in self.targets]
         masks = [unpack_mask(self.packed[k], d) for k, d in zip(self.keys(), device_of, strict=False)]
@@ -74,7 +111,7 @@ class MaskStore:
         """Bring the averaged copies of the Trainer's ``WeightAveraging`` callbacks to the current masks."""
         if self.packed and trainer is not None:
             for averaged in averaged_models(trainer):
-                self.apply(averaged)
+                self.apply(averaged, copy=True)
 
     def refresh(self, pl_module: nn.Module) -> None:
         """Drop the autograd history the prune forward hook left on ``module.weight`` (``deepcopy`` refuses it),
@@ -83,7 +120,14 @@ class MaskStore:
 
     def make_permanent(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
         """Remove the reparametrisation: the averaged copies too, in the same step, so their parameters and buffers
-        stay aligned with the module's whichever ``on_train_end`` (WeightAveraging's or the callback's) runs first."""
+        stay aligned with the module's whichever ``on_train_end`` (WeightAveraging's or the callback's) runs first.
+        In place: the weights are plain already; exact zeros, and the masks' memory back (one device, DDP)."""
+        if self.in_place:
+            for averaged in averaged_models(trainer):
+                self.apply(averaged, copy=True)
+            if self.shard is None and self.inplace is not None:
+                self.inplace.release()
+            return
         for averaged in averaged_models(trainer):
             mask_ops.make_permanent(averaged, self.all_targets())
         mask_ops.make_permanent(pl_module, self.all_targets())
@@ -96,10 +140,13 @@ class MaskStore:
             packed = trainer.strategy.broadcast(packed, src=0)
             devices = [target_param(pl_module, t).device for t in self.targets]
             masks = [unpack_mask(p, d) for p, d in zip(packed, devices, strict=False)]
-        mask_ops.apply_masks(pl_module, *with_ties(self.targets, masks, self.ties))
-        for optimizer in trainer.optimizers:
-            for t, mask in zip(self.targets, masks, strict=False):
-                mask_ops.zero_optimizer_state(optimizer, target_param(pl_module, t), mask)
+        if self.in_place:  # one tensor per tie: the masks of the targets cover their ties
+            self.bind(pl_module).set(masks, trainer.optimizers)
+        else:
+            mask_ops.apply_masks(pl_module, *with_ties(self.targets, masks, self.ties))
+            for optimizer in trainer.optimizers:
+                for t, mask in zip(self.targets, masks, strict=False):
+                    mask_ops.zero_optimizer_state(optimizer, target_param(pl_module, t), mask)
         self.packed = dict(zip(self.keys(), packed, strict=False))
         return masks
 
@@ -132,16 +179,16 @@ class MaskStore:
                     param.copy_(value.to(device=param.device, dtype=param.dtype) * mask.to(param.dtype))
         self.refresh(pl_module)
 
-    # ------------------------------------------------------------------------------------------ FSDP2
+    # ------------------------------------------------------------------------------------------ in place, FSDP2
     def zero_grads(self) -> None:
-        """FSDP2: pruned entries get no gradient, as under the reparametrisation (before each optimizer step)."""
-        if self.shard is not None:
-            self.shard.zero_grads()
+        """In place: pruned entries get no gradient, as under the reparametrisation (before each optimizer step)."""
+        if self.inplace is not None:
+            self.inplace.zero_grads()
 
-    def zero_weights(self) -> None:
-        """FSDP2: the pruned local weights back to zero (after each training batch)."""
-        if self.shard is not None:
-            self.shard.zero_weights()
+    def zero_weights(self, optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+        """In place: the pruned weights back to zero after a training batch, unless ``optimizers`` keep them zero."""
+        if self.inplace is not None:
+            self.inplace.after_step(optimizers)
 
     # ------------------------------------------------------------------------------------------ figures
     def total(self) -> int:

@@ -4,9 +4,10 @@
 Every selected weight is a ``DTensor`` sharded along dim 0 on a 1-D mesh. ``torch.nn.utils.prune``'s
 reparametrisation cannot sit under FSDP2 (FSDP2 swaps ``module.weight`` between the sharded parameter and the
 gathered one at every forward, by name), so the masks are plain bool tensors of the local shards, kept here and
-enforced in place: at the event the local weights and their optimizer state are zeroed where pruned, before every
-optimizer step the local gradients are (so clipping and momentum see what one device sees), and after every
-training batch the local weights are zeroed again. The model's ``state_dict`` is therefore plain (zeros where
+enforced in place (``callbacks._inplace``, the code of ``masking="inplace"`` on one device): at the event the local
+weights and their optimizer state are zeroed where pruned, before every optimizer step the local gradients are masked
+(so clipping and momentum see what one device sees), and after every training batch the local weights are masked
+again unless the optimizers keep them zero themselves. The model's ``state_dict`` is therefore plain (zeros where
 pruned), as on one device.
 
 Checkpoint state: every rank's bit-packed local masks, in rank order (``"sharded_masks"``; the model's rows are
@@ -26,6 +27,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from lightning_prune.callbacks import _lightning_compat as compat
+from lightning_prune.callbacks._inplace import InplaceMasks
 from lightning_prune.core.bitpack import pack_mask, unpack_mask
 from lightning_prune.core.unstructured.sharded import Collective, nm_masks_sharded, select_masks_sharded
 
@@ -87,10 +89,15 @@ def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
     from lightning.pytorch.callbacks import WeightAveraging
 
     averaging = [type(c).__name__ for c in compat.trainer_callbacks(trainer) if isinstance(c, WeightAveraging)]
+    given = getattr(cb, "_options", {}).get("masking")  # the default masks in place here; a "reparam" asked for cannot
     return check_strategy(
         trainer,
         "UnstructuredPruning",
         callbacks=(averaging or None, "weight averaging keeps an unsharded copy of the module"),
+        masking=(
+            given if isinstance(given, str) and given.lower() == "reparam" else None,
+            "torch.nn.utils.prune's reparametrisation cannot sit under fully_shard; use masking='inplace'",
+        ),
     )
 
 
@@ -104,8 +111,9 @@ def join_sharded_masks(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-class ShardedMasks:
-    """The local masks of one fit's sharded targets, and the operations on them."""
+class ShardedMasks(InplaceMasks):
+    """The local masks of one fit's sharded targets, and the operations on them (the in-place masking of
+    ``InplaceMasks`` over the local shards, with the selection, counts and checkpoint state over the ranks)."""
 
     def __init__(self, params: list[Tensor], names: list[str]) -> None:
         from torch.distributed.tensor import DTensor, Shard
@@ -129,14 +137,9 @@ class ShardedMasks:
         self.comm = Collective.process_group(group)
         if mesh.get_local_rank() != self.comm.rank:
             raise ValueError("UnstructuredPruning: the mesh's shard order differs from the process group's ranks")
-        self.params = dparams
-        self.names = names
+        super().__init__(dparams, names)
+        self.dparams = dparams
         self.shapes = {n: list(p.shape) for n, p in zip(names, params, strict=True)}
-        self.local: list[Tensor] | None = None
-        self.counts = (0, sum(p.numel() for p in params))  # (pruned, total) over the whole model
-
-    def shards(self) -> list[Tensor]:
-        return [p.to_local() for p in self.params]
 
     def select(self, rule: MaskRule, target: float, generator: torch.Generator | None) -> list[Tensor]:
         """The local masks of an event (the rule's norm, scope, pattern and cap)."""
@@ -157,49 +160,13 @@ class ShardedMasks:
             target=target,
         )
 
-    def set(self, masks: list[Tensor], optimizers: list[torch.optim.Optimizer]) -> None:
-        """Adopt ``masks`` (local): zero the local weights and their optimizer state where pruned."""
-        self.local = [m.to(device=s.device, dtype=torch.bool) for m, s in zip(masks, self.shards(), strict=True)]
-        self.zero_weights()
-        for optimizer in optimizers:
-            for param, keep in zip(self.params, self.local, strict=True):
-                for value in optimizer.state.get(param, {}).values():
-                    if isinstance(value, Tensor) and value.shape == param.shape:
-                        local = value.to_local() if hasattr(value, "to_local") else value
-                        local.masked_fill_(~keep, 0)
-        self._count()
-
-    def zero_weights(self) -> None:
-        if self.local is None:
-            return
-        with torch.no_grad():
-            for shard, keep in zip(self.shards(), self.local, strict=True):
-                shard.masked_fill_(~keep, 0)
-
-    def zero_grads(self) -> None:
-        if self.local is None:
-            return
-        for param, keep in zip(self.params, self.local, strict=True):
-            if param.grad is not None:
-                grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
-                grad.masked_fill_(~keep, 0)
-
-    def packed(self) -> dict[str, dict[str, Any]]:
-        return {n: pack_mask(m.cpu()) for n, m in zip(self.names, self.local or [], strict=False)}
-
     def state(self) -> dict[str, Any]:
         """Every rank's packed local masks, in rank order (a collective: call it on every rank)."""
         import torch.distributed as dist
 
         ranks: list[Any] = [None] * self.comm.world
-        dist.all_gather_object(ranks, self.packed(), group=self.params[0].device_mesh.get_group())
+        dist.all_gather_object(ranks, self.packed(), group=self.dparams[0].device_mesh.get_group())
         return {"world_size": self.comm.world, "shapes": dict(self.shapes), "ranks": ranks}
-
-    def adopt(self, packed: dict[str, dict[str, Any]]) -> None:
-        """Adopt this rank's packed local masks (``packed()`` of an earlier fit) and enforce them."""
-        self.local = [unpack_mask(packed[n], s.device) for n, s in zip(self.names, self.shards(), strict=True)]
-        self.zero_weights()
-        self._count()
 
     def _count(self) -> None:
         pruned = sum(int((~m).sum()) for m in self.local or [])
@@ -218,7 +185,7 @@ class ShardedMasks:
             whole = unpack_mask(packed[name]).reshape(-1)
             local.append(whole[int(start) : int(start) + shard.numel()].reshape(shard.shape).to(shard.device))
         self.local = local
-        self.zero_weights()
+        self.zero_weights(exact=True)
         self._count()
         return self.packed()
 

@@ -171,6 +171,9 @@ _U_FSDP2 = {
         f"the selection over shards ranks single weights, not whole slices of a tensor; {_ONE_OR_DDP}"
     ),
     "every_n_steps": no("the masks over shards follow epoch events only; use every_n_steps=None"),
+    "masking": only(
+        "inplace", why="torch.nn.utils.prune's reparametrisation cannot sit under fully_shard; use masking='inplace'"
+    ),
 }
 _U_AVERAGING = {
     "rewind_epoch": no(
@@ -203,7 +206,7 @@ _U_STEPS = {  # refused at construction already (``every_n_steps`` with them)
 _U_OPTIONS = (
     "amount norm scope schedule start_epoch end_epoch every_n_epochs modules exclude module_types parameters "
     "prune_bias max_layer_sparsity min_kept_per_layer make_pruning_permanent rewind_epoch resample_parameters seed "
-    "verbose pattern prune_frozen layer_amounts structured_dim every_n_steps"
+    "verbose pattern prune_frozen layer_amounts structured_dim every_n_steps masking"
 ).split()
 _SPAWN_PERMANENT = no(
     "ddp_spawn's main process loads rank 0's state_dict with strict=False: without the pruning made permanent its "

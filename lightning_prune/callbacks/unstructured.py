@@ -23,7 +23,7 @@ from lightning_prune.callbacks import _sharded
 from lightning_prune.callbacks import _unstructured_options as opts
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._mask_event import MaskEvent, MaskRule
-from lightning_prune.callbacks._mask_store import MaskStore, plain_weights
+from lightning_prune.callbacks._mask_store import MASKINGS, MaskStore, plain_weights
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
 from lightning_prune.callbacks._unstructured_targets import counted_schedule, refuse_shared_targets, select_targets
@@ -110,6 +110,11 @@ class UnstructuredPruning(ScheduledPruning):
             ``norm`` (``l1``, ``l2`` or ``random``); ``scope`` is not used.
         every_n_steps: prune every this many optimizer steps (same window and shape) instead of at epoch starts
             (``None``); see docs/unstructured.md. Not with milestones, ``every_n_epochs``, rewinding or FSDP2.
+        masking: how the masks hold between events: ``"reparam"`` (``torch.nn.utils.prune``'s reparametrisation, as
+            described above) or ``"inplace"`` (no reparametrisation: bool masks kept by the callback, the pruned
+            weights zeroed at each event and their gradients before each optimizer step; about 1 byte per weight
+            instead of a mask, a product and its saved copy; FSDP2 always masks in place). Same weights in float32;
+            the differences: docs/unstructured.md.
 
     Hook: override ``filter_parameters(pl_module, targets)`` in a subclass to change the list of
     ``(module name, parameter name)`` pairs the arguments select (``ModelPruning.filter_parameters_to_prune``).
@@ -152,6 +157,7 @@ class UnstructuredPruning(ScheduledPruning):
         layer_amounts: dict[str, float] | None = None,
         structured_dim: int | None = None,
         every_n_steps: int | None = None,
+        masking: str = "reparam",  # "reparam" or "inplace"
     ) -> None:
         amount, modules, exclude, module_types, parameters, layer_amounts = plain(  # Hydra's containers too
             (amount, modules, exclude, module_types, parameters, layer_amounts))  # fmt: skip
@@ -180,7 +186,8 @@ class UnstructuredPruning(ScheduledPruning):
         self._rule = MaskRule.checked(self, pattern, structured_dim, self._count, self._sched.amount)
         self.pattern, self.structured_dim = self._rule.pattern, self._rule.structured_dim
         self.every_n_steps = check_every_n_steps(every_n_steps, self._sched, rewind_epoch, resample_parameters)
-        self._store = MaskStore()  # targets, masks and rewind weights, from setup on
+        self.masking = check_choice("masking", masking, MASKINGS)
+        self._store = MaskStore(self.masking)  # targets, masks and rewind weights, from setup on
         self._clock = StepClock(self.every_n_steps, self._sched.schedule)  # every_n_steps: the step events
         self._wanda = WandaInputs.build(self.norm, self.prune_bias)  # norm="wanda": the input norms
         self._event = MaskEvent(self._store, self._rule, self._wanda, self.resample_parameters)
@@ -301,11 +308,11 @@ class UnstructuredPruning(ScheduledPruning):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self._store.zero_grads()  # FSDP2 only: pruned entries get no gradient, as under the reparametrisation
+        self._store.zero_grads()  # in place (and FSDP2): pruned entries get no gradient, as under the reparametrisation
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._store.zero_weights()  # FSDP2 only: the masks are enforced in place
+        self._store.zero_weights(trainer.optimizers)  # in place (and FSDP2): unless the optimizers keep the zeros
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
