@@ -110,6 +110,13 @@ PARTS: list[Part] = [
          "schedule, LeNet on digits from scratch: test accuracy per seed (printed, not recorded in RESULTS.md)",
          "minutes", command="`python benchmarks/step_schedule.py --seeds 3 --epochs 12 --sparsity 0.9 "
          "--every-n-steps 4`", recorded=False),
+    Part("17", "extreme", "extreme.py", "extreme sparsity (issue 36): LeNet on digits and Fashion-MNIST, 98/99% "
+         "(95% with `--targets`), from scratch and from a trained model, 3 seeds: dense, `ModelPruning`, fasterai, "
+         "ours (defaults, geometric schedule, LAMP + step events), each of ours with regrowth (`regrow_fraction=0.3`); "
+         "validation and test; one JSON line per run in `results/extreme_runs.jsonl`",
+         "~1 h of CPU (Fashion-MNIST on 2,000 training images)",
+         command="`python benchmarks/extreme.py --data {digits,fashion} --budget {scratch,trained} [--train-size N] "
+         "[--targets ...] [--methods ...]`, then `--table`"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip
