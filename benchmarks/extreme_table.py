@@ -46,8 +46,9 @@ def _section(group: tuple, rows: dict) -> tuple[str, dict]:
             body.append([m] + [_cell(d, k) for _ in targets for k in ("val", "test")])
             continue
         body.append([m] + [_cell(rows[m].get(t, {}), k) for t in targets for k in ("val", "test")])
+    pruned = [m for m in rows if m != "dense"]
     means = {
-        t: {m: common.mean_std([r["val"] for r in rows[m][t].values()])[0] for m in rows if m != "dense" and t in rows[m]}
+        t: {m: common.mean_std([r["val"] for r in rows[m][t].values()])[0] for m in pruned if t in rows[m]}
         for t in targets
     }
     pairs = []
@@ -84,9 +85,7 @@ def main(path: Path, protocol: str) -> int:
         + "\n\n"
         + "\n".join(sections)
         + "\n**The rule** (issue 36: a setting becomes the recommendation for extreme targets only if it wins on both "
-        "data sets and both budgets, by validation accuracy):\n\n"
-        + "\n".join(verdict)
-        + "\n"
+        "data sets and both budgets, by validation accuracy):\n\n" + "\n".join(verdict) + "\n"
     )
     common.write_part("extreme", text)
     print(text)
