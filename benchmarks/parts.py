@@ -128,6 +128,7 @@ HELPERS = {
     "common.py": "shared helpers of every script (threads, headers, tables, workers)",
     "parts.py": "this list, and the generator of the README table and RESULTS.md",
     "run_all.py": "runs the parts marked run_all in turn",
+    "extreme_table.py": "the tables of part 17 (`extreme.py --table`)",
     "heldout_table.py": "the tables of part 12 (`heldout.py --table` calls it)",
     "gpu/gpu_checks_fit.py": "the GPU check's fit checks (1-4)",
     "gpu/gpu_checks_speed.py": "the GPU check's speed and memory checks (5-7)",
