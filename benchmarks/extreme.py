@@ -14,6 +14,8 @@ Protocol (the data, budgets, model, pretraining cache and the ``ModelPruning`` /
   (``norm="lamp"``, ``every_n_steps`` about 8 events an epoch); ``ours geometric`` (``schedule="geometric"``: a
   schedule with a longer tail near the end than the cubic one, issue 36 item 2); ``ours regrow`` and
   ``ours lamp steps regrow`` (the same plus ``regrow_fraction=0.3``, cosine-decayed to 0 at the last event);
+- fasterai 0.4.1 must be importable (measured here with ``pip install --no-deps --target DIR fasterai==0.4.1`` and
+  the few modules it imports, ``DIR`` on ``PYTHONPATH``);
 - every run is one line of ``benchmarks/results/extreme_runs.jsonl``; ``--table`` writes the RESULTS.md part.
   Decisions on the validation accuracy; the test accuracy beside it.
 
