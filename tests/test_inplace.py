@@ -89,8 +89,9 @@ def _loader():
         pytest.param({"rewind_epoch": 0}, marks=pytest.mark.rehearsal),
         {"every_n_steps": 2, "start_epoch": 1, "end_epoch": 2},
         {"ema": True},
+        {"regrow_fraction": 0.4, "amount": 0.9},
     ],
-    ids=["lamp", "layer_amounts-floor", "nm", "wanda", "rewind", "step-events", "ema"],
+    ids=["lamp", "layer_amounts-floor", "nm", "wanda", "rewind", "step-events", "ema", "regrow"],
 )
 def test_features_give_equal_weights_in_both_modes(tmp_path, kwargs):
     """SGD with momentum (a user's own module): the features that choose or reset weights."""

@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_prune.callbacks import _sharded
-from lightning_prune.callbacks._mask_store import MaskStore
+from lightning_prune.callbacks._mask_store import MaskStore, target_param
+from lightning_prune.callbacks._regrow import Regrowth
 from lightning_prune.callbacks._unstructured_options import check_pattern, check_structured, norm_name
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.core.patterns import name_matches
@@ -161,11 +162,14 @@ class MaskRule:
 
 class MaskEvent:
     """Runs the events of one callback on its ``store`` with its ``rule`` (and ``wanda`` inputs); ``resample``:
-    ``resample_parameters``."""
+    ``resample_parameters``; ``regrow``: ``regrow_fraction``'s gradients and swap."""
 
-    def __init__(self, store: MaskStore, rule: MaskRule, wanda: WandaInputs, resample: bool) -> None:
+    def __init__(
+        self, store: MaskStore, rule: MaskRule, wanda: WandaInputs, resample: bool, regrow: Regrowth | None = None
+    ) -> None:
         self.store, self.rule, self.wanda = store, rule, wanda
         self.resample = resample
+        self.regrow = regrow if regrow is not None else Regrowth(0.0)
 
     def run(
         self,
@@ -190,7 +194,12 @@ class MaskEvent:
         weights = mask_ops.current_weights(pl_module, store.targets)
         scored = self.wanda.scored(trainer, store.targets, weights)  # the weights themselves unless norm="wanda"
         prev = store.current_masks(pl_module)
-        masks = store.adopt(trainer, pl_module, self.rule.masks(scored, prev, target, final, event, store.targets))
+        masks = self.rule.masks(scored, prev, target, final, event, store.targets)
+        masks = self.regrow.swap(trainer, self.rule, store.targets, scored, masks, event)  # regrow_fraction > 0
+        masks = store.adopt(trainer, pl_module, masks)
+        if self.regrow.active:  # regrowth: weights grown back start at zero, with zero optimizer state
+            self.regrow.zero_regrown(trainer, [target_param(pl_module, t) for t in store.targets], prev, masks)
+            store.refresh(pl_module)
         if store.rewind is not None or self.resample:  # lottery ticket: the survivors reset
             store.reset_survivors(pl_module, masks, self.rule.seed * 1_000_003 + event if self.resample else None)
         self.wanda.reset()  # norm="wanda": the next event ranks by the inputs from here on
@@ -198,7 +207,7 @@ class MaskEvent:
         empty = collapsed(store.targets, masks)
         if empty:
             rank_zero_warn(f"UnstructuredPruning: epoch {epoch}: every weight of {empty} is pruned (layer collapse)")
-        entry = {**self._entry(epoch, target, pruned, total), **self.wanda.figures}
+        entry = {**self._entry(epoch, target, pruned, total), **self.wanda.figures, **self.regrow.figures}
         if not verbose:
             return entry, None
         how = f"{norm_name(self.rule.norm)}, {self.rule.scope}"

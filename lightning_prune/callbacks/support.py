@@ -174,6 +174,7 @@ _U_FSDP2 = {
     "masking": only(
         "inplace", why="torch.nn.utils.prune's reparametrisation cannot sit under fully_shard; use masking='inplace'"
     ),
+    "regrow_fraction": no(f"regrowth over shards (the gradients of sharded weights) was never tried; {_ONE_OR_DDP}"),
 }
 _U_AVERAGING = {
     "rewind_epoch": no(
@@ -206,7 +207,7 @@ _U_STEPS = {  # refused at construction already (``every_n_steps`` with them)
 _U_OPTIONS = (
     "amount norm scope schedule start_epoch end_epoch every_n_epochs modules exclude module_types parameters "
     "prune_bias max_layer_sparsity min_kept_per_layer make_pruning_permanent rewind_epoch resample_parameters seed "
-    "verbose pattern prune_frozen layer_amounts structured_dim every_n_steps masking"
+    "verbose pattern prune_frozen layer_amounts structured_dim every_n_steps masking regrow_fraction"
 ).split()
 _SPAWN_PERMANENT = no(
     "ddp_spawn's main process loads rank 0's state_dict with strict=False: without the pruning made permanent its "
@@ -219,6 +220,12 @@ _COMPILED_NORM = only(
     "random",
     kinds=(Callable,),  # type: ignore[arg-type]  # isinstance(x, Callable) is what is meant
     why="the Wanda input hooks were never tried on a compiled module; use another norm or prune without torch.compile",
+)
+
+_SPAWN_REGROW = no("regrowth under ddp_spawn was never tried; use strategy='ddp' or set regrow_fraction=0")
+_COMPILED_REGROW = no(
+    "regrowth's gradient hooks on the weights a forward uses were never tried on a compiled module; prune without "
+    "torch.compile or set regrow_fraction=0"
 )
 
 
@@ -255,9 +262,9 @@ TABLE: dict[str, dict[str, dict[str, Cell]]] = {
         "UnstructuredPruning",
         _U_OPTIONS,
         {
-            "ddp_spawn": {"make_pruning_permanent": _SPAWN_PERMANENT},
+            "ddp_spawn": {"make_pruning_permanent": _SPAWN_PERMANENT, "regrow_fraction": _SPAWN_REGROW},
             "fsdp2": _U_FSDP2,
-            "compiled": {"norm": _COMPILED_NORM},
+            "compiled": {"norm": _COMPILED_NORM, "regrow_fraction": _COMPILED_REGROW},
             "averaging": _U_AVERAGING,
             "step_events": _U_STEPS,
         },

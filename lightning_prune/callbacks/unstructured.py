@@ -24,6 +24,7 @@ from lightning_prune.callbacks import _unstructured_options as opts
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._mask_event import MaskEvent, MaskRule
 from lightning_prune.callbacks._mask_store import MASKINGS, MaskStore, plain_weights
+from lightning_prune.callbacks._regrow import Regrowth, check_regrow
 from lightning_prune.callbacks._scheduled import ScheduledPruning, starts_from_trained
 from lightning_prune.callbacks._step_clock import StepClock, check_every_n_steps
 from lightning_prune.callbacks._unstructured_targets import counted_schedule, refuse_shared_targets, select_targets
@@ -33,6 +34,7 @@ from lightning_prune.core._validation import check_bool, check_choice, check_int
 from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
+from lightning_prune.core.unstructured.targets import with_ties
 
 
 @record_options
@@ -115,6 +117,11 @@ class UnstructuredPruning(ScheduledPruning):
             weights zeroed at each event and their gradients before each optimizer step; about 1 byte per weight
             instead of a mask, a product and its saved copy; FSDP2 always masks in place). Same weights in float32;
             the differences: docs/unstructured.md.
+        regrow_fraction: regrowth (RigL, GraNet) in [0, 1): after each event, this fraction of each tensor's kept
+            weights (decaying to 0 at the last event, cosine) is swapped: as many pruned weights with the largest
+            gradient magnitude since the previous event grow back at zero, with zero optimizer state, and the
+            lowest-scored kept ones are pruned, so every count stays exact (N:M: within groups). 0: off. See
+            docs/regrowth.md. Not with rewinding, resampling or ``structured_dim``.
 
     Hook: override ``filter_parameters(pl_module, targets)`` in a subclass to change the list of
     ``(module name, parameter name)`` pairs the arguments select (``ModelPruning.filter_parameters_to_prune``).
@@ -158,6 +165,7 @@ class UnstructuredPruning(ScheduledPruning):
         structured_dim: int | None = None,
         every_n_steps: int | None = None,
         masking: str = "reparam",  # "reparam" or "inplace"
+        regrow_fraction: float = 0.0,
     ) -> None:
         amount, modules, exclude, module_types, parameters, layer_amounts = plain(  # Hydra's containers too
             (amount, modules, exclude, module_types, parameters, layer_amounts))  # fmt: skip
@@ -190,7 +198,9 @@ class UnstructuredPruning(ScheduledPruning):
         self._store = MaskStore(self.masking)  # targets, masks and rewind weights, from setup on
         self._clock = StepClock(self.every_n_steps, self._sched.schedule)  # every_n_steps: the step events
         self._wanda = WandaInputs.build(self.norm, self.prune_bias)  # norm="wanda": the input norms
-        self._event = MaskEvent(self._store, self._rule, self._wanda, self.resample_parameters)
+        self.regrow_fraction = check_regrow(regrow_fraction, self.rewind_epoch, resample_parameters, structured_dim)
+        self._regrow = Regrowth(self.regrow_fraction)  # regrow_fraction: the gradient sums and the swap
+        self._event = MaskEvent(self._store, self._rule, self._wanda, self.resample_parameters, self._regrow)
         self._fitting = False
         self._fsdp2 = False
 
@@ -205,6 +215,8 @@ class UnstructuredPruning(ScheduledPruning):
         extra: dict[str, Any] = {"pattern": self.pattern} if self.pattern is not None else {}
         if self.layer_amounts:
             extra["layer_amounts"] = self.layer_amounts
+        if self.regrow_fraction:
+            extra["regrow_fraction"] = self.regrow_fraction
         for name in ("structured_dim", "every_n_steps"):
             if getattr(self, name) is not None:
                 extra[name] = getattr(self, name)
@@ -272,6 +284,7 @@ class UnstructuredPruning(ScheduledPruning):
             self._store.apply(pl_module)
         self._follow_averaged(trainer, pl_module)
         self._wanda.attach(pl_module, self._store.targets)
+        self._regrow.attach(pl_module, list(zip(*self._store_paths(), strict=True)))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -308,7 +321,8 @@ class UnstructuredPruning(ScheduledPruning):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self._store.zero_grads()  # in place (and FSDP2): pruned entries get no gradient, as under the reparametrisation
+        self._regrow.step(pl_module, self._store.targets)  # regrow_fraction: this step's gradient magnitudes, before
+        self._store.zero_grads()  # in place (and FSDP2) pruned entries lose theirs, as under the reparametrisation
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -336,6 +350,7 @@ class UnstructuredPruning(ScheduledPruning):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_training(trainer)
         self._wanda.detach()
+        self._regrow.detach()
         if not (self.make_pruning_permanent and self._store.targets):
             self._store.refresh(pl_module)
             return
@@ -358,6 +373,8 @@ class UnstructuredPruning(ScheduledPruning):
     def state_dict(self) -> dict[str, Any]:
         state = {**self._store.state_dict(), **self._schedule_state(), "pattern": self.pattern}
         state["wanda"] = self._wanda.state(self._trainer())  # under DDP a collective, as the store's under FSDP2
+        if self._regrow.active:
+            state["regrow"] = self._regrow.state(self._trainer())  # a collective under DDP too
         steps = self._clock.state()
         return state if steps is None else {**state, "steps": steps}
 
@@ -370,6 +387,7 @@ class UnstructuredPruning(ScheduledPruning):
         self._store.load_state_dict(state, self.pattern, check_targets=pl_module is not None)  # or refuse it
         self._load_schedule_state(state)
         self._wanda.load(state.get("wanda"), self._trainer())
+        self._regrow.load(state.get("regrow"), self._trainer())
         self._clock.load(state.get("steps"))
         if pl_module is not None:  # its plain weights are loaded, the optimizer not built yet: the masks again
             self._store.restore(pl_module)
@@ -378,11 +396,13 @@ class UnstructuredPruning(ScheduledPruning):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._wanda.detach()
+        self._regrow.detach()
         self._remove_load_hook()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._wanda.detach()  # a failed fit does not reach `teardown`
+        self._regrow.detach()
         self._after_exception(trainer, exception)
 
     # ------------------------------------------------------------------------------------------ the event
@@ -390,11 +410,16 @@ class UnstructuredPruning(ScheduledPruning):
         """One event to ``target`` (``event``: its epoch, or its step), recorded in the history."""
         final = max(self._schedule_map.values()) if self._schedule_map else target
         verbose = self.verbose and not self._clock.on  # step events: one line per epoch (`on_train_epoch_end`)
+        self._regrow.at_event(event, list(self._clock.targets() if self._clock.on else self._schedule_map))
         entry, summary = self._event.run(trainer, pl_module, target, final, epoch, event, verbose)
         self._last_event_epoch = event
         self._history.append(entry)
         if summary is not None:
             say(trainer, summary)
+
+    def _store_paths(self) -> tuple[list, list]:
+        """Every reparametrised path (ties too) with its target's key."""
+        return with_ties(self._store.targets, self._store.keys(), self._store.ties)
 
     def _log_target(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
         self._log_epoch(trainer, pl_module, {"pruning/target": target}, {"pruning/sparsity": self._store.sparsity()})
