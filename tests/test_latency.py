@@ -13,7 +13,7 @@ import torch
 from helpers import UserClassifier, make_trainer
 from torch import nn
 
-from lightning_prune import ChannelPruning, LatencyTarget
+from lightning_prune import ChannelPruning, LatencyTarget, PruningMetrics
 from lightning_prune.core.channel.latency_search import search_latency, search_latency_roundings
 from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.latency import LatencyBackendError, LatencyProbe, WallClockTimer, batched
@@ -165,7 +165,8 @@ def test_callback_prunes_to_the_measured_latency(tmp_path, caplog):
     target._timer = FakeTimer(lanes=8)
     module = UserClassifier(small_cnn(width=2))
     cb = ChannelPruning(speedup=target, schedule="linear", start_epoch=0, end_epoch=1, input_shape=[1, 1, 32, 32])
-    trainer = make_trainer(tmp_path, 2, [cb], limit_train_batches=1, limit_val_batches=0)
+    metrics = PruningMetrics(input_shape=[1, 1, 32, 32])  # its table shows the latency ChannelPruning measured
+    trainer = make_trainer(tmp_path, 2, [cb, metrics], limit_train_batches=1, limit_val_batches=0)
     with caplog.at_level("INFO"):
         trainer.fit(module, DigitsDataModule(batch_size=8))
     timer = FakeTimer(lanes=8)
@@ -184,3 +185,44 @@ def test_callback_prunes_to_the_measured_latency(tmp_path, caplog):
     fresh = ChannelPruning(speedup=LatencyTarget(2.0), start_epoch=0, end_epoch=1)
     fresh.load_state_dict(state)
     assert fresh.latency_figures["speedup"] == pytest.approx(reached)
+
+
+# ---------------------------------------------------------------------------------------------- rehearsal
+@pytest.mark.rehearsal
+def test_ddp_rank_zero_measures_and_every_rank_prunes_the_same(tmp_path):
+    from helpers import run_ddp_script
+
+    r0, r1 = run_ddp_script("latency_ddp.py", tmp_path)
+    assert r0["architecture"] == r1["architecture"]
+    assert r0["history"] == r1["history"] and r0["logged"] == r1["logged"]
+    assert abs(r0["history"][-1]["latency_speedup"] / 2.0 - 1) <= 0.05
+
+
+@pytest.mark.rehearsal
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_real_timer_search_on_a_backend(backend):
+    """The real timer on a real backend: a wide MLP (where latency follows the width) pruned to 2x."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    x = torch.zeros(1, 256)
+    target = LatencyTarget(2.0, backend=backend, batch_size=64, repeats=15)
+    probe = LatencyProbe(target.timer(), copy.deepcopy(model), batched(x, 64))
+    found = search_latency(ChannelPruner("l2"), model, x, probe, 2.0, max_evaluations=6)
+    assert found.evaluations >= 1 and found.seconds > 0
+    assert 1.6 <= found.speedup <= 2.5, found.tried  # noisy shared machine: the search's own measurement
+
+
+def test_sensitivity_scan_reports_each_groups_share_of_latency(capsys):
+    from lightning_prune.cli.scan import main as sensitivity_main
+    from lightning_prune.core.sensitivity import sensitivity_scan
+
+    model, x = small_cnn(), torch.zeros(1, 1, 32, 32)
+    probe = _probe(model, FakeTimer(lanes=1, overhead=0.0))
+    result = sensitivity_scan(model, lambda m: 1.0, x, ratios=[0.25, 0.5], progress=False, latency=probe)
+    row = next(r for r in result.rows() if r["layer"] == "0" and r["ratio"] == 0.5)
+    assert 0 < row["latency_fraction"] < 1 and row["macs_fraction"] < 1
+    table = result.latency_table()
+    assert "| layer (pruned alone at 0.5) | MACs removed | latency removed |" in table and "| 3 |" in table
+    assert sensitivity_main(["--latency", "--kind", "unstructured"]) == 2  # refused before anything is built
+    assert "--latency needs --kind channel" in capsys.readouterr().err
