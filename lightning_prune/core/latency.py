@@ -222,6 +222,9 @@ class WallClockTimer:
         return run
 
     def measure(self, models: Sequence[nn.Module], inputs: Any) -> list[float]:
+        if self.backend == "compile":  # fresh compilations: dynamo's per-code recompile limit would fall back to eager
+            torch._dynamo.reset()
+            self._kept = []
         runners = [self._runner_for(m, inputs) for m in models]
         sync = _synchronize(models)
         for run in runners:
