@@ -83,7 +83,9 @@ class ChannelLatency:
         assert self.probe is not None, "the latency is measured when fit starts"
         goal = 1.0 / (1.0 - reduction)
         t = self.target
-        options = dict(lower=lower, scale=scale, tolerance=t.tolerance, max_evaluations=t.max_evaluations)
+        options: dict[str, Any] = dict(
+            lower=lower, scale=scale, tolerance=t.tolerance, max_evaluations=t.max_evaluations
+        )
         probe = self.probe
         seconds, before = probe.seconds, probe.measurements
         roundings = _ROUNDINGS if t.round_to == "auto" and pruner.round_to is None else (pruner.round_to,)

@@ -183,8 +183,9 @@ def _call(model: Callable[..., Any], inputs: Any) -> Any:
 
 class WallClockTimer:
     """The real timer: every model warmed up, then ``repeats`` rounds, each timing every model once (the order
-    reversed every other round), each sample a calibrated number of calls of at least ``min_sample_ms``; the
-    median per model. The device is the models' (CUDA synchronised around each sample)."""
+    reversed every other round), each sample a calibrated number of calls of at least ``min_sample_ms``; the first
+    model's median, the others' through the median of their per-round ratios to it (:func:`paired_medians`). The
+    device is the models' (CUDA synchronised around each sample)."""
 
     def __init__(self, backend: str = "eager", repeats: int = 21, warmup: int = 3, min_sample_ms: float = 5.0) -> None:
         self.backend = check_choice("backend", backend, BACKENDS)
@@ -238,7 +239,19 @@ class WallClockTimer:
             order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
             for j in order:
                 samples[j].append(_timed(runners[j], number, sync) / number * 1000.0)
-        return [statistics.median(s) for s in samples]
+        return paired_medians(samples)
+
+
+def paired_medians(samples: Sequence[Sequence[float]]) -> list[float]:
+    """The first model's median, and for each other model the first's median divided by the median of the per-round
+    ratios ``first / other`` (two samples of one round are adjacent in time, so a load that changes between rounds
+    cancels in their ratio): ``result[0] / result[j]`` is that paired median ratio."""
+    reference = statistics.median(samples[0])
+    out = [reference]
+    for other in samples[1:]:
+        ratio = statistics.median(a / max(b, 1e-12) for a, b in zip(samples[0], other, strict=True))
+        out.append(reference / max(ratio, 1e-12))
+    return out
 
 
 def _synchronize(models: Sequence[nn.Module]) -> Callable[[], None]:
@@ -319,9 +332,11 @@ class LatencyProbe:
         self.dense_ms = reference_ms * self.reference_speedup
         self.cache[structure_key(reference)] = (self.reference_speedup, reference_ms)
 
-    def measure(self, candidate: nn.Module) -> tuple[float, float]:
-        """``(speed-up over the dense model, latency in ms)`` of ``candidate``, timed against the reference."""
+    def measure(self, candidate: nn.Module, again: bool = False) -> tuple[float, float]:
+        """``(speed-up over the dense model, latency in ms)`` of ``candidate``, timed against the reference;
+        ``again``: time it once more and keep the geometric mean with what was measured before."""
         key = structure_key(candidate)
+        before = self.cache.pop(key, None) if again else None
         if key not in self.cache:
             reference_device = next((p.device for p in self.reference.parameters()), None)
             if reference_device is not None:
@@ -331,5 +346,7 @@ class LatencyProbe:
             self.seconds += time.perf_counter() - start
             self.measurements += 1
             speedup = self.reference_speedup * reference_ms / max(candidate_ms, 1e-9)
+            if before is not None:
+                speedup = math.sqrt(speedup * before[0])
             self.cache[key] = (speedup, self.dense_ms / speedup)
         return self.cache[key]

@@ -211,14 +211,24 @@ def search_latency_roundings(
     probe: LatencyProbe,
     target: float,
     roundings: Sequence[int | None],
+    confirm: bool = True,
     **options: Any,
 ) -> tuple[LatencySearch, list[LatencySearch]]:
     """:func:`search_latency` once per rounding in ``roundings``; returns the chosen result and all of them. Chosen:
-    among the results within tolerance the one with the most parameters left; if none is, the closest."""
+    among the results within tolerance the one with the most parameters left; if none is, the closest. ``confirm``:
+    the chosen plan is timed once more and its speed-up is the geometric mean of both measurements."""
     results = [search_latency(pruner, model, example_inputs, probe, target, round_to=r, **options) for r in roundings]
     within = [r for r in results if r.within]
     if within:
         chosen = max(within, key=lambda r: r.params)
     else:
         chosen = min(results, key=lambda r: abs(math.log(r.target / r.speedup)))
+    if confirm and chosen.plan:  # timed once more: a choice among noisy measurements favours a lucky one
+        start = time.perf_counter()
+        twin = copy.deepcopy(model)
+        dry = copy.copy(pruner)
+        dry.load_state_dict(pruner.state_dict())
+        dry.apply(twin, chosen.plan, example_inputs)
+        chosen.speedup, chosen.latency_ms = probe.measure(twin, again=True)
+        chosen.seconds += time.perf_counter() - start
     return chosen, results
