@@ -100,7 +100,7 @@ def test_search_reports_an_unreachable_latency():
 def test_wall_clock_timer_measures_interleaved_models():
     torch.manual_seed(0)
     small, big = nn.Linear(8, 8), nn.Linear(8, 8)
-    timer = WallClockTimer("eager", repeats=3, warmup=1, min_sample_ms=0.2)
+    timer = WallClockTimer("eager", repeats=3, warmup=1, min_sample_ms=0.2, min_seconds=0.01)
     ms = timer.measure([small, big], torch.zeros(1, 8))
     assert len(ms) == 2 and all(math.isfinite(v) and v > 0 for v in ms)
     assert batched(torch.zeros(1, 3), 4).shape == (4, 3) and batched({"a": torch.zeros(1, 2)}, 3)["a"].shape == (3, 2)

@@ -143,12 +143,9 @@ class LatencyTarget:
 
 def check_onnxruntime() -> None:
     """Raise ``ImportError`` naming ``backend`` when onnxruntime or the ONNX exporter's packages are missing."""
-    missing = []
-    for name in ("onnxruntime", "onnx", "onnxscript"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    import importlib.util
+
+    missing = [name for name in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(f"`backend`='onnxruntime' needs {', '.join(missing)}: {_ORT_HINT}")
 
@@ -182,16 +179,27 @@ def _call(model: Callable[..., Any], inputs: Any) -> Any:
 
 
 class WallClockTimer:
-    """The real timer: every model warmed up, then ``repeats`` rounds, each timing every model once (the order
+    """The real timer: every model warmed up, then ``repeats`` rounds (more, up to ``max_repeats``, until the rounds
+    take ``min_seconds``: fast models get many cheap rounds), each timing every model once (the order
     reversed every other round), each sample a calibrated number of calls of at least ``min_sample_ms``; the first
     model's median, the others' through the median of their per-round ratios to it (:func:`paired_medians`). The
     device is the models' (CUDA synchronised around each sample)."""
 
-    def __init__(self, backend: str = "eager", repeats: int = 21, warmup: int = 3, min_sample_ms: float = 5.0) -> None:
+    def __init__(
+        self,
+        backend: str = "eager",
+        repeats: int = 21,
+        warmup: int = 3,
+        min_sample_ms: float = 5.0,
+        min_seconds: float = 2.0,
+        max_repeats: int = 400,
+    ) -> None:
         self.backend = check_choice("backend", backend, BACKENDS)
         self.repeats = check_int("repeats", repeats, minimum=1)
         self.warmup = check_int("warmup", warmup, minimum=0)
         self.min_sample_ms = float(min_sample_ms)
+        self.min_seconds = float(min_seconds)  # fast models get more rounds (up to max_repeats) in this much time
+        self.max_repeats = max(self.repeats, int(max_repeats))
         self._kept: list[tuple[nn.Module, Any, Callable[[], Any]]] = []  # the last runners (a reference is reused)
 
     def runner(self, model: nn.Module, inputs: Any) -> Callable[[], Any]:
@@ -234,8 +242,10 @@ class WallClockTimer:
         sync()
         once = min(_timed(runners[0], 1, sync) for _ in range(2))
         number = max(1, math.ceil(self.min_sample_ms / 1000.0 / max(once, 1e-7)))
+        round_s = max(once * number * len(runners), 1e-7)
+        repeats = min(self.max_repeats, max(self.repeats, math.ceil(self.min_seconds / round_s)))
         samples: list[list[float]] = [[] for _ in runners]
-        for i in range(self.repeats):
+        for i in range(repeats):
             order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
             for j in order:
                 samples[j].append(_timed(runners[j], number, sync) / number * 1000.0)
