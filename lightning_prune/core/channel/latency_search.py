@@ -216,19 +216,26 @@ def search_latency_roundings(
 ) -> tuple[LatencySearch, list[LatencySearch]]:
     """:func:`search_latency` once per rounding in ``roundings``; returns the chosen result and all of them. Chosen:
     among the results within tolerance the one with the most parameters left; if none is, the closest. ``confirm``:
-    the chosen plan is timed once more and its speed-up is the geometric mean of both measurements."""
+    before one within tolerance is taken it is timed once more (its speed-up: the geometric mean of both
+    measurements), and the next is tried if it no longer is."""
     results = [search_latency(pruner, model, example_inputs, probe, target, round_to=r, **options) for r in roundings]
-    within = [r for r in results if r.within]
-    if within:
-        chosen = max(within, key=lambda r: r.params)
-    else:
-        chosen = min(results, key=lambda r: abs(math.log(r.target / r.speedup)))
-    if confirm and chosen.plan:  # timed once more: a choice among noisy measurements favours a lucky one
-        start = time.perf_counter()
-        twin = copy.deepcopy(model)
-        dry = copy.copy(pruner)
-        dry.load_state_dict(pruner.state_dict())
-        dry.apply(twin, chosen.plan, example_inputs)
-        chosen.speedup, chosen.latency_ms = probe.measure(twin, again=True)
-        chosen.seconds += time.perf_counter() - start
+    # the one with the most parameters left among those within tolerance, each timed once more before it is taken
+    # (a choice among noisy measurements favours a lucky one); else the closest
+    for candidate in sorted((r for r in results if r.within), key=lambda r: -r.params):
+        if not confirm or not candidate.plan:
+            return candidate, results
+        _confirm(pruner, model, example_inputs, probe, candidate)
+        if candidate.within:
+            return candidate, results
+    chosen = min(results, key=lambda r: abs(math.log(r.target / r.speedup)))
     return chosen, results
+
+
+def _confirm(pruner: Any, model: nn.Module, example_inputs: Any, probe: LatencyProbe, found: LatencySearch) -> None:
+    start = time.perf_counter()
+    twin = copy.deepcopy(model)
+    dry = copy.copy(pruner)
+    dry.load_state_dict(pruner.state_dict())
+    dry.apply(twin, found.plan, example_inputs)
+    found.speedup, found.latency_ms = probe.measure(twin, again=True)
+    found.seconds += time.perf_counter() - start
