@@ -226,3 +226,21 @@ def test_sensitivity_scan_reports_each_groups_share_of_latency(capsys):
     assert "| layer (pruned alone at 0.5) | MACs removed | latency removed |" in table and "| 3 |" in table
     assert sensitivity_main(["--latency", "--kind", "unstructured"]) == 2  # refused before anything is built
     assert "--latency needs --kind channel" in capsys.readouterr().err
+
+
+def test_resume_measures_against_the_pruned_model_with_its_known_speedup(tmp_path):
+    def run(max_epochs, ckpt=None):
+        target = LatencyTarget(2.0, round_to="fixed")
+        target._timer = FakeTimer(lanes=1)
+        module = UserClassifier(small_cnn(width=2))
+        cb = ChannelPruning(speedup=target, start_epoch=0, end_epoch=1, input_shape=[1, 1, 32, 32], verbose=False)
+        trainer = make_trainer(tmp_path, max_epochs, [cb], limit_train_batches=1, limit_val_batches=0)
+        trainer.fit(module, DigitsDataModule(batch_size=8), ckpt_path=ckpt)
+        return trainer, cb, module
+
+    trainer, first, _ = run(1)
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    _, cb, module = run(2, str(tmp_path / "half.ckpt"))
+    assert len(cb.history) == 2 and cb.latency_figures["dense_ms"] == pytest.approx(first.latency_figures["dense_ms"])
+    timer = FakeTimer(lanes=1)
+    assert abs(timer.cost(small_cnn(width=2)) / timer.cost(module.backbone) / 2.0 - 1) <= 0.05
