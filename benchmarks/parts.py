@@ -124,6 +124,11 @@ PARTS: list[Part] = [
          "~1 h of CPU (Fashion-MNIST on 2,000 training images)",
          command="`python benchmarks/extreme.py --data {digits,fashion} --budget {scratch,trained} [--train-size N] "
          "[--targets ...] [--methods ...]`, then `--table`"),
+    Part("20", "latency_target", "latency_target.py", "`ChannelPruning(speedup=LatencyTarget(2/3))`: ResNet-18 "
+         "(CIFAR) and MobileNetV2 at 32x32, eager and onnxruntime CPU, batch 1 and 64: the latency speed-up reached "
+         "(re-measured in a fresh process, interleaved with the dense model, median of 21) vs `speedup=<float>` at "
+         "the same MACs ratio, search time, round_to chosen; accuracy cost vs the MACs target on digits and "
+         "Fashion-MNIST (3 seeds, scaled down)", "about 45 min"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip

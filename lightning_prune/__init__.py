@@ -30,6 +30,7 @@ __all__ = [
     "AtTargetCheckpoint",  # ModelCheckpoint over the epochs at the final pruning target
     "distillation_loss",  # the Distillation term, in a module's training_step
     "Schedule",  # which epochs prune, to what target
+    "LatencyTarget",  # ChannelPruning(speedup=LatencyTarget(2.0)): a measured-latency target
     # models, and loading a pruned checkpoint into a fresh model
     "ImageClassifier",
     "ChannelPrunedCheckpointMixin",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # the one declaration of the lazy names: mypy reads it, `atta
     from lightning_prune.core.errors import LightningPruneError as LightningPruneError
     from lightning_prune.core.export import export as export
     from lightning_prune.core.export import load_exported as load_exported
+    from lightning_prune.core.latency import LatencyTarget as LatencyTarget
     from lightning_prune.core.measure import count_macs as count_macs
     from lightning_prune.core.measure import count_macs_nonzero as count_macs_nonzero
     from lightning_prune.core.measure import count_params as count_params

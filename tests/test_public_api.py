@@ -100,6 +100,7 @@ def test_top_level_all_is_what_a_callback_user_needs():
     assert {"UnstructuredPruning", "ChannelPruning", "DecoderPruning", "PruningMetrics", "Distillation"} <= top
     assert {"ChannelRegularization", "ImageClassifier", "export", "save_compressed", "load_compressed"} <= top
     assert {"load_channel_pruned", "reshape_to_state_dict", "Schedule", "LightningPruneError"} <= top
+    assert "LatencyTarget" in top  # ChannelPruning(speedup=LatencyTarget(...))
     assert len(top) <= 30
 
 

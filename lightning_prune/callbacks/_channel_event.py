@@ -15,6 +15,7 @@ from torch import nn
 from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_engine import ChannelEngine
+from lightning_prune.callbacks._channel_latency import ChannelLatency
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._scheduled import averaged_models
 from lightning_prune.callbacks._taylor import TaylorGradients
@@ -32,16 +33,26 @@ class ChannelEventRunner:
     (``baseline``: params and MACs), the pruned model's (``current``), the latest channel ratio
     (``current_target``) and the pruned architecture as plain data (``architecture``)."""
 
-    def __init__(self, engine: ChannelEngine, gradients: TaylorGradients, speedup: bool, verbose: bool) -> None:
+    def __init__(
+        self,
+        engine: ChannelEngine,
+        gradients: TaylorGradients,
+        speedup: bool,
+        verbose: bool,
+        latency: ChannelLatency | None = None,
+    ) -> None:
         self.engine = engine
         self.gradients = gradients
-        self.speedup = speedup  # `target` is then the fraction of the dense MACs removed, not a channel ratio
+        self.speedup = speedup  # `target` is then the fraction of the dense MACs (or latency) removed
         self.verbose = verbose
+        self.latency = latency  # a LatencyTarget run: `target` is the fraction of the dense latency removed
         self.architecture: dict[str, Any] = {}
         self.reset()
 
     def reset(self) -> None:
         """A fresh run: nothing measured, nothing pruned yet."""
+        if self.latency is not None:
+            self.latency.reset()
         self.current_target = 0.0
         self.baseline: dict[str, int] = {}
         self.current: dict[str, int] = {}
@@ -95,7 +106,13 @@ class ChannelEventRunner:
             chosen, error = None, None
             try:
                 with self.gradients.as_gradients(pl_module):  # Taylor: the sums of the last training steps
-                    if self.speedup:  # `target` is the fraction of the dense MACs removed
+                    if self.latency is not None:  # rank 0 measures; the others take its decision below
+                        if trainer.global_rank == 0:
+                            ratio, chosen, decided["extra"] = self._resolve_latency(pl_module, inputs, target, scale)
+                            decided["target"] = ratio
+                        else:
+                            chosen = []
+                    elif self.speedup:  # `target` is the fraction of the dense MACs removed
                         ratio, chosen, decided["extra"] = self._resolve_speedup(pl_module, inputs, target, scale, epoch)
                         decided["target"] = ratio
                     else:
@@ -105,7 +122,8 @@ class ChannelEventRunner:
             support.agree(trainer, error, epoch)
             assert chosen is not None  # a failed plan raised in `agree`
             if trainer.world_size > 1:  # e.g. taylor/random importance differ per rank: rank 0 decides for all
-                decided["target"], chosen = trainer.strategy.broadcast((decided["target"], chosen), src=0)
+                shared = trainer.strategy.broadcast((decided["target"], chosen, decided["extra"]), src=0)
+                decided["target"], chosen, decided["extra"] = shared
             return chosen
 
         return plan, decided
@@ -127,6 +145,14 @@ class ChannelEventRunner:
             )
         return found.ratio, found.plan, {"speedup_target": goal, "macs_target": dense * (1.0 - reduction)}
 
+    def _resolve_latency(
+        self, pl_module: pl.LightningModule, inputs: Any, reduction: float, scale: float
+    ) -> tuple[float, list, dict[str, Any]]:
+        """(rank 0) The channel ratio and plan that cut the dense latency by ``reduction`` (searched on copies)."""
+        assert self.latency is not None
+        core = self.engine.core
+        return self.latency.resolve(core, pl_module, inputs, reduction, self.current_target, scale)
+
     def _record(
         self, pl_module: pl.LightningModule, done: ChannelEvent, target: float, extra: dict, epoch: int
     ) -> dict[str, Any]:
@@ -144,8 +170,12 @@ class ChannelEventRunner:
         }
         if extra:
             entry["speedup"] = self.baseline["macs"] / max(1, self.current["macs"])
+        if self.latency is not None and extra:
+            self.latency.record(extra)
         if self.verbose:
             goal = f", speed-up {entry['speedup']:.3f}x (target {extra['speedup_target']:.3f}x)" if extra else ""
+            if self.latency is not None and extra:
+                goal = f", MACs speed-up {entry['speedup']:.3f}x" + self.latency.summary(extra)
             summary = support.fmt_summary(
                 self.baseline["macs"], self.current["macs"], self.baseline["params"], self.current["params"]
             )
@@ -168,6 +198,7 @@ class ChannelEventRunner:
             "architecture": self.architecture,
             "baseline": dict(self.baseline),
             "current": dict(self.current),
+            **({"latency": self.latency.state_dict()} if self.latency is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -175,6 +206,8 @@ class ChannelEventRunner:
         self.architecture = dict(state_dict.get("architecture") or {})
         self.baseline = dict(state_dict.get("baseline") or {})
         self.current = dict(state_dict.get("current") or {})
+        if self.latency is not None:
+            self.latency.load_state_dict(state_dict.get("latency"))
 
 
 __all__ = ["ChannelEventRunner"]

@@ -17,6 +17,7 @@ from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.decoder import refuse_decoders
 from lightning_prune.core.channel.pruner import ChannelPruner, masked_modules
 from lightning_prune.core.channel.reshape import architecture_in, reshape_to_state_dict
+from lightning_prune.core.latency import LatencyTarget
 
 
 def schedule_amount(pruning_ratio: Any, speedup: Any) -> tuple[Any, Any, str]:
@@ -29,6 +30,8 @@ def schedule_amount(pruning_ratio: Any, speedup: Any) -> tuple[Any, Any, str]:
         )
     if speedup is None:
         return None, 0.5 if pruning_ratio is None else pruning_ratio, "pruning_ratio"
+    if isinstance(speedup, LatencyTarget):  # the schedule runs on the fraction of the dense latency removed
+        return speedup, speedup_ops.speedup_reduction(speedup.speedup), "speedup"
     checked = speedup_ops.check_speedup("speedup", speedup)
     if isinstance(checked, dict):
         return checked, {e: speedup_ops.speedup_reduction(v) for e, v in checked.items()}, "speedup"

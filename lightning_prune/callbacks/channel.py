@@ -19,6 +19,7 @@ from lightning_prune.callbacks import _channel_support as support
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_engine import ChannelEngine
 from lightning_prune.callbacks._channel_event import ChannelEventRunner
+from lightning_prune.callbacks._channel_latency import ChannelLatency
 from lightning_prune.callbacks._channel_start import FitStartCheck
 from lightning_prune.callbacks._scheduled import ScheduledPruning, reshape_on_load, starts_from_trained
 from lightning_prune.callbacks._taylor import TaylorGradients
@@ -28,6 +29,7 @@ from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel import speedup as speedup_ops
 from lightning_prune.core.channel.pruner import ChannelPruner
 from lightning_prune.core.channel.reshape import architecture, architecture_in, reshape_to_state_dict
+from lightning_prune.core.latency import LatencyTarget
 from lightning_prune.core.schedules import Schedule
 
 _STATE_VERSION = 1
@@ -53,7 +55,11 @@ class ChannelPruning(ScheduledPruning):
             ``{epoch: speedup}``. Earlier events follow ``schedule`` on the fraction of MACs removed
             (``1 - 1/speedup``; ``geometric``: the same factor per event). Each event searches the channel ratio
             on a copy of the model with all the other options, and logs the target and the ratio found
-            (``pruning/speedup``, ``pruning/channel_ratio``; in :attr:`history`; docs/channel.md).
+            (``pruning/speedup``, ``pruning/channel_ratio``; in :attr:`history`; docs/channel.md). A
+            :class:`~lightning_prune.LatencyTarget` (e.g. ``LatencyTarget(2.0, backend="onnxruntime")``) targets
+            measured latency instead: the schedule runs on the fraction of the dense latency removed, each event
+            measures pruned copies (rank 0), and logs ``pruning/latency_ms``/``pruning/latency_speedup``
+            (docs/latency.md).
         importance: ``"l1"``, ``"l2"`` (group magnitude with p=1/2), ``"taylor"`` (the gradients of the last
             ``taylor_batches`` training steps before each event), ``"lamp"``, ``"fpgm"``, ``"bn_scale"``,
             ``"random"``, ``"group_norm"`` (an alias of ``"l2"``), a torch-pruning ``Importance`` class as a
@@ -129,7 +135,7 @@ class ChannelPruning(ScheduledPruning):
         ignore_output_layer: bool = True,
         taylor_batches: int = 4,
         verbose: bool = True,
-        speedup: float | dict[int, float] | None = None,
+        speedup: float | dict[int, float] | LatencyTarget | None = None,
         num_heads: dict[str, int] | None = None,
         prune_num_heads: bool = False,
         head_pruning_ratio: float = 0.0,
@@ -168,7 +174,10 @@ class ChannelPruning(ScheduledPruning):
         self._engine = ChannelEngine(self.core, self.input_shape, self.prune_frozen)
         self._fit_check = FitStartCheck(self._engine)
         self._taylor = TaylorGradients(self.core, self.taylor_batches)
-        self._events = ChannelEventRunner(self._engine, self._taylor, self.speedup is not None, self.verbose)
+        self._latency = ChannelLatency(self.speedup) if isinstance(self.speedup, LatencyTarget) else None
+        self._events = ChannelEventRunner(
+            self._engine, self._taylor, self.speedup is not None, self.verbose, self._latency
+        )
 
     # ------------------------------------------------------------------------------------------ public API
     @property
@@ -189,6 +198,13 @@ class ChannelPruning(ScheduledPruning):
         return {int(h["epoch"]): float(h["target"]) for h in self._history}
 
     @property
+    def latency_figures(self) -> dict[str, float]:
+        """``{"dense_ms", "start_ms", "ms", "speedup"}`` measured so far (``LatencyTarget`` runs; else empty)."""
+        t = self._latency
+        return {} if t is None or not t.dense_ms else {"dense_ms": t.dense_ms, "start_ms": t.start_ms, "ms": t.ms,
+                                                        "speedup": t.speedup}  # fmt: skip
+
+    @property
     def architecture(self) -> dict[str, Any]:
         """The pruned architecture after the latest event, as plain data (see ``structure.architecture``)."""
         return dict(self._events.architecture)
@@ -199,7 +215,8 @@ class ChannelPruning(ScheduledPruning):
 
     @property
     def state_key(self) -> str:
-        ratio = {"speedup": self.speedup} if self.speedup is not None else {"pruning_ratio": self._ratio_repr}
+        speedup = self.speedup.options() if isinstance(self.speedup, LatencyTarget) else self.speedup
+        ratio = {"speedup": speedup} if self.speedup is not None else {"pruning_ratio": self._ratio_repr}
         return self._schedule_state_key(**ratio, importance=self.importance)
 
     # ------------------------------------------------------------------------------------------ hooks
@@ -234,13 +251,13 @@ class ChannelPruning(ScheduledPruning):
             optim_ops.check_optimizer(opt)
         self._begin_fit(trainer, pl_module)
         if self._engine.inputs.known_without_batch(pl_module):  # else at on_train_start, with the first batch
-            self._fit_check.run(trainer, pl_module, self._schedule_map, self._last_event_epoch)
+            self._check_fit(trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._announce_schedule(trainer)
         if not self._fit_check.done:  # the tracing input comes from the first training batch, loaded by now
-            self._fit_check.run(trainer, pl_module, self._schedule_map, self._last_event_epoch)
+            self._check_fit(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -305,6 +322,13 @@ class ChannelPruning(ScheduledPruning):
         self._engine.load_state_dict(state_dict.get("core"))
         self._events.load_state_dict(state_dict)
 
+    def _check_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Trace and rehearse; with a ``LatencyTarget``, measure the model's latency (refusing a backend that
+        cannot run it) when events are still due."""
+        self._fit_check.run(trainer, pl_module, self._schedule_map, self._last_event_epoch)
+        if self._latency is not None and any(e > self._last_event_epoch for e in self._schedule_map):
+            self._latency.start(trainer, pl_module, self._engine.example_inputs(trainer, pl_module))
+
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float, epoch: int, event: int) -> None:
         """One event (all or nothing, see ``ChannelEventRunner.run``), recorded in :attr:`history`."""
         entry = self._events.run(trainer, pl_module, target, max(self._schedule_map.values(), default=target), epoch)
@@ -330,6 +354,7 @@ class ChannelPruning(ScheduledPruning):
             figures, own = events.dense(trainer, pl_module), {"pruning/channel_ratio": 0.0}
         else:
             return
+        own.update(self._latency.log_figures() if self._latency is not None else {})
         model = {"pruning/params": figures["params"], "pruning/macs": figures["macs"]}
         self._log_epoch(trainer, pl_module, own, model)
 

@@ -22,6 +22,7 @@ PREFIX = "pruning/"
 _TABLE_ROWS = (
     ("MACs (M)", "macs", 1e-6, "{:.4f}"),
     ("MACs non-zero (M)", "macs_nonzero", 1e-6, "{:.4f}"),
+    ("Latency (ms)", "latency_ms", 1.0, "{:.3f}"),  # measured by ChannelPruning(speedup=LatencyTarget(...)) only
     ("Params (M)", "params", 1e-6, "{:.4f}"),
     ("Params non-zero (M)", "params_nonzero", 1e-6, "{:.4f}"),
     ("Size dense (MB)", "size_mb", 1.0, "{:.4f}"),
@@ -191,6 +192,10 @@ class PruningMetrics(Callback):
         if not self.last:
             self.last = self.compute(pl_module).as_dict(per_layer=False)
             self.last_epoch = trainer.current_epoch
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]  # latency a ChannelPruning measured (no new run)
+            measured = getattr(cb, "latency_figures", None)
+            if isinstance(measured, dict) and measured:
+                self.first["latency_ms"], self.last["latency_ms"] = measured["start_ms"], measured["ms"]
         say(trainer, self.summary_table())
 
     def summary_table(self) -> str:

@@ -245,6 +245,11 @@ _HEADS = no(
     "the averaged copy follows an event by tensor shapes, which do not tell head counts; remove the weight averaging "
     "callback, or average after pruning"
 )
+_LATENCY_SPAWN = only(
+    kinds=(float, int, dict),
+    why="a LatencyTarget (measured by rank 0 and broadcast) was tried under DDP only; use strategy='ddp' or a MACs "
+    "speedup (a float)",
+)
 _C_OPTIONS = (
     "pruning_ratio importance schedule start_epoch end_epoch every_n_epochs global_pruning round_to ignored_layers "
     "pruning_ratio_dict max_pruning_ratio isomorphic input_shape ignore_output_layer taylor_batches verbose speedup "
@@ -272,7 +277,7 @@ TABLE: dict[str, dict[str, dict[str, Cell]]] = {
     "ChannelPruning": _rows(
         "ChannelPruning",
         _C_OPTIONS,
-        {"averaging": {o: _HEADS for o in _C_HEADS}},
+        {"averaging": {o: _HEADS for o in _C_HEADS}, "ddp_spawn": {"speedup": _LATENCY_SPAWN}},
     ),
     "DecoderPruning": _rows("DecoderPruning", _D_OPTIONS, {}),
     "ExpertPruning": _rows("ExpertPruning", _E_OPTIONS, {}),

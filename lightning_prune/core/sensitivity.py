@@ -108,6 +108,8 @@ class SensitivityResult:
         metric: ``{layer: {ratio: metric with that layer pruned alone}}``.
         macs: ``{layer: {ratio: MACs with that layer pruned alone}}`` (non-zero MACs for unstructured).
         params: ``{layer: number of weights}`` (unstructured: the tensor's size; channel: 0, unused).
+        latency: ``{layer: {ratio: latency with that layer pruned alone / dense latency}}`` (channel scans given a
+            ``latency`` probe; else empty).
     """
 
     kind: SensitivityKind
@@ -118,6 +120,7 @@ class SensitivityResult:
     metric: dict[str, dict[float, float]] = field(default_factory=dict)
     macs: dict[str, dict[float, int]] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, dict[float, float]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ table
     def rows(self) -> list[dict[str, Any]]:
@@ -134,9 +137,20 @@ class SensitivityResult:
                         "drop": self.baseline - m,
                         "macs": self.macs[layer][r],
                         "macs_fraction": self.macs[layer][r] / self.dense_macs if self.dense_macs else 1.0,
+                        **({"latency_fraction": self.latency[layer][r]} if self.latency else {}),
                     }
                 )
         return out
+
+    def latency_table(self) -> str:
+        """Markdown: each layer's share of the dense MACs and of the measured latency that pruning it alone at the
+        scanned ratio nearest 0.5 removes (where the two disagree, MACs mislead about time)."""
+        r = min(self.ratios, key=lambda v: abs(v - 0.5))
+        lines = [f"| layer (pruned alone at {r:g}) | MACs removed | latency removed |", "|---|---|---|"]
+        for layer in self.layers:
+            macs = 1.0 - self.macs[layer][r] / self.dense_macs if self.dense_macs else 0.0
+            lines.append(f"| {layer} | {macs:.1%} | {1.0 - self.latency[layer][r]:.1%} |")
+        return "\n".join(lines)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -304,8 +318,9 @@ def sensitivity_scan(
     norm: SensitivityNorm = "l1",
     channel_options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    latency: Any = None,
 ) -> SensitivityResult:
-    """Prune each layer alone at each ratio and record ``evaluate(model)`` and the MACs.
+    """Prune each layer alone at each ratio and record ``evaluate(model)`` and the MACs (and the measured latency).
 
     Args:
         model: the (trained) model; left exactly as it was.
@@ -319,6 +334,8 @@ def sensitivity_scan(
         channel_options: further ``ChannelPruner`` options (``ignored_layers``, ``round_to``,
             ``ignore_output_layers``, ...); ``global_pruning`` is off, since each layer is pruned alone.
         progress: show a tqdm progress bar.
+        latency: a :class:`~lightning_prune.core.latency.LatencyProbe` on a copy of the dense model (channel scans):
+            each pruned copy is also timed against it (``result.latency``, the CSV's ``latency_fraction``).
 
     Raises:
         ValueError: an unknown ``kind``, a ratio outside (0, 1), or nothing to scan.
@@ -332,7 +349,7 @@ def sensitivity_scan(
         raise ValueError(f"`evaluate` returned {baseline!r} for the unpruned model")
     if kind == "channel":
         return _scan_channels(
-            model, evaluate, example_inputs, scanned, importance, channel_options or {}, progress, baseline
+            model, evaluate, example_inputs, scanned, importance, channel_options or {}, progress, baseline, latency
         )
     return _scan_unstructured(model, evaluate, example_inputs, scanned, norm, progress, baseline)
 
@@ -346,6 +363,7 @@ def _scan_channels(
     options: Mapping[str, Any],
     progress: bool,
     baseline: float,
+    latency: Any = None,
 ) -> SensitivityResult:
     from lightning_prune.core.channel.pruner import ChannelPruner
 
@@ -366,10 +384,14 @@ def _scan_channels(
     try:
         for layer in layers:
             result.metric[layer], result.macs[layer] = {}, {}
+            if latency is not None:
+                result.latency[layer] = {}
             for r in ratios:
                 entry = plans[r].get(layer)
                 if entry is None:  # rounding leaves this group whole at this ratio
                     result.metric[layer][r], result.macs[layer][r] = baseline, dense
+                    if latency is not None:
+                        result.latency[layer][r] = 1.0
                 else:
                     twin = copy.deepcopy(model)
                     dry = copy.copy(pruner)
@@ -377,6 +399,8 @@ def _scan_channels(
                     dry.apply(twin, [entry], example_inputs)
                     result.macs[layer][r] = int(count_macs(twin, example_inputs))
                     result.metric[layer][r] = float(evaluate(twin))
+                    if latency is not None:  # timed against the dense copy, interleaved
+                        result.latency[layer][r] = 1.0 / latency.measure(twin)[0]
                     del twin
                 if bar is not None:
                     bar.update(1)
