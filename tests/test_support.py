@@ -22,6 +22,7 @@ from lightning_prune import (
     DecoderPruning,
     Distillation,
     PruningMetrics,
+    QuantizationAware,
     UnstructuredPruning,
 )
 from lightning_prune.callbacks import support
@@ -31,7 +32,15 @@ from lightning_prune.models import LeNet
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {
     c.__name__: c
-    for c in (UnstructuredPruning, ChannelPruning, DecoderPruning, Distillation, ChannelRegularization, PruningMetrics)
+    for c in (
+        UnstructuredPruning,
+        ChannelPruning,
+        DecoderPruning,
+        Distillation,
+        ChannelRegularization,
+        PruningMetrics,
+        QuantizationAware,
+    )
 }
 
 

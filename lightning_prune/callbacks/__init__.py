@@ -4,6 +4,7 @@ from lightning_prune.callbacks.channel import ChannelPrunedCheckpointMixin, Chan
 from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin, DecoderPruning
 from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.metrics import PruningMetrics
+from lightning_prune.callbacks.quantization import QuantizationAware
 from lightning_prune.callbacks.regularization import ChannelRegularization
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
@@ -15,5 +16,6 @@ __all__: list[str] = [
     "DecoderPruning",
     "Distillation",
     "PruningMetrics",
+    "QuantizationAware",
     "UnstructuredPruning",
 ]

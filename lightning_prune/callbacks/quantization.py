@@ -82,16 +82,16 @@ class QuantizationAware(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        self.start_epoch = check_int("start_epoch", start_epoch, minimum=0, allow_none=True)
-        self.quantize = check_choice("quantize", quantize, fq.QUANTIZE_CHOICES)
+        self.start_epoch: int | None = check_int("start_epoch", start_epoch, minimum=0, allow_none=True)
+        self.quantize: str = check_choice("quantize", quantize, fq.QUANTIZE_CHOICES)
         self.observer: fq.Observer = check_choice("observer", observer, fq.OBSERVERS)
         c = averaging_constant
         if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 < float(c) <= 1:
             raise ValueError(f"`averaging_constant` must be a float in (0, 1]; got {averaging_constant!r}")
-        self.averaging_constant = float(c)
-        self.verbose = check_bool("verbose", verbose)
+        self.averaging_constant: float = float(c)
+        self.verbose: bool = check_bool("verbose", verbose)
         self._start: int | None = None  # the start epoch this fit follows
-        self._active = False
+        self._active: bool = False
         self._pending: dict[str, torch.Tensor] | None = None  # observer ranges from a checkpoint, until fit start
         self._module_ref: weakref.ref[pl.LightningModule] | None = None
         self._layers: list[str] = []

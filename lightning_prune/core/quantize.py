@@ -258,8 +258,8 @@ def observer_state(model: nn.Module) -> dict[str, Tensor]:
     """``{"<layer>.act_min"/"<layer>.act_max": tensor}`` of every fake-quantized layer (CPU copies)."""
     out = {}
     for name, module in fake_quantized_layers(model):
-        out[f"{name}.act_min"] = module.act_min.detach().cpu().clone()
-        out[f"{name}.act_max"] = module.act_max.detach().cpu().clone()
+        for attr in ("act_min", "act_max"):
+            out[f"{name}.{attr}"] = module.get_buffer(attr).detach().cpu().clone()
     return out
 
 
@@ -269,7 +269,8 @@ def load_observer_state(model: nn.Module, state: dict[str, Tensor]) -> None:
         for attr in ("act_min", "act_max"):
             key = f"{name}.{attr}"
             if key in state:
-                getattr(module, attr).copy_(state[key].to(getattr(module, attr).device))
+                buffer = module.get_buffer(attr)
+                buffer.copy_(state[key].to(buffer.device))
 
 
 @torch.no_grad()
@@ -308,9 +309,9 @@ def int8_nbytes(model: nn.Module) -> tuple[int, int]:
             chunks.append(quantize_weight_int8(tensor).numpy().tobytes())
             chunks.append(weight_scale(tensor).numpy().tobytes())
         else:
-            chunks.append(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+            chunks.append(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for buf in saved_buffers(model):
-        chunks.append(buf.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        chunks.append(buf.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     raw = b"".join(chunks)
     return len(raw), len(zlib.compress(raw, 6))
 
