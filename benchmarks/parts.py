@@ -110,6 +110,10 @@ PARTS: list[Part] = [
          "schedule, LeNet on digits from scratch: test accuracy per seed (printed, not recorded in RESULTS.md)",
          "minutes", command="`python benchmarks/step_schedule.py --seeds 3 --epochs 12 --sparsity 0.9 "
          "--every-n-steps 4`", recorded=False),
+    Part("17", "quantize", "quantize.py", "pruning + int8 (`QuantizationAware`, QDQ ONNX): LeNet on digits and "
+         "Fashion-MNIST (90% unstructured), ResNet-18 CIFAR stem on 3-channel digits (channel 2x): fp32 dense, fp32 "
+         "pruned, pruned + post-training int8, pruned + QAT int8; accuracy over 3 seeds, ONNX size (and gzip), "
+         "onnxruntime CPU latency at batch 1 and 64", "about 25 min (scaled down)"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip
