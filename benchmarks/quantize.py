@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import json
 import sys
 import tempfile
 import time
@@ -32,14 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import torch  # noqa: E402
 
 CASES = {
     # name: (model, data, prune, pre epochs, fine-tune epochs, last event epoch)
     "LeNet / digits": ("lenet", "digits", "unstructured", 15, 6, 2),
     "LeNet / Fashion-MNIST": ("lenet", "fashion", "unstructured", 4, 5, 1),
-    "ResNet-18 CIFAR stem / digits 3ch 16x16": ("resnet18_cifar", "digits3", "channel", 5, 4, 0),
+    "ResNet-18 CIFAR stem / digits 3ch 16x16": ("resnet18_cifar", "digits3", "channel", 4, 3, 0),
 }
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"  # /work/shared/data from /work/wt/<name>
 
@@ -129,9 +129,10 @@ def latency(paths: dict[str, Path], shape: tuple[int, ...], repeats: int) -> dic
         variants = {}
         for k, s in sessions.items():
             name = s.get_inputs()[0].name
-            variants[k] = (lambda s=s, name=name: s.run(None, {name: x}))
+            variants[k] = lambda s=s, name=name, x=x: s.run(None, {name: x})
         inner = 20 if batch == 1 else 2
-        times = common.interleaved({k: (lambda f=f: [f() for _ in range(inner)]) for k, f in variants.items()}, repeats)
+        timed = {k: (lambda f=f, n=inner: [f() for _ in range(n)]) for k, f in variants.items()}
+        times = common.interleaved(timed, repeats)
         for k, ts in times.items():
             out[k][batch] = common.median(ts) / inner * 1e3
     return out
@@ -145,7 +146,8 @@ def run_case(name: str, case: tuple, seeds: list[int], args, tmp: Path) -> dict:
 
     model_name, data, kind, pre, _, _ = case
     dm = datamodule(data, args.fashion_train)
-    rows: dict[str, list[float]] = {"fp32 dense": [], "fp32 pruned": [], "pruned + PTQ int8": [], "pruned + QAT int8": []}
+    variants = ("fp32 dense", "fp32 pruned", "pruned + PTQ int8", "pruned + QAT int8")
+    rows: dict[str, list[float]] = {v: [] for v in variants}
     files: dict[str, Path] = {}
     diffs: list[float] = []
     macs: dict[str, int] = {}
@@ -166,10 +168,17 @@ def run_case(name: str, case: tuple, seeds: list[int], args, tmp: Path) -> dict:
             paths = {
                 "fp32 dense": export(dense, folder / "dense.onnx", verbose=False),
                 "fp32 pruned": export(pruned, folder / "pruned.onnx", verbose=False),
-                "pruned + PTQ int8": export(pruned, folder / "ptq.onnx", quantize="int8", calibration_data=calib,
-                                            verbose=False, int8_tolerance=1.0),  # fmt: skip
-                "pruned + QAT int8": export(qat, folder / "qat.onnx", quantize="int8", calibration_data=calib,
-                                            verbose=False, int8_tolerance=1.0),  # fmt: skip
+                "pruned + PTQ int8": export(
+                    pruned,
+                    folder / "ptq.onnx",
+                    quantize="int8",
+                    calibration_data=calib,
+                    verbose=False,
+                    int8_tolerance=1.0,
+                ),  # fmt: skip
+                "pruned + QAT int8": export(
+                    qat, folder / "qat.onnx", quantize="int8", calibration_data=calib, verbose=False, int8_tolerance=1.0
+                ),  # fmt: skip
             }
         from lightning_prune.core import _export_int8
 
@@ -200,7 +209,7 @@ def table(results: dict, seeds: list[int]) -> str:
             d = [100 * (a - b) for a, b in zip(accs, base, strict=True)]
             dm_, ds = common.mean_std(d)
             size, gz = r["sizes"][variant]
-            lat = r["latency"][variant]
+            lat = {int(b): v for b, v in r["latency"][variant].items()}
             lines.append([case, variant, f"{100 * m:.2f} +- {100 * s:.2f}", f"{dm_:+.2f} +- {ds:.2f}",
                           f"{size:.4f}", f"{gz:.4f}", f"{100 * size / fp32_size:.1f}%", f"{lat[1]:.3f}",
                           f"{lat[64]:.2f}"])  # fmt: skip
@@ -213,38 +222,58 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--fashion-train", type=int, default=10000)
     p.add_argument("--cases", nargs="*", default=list(CASES))
+    p.add_argument("--save", default=None, help="write this run's results as JSON (no part): cases run in parallel")
+    p.add_argument("--assemble", nargs="*", default=None, help="write the part from these --save JSON files")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     common.quiet()
     torch.set_num_threads(1)
     started = time.time()
     seeds = list(range(1 if args.quick else args.seeds))
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.cases:
-            case = CASES[name]
-            if args.quick:
-                case = (*case[:3], 1, 2, 0)
-                args.repeats = 1
-            results[name] = run_case(name, case, seeds, args, Path(tmp))
+    results: dict = {}
+    if args.assemble is not None:
+        for path in args.assemble:
+            results.update(json.loads(Path(path).read_text()))
+        results = {k: results[k] for k in CASES if k in results}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.cases:
+                case = CASES[name]
+                if args.quick:
+                    case = (*case[:3], 1, 2, 0)
+                    args.repeats = 1
+                results[name] = run_case(name, case, seeds, args, Path(tmp))
+                results[name]["seconds"] = time.time() - started
+    results = json.loads(json.dumps(results))  # JSON keys: batch sizes as strings, the same either way
+    if args.save:
+        Path(args.save).write_text(json.dumps(results))
     text = table(results, seeds)
     print(text)
-    if args.quick:
+    if args.quick or args.save:
         return
+    write(results, text, started)
+
+
+def write(results: dict, text: str, started: float) -> None:
     notes = "\n".join(
-        f"- {k}: QAT int8 file vs its fake-quantized module, max |diff| / max |logit| over 4 calibration batches: "
-        f"{', '.join(f'{d:.3f}' for d in r['diffs'])}; MACs dense {r['macs']['dense']:,}, pruned "
-        f"{r['macs']['pruned']:,} ({r['macs']['dense'] / r['macs']['pruned']:.2f}x)"
+        f"- {k}: QAT int8 file vs its fake-quantized module, max |diff| / max |logit| over 4 calibration batches "
+        f"(per seed): {', '.join(f'{d:.3f}' for d in r['diffs'])}; MACs dense {r['macs']['dense']:,}, pruned "
+        f"{r['macs']['pruned']:,} ({r['macs']['dense'] / r['macs']['pruned']:.2f}x); "
+        f"{len(r['rows']['fp32 dense'])} seeds, {r.get('seconds', 0):.0f} s"
         for k, r in results.items()
     )
+    seconds = sum(r.get("seconds", 0) for r in results.values())
     body = common.header("Pruning + int8 (QuantizationAware, QDQ ONNX)", "python benchmarks/quantize.py", started)
     body += (
-        "\nScaled down for the shared 2-core machine (one torch thread): LeNet/digits dense 15 epochs then 6 of "
+        f"\nCases ran as parallel processes (`--save`, then `--assemble`), {seconds:.0f} s of runs in all, on a "
+        "machine shared with other jobs (load average near 12 on 2 cores): timings are noisy, medians of interleaved "
+        "repeats.\n"
+        "Scaled down for the shared 2-core machine (one torch thread): LeNet/digits dense 15 epochs then 6 of "
         "fine-tuning (90% unstructured, events at epochs 0-2, QAT from 3); LeNet/Fashion-MNIST on 10,000 training "
         "images, dense 4 epochs then 5 (events 0-1, QAT 2-4); ResNet-18 CIFAR stem on 3-channel digits at 16x16, "
-        "dense 5 epochs then 4 (ChannelPruning 0.3 at epoch 0, QAT 1-3). Every pruned row fine-tunes the same "
-        f"epochs from the same dense weights; {len(seeds)} seeds. Int8 rows run in onnxruntime "
-        "(QDQ, int8 weights per channel, int8 activations per tensor, 8 training batches calibrate); sizes and "
+        "dense 4 epochs then 3 (ChannelPruning 0.3 at epoch 0, QAT 1-2). Every pruned row fine-tunes the same "
+        "epochs from the same dense weights. Int8 rows run in onnxruntime "
+        "(QDQ, int8 weights per channel, uint8 activations per tensor, 8 training batches calibrate); sizes and "
         "latency on seed 0's files (fp32 files keep the exporter's metadata, int8 files do not).\n\n"
         + text
         + "\n\n"

@@ -41,7 +41,7 @@ def test_fake_quantization_keeps_pruned_weights_and_2_4_patterns_exactly_zero():
     for layer in (net.conv2, net.fc1):
         q = fq.fake_quantize_weight(layer.weight)
         assert torch.equal(q[layer.weight_mask == 0], torch.zeros_like(q[layer.weight_mask == 0]))
-        assert torch.equal(layer.weight_orig.grad[layer.weight_mask == 0], torch.zeros(int((layer.weight_mask == 0).sum())))
+        assert not layer.weight_orig.grad[layer.weight_mask == 0].any()  # pruned weights get no gradient
     q = fq.fake_quantize_weight(net.fc1.weight).reshape(120, -1, 4)
     assert int((q != 0).sum(-1).max()) <= 2  # the 2:4 pattern survives
     # int8 symmetric per channel: at most 255 levels per row, the largest |w| exact

@@ -10,8 +10,8 @@ with MinMax ranges measured on ``calibration_data``, stored as uint8: the same 2
 fake quantization of training (the zero point shifts by 128), and the type onnxruntime's x86 kernels fuse: with
 int8 activations (S8S8) it left 12 of ResNet-18's 20 convolutions and every residual Add in float (DQ -> Conv ->
 Q), with uint8 (U8S8) all of them run as QLinearConv/QLinearAdd (measured with onnxruntime 1.32, AVX512-VNNI; on
-x86 CPUs without VNNI, U8S8 can saturate: see docs/quantization.md). Without quantization-aware training this is the usual
-post-training static quantization (the baseline that QAT is compared with).
+x86 CPUs without VNNI, U8S8 can saturate: see docs/quantization.md). Without quantization-aware training this is
+the usual post-training static quantization (the baseline that QAT is compared with).
 """
 
 from __future__ import annotations
