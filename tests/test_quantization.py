@@ -247,3 +247,46 @@ def test_ddp_ranks_quantize_alike(tmp_path):
     assert r0["checksum"] == r1["checksum"]
     assert r0["observers"].keys() == r1["observers"].keys() and len(r0["observers"]) == 10
     assert all(torch.equal(r0["observers"][k], r1["observers"][k]) for k in r0["observers"])
+
+
+@pytest.mark.rehearsal
+def test_with_distillation_and_with_channel_pruning(tmp_path):
+    """Distillation's teacher is the float model before the event; ChannelPruning's reshaped layers are
+    quantized with their pruned widths."""
+    from lightning_prune import ChannelPruning, Distillation, ImageClassifier
+    from lightning_prune.data import DigitsDataModule
+
+    model = ImageClassifier("lenet")
+    qat = QuantizationAware(verbose=False)
+    callbacks = [
+        UnstructuredPruning(0.8, start_epoch=1, end_epoch=1, verbose=False),
+        Distillation(teacher="first_event", verbose=False),
+        qat,
+    ]
+    make_trainer(tmp_path, 3, callbacks).fit(model, DigitsDataModule(batch_size=32))
+    assert qat.active and len(list(fq.fake_quantized_layers(model))) == 5
+    model = ImageClassifier("resnet18_cifar", in_channels=3, input_size=(16, 16))
+    qat = QuantizationAware(verbose=False)
+    callbacks = [ChannelPruning(pruning_ratio=0.3, start_epoch=0, end_epoch=0, verbose=False), qat]
+    make_trainer(tmp_path, 2, callbacks, limit_train_batches=2).fit(
+        model, DigitsDataModule(batch_size=32, num_channels=3, image_size=16)
+    )
+    assert qat.active and model.model.conv1.weight.shape[0] < 64 and fq.is_fake_quantized(model.model.conv1)
+
+
+@pytest.mark.rehearsal
+def test_cli_export_quantize_reads_the_checkpoint_state(tmp_path, monkeypatch, capsys):
+    from lightning_prune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = __import__("pathlib").Path(__file__).parents[1] / "examples" / "configs" / "lenet_digits_qat.yaml"
+    few = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    assert main(["fit", "-c", str(config), *few]) == 0
+    ckpt = "lightning_logs/lenet_digits_qat/version_0/checkpoints/last.ckpt"
+    assert (
+        main(["export", "--ckpt_path", ckpt, "--out", "m.onnx", "--quantize", "int8", "--calibration_batches=2"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "quantization-aware state from the checkpoint: QuantizationAware state" in out and "int8 QDQ" in out
+    assert main(["export", "--ckpt_path", ckpt, "--out", "m4.onnx", "--quantize", "int4"]) != 0
+    assert "`quantize` must be one of ['int8']; got 'int4'" in capsys.readouterr().err

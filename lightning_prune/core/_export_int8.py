@@ -127,6 +127,7 @@ def write_int8_onnx(
         names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
         with _quiet_ort():
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            overrides = observer_overrides(pre, deployable)
             quantize_static(
                 str(pre),
                 str(path),
@@ -136,10 +137,37 @@ def write_int8_onnx(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                extra_options={
+                    "ActivationSymmetric": False,
+                    "WeightSymmetric": True,
+                    "TensorQuantOverrides": overrides,
+                },
             )
     for leftover in Path(path).parent.glob(Path(path).stem + "*.onnx.data"):  # none expected below 2 GB
         log.debug("external data %s", leftover)
+
+
+def observer_overrides(path: Path, deployable: nn.Module) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` for onnxruntime: the input of each Conv/Gemm/MatMul whose weight initializer is named
+    after a fake-quantized layer (``<layer>.weight``, as torch's exporter names it) gets that layer's observed range,
+    so the file quantizes those activations as training did; the other tensors keep the calibrated MinMax range."""
+    import numpy as np
+    import onnx
+
+    ranges = {}
+    for name, layer in fq.fake_quantized_layers(deployable):
+        lo, hi = float(layer.get_buffer("act_min")), float(layer.get_buffer("act_max"))
+        if lo <= hi:  # observed at least once
+            ranges[f"{name}.weight"] = (min(lo, 0.0), max(hi, 0.0))
+    if not ranges:
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+            hit = next((ranges[w] for w in node.input[1:] if w in ranges), None)
+            if hit is not None and node.input[0] not in out:
+                out[node.input[0]] = [{"rmin": np.float32(hit[0]), "rmax": np.float32(hit[1])}]
+    return out
 
 
 def _strip_metadata(path: Path) -> None:
