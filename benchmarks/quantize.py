@@ -141,7 +141,7 @@ def latency(paths: dict[str, Path], shape: tuple[int, ...], repeats: int) -> dic
 def run_case(name: str, case: tuple, seeds: list[int], args, tmp: Path) -> dict:
     import lightning.pytorch as pl
 
-    from lightning_prune import export
+    from lightning_prune import export, load_exported
     from lightning_prune.core.measure import count_macs
 
     model_name, data, kind, pre, _, _ = case
@@ -183,7 +183,8 @@ def run_case(name: str, case: tuple, seeds: list[int], args, tmp: Path) -> dict:
         from lightning_prune.core import _export_int8
 
         ref = _export_int8.reference_module(copy.deepcopy(qat), [(c,) for c in calib])
-        diffs.append(_export_int8.compare_int8(paths["pruned + QAT int8"], ref, [(c,) for c in calib[:4]])[0])
+        run = load_exported(paths["pruned + QAT int8"])
+        diffs.append(_export_int8.compare_int8(run, ref, [(c,) for c in calib[:4]])[0])
         rows["pruned + PTQ int8"].append(onnx_accuracy(paths["pruned + PTQ int8"], dm))
         rows["pruned + QAT int8"].append(onnx_accuracy(paths["pruned + QAT int8"], dm))
         if seed == seeds[0]:

@@ -182,19 +182,19 @@ def _strip_metadata(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def compare_int8(path: Path, reference: nn.Module, batches: list[tuple[Tensor, ...]]) -> tuple[float, float]:
-    """``(largest |difference| / largest |reference output|, fraction of rows with the same argmax)`` between the
-    int8 file in onnxruntime and ``reference`` (eval mode) over ``batches``."""
-    from lightning_prune.core.export import _flatten, load_exported
-
-    run = load_exported(path, "onnx")
+def compare_int8(
+    run: Callable[..., list[Tensor]], reference: nn.Module, batches: list[tuple[Tensor, ...]]
+) -> tuple[float, float]:
+    """``(largest |difference| / largest |reference output|, fraction of rows with the same argmax)`` between
+    ``run`` (the int8 file in onnxruntime: inputs -> list of outputs) and ``reference`` (eval mode) over
+    ``batches``; ``reference`` returns a tensor or a tuple/list of them."""
     worst, agree, rows = 0.0, 0, 0
     device = next((p.device for p in reference.parameters()), torch.device("cpu"))
     for batch in batches:
         with torch.no_grad():
-            expected = _flatten(reference(*(t.to(device) for t in batch)))
-        got = run(*batch)
-        for g, e in zip(got, expected, strict=False):
+            out = reference(*(t.to(device) for t in batch))
+        expected = [out] if isinstance(out, Tensor) else [t for t in out if isinstance(t, Tensor)]
+        for g, e in zip(run(*batch), expected, strict=False):
             e = e.detach().cpu().double()
             g = g.double()
             if not e.numel():

@@ -410,7 +410,7 @@ def _check_int8(
     from lightning_prune.core import _export_int8
 
     reference = _export_int8.reference_module(deployable, batches)
-    diff, agree = _export_int8.compare_int8(path, reference, batches[:4])
+    diff, agree = _export_int8.compare_int8(load_exported(path, "onnx"), reference, batches[:4])
     size, gz = _export_int8.file_sizes(path)
     message = (
         f"exported {type(model).__name__} to {str(path)!r} (onnx, int8 QDQ, {size / 2**20:.4f} MB, gzip "

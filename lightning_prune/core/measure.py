@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "prunable_layers",
     "saved_buffers",
     "size_mb",
+    "int8_nbytes",
     "sparsity",
     "sparsity_all",
     "use_counts",
@@ -331,6 +333,29 @@ class MacsCache:
         self._entries.clear()
 
 
+def int8_nbytes(model: nn.Module) -> tuple[int, int]:
+    """``(bytes, gzip bytes)`` of the model stored as int8: conv/linear weights (exact types, or fake-quantized) as
+    int8 plus a float32 scale per output channel, everything else (biases, norm layers, persistent buffers) as
+    stored; the second figure compresses those bytes with zlib (level 6, what ``gzip`` does), so pruned zeros
+    count for little. Masks of ``torch.nn.utils.prune`` are applied, not counted."""
+    from lightning_prune.core.quantize import SWAPS, fake_quantized_layers, quantize_weight_int8, weight_scale
+
+    quantized = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if type(m) in SWAPS}
+    quantized |= {f"{n}.weight" if n else "weight" for n, _ in fake_quantized_layers(model)}
+    chunks: list[bytes] = []
+    for name, value, _ in effective_named_parameters(model):
+        tensor = value.detach().cpu()
+        if name in quantized and tensor.dim() >= 2:
+            chunks.append(quantize_weight_int8(tensor).numpy().tobytes())
+            chunks.append(weight_scale(tensor).numpy().tobytes())
+        else:
+            chunks.append(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for buf in saved_buffers(model):
+        chunks.append(buf.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    raw = b"".join(chunks)
+    return len(raw), len(zlib.compress(raw, 6))
+
+
 @dataclass
 class ModelStats:
     """All figures of one measurement (see :func:`measure`)."""
@@ -406,7 +431,7 @@ def measure(
         example_inputs: inputs for one forward pass (tensor, tuple, or dict); ``None`` skips MACs.
         cache: a :class:`MacsCache` to reuse the forward pass between calls.
         types: module classes whose ``weight`` is prunable (default: convolutions and ``nn.Linear``).
-        int8: also the int8 size and its gzip size (:func:`lightning_prune.core.quantize.int8_nbytes`: zlib over
+        int8: also the int8 size and its gzip size (:func:`int8_nbytes`: zlib over
             the model's bytes, about 1 s for ResNet-18 on one core); False leaves them None.
 
     Example::
@@ -444,8 +469,6 @@ def measure(
     params, params_nonzero = counts.params, counts.params_nonzero
     int8_sizes: tuple[float | None, float | None] = (None, None)
     if int8:
-        from lightning_prune.core.quantize import int8_nbytes
-
         raw, gz = int8_nbytes(model)
         int8_sizes = (raw / MB, gz / MB)
     return ModelStats(

@@ -25,7 +25,6 @@ the ranks first, so every rank quantizes with the same scale. In eval mode they 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from typing import Literal
 
@@ -292,30 +291,6 @@ def calibrate(model: nn.Module, batches: list[Tensor] | tuple[Tensor, ...]) -> N
                 m._buffers[k].copy_(v)  # type: ignore[union-attr]
 
 
-# ----------------------------------------------------------------------------------------------- sizes
-def int8_nbytes(model: nn.Module) -> tuple[int, int]:
-    """``(bytes, gzip bytes)`` of the model stored as int8: conv/linear weights (exact types, or fake-quantized) as
-    int8 plus a float32 scale per output channel, everything else (biases, norm layers, persistent buffers) as
-    stored; the second figure compresses those bytes with zlib (level 6, what ``gzip`` does), so pruned zeros
-    count for little. Masks of ``torch.nn.utils.prune`` are applied, not counted."""
-    from lightning_prune.core.measure import effective_named_parameters, saved_buffers
-
-    quantized = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if type(m) in SWAPS}
-    quantized |= {f"{n}.weight" if n else "weight" for n, _ in fake_quantized_layers(model)}
-    chunks: list[bytes] = []
-    for name, value, _ in effective_named_parameters(model):
-        tensor = value.detach().cpu()
-        if name in quantized and tensor.dim() >= 2:
-            chunks.append(quantize_weight_int8(tensor).numpy().tobytes())
-            chunks.append(weight_scale(tensor).numpy().tobytes())
-        else:
-            chunks.append(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    for buf in saved_buffers(model):
-        chunks.append(buf.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    raw = b"".join(chunks)
-    return len(raw), len(zlib.compress(raw, 6))
-
-
 __all__ = [
     "AlreadyQuantizedError",
     "FakeQuantConv1d",
@@ -332,7 +307,6 @@ __all__ = [
     "fake_quantize_weight",
     "fake_quantized_layers",
     "foreign_quantization",
-    "int8_nbytes",
     "is_fake_quantized",
     "load_observer_state",
     "observer_state",
