@@ -2,7 +2,7 @@
 on top of pruning, in files that onnxruntime runs on the CPU.
 
 Cases (scaled down for the shared 2-core machine, and said so in the table):
-- LeNet on digits (1x32x32, full split), LeNet on Fashion-MNIST (the first ``--fashion-train`` training images,
+- LeNet on digits (1x32x32, full split), LeNet on Fashion-MNIST (the first ``--fashion-train`` training images (5,000 in the recorded run),
   the full 10,000 test images), each 90% unstructured (``UnstructuredPruning(0.9)``, global l1);
 - ResNet-18 with the CIFAR stem (``resnet18_cifar``) on 3-channel digits at 16x16 (not 32x32), channel-pruned to
   about 2x fewer MACs (``ChannelPruning(pruning_ratio=0.3)``, one event).
@@ -220,6 +220,7 @@ def table(results: dict, seeds: list[int]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (one per process)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--fashion-train", type=int, default=10000)
     p.add_argument("--cases", nargs="*", default=list(CASES))
@@ -230,11 +231,11 @@ def main() -> None:
     common.quiet()
     torch.set_num_threads(1)
     started = time.time()
-    seeds = list(range(1 if args.quick else args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     results: dict = {}
     if args.assemble is not None:
         for path in args.assemble:
-            results.update(json.loads(Path(path).read_text()))
+            merge(results, json.loads(Path(path).read_text()))
         results = {k: results[k] for k in CASES if k in results}
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -245,6 +246,7 @@ def main() -> None:
                     args.repeats = 1
                 results[name] = run_case(name, case, seeds, args, Path(tmp))
                 results[name]["seconds"] = time.time() - started
+                results[name]["first_seed"] = seeds[0]
     results = json.loads(json.dumps(results))  # JSON keys: batch sizes as strings, the same either way
     if args.save:
         Path(args.save).write_text(json.dumps(results))
@@ -253,6 +255,24 @@ def main() -> None:
     if args.quick or args.save:
         return
     write(results, text, started)
+
+
+def merge(into: dict, more: dict) -> None:
+    """Add one ``--save`` file's cases to ``into``: the seeds' accuracies and differences are appended; sizes,
+    latency and MACs come from the file that ran the lowest seed (``first_seed``)."""
+    for case, r in more.items():
+        if case not in into:
+            into[case] = r
+            continue
+        have = into[case]
+        first = r["first_seed"] < have["first_seed"]
+        for variant, accs in r["rows"].items():
+            have["rows"][variant] = accs + have["rows"][variant] if first else have["rows"][variant] + accs
+        have["diffs"] = r["diffs"] + have["diffs"] if first else have["diffs"] + r["diffs"]
+        if first:
+            for key in ("sizes", "latency", "macs", "first_seed"):
+                have[key] = r[key]
+        have["seconds"] = max(have.get("seconds", 0), r.get("seconds", 0))
 
 
 def write(results: dict, text: str, started: float) -> None:
@@ -270,8 +290,8 @@ def write(results: dict, text: str, started: float) -> None:
         "machine shared with other jobs (load average near 12 on 2 cores): timings are noisy, medians of interleaved "
         "repeats.\n"
         "Scaled down for the shared 2-core machine (one torch thread): LeNet/digits dense 15 epochs then 6 of "
-        "fine-tuning (90% unstructured, events at epochs 0-2, QAT from 3); LeNet/Fashion-MNIST on 10,000 training "
-        "images, dense 4 epochs then 5 (events 0-1, QAT 2-4); ResNet-18 CIFAR stem on 3-channel digits at 16x16, "
+        "fine-tuning (90% unstructured, events at epochs 0-2, QAT from 3); LeNet/Fashion-MNIST on 5,000 training "
+        "images (`--fashion-train 5000`, one process per seed), full test set, dense 4 epochs then 5 (events 0-1, QAT 2-4); ResNet-18 CIFAR stem on 3-channel digits at 16x16, "
         "dense 4 epochs then 3 (ChannelPruning 0.3 at epoch 0, QAT 1-2). Every pruned row fine-tunes the same "
         "epochs from the same dense weights. Int8 rows run in onnxruntime "
         "(QDQ, int8 weights per channel, uint8 activations per tensor, 8 training batches calibrate); sizes and "
