@@ -129,6 +129,10 @@ PARTS: list[Part] = [
          "(re-measured in a fresh process, interleaved with the dense model, median of 21) vs `speedup=<float>` at "
          "the same MACs ratio, search time, round_to chosen; accuracy cost vs the MACs target on digits and "
          "Fashion-MNIST (3 seeds, scaled down)", "about 45 min"),
+    Part("21", "quantize", "quantize.py", "pruning + int8 (`QuantizationAware`, QDQ ONNX): LeNet on digits and "
+         "Fashion-MNIST (90% unstructured), ResNet-18 CIFAR stem on 3-channel digits (channel 2x): fp32 dense, fp32 "
+         "pruned, pruned + post-training int8, pruned + QAT int8; accuracy over 3 seeds, ONNX size (and gzip), "
+         "onnxruntime CPU latency at batch 1 and 64", "about 25 min (scaled down)"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip

@@ -28,6 +28,7 @@ __all__ = [
     "Distillation",
     "ChannelRegularization",
     "AtTargetCheckpoint",  # ModelCheckpoint over the epochs at the final pruning target
+    "QuantizationAware",  # int8 quantization-aware training after pruning (export(..., quantize="int8"))
     "distillation_loss",  # the Distillation term, in a module's training_step
     "Schedule",  # which epochs prune, to what target
     "LatencyTarget",  # ChannelPruning(speedup=LatencyTarget(2.0)): a measured-latency target
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # the one declaration of the lazy names: mypy reads it, `atta
     from lightning_prune.callbacks.distillation import Distillation as Distillation
     from lightning_prune.callbacks.experts import ExpertPruning as ExpertPruning
     from lightning_prune.callbacks.metrics import PruningMetrics as PruningMetrics
+    from lightning_prune.callbacks.quantization import QuantizationAware as QuantizationAware
     from lightning_prune.callbacks.regularization import ChannelRegularization as ChannelRegularization
     from lightning_prune.callbacks.unstructured import UnstructuredPruning as UnstructuredPruning
     from lightning_prune.core.channel.decoder import DecoderPruner as DecoderPruner

@@ -4,7 +4,7 @@ from typing import get_args
 
 import pytest
 
-from lightning_prune.core import bitpack, export, schedules, sensitivity
+from lightning_prune.core import bitpack, export, quantize, schedules, sensitivity
 from lightning_prune.core.channel import importance
 
 
@@ -18,6 +18,7 @@ from lightning_prune.core.channel import importance
         (sensitivity.SensitivityKind, sensitivity.KINDS),
         (sensitivity.SensitivityNorm, sensitivity.SENSITIVITY_NORMS),
         (bitpack.BitOrder, tuple(bitpack._SHIFTS)),
+        (quantize.Observer, quantize.OBSERVERS),
     ],
 )
 def test_literal_alias_matches_the_runtime_choices(alias, allowed):

@@ -170,7 +170,8 @@ def test_each_public_callback_defines_every_hook_it_uses_in_its_own_module():
 
     hooks = [n for n, f in vars(Callback).items() if callable(f) and not n.startswith("_")] + ["state_key"]
     names = ["UnstructuredPruning", "ChannelPruning", "DecoderPruning", "PruningMetrics", "Distillation",
-             "ChannelRegularization", "AtTargetCheckpoint", "ExpertPruning"]  # fmt: skip
+             "ChannelRegularization", "AtTargetCheckpoint", "ExpertPruning",
+             "QuantizationAware"]  # fmt: skip
     for name in names:
         cls = getattr(lightning_prune, name)
         ours = [b for b in cls.__mro__[1:] if b.__module__.startswith("lightning_prune.")]

@@ -23,6 +23,7 @@ from lightning_prune import (
     Distillation,
     ExpertPruning,
     PruningMetrics,
+    QuantizationAware,
     UnstructuredPruning,
 )
 from lightning_prune.callbacks import support
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {
     c.__name__: c
     for c in (UnstructuredPruning, ChannelPruning, DecoderPruning, Distillation, ChannelRegularization, PruningMetrics)
-    + (ExpertPruning,)
+    + (ExpertPruning, QuantizationAware)
 }
 
 

@@ -5,6 +5,7 @@ from lightning_prune.callbacks.decoder import DecoderPrunedCheckpointMixin, Deco
 from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.experts import ExpertPruning
 from lightning_prune.callbacks.metrics import PruningMetrics
+from lightning_prune.callbacks.quantization import QuantizationAware
 from lightning_prune.callbacks.regularization import ChannelRegularization
 from lightning_prune.callbacks.unstructured import UnstructuredPruning
 
@@ -17,5 +18,6 @@ __all__: list[str] = [
     "Distillation",
     "ExpertPruning",
     "PruningMetrics",
+    "QuantizationAware",
     "UnstructuredPruning",
 ]

@@ -27,6 +27,8 @@ _TABLE_ROWS = (
     ("Params non-zero (M)", "params_nonzero", 1e-6, "{:.4f}"),
     ("Size dense (MB)", "size_mb", 1.0, "{:.4f}"),
     ("Size compressed (MB)", "size_mb_compressed", 1.0, "{:.4f}"),
+    ("Size int8 (MB)", "size_mb_int8", 1.0, "{:.4f}"),
+    ("Size int8 gzip (MB)", "size_mb_int8_gzip", 1.0, "{:.4f}"),
     ("Sparsity conv/linear (%)", "sparsity", 100.0, "{:.2f}"),
     ("Sparsity all params (%)", "sparsity_all", 100.0, "{:.2f}"),
 )
@@ -62,6 +64,9 @@ class PruningMetrics(Callback):
       whose weight is non-zero (falls after unstructured pruning).
     - ``pruning/size_mb``: dense parameter bytes / 2**20; ``pruning/size_mb_compressed``: payload of
       :func:`lightning_prune.save_compressed` (parameters and buffers, non-zeros plus bitmask or indices).
+    - ``pruning/size_mb_int8``: the same tensors with conv/linear weights as int8 plus a float32 scale per output
+      channel (what ``export(..., quantize="int8")`` stores); ``pruning/size_mb_int8_gzip``: those bytes gzipped
+      (pruned zeros compress).
 
     Masks of ``torch.nn.utils.prune`` (used by this library's callbacks and by Lightning's ``ModelPruning``)
     are read where active. The forward pass that MACs need runs only when the architecture changed (parameter

@@ -138,6 +138,16 @@ CALLBACKS: dict[str, dict[str, Cell]] = {
         "compiled": no("it runs with ChannelPruning only, which refuses this context"),
     },
     "PruningMetrics": {c: YES for c in CONTEXTS},
+    "QuantizationAware": {
+        **{c: YES for c in ("single", "ddp", "epoch_events")},
+        _SPAWN: no(
+            "the main process's module would stay float: the layers become fake-quantized in the workers (setup)"
+        ),
+        "fsdp2": no("per-channel scales of sharded weights were never tried (setup)"),
+        "compiled": no("the compiled graph keeps the float layers (setup)"),
+        "averaging": no("the averaged copy is not fake-quantized along (setup)"),
+        "step_events": no("the start follows epoch events; step events were never tried with it (setup)"),
+    },
 }
 
 _ONE_OR_DDP = "use one device or DDP"
@@ -302,6 +312,9 @@ TABLE: dict[str, dict[str, dict[str, Cell]]] = {
     ),
     "ChannelRegularization": _rows("ChannelRegularization", ["reg", "alpha", "verbose"], {}),
     "PruningMetrics": _rows("PruningMetrics", ["per_layer", "every_n_epochs", "input_shape", "summary"], {}),
+    "QuantizationAware": _rows(
+        "QuantizationAware", ["start_epoch", "quantize", "observer", "averaging_constant", "verbose"], {}
+    ),
 }
 
 _T = TypeVar("_T", bound=type)

@@ -28,6 +28,20 @@ EXPORT_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         },
     ),
     (("--atol",), {"type": float, "default": 1e-4, "help": "largest difference the check allows (default 1e-4)"}),
+    (
+        ("--quantize",),
+        {
+            "type": str,
+            "default": None,
+            "help": "int8: a QDQ int8 ONNX file (onnxruntime CPU int8 kernels), with the QuantizationAware state of "
+            "the checkpoint if it has one, else post-training quantization; activation ranges from the data's "
+            "first training batches",
+        },
+    ),
+    (
+        ("--calibration_batches",),
+        {"type": int, "default": 8, "help": "with --quantize: training batches that set activation ranges (8)"},
+    ),
 ]
 
 

@@ -393,8 +393,38 @@ def export_main(argv: list[str]) -> int:
     if found:  # (after the config is built: an error in it comes alone)
         print(f"lightning-prune export: model and data from the run's config {found}")
     _load_weights(cli.model, cfg.ckpt_path)
-    print(export(cli.model, cfg.out, format=fmt, atol=cfg.atol))
+    if cfg.get("quantize") is None:
+        print(export(cli.model, cfg.out, format=fmt, atol=cfg.atol))
+        return 0
+    batches = _quantization_setup(cli.model, cli.datamodule, cfg.ckpt_path, cfg.quantize, cfg.calibration_batches)
+    print(export(cli.model, cfg.out, format=fmt, quantize=cfg.quantize, calibration_data=batches))
     return 0
+
+
+def _quantization_setup(model: torch.nn.Module, datamodule: Any, path: str, quantize: str, count: int) -> list:
+    """``export --quantize``: the checkpoint's ``QuantizationAware`` state on ``model`` (if it has one) and the
+    calibration batches (the first ``count`` training inputs of the data module)."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from lightning_prune.callbacks.quantization import load_quantization_state
+    from lightning_prune.core._validation import check_choice, check_int
+    from lightning_prune.core.quantize import QUANTIZE_CHOICES
+
+    check_choice("quantize", quantize, QUANTIZE_CHOICES)
+    count = check_int("calibration_batches", count, minimum=1)
+    if datamodule is None or not is_overridden("train_dataloader", datamodule, parent=pl.LightningDataModule):
+        raise ValueError("`--quantize` needs training data for the calibration batches: pass --data (or -c config)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    how = "QuantizationAware state" if isinstance(ckpt, dict) and load_quantization_state(model, ckpt) else "none"
+    print(f"lightning-prune export: quantization-aware state from the checkpoint: {how}")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batches = []
+    for batch in datamodule.train_dataloader():
+        batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        if len(batches) >= count:
+            break
+    return batches
 
 
 def _build_cli(cli_class: type[PruneCLI], args: list[str] | None, **kwargs: Any) -> PruneCLI:

@@ -286,6 +286,9 @@ def export(
     atol: float = 1e-4,
     opset: int | None = None,
     verbose: bool = True,
+    quantize: str | None = None,
+    calibration_data: Any = None,
+    int8_tolerance: float = 0.1,
 ) -> Path:
     """Export ``model`` (pruned or not) to ``path`` as ONNX, TorchScript or a ``torch.export`` program.
 
@@ -303,6 +306,14 @@ def export(
         atol: the largest absolute difference allowed by the check.
         opset: ONNX opset version (default: the exporter's).
         verbose: print the check's result.
+        quantize: None (float) or ``"int8"``: a QDQ ONNX file (``format="onnx"`` only) that onnxruntime runs with
+            int8 kernels; a model trained with ``QuantizationAware`` keeps the int8 weights it trained with, a float
+            model gets post-training static quantization (see ``docs/quantization.md``).
+        calibration_data: with ``quantize``: the batches (a Tensor, or a list of Tensors or of input tuples) whose
+            MinMax ranges set the activation scales; a few training batches.
+        int8_tolerance: with ``quantize``: the largest difference allowed between the int8 file and the module as
+            fake-quantized in torch, relative to the largest output (the int8 file also quantizes the tensors
+            between layers, which the fake-quantized module keeps in float; ``docs/quantization.md``).
 
     Returns:
         ``path`` as a ``pathlib.Path``.
@@ -319,10 +330,19 @@ def export(
     check = check_bool("check", check)
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
         raise ValueError(f"`atol` must be a float >= 0; got {atol!r}")
+    batches = _check_quantize(quantize, fmt, calibration_data, int8_tolerance)
     inputs = _as_inputs(_example_input(model, example_input))
     deployable = deployable_copy(model)
     inputs = tuple(t.to(device_dtype(deployable)[0]) for t in inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if batches is not None:
+        from lightning_prune.core import _export_int8
+
+        _export_int8.write_int8_onnx(deployable, inputs, path, batches, lambda m, i, p: _write_onnx(m, i, p, opset))
+        if check:
+            _check_int8(model, deployable, path, batches, int8_tolerance, verbose)
+        return path
+    deployable = _float_layers(deployable)
     if fmt == "onnx":
         _write_onnx(deployable, inputs, path, opset)
     elif fmt == "torchscript":
@@ -348,6 +368,63 @@ def _check_destination(model: nn.Module, path: str | os.PathLike, format: str) -
     if implied is not None and implied != fmt:
         raise ValueError(f"`path` {str(path)!r} names a {implied!r} file but `format` is {fmt!r}; make them agree")
     return fmt, path
+
+
+def _float_layers(deployable: nn.Module) -> nn.Module:
+    """A float export of a model trained with ``QuantizationAware``: its fake-quantized layers back to float (the
+    float network it trained; ``quantize="int8"`` exports what it trained for)."""
+    from lightning_prune.core import quantize as fq
+
+    if fq.detach(deployable):
+        log.info("exporting the float network of a fake-quantized model (pass quantize='int8' for the int8 one)")
+    return deployable
+
+
+def _check_quantize(
+    quantize: str | None, fmt: ExportFormat, calibration_data: Any, int8_tolerance: float
+) -> list[tuple[Tensor, ...]] | None:
+    """The calibration batches when ``quantize`` is set (None without); raises naming the argument."""
+    from lightning_prune.core.quantize import QUANTIZE_CHOICES
+
+    if quantize is None:
+        return None
+    quantize = check_choice("quantize", quantize, QUANTIZE_CHOICES)
+    if fmt != "onnx":
+        raise ValueError(f"`quantize`={quantize!r} writes a QDQ ONNX file: it needs format='onnx'; got {fmt!r}")
+    if isinstance(int8_tolerance, bool) or not isinstance(int8_tolerance, (int, float)) or not int8_tolerance > 0:
+        raise ValueError(f"`int8_tolerance` must be a float > 0; got {int8_tolerance!r}")
+    if calibration_data is None:
+        raise ValueError(
+            f"`quantize`={quantize!r} needs `calibration_data`: a few batches of training inputs (a Tensor or a list "
+            "of Tensors) that set the activation ranges"
+        )
+    from lightning_prune.core._export_int8 import calibration_batches
+
+    return calibration_batches(calibration_data)
+
+
+def _check_int8(
+    model: nn.Module, deployable: nn.Module, path: Path, batches: list, tolerance: float, verbose: bool
+) -> None:
+    """Compare the int8 file with the module as fake-quantized in torch (raises :class:`ExportMismatchError`)."""
+    from lightning_prune.core import _export_int8
+
+    reference = _export_int8.reference_module(deployable, batches)
+    diff, agree = _export_int8.compare_int8(load_exported(path, "onnx"), reference, batches[:4])
+    size, gz = _export_int8.file_sizes(path)
+    message = (
+        f"exported {type(model).__name__} to {str(path)!r} (onnx, int8 QDQ, {size / 2**20:.4f} MB, gzip "
+        f"{gz / 2**20:.4f} MB); against the fake-quantized module: max abs difference {diff:.3g} of the largest "
+        f"output, argmax agreement {agree:.4f}"
+    )
+    log.info(message)
+    if verbose:
+        print(message)
+    if not diff <= tolerance:
+        raise ExportMismatchError(
+            f"the int8 export at {str(path)!r} differs from the fake-quantized module by {diff:.3g} of its largest "
+            f"output, more than `int8_tolerance`={tolerance}"
+        )
 
 
 def _example_input(model: nn.Module, example_input: Any) -> Any:
