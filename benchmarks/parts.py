@@ -110,11 +110,11 @@ PARTS: list[Part] = [
          "schedule, LeNet on digits from scratch: test accuracy per seed (printed, not recorded in RESULTS.md)",
          "minutes", command="`python benchmarks/step_schedule.py --seeds 3 --epochs 12 --sparsity 0.9 "
          "--every-n-steps 4`", recorded=False),
-    Part("17", "latency_target", "latency_target.py", "`ChannelPruning(speedup=LatencyTarget(2/3))`: ResNet-18 "
+    Part("17", "latency_target", "latency_target.py", "`ChannelPruning(speedup=LatencyTarget(2.0))`: ResNet-18 "
          "(CIFAR) and MobileNetV2 at 32x32, eager and onnxruntime CPU, batch 1 and 64: the latency speed-up reached "
-         "(re-measured in a fresh process, interleaved with the dense model, median of 21) vs `speedup=<float>` at "
-         "the same MACs ratio, search time, round_to chosen; accuracy cost vs the MACs target on digits and "
-         "Fashion-MNIST (3 seeds, scaled down)", "about 45 min"),
+         "(re-measured in a fresh process, interleaved with the dense model, median of 21 paired rounds) vs "
+         "`speedup=<float>` at the same target, search time, round_to chosen; accuracy cost vs the MACs target on "
+         "digits and Fashion-MNIST (scaled down; `--all` runs the whole grid)", "about 1 h (loaded machine)"),
     Part("", "gpu", "gpu/gpu_check.py", "on a CUDA machine only: the seven GPU checks, see below",
          "<= 8 min on one H200 (budget 450 s)"),
 ]  # fmt: skip
