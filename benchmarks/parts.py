@@ -124,11 +124,11 @@ PARTS: list[Part] = [
          "~1 h of CPU (Fashion-MNIST on 2,000 training images)",
          command="`python benchmarks/extreme.py --data {digits,fashion} --budget {scratch,trained} [--train-size N] "
          "[--targets ...] [--methods ...]`, then `--table`"),
-    Part("20", "latency_target", "latency_target.py", "`ChannelPruning(speedup=LatencyTarget(2/3))`: ResNet-18 "
+    Part("20", "latency_target", "latency_target.py", "`ChannelPruning(speedup=LatencyTarget(2.0))`: ResNet-18 "
          "(CIFAR) and MobileNetV2 at 32x32, eager and onnxruntime CPU, batch 1 and 64: the latency speed-up reached "
-         "(re-measured in a fresh process, interleaved with the dense model, median of 21) vs `speedup=<float>` at "
-         "the same MACs ratio, search time, round_to chosen; accuracy cost vs the MACs target on digits and "
-         "Fashion-MNIST (3 seeds, scaled down)", "about 45 min"),
+         "(re-measured in a fresh process, interleaved with the dense model, median of 21 paired rounds) vs "
+         "`speedup=<float>` at the same target, search time, round_to chosen; accuracy cost vs the MACs target on "
+         "digits and Fashion-MNIST (scaled down; `--all` runs the whole grid)", "about 1 h (loaded machine)"),
     Part("21", "quantize", "quantize.py", "pruning + int8 (`QuantizationAware`, QDQ ONNX): LeNet on digits and "
          "Fashion-MNIST (90% unstructured), ResNet-18 CIFAR stem on 3-channel digits (channel 2x): fp32 dense, fp32 "
          "pruned, pruned + post-training int8, pruned + QAT int8; accuracy over 3 seeds, ONNX size (and gzip), "
