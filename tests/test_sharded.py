@@ -88,6 +88,7 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
     logged = {k: v for k, v in metrics["logged"].items() if k in expected}
     assert logged == pytest.approx(expected, rel=1e-12) and len(logged) == len(expected) == 11
     assert logged["pruning/params_nonzero"] < logged["pruning/params"]
+    assert "pruning/size_mb_int8" not in metrics["logged"]  # a rank's shards are not the model: no int8 figure
     # refused up front, before any training step
     for name, needle in (
         (

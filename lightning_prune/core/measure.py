@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.core._dtensor import count_nonzero
+from lightning_prune.core._dtensor import count_nonzero, is_dtensor
 from lightning_prune.core._inputs import as_args, device_dtype, move
 from lightning_prune.core.patterns import strip_wrappers
 from lightning_prune.core.unstructured.reparam import effective_weight, is_pruned
@@ -337,13 +337,17 @@ def int8_nbytes(model: nn.Module) -> tuple[int, int]:
     """``(bytes, gzip bytes)`` of the model stored as int8: conv/linear weights (exact types, or fake-quantized) as
     int8 plus a float32 scale per output channel, everything else (biases, norm layers, persistent buffers) as
     stored; the second figure compresses those bytes with zlib (level 6, what ``gzip`` does), so pruned zeros
-    count for little. Masks of ``torch.nn.utils.prune`` are applied, not counted."""
+    count for little. Masks of ``torch.nn.utils.prune`` are applied, not counted. ``(0, 0)`` for a model sharded
+    by FSDP2 (its DTensors hold only this rank's shard: no figure would be the model's)."""
     from lightning_prune.core.quantize import SWAPS, fake_quantized_layers, quantize_weight_int8, weight_scale
 
     quantized = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if type(m) in SWAPS}
     quantized |= {f"{n}.weight" if n else "weight" for n, _ in fake_quantized_layers(model)}
     chunks: list[bytes] = []
-    for name, value, _ in effective_named_parameters(model):
+    named = list(effective_named_parameters(model))
+    if any(is_dtensor(value) for _, value, _ in named) or any(is_dtensor(b) for b in saved_buffers(model)):
+        return 0, 0
+    for name, value, _ in named:
         tensor = value.detach().cpu()
         if name in quantized and tensor.dim() >= 2:
             chunks.append(quantize_weight_int8(tensor).numpy().tobytes())
@@ -470,7 +474,7 @@ def measure(
     int8_sizes: tuple[float | None, float | None] = (None, None)
     if int8:
         raw, gz = int8_nbytes(model)
-        int8_sizes = (raw / MB, gz / MB)
+        int8_sizes = (raw / MB, gz / MB) if raw else (None, None)  # (FSDP2: no figure)
     return ModelStats(
         params=params,
         params_nonzero=params_nonzero,
