@@ -69,12 +69,13 @@ SMALLNET_MACS = 36 * 8 * 27 + 288 * 4
     [
         ({"per_layer": "yes"}, TypeError, r"`per_layer` must be a bool \(true/false\); got 'yes' \(str\)"),
         ({"summary": 1}, TypeError, r"`summary` must be a bool \(true/false\); got 1 \(int\)"),
+        ({"int8": "yes"}, TypeError, r"`int8` must be a bool \(true/false\); got 'yes' \(str\)"),
         ({"every_n_epochs": 0}, ValueError, r"`every_n_epochs` must be >= 1; got 0"),
         ({"every_n_epochs": 1.5}, TypeError, r"`every_n_epochs` must be an int; got 1.5"),
         ({"input_shape": "1x3x32x32"}, TypeError, r"`input_shape` must be a list of positive ints .* got '1x3x32x32'"),
         ({"input_shape": [1, 0, 32]}, ValueError, r"`input_shape` must be a list of positive ints .* got \[1, 0, 32\]"),
     ],
-    ids=["per_layer", "summary", "every_n_epochs-range", "every_n_epochs-type", "input_shape-type", "input_shape-value"],
+    ids=["per_layer", "summary", "int8", "every_n_epochs-range", "every_n_epochs-type", "input_shape-type", "input_shape-value"],
 )
 def test_argument_validation(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -168,6 +169,15 @@ def test_without_example_input_counts_macs_on_the_first_training_sample(tmp_path
     assert trainer.callback_metrics["pruning/macs"].item() == SMALLNET_MACS
     assert "pruning/sparsity/conv" not in trainer.callback_metrics
     assert trainer.callback_metrics["pruning/params"].item() == 8 * 27 + 8 + 16 + 288 * 4 + 4
+
+
+@pytest.mark.parametrize("int8", [None, True])
+def test_int8_sizes_only_when_asked_or_with_quantization_aware(tmp_path, int8):
+    # they copy and gzip every weight: not by default without a QuantizationAware in the Trainer
+    trainer = _trainer(tmp_path, [PruningMetrics(per_layer=False, summary=False, int8=int8)], max_epochs=1)
+    trainer.fit(SmallNet())
+    assert ("pruning/size_mb_int8_gzip" in trainer.callback_metrics) is bool(int8)
+    assert ("pruning/size_mb_int8" in trainer.callback_metrics) is bool(int8)
 
 
 def test_without_any_input_warns_and_skips_macs(tmp_path):

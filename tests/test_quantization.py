@@ -12,7 +12,7 @@ from helpers import UserClassifier, make_trainer, run_ddp_script
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_prune import QuantizationAware, UnstructuredPruning, export
+from lightning_prune import PruningMetrics, QuantizationAware, UnstructuredPruning, export
 from lightning_prune.callbacks.quantization import load_quantization_state
 from lightning_prune.core import quantize as fq
 from lightning_prune.core.measure import measure
@@ -154,8 +154,11 @@ def test_starts_after_the_last_pruning_event_and_keeps_the_masks(tmp_path):
         def on_train_epoch_end(self, trainer, pl_module):
             starts.append(qat.active)
 
-    make_trainer(tmp_path, 3, [pruning, qat, Probe()], limit_val_batches=0).fit(model, _loader())
+    metrics = PruningMetrics(per_layer=False, summary=False)  # int8 sizes: a QuantizationAware runs
+    trainer = make_trainer(tmp_path, 3, [pruning, qat, Probe(), metrics], limit_val_batches=0)
+    trainer.fit(model, _loader())
     assert qat.resolved_start_epoch == 2 and starts == [False, False, True]
+    assert trainer.callback_metrics["pruning/size_mb_int8"] < trainer.callback_metrics["pruning/size_mb"]
     layers = dict(fq.fake_quantized_layers(model.backbone))
     assert set(layers) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
     for layer in layers.values():

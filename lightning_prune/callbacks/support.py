@@ -311,7 +311,11 @@ TABLE: dict[str, dict[str, dict[str, Cell]]] = {
         },
     ),
     "ChannelRegularization": _rows("ChannelRegularization", ["reg", "alpha", "verbose"], {}),
-    "PruningMetrics": _rows("PruningMetrics", ["per_layer", "every_n_epochs", "input_shape", "summary"], {}),
+    "PruningMetrics": _rows(
+        "PruningMetrics",
+        ["per_layer", "every_n_epochs", "input_shape", "summary", "int8"],
+        {"fsdp2": {"int8": only(None, False, why="a rank holds only its shards of each weight: no int8 size to log")}},
+    ),
     "QuantizationAware": _rows(
         "QuantizationAware", ["start_epoch", "quantize", "observer", "averaging_constant", "verbose"], {}
     ),
