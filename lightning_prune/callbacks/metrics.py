@@ -87,8 +87,8 @@ class PruningMetrics(Callback):
             for the other figures), and an FSDP2 rank, holding shards, has none to log.
 
     Raises:
-        TypeError: if ``per_layer``, ``summary`` or ``int8`` is not a bool (``int8`` may be None), ``every_n_epochs`` not an int, or
-            ``input_shape`` not a list.
+        TypeError: if ``per_layer``, ``summary`` or ``int8`` is not a bool (``int8`` may be None),
+            ``every_n_epochs`` not an int, or ``input_shape`` not a list.
         ValueError: if ``every_n_epochs`` < 1 or ``input_shape`` holds a non-positive entry.
 
     Example::
