@@ -180,10 +180,8 @@ class PruningMetrics(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             refuse_unsupported(self, trainer, pl_module)  # docs/support.md
-        from lightning_prune.callbacks.quantization import QuantizationAware
-
-        callbacks = getattr(trainer, "callbacks", [])
-        self._int8 = self.int8 if self.int8 is not None else any(isinstance(c, QuantizationAware) for c in callbacks)
+        callbacks = getattr(trainer, "callbacks", [])  # (QuantizationAware says int8_sizes)
+        self._int8 = self.int8 if self.int8 is not None else any(getattr(c, "int8_sizes", False) for c in callbacks)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

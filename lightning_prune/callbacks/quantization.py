@@ -73,6 +73,8 @@ class QuantizationAware(Callback):
         3
     """
 
+    int8_sizes = True  #: PruningMetrics logs the int8 sizes when a callback of the Trainer says so
+
     def __init__(
         self,
         start_epoch: int | None = None,
