@@ -187,6 +187,10 @@ def test_bad_inputs_are_refused_naming_the_reason(tmp_path):
         trainer.fit(TinyMoE(), loader())
     with pytest.raises(ValueError, match="epoch 0"):
         make_trainer(tmp_path, 2, [ExpertPruning(start_epoch=0)]).fit(TinyMoE(), loader())
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    with pytest.raises(ValueError, match="ExpertPruning does not keep the averaged copy"):  # refused at fit start
+        make_trainer(tmp_path, 2, [ExpertPruning(), EMAWeightAveraging()]).fit(TinyMoE(), loader())
 
 
 class _Generates(pl.Callback):

@@ -45,6 +45,20 @@ def averaged_models(trainer: pl.Trainer) -> list[nn.Module]:
     return out
 
 
+def refuse_averaging(trainer: pl.Trainer, who: str) -> None:
+    """For the decoder callbacks, which slice the module and its optimizer state but not an averaged copy: every
+    optimizer one whose state they can slice, and no ``WeightAveraging`` (raises ``ValueError``, naming ``who``)."""
+    from lightning_prune.core.channel import optim as optim_ops
+
+    for opt in trainer.optimizers:
+        optim_ops.check_optimizer(opt)
+    if averaged_models(trainer):
+        raise ValueError(
+            f"{who} does not keep the averaged copy of WeightAveraging/EMAWeightAveraging pruned; remove that "
+            "callback, or average after pruning"
+        )
+
+
 def _shown(schedule_map: Mapping[int, float]) -> str:
     return "{" + ", ".join(f"{e}: {t:.4f}" for e, t in schedule_map.items()) + "}"
 
@@ -394,6 +408,7 @@ __all__ = [
     "reshape_on_load",
     "TRAINED_WEIGHTS_ATTR",
     "averaged_models",
+    "refuse_averaging",
     "frozen_module_names",
     "starts_from_trained",
 ]

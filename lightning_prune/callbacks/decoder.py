@@ -13,10 +13,9 @@ from typing_extensions import override
 from lightning_prune.callbacks import _lightning_compat as compat
 from lightning_prune.callbacks._channel_support import rewrap_ddp
 from lightning_prune.callbacks._console import say
-from lightning_prune.callbacks._scheduled import ScheduledPruning, averaged_models
+from lightning_prune.callbacks._scheduled import ScheduledPruning, refuse_averaging
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_fraction
-from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel.decoder import (
     ActivationStats,
     DecoderPruner,
@@ -163,13 +162,7 @@ class DecoderPruning(ScheduledPruning):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for opt in trainer.optimizers:
-            optim_ops.check_optimizer(opt)
-        if averaged_models(trainer):
-            raise ValueError(
-                "DecoderPruning does not keep the averaged copy of WeightAveraging/EMAWeightAveraging pruned yet; "
-                "remove that callback, or average after pruning"
-            )
+        refuse_averaging(trainer, "DecoderPruning")
         self._begin_fit(trainer, pl_module)
 
     def _inspect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
