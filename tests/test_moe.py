@@ -268,3 +268,6 @@ def test_ddp_ranks_keep_the_same_experts_and_weights(tmp_path):
         a, b = r0[criterion], r1[criterion]
         assert a["kept"] == b["kept"] and len(a["kept"]) == 2 and len(a["kept"][1][0]) == 4
         assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+        # a mid-epoch checkpoint (written from rank 0) holds the sums of every rank, not rank 0's alone
+        assert a["mid_saved"].keys() == a["mid_totals"].keys() and a["mid_saved"]
+        assert all(torch.allclose(a["mid_saved"][k], a["mid_totals"][k]) for k in a["mid_totals"])

@@ -145,9 +145,13 @@ class ExpertPruning(ScheduledPruning):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # under DDP rank 0 holds the totals of every rank at each epoch's end (checkpoints are written from rank 0
-        # after this hook) and the other ranks start again from zero: the sums over ranks stay the totals
-        if trainer.world_size > 1 and self._stats.sums:
+        self._fold_to_rank_zero(trainer)
+
+    def _fold_to_rank_zero(self, trainer: pl.Trainer | None) -> None:
+        """Under DDP rank 0 takes the totals of every rank and the others start again from zero (the sums over
+        ranks stay the totals): at each epoch's end and when a checkpoint is written (a collective, which every rank
+        runs as Lightning dumps a checkpoint), so the checkpoint, written from rank 0, holds the totals."""
+        if trainer is not None and trainer.world_size > 1 and self._stats.sums:
             self._stats.sums = self._reduced(trainer)
             if trainer.global_rank != 0:
                 self._stats.sums = {k: v.zero_() for k, v in self._stats.sums.items()}
@@ -209,6 +213,8 @@ class ExpertPruning(ScheduledPruning):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        if self._module is not None and self._stats.sums:  # (mid-epoch checkpoints too: every rank's sums)
+            self._fold_to_rank_zero(compat.attached_trainer(self._module))
         return {
             "version": _STATE_VERSION,
             **self._schedule_state(),
