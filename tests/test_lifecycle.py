@@ -540,6 +540,7 @@ def test_mixin_and_load_channel_pruned_with_a_network_built_in_configure_model(t
 
 
 # ------------------------------------------------------------------------------------------------------ DDP
+@pytest.mark.rehearsal  # a 2-process launch of 20 s or more (the default run's 4-minute budget)
 def test_ddp_no_sync_dist_warnings_and_one_rank_failing_while_planning_fails_every_rank(tmp_path):
     """One 2-process launch, three fits (tests/scripts/lifecycle_ddp.py): no sync_dist warnings, PruningMetrics'
     DDP logging (test_metrics_callback.check_metrics_ddp), then rank 1 failing while planning."""

@@ -356,6 +356,7 @@ def test_distillation_from_the_unpruned_model_and_resume(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.rehearsal  # a 2-process launch of 20 s or more (the default run's 4-minute budget)
 def test_ddp_ranks_keep_the_same_channels_and_weights(tmp_path):
     from helpers import run_ddp_script
 

@@ -110,6 +110,7 @@ class _Probe(pl.Callback):
         self.masks = [m.weight_mask.bool().clone() for m in pl_module.net if hasattr(m, "weight_mask")]
 
 
+@pytest.mark.rehearsal  # a 2-process launch of 20 s or more (the default run's 4-minute budget)
 def test_fsdp2_resume_both_checkpoint_formats(tmp_path):
     """A run resumed mid-schedule from Lightning's distributed checkpoint, and one from the full state dict, end
     bit-exact on the uninterrupted run's weights; the full checkpoint holds plain weights (zeros where pruned) and

@@ -215,6 +215,7 @@ def test_a_refused_option_leaves_the_model_untouched_and_runs_no_step(tmp_path, 
     assert {n: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for n, m in model.named_modules()} == hooks
 
 
+@pytest.mark.rehearsal  # a 2-process launch of 20 s or more (the default run's 4-minute budget)
 def test_fsdp2_refuses_the_options_it_does_not_honour(tmp_path):
     """Six fits under FSDP2 (2 processes, one launch): each option refused at setup, 0 steps, model not built; a
     seventh: the default min_kept_per_layer=1 where it binds stops the run at the event, the model unpruned."""

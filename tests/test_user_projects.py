@@ -66,6 +66,7 @@ def test_callbacks_from_a_hydra_config_take_its_containers(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ ddp_spawn
+@pytest.mark.rehearsal  # a 2-process launch of 20 s or more (the default run's 4-minute budget)
 def test_channel_pruning_under_ddp_spawn_gives_the_main_process_the_pruned_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "channel_ddp_spawn.py"), str(tmp_path)], capture_output=True, text=True,
