@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
@@ -366,6 +365,7 @@ def _scan_channels(
     latency: Any = None,
 ) -> SensitivityResult:
     from lightning_prune.core.channel.pruner import ChannelPruner
+    from lightning_prune.core.channel.speedup import pruned_copy
 
     options = {k: v for k, v in options.items() if k != "global_pruning"}
     pruner = ChannelPruner(importance=importance, **options)
@@ -393,10 +393,7 @@ def _scan_channels(
                     if latency is not None:
                         result.latency[layer][r] = 1.0
                 else:
-                    twin = copy.deepcopy(model)
-                    dry = copy.copy(pruner)
-                    dry.load_state_dict(pruner.state_dict())
-                    dry.apply(twin, [entry], example_inputs)
+                    twin = pruned_copy(pruner, model, example_inputs, [entry])
                     result.macs[layer][r] = int(count_macs(twin, example_inputs))
                     result.metric[layer][r] = float(evaluate(twin))
                     if latency is not None:  # timed against the dense copy, interleaved

@@ -14,7 +14,6 @@ or 16 are often faster than their MACs say, so the same latency needs fewer chan
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_prune.core.channel.speedup import pruned_copy
 from lightning_prune.core.latency import LatencyProbe
 from lightning_prune.core.measure import count_params
 
@@ -85,11 +85,7 @@ class _Candidates:
     def evaluate_plan(self, ratio: float, plan: list) -> tuple[float, float, int, list]:
         key = _plan_key(plan)
         if key not in self.seen:
-            twin = copy.deepcopy(self.model)
-            if plan:
-                dry = copy.copy(self.pruner)  # the planner's options, with its own copy of the mutable state
-                dry.load_state_dict(self.pruner.state_dict())
-                dry.apply(twin, plan, self.inputs)
+            twin = pruned_copy(self.pruner, self.model, self.inputs, plan)
             speedup, ms = self.probe.measure(twin)
             self.seen[key] = (speedup, ms, int(count_params(twin)))
             del twin
@@ -233,9 +229,6 @@ def search_latency_roundings(
 
 def _confirm(pruner: Any, model: nn.Module, example_inputs: Any, probe: LatencyProbe, found: LatencySearch) -> None:
     start = time.perf_counter()
-    twin = copy.deepcopy(model)
-    dry = copy.copy(pruner)
-    dry.load_state_dict(pruner.state_dict())
-    dry.apply(twin, found.plan, example_inputs)
+    twin = pruned_copy(pruner, model, example_inputs, found.plan)
     found.speedup, found.latency_ms = probe.measure(twin, again=True)
     found.seconds += time.perf_counter() - start

@@ -51,6 +51,7 @@ __all__ = [
     "SpeedupSearch",
     "check_speedup",
     "dry_run_macs",
+    "pruned_copy",
     "reduction_speedup",
     "search_ratio",
     "speedup_reduction",
@@ -98,18 +99,22 @@ def _plan_key(plan: list) -> tuple:
     return tuple((str(name), bool(out), tuple(int(i) for i in idxs)) for name, out, idxs in plan)
 
 
-def dry_run_macs(pruner: Any, model: nn.Module, example_inputs: Any, plan: list) -> int:
-    """MACs of ``model`` after ``plan`` is applied, measured on a deep copy (``model`` and ``pruner`` unchanged).
-
-    A ``LightningModule`` copies without its Trainer (Lightning's ``__getstate__`` drops it).
-    """
-    if not plan:
-        return int(count_macs(model, example_inputs))
+def pruned_copy(pruner: Any, model: nn.Module, example_inputs: Any, plan: list) -> nn.Module:
+    """A deep copy of ``model`` with ``plan`` applied (``model`` and ``pruner`` unchanged): the dry run that the
+    MACs and the latency searches measure. A ``LightningModule`` copies without its Trainer (Lightning's
+    ``__getstate__`` drops it)."""
     twin = copy.deepcopy(model)
     dry = copy.copy(pruner)  # the planner's options, with its own copy of the mutable state
     dry.load_state_dict(pruner.state_dict())
-    dry.apply(twin, plan, example_inputs)
-    return int(count_macs(twin, example_inputs))
+    dry.apply(twin, plan, example_inputs)  # (an empty plan changes nothing)
+    return twin
+
+
+def dry_run_macs(pruner: Any, model: nn.Module, example_inputs: Any, plan: list) -> int:
+    """MACs of ``model`` after ``plan`` is applied, measured on a deep copy (:func:`pruned_copy`)."""
+    if not plan:
+        return int(count_macs(model, example_inputs))
+    return int(count_macs(pruned_copy(pruner, model, example_inputs, plan), example_inputs))
 
 
 @dataclass
