@@ -27,7 +27,6 @@ differences between criteria are small and the numbers are not those of a real M
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import common  # noqa: E402  (pins torch to one thread before torch is imported)
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from llm_text import SDIST, Windows, load_text, tokens_per_second  # noqa: E402
+from llm_text import SDIST, Windows, load_text, perplexity, tokens_per_second  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402
 
@@ -65,17 +64,6 @@ class MoeLM(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.0)
-
-
-@torch.no_grad()
-def perplexity(module: MoeLM, loader: DataLoader) -> float:
-    module.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        logits = module(batch)
-        total += float(F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1), reduction="sum"))
-        count += batch[:, 1:].numel()
-    return math.exp(total / count)
 
 
 @torch.no_grad()
