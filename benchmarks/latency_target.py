@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import heldout  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -148,7 +149,7 @@ def accuracy_worker(args: dict) -> dict:
 
     torch.set_num_threads(1)
     pl.seed_everything(args["seed"], verbose=False)
-    dm = datamodule(args["data"], args["data_dir"], args["seed"])
+    dm = heldout.datamodule(args["data"], args["data_dir"], 6000)  # Fashion-MNIST: 6,000 training images
     net = cnn()
     dense = copy.deepcopy(net).eval()
     model = ImageClassifier(net, lr=2e-3)
@@ -176,21 +177,6 @@ def cnn() -> nn.Module:
         nn.Conv2d(96, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )  # fmt: skip
-
-
-def datamodule(data: str, data_dir: str, seed: int):
-    from torch.utils.data import Subset
-
-    from lightning_prune.data import DigitsDataModule, FashionMNISTDataModule
-
-    if data == "digits":
-        dm = DigitsDataModule(batch_size=64, seed=0)
-        dm.setup("fit")
-        return dm
-    dm = FashionMNISTDataModule(data_dir=data_dir, download=False, val_size=2000, batch_size=64, seed=0)
-    dm.setup("fit")
-    dm.train_set = Subset(dm.train_set.dataset, dm.train_set.indices[:6000])
-    return dm
 
 
 # ---------------------------------------------------------------------------------------------- parts
