@@ -105,13 +105,13 @@ def test_a_model_already_quantized_is_refused():
 def test_int8_sizes_count_zeros_for_little_once_compressed():
     torch.manual_seed(0)
     net = LeNet()
-    dense = measure(net)
+    dense = measure(net, int8=True)
     for m in (net.conv1, net.conv2, net.fc1, net.fc2, net.fc3):
         prune.l1_unstructured(m, "weight", 0.9)
-    sparse = measure(net)
+    sparse = measure(net, int8=True)
     assert dense.size_mb_int8 < 0.3 * dense.size_mb and sparse.size_mb_int8 == dense.size_mb_int8
     assert sparse.size_mb_int8_gzip < 0.5 * dense.size_mb_int8_gzip
-    assert "size_mb_int8_gzip" in sparse.as_dict() and measure(net, int8=False).size_mb_int8 is None
+    assert "size_mb_int8_gzip" in sparse.as_dict() and measure(net).size_mb_int8 is None  # (off by default)
 
 
 @pytest.mark.parametrize(

@@ -425,7 +425,7 @@ def measure(
     example_inputs: Any = None,
     cache: MacsCache | None = None,
     types: Sequence[type[nn.Module]] | None = None,
-    int8: bool = True,
+    int8: bool = False,
 ) -> ModelStats:
     """Measure everything in one pass over the parameters (plus a forward pass for MACs when
     ``example_inputs`` is given and ``cache`` has not seen this architecture).
@@ -436,7 +436,7 @@ def measure(
         cache: a :class:`MacsCache` to reuse the forward pass between calls.
         types: module classes whose ``weight`` is prunable (default: convolutions and ``nn.Linear``).
         int8: also the int8 size and its gzip size (:func:`int8_nbytes`: zlib over
-            the model's bytes, about 1 s for ResNet-18 on one core); False leaves them None.
+            the model's bytes, about 1 s for ResNet-18 on one core); False (default) leaves them None.
 
     Example::
 

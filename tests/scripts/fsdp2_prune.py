@@ -156,9 +156,7 @@ def fit(out: str, cb: UnstructuredPruning, reference, metrics: PruningMetrics | 
             for m, sm in zip(plain, model.net, strict=True):
                 if isinstance(m, nn.Linear):
                     m.bias.copy_(full(sm.bias.detach()))
-        expected = measure(plain, torch.zeros(1, 16), int8=False).as_dict(  # (no int8 figure over shards)
-            prefix="pruning/", per_layer=True
-        )
+        expected = measure(plain, torch.zeros(1, 16)).as_dict(prefix="pruning/", per_layer=True)
         logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pruning/")}
         result["metrics"] = {"expected": expected, "logged": logged}
     return result
