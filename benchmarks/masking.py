@@ -154,11 +154,25 @@ def worker(args: dict) -> None:
     common.worker_result(dict(peaks=peaks, steps=steps[1:], sparsity=zeros / total))
 
 
+STEP_CONFIGS = [  # (optimizer, batch): the step-alone comparison
+    ("sgd", 8), ("sgd momentum", 8), ("adam", 8), ("adam fused", 8), ("sgd", 64), ("sgd momentum", 64), ("adam fused", 64),
+]  # fmt: skip
+
+
+def make_optimizer(name: str, params):
+    """``sgd`` (no momentum), ``sgd momentum`` (0.9), ``adam`` (torch's default ``foreach`` kernels) or ``adam fused``
+    (``fused=True``, torch's fused CPU kernel)."""
+    if name.startswith("sgd"):
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9 if "momentum" in name else 0.0)
+    return torch.optim.Adam(params, lr=1e-4, fused=True if "fused" in name else None)
+
+
 def step_worker(args: dict) -> None:
     """The step alone, interleaved step by step in one process (load drift hits every variant alike): three copies
     of the MLP with the same masks (global L1 at ``amount``) and their own optimizer: dense (no masks), the
     reparametrisation (``core.unstructured.masks.apply_masks``) and in place (``callbacks._inplace.InplaceMasks``:
-    the gradients masked before the step, as the callback's ``on_before_optimizer_step``)."""
+    the gradients masked before the step, as the callback's ``on_before_optimizer_step``); "mask pass" is the time
+    of that masking alone, inside the in-place step."""
     import copy
     import statistics
 
@@ -175,19 +189,21 @@ def step_worker(args: dict) -> None:
     del base
     mask_ops.apply_masks(nets["reparam"], targets, keep)
     enforced = InplaceMasks([m.weight for m in nets["inplace"]], [str(i) for i in range(12)])
-    make = (lambda p: torch.optim.SGD(p, lr=1e-4)) if args["optimizer"] == "sgd" else (lambda p: torch.optim.Adam(p, lr=1e-4))
-    opts = {v: make(n.parameters()) for v, n in nets.items()}
+    opts = {v: make_optimizer(args["optimizer"], n.parameters()) for v, n in nets.items()}
     enforced.set(keep, [opts["inplace"]])
     del keep
-    x = torch.randn(8, 2048)
-    times: dict[str, list[float]] = {v: [] for v in nets}
+    x = torch.randn(args.get("batch", 8), 2048)
+    times: dict[str, list[float]] = {v: [] for v in (*nets, "mask pass")}
     for r in range(args["rounds"] + 2):
         for v, net in nets.items():
             t0 = time.perf_counter()
             opts[v].zero_grad()
             net(x).square().mean().backward()
             if v == "inplace":
+                t1 = time.perf_counter()
                 enforced.zero_grads()
+                if r >= 2:
+                    times["mask pass"].append(time.perf_counter() - t1)
             opts[v].step()
             if v == "inplace":
                 enforced.after_step([opts[v]])
@@ -196,20 +212,36 @@ def step_worker(args: dict) -> None:
     common.worker_result({v: statistics.median(t) for v, t in times.items()})
 
 
+def step_table(rounds: int) -> str:
+    """The step-alone table: one fresh worker per (optimizer, batch) of :data:`STEP_CONFIGS`."""
+    rows = []
+    for opt, batch in STEP_CONFIGS:
+        got = common.run_worker(Path(__file__).resolve(), dict(kind="steps", optimizer=opt, batch=batch, amount=0.5, rounds=rounds))
+        d = got["dense"]
+        rows.append([opt, str(batch), f"{d * 1000:.0f}"] + [f"{got[v] * 1000:.0f} ({got[v] / d:.2f})" for v in ("reparam", "inplace")]
+                    + [f"{got['mask pass'] * 1000:.0f} ({got['mask pass'] / d:.2f})"])
+        print(rows[-1], flush=True)
+    head = ["optimizer", "batch", "dense step (ms)", "reparam (ratio)", "inplace (ratio)", "in place's mask pass (share of dense)"]
+    return common.md_table(head, rows)
+
+
 CONFIGS = [  # (model, dtype, optimizer): {variant: amounts}; one machine-time budget (the machine is shared)
     (("mlp", "float32", "adam"), {"dense": (0.0,), "reparam": (0.5, 0.9), "inplace": (0.5, 0.9), "ModelPruning": (0.5,)}),
     (("mlp", "float32", "sgd"), {"dense": (0.0,), "reparam": (0.5,), "inplace": (0.5,)}),
     (("llm", "float32", "adam"), {"dense": (0.0,), "reparam": (0.5, 0.9), "inplace": (0.5, 0.9), "ModelPruning": (0.5,)}),
     (("llm", "bfloat16", "adam"), {"dense": (0.0,), "reparam": (0.5,), "inplace": (0.5,)}),
 ]
-READING = """Reading (the run of 2026-12-07, load average 10-12 on the 2 cores): the memory figures are steady (the
+READING = """Reading. Memory (the run of 2026-12-07, load average 10-12 on the 2 cores): the figures are steady (the
 same dense baseline in every process of a configuration, with the fixed mmap threshold): in place adds the bool
 masks (1 byte per selected weight, 48 MiB on the MLP) and little else, +60-65 MiB on the MLP against +456-489 MiB
 for the reparametrisation and +579 MiB for `ModelPruning` (whose event peaks at +2.2 GiB). The step times of the
 Lightning runs (3 steps per run, one run per variant) are dominated by the load and say nothing; the step-alone
-table, interleaved step by step, is the one to read: in place costs one masking pass over the gradients per step
-(about one SGD update's memory traffic), the reparametrisation a product in forward, one in backward and their
-allocations. With SGD that pass is +19% of this memory-bound CPU step, not within 5%.
+table (re-run with `--steps-only` at load 2-4, while other jobs ran), interleaved step by step, is the one to read:
+in place costs one masking pass over the gradients per step (a read and a write of every gradient), 9-17% of this
+memory-bound CPU step: with SGD and momentum the step is within 5% of dense (1.03-1.04), with momentum-free SGD, the
+cheapest update, it is not (1.08 at batch 64, 1.18 at batch 8). `torch.optim.Adam`'s default (foreach) update is
+slow in both modes because torch's CPU `sqrt` is several times slower on exact zeros (the pruned second moments);
+its fused CPU kernel (`fused=True`) has no such slowdown, and with it in place costs 1.14-1.15.
 """
 RUNS = common.RESULTS_DIR / "masking_runs.jsonl"
 STEPS = common.RESULTS_DIR / "masking_steps.txt"  # the table of `step_worker`, kept for --table  # one line per worker run, so a long run can be tabled part-way
@@ -257,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="training steps per epoch")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the step-alone comparison")
     p.add_argument("--table", action="store_true", help="only write the table of the runs recorded so far")
+    p.add_argument("--steps-only", action="store_true", help="only re-run the step-alone table (then as --table)")
     args = p.parse_args(argv)
     started = time.time()
     script = Path(__file__).resolve()
     configs = CONFIGS[2:3] if args.quick else CONFIGS
-    records = [] if args.quick or not RUNS.exists() or not args.table else [json.loads(x) for x in RUNS.read_text().splitlines()]
-    if not args.table:
+    records = [] if args.quick or not RUNS.exists() or not (args.table or args.steps_only) else [json.loads(x) for x in RUNS.read_text().splitlines()]
+    if not args.table and not args.steps_only:
         if not args.quick:
             RUNS.write_text("")
         for r in range(1 if args.quick else args.repeats):
@@ -277,16 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f.write(json.dumps(out) + "\n")
                         print(f"{model} {dtype} {opt} {v} {a}: {time.time() - started:.0f} s", flush=True)
     sections = table(records)
-    if not args.table and not args.quick:
-        rows = []
-        for opt in ("sgd", "adam"):
-            got = common.run_worker(script, dict(kind="steps", optimizer=opt, amount=0.5, rounds=args.rounds))
-            d = got["dense"]
-            rows.append([opt.upper() if opt == "sgd" else "Adam", f"{d * 1000:.0f}"]
-                        + [f"{got[v] * 1000:.0f} ({got[v] / d:.2f})" for v in ("reparam", "inplace")])
-            print(rows[-1], flush=True)
-        steps_table = common.md_table(["optimizer", "dense step (ms)", "reparam (ratio)", "inplace (ratio)"], rows)
-        STEPS.write_text(steps_table + "\n")
+    if args.steps_only or (not args.table and not args.quick):
+        STEPS.write_text(step_table(args.rounds) + "\n")
     if STEPS.exists() and not args.quick:
         sections.append("### The step alone, MLP 12x2048x2048, 50%, interleaved step by step in one process\n\n"
                         + (step_worker.__doc__ or "").split("(load drift", 1)[0].strip() + f" ({args.rounds} rounds, "
@@ -295,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         return 0
     cmd = "python benchmarks/masking.py" + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
+    if args.table or args.steps_only:  # the page mixes runs: say which (the header closes the last backtick)
+        cmd = "python benchmarks/masking.py --table` (memory tables: the last full run, as recorded; the step-alone "
+        cmd += "table: the last run of `python benchmarks/masking.py --steps-only"
     intro = __doc__.split("\n\n", 1)[1].split("    python benchmarks")[0]
     text = common.header("Masking: reparametrisation vs in place", cmd, started) + "\n" + intro + "\n" + "\n\n".join(
         sections) + "\n\n" + READING
