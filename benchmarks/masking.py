@@ -320,9 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         return 0
     cmd = "python benchmarks/masking.py" + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
-    if args.table or args.steps_only:  # the page mixes runs: say which (the header closes the last backtick)
-        cmd = "python benchmarks/masking.py --table` (memory tables: the last full run, as recorded; the step-alone "
-        cmd += "table: the last run of `python benchmarks/masking.py --steps-only"
+    if args.table or args.steps_only:  # the page mixes runs: say which
+        cmd = "python benchmarks/masking.py --steps-only" if args.steps_only else "python benchmarks/masking.py --table"
+        sections.insert(0, "This page mixes runs: the memory tables are the last full run's, as recorded; the "
+                        "step-alone table is the last `--steps-only` run's.")
     intro = __doc__.split("\n\n", 1)[1].split("    python benchmarks")[0]
     text = common.header("Masking: reparametrisation vs in place", cmd, started) + "\n" + intro + "\n" + "\n\n".join(
         sections) + "\n\n" + READING
