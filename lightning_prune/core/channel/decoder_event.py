@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -28,6 +29,13 @@ from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel.decoder import DecoderPruner, DecoderStepResult
 from lightning_prune.core.channel.modules import _Snapshot
 from lightning_prune.core.channel.transaction import Transaction, Undo, snapshot_optimizers
+
+
+class _Changes(Protocol):
+    changes: dict[torch.Tensor, tuple]  # {old parameter: (new parameter, keep, old shape)}
+
+
+R = TypeVar("R", bound=_Changes)
 
 
 def snapshot_configs(model: nn.Module) -> Undo:
@@ -76,12 +84,26 @@ def run_decoder_event(
     Raises:
         Whatever a step raised, after every step done before it is undone.
     """
+    step = lambda: pruner.step(model, mlp_ratio, head_ratio, activations, hidden_ratio=hidden_ratio)  # noqa: E731
+    return transacted_step(model, snapshot_pruner(pruner), step, optimizers, rewrap)
+
+
+def transacted_step(
+    model: nn.Module,
+    pruner_undo: Undo,
+    step: Callable[[], R],
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+    rewrap: Callable[[], Undo | None] | None = None,
+) -> R:
+    """``step()`` (a decoder or expert pruner's step on ``model``; its result has ``changes``), then the optimizers'
+    parameters and state follow and the model is re-wrapped; all or nothing: when anything raises, the pruner
+    (``pruner_undo``), the model's configs and tensors and the optimizers are put back and the error propagates."""
     tx = Transaction()
-    tx.done(snapshot_pruner(pruner))
+    tx.done(pruner_undo)
     tx.done(snapshot_configs(model))
     tx.done(_Snapshot(model).restore)
     try:
-        result = pruner.step(model, mlp_ratio, head_ratio, activations, hidden_ratio=hidden_ratio)
+        result = step()
         tx.done(snapshot_optimizers(optimizers))
         optim_ops.rebind_optimizers(optimizers, result.changes)
         if rewrap is not None:
@@ -92,4 +114,4 @@ def run_decoder_event(
     return result
 
 
-__all__ = ["run_decoder_event", "snapshot_configs", "snapshot_pruner"]
+__all__ = ["run_decoder_event", "snapshot_configs", "snapshot_pruner", "transacted_step"]

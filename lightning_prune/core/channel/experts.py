@@ -43,10 +43,8 @@ import torch
 from torch import nn
 
 from lightning_prune.core._validation import check_choice, check_fraction, check_int
-from lightning_prune.core.channel import optim as optim_ops
 from lightning_prune.core.channel._decoder_common import DecoderPruningError, own_config
-from lightning_prune.core.channel.modules import _Snapshot
-from lightning_prune.core.channel.transaction import Transaction, Undo, snapshot_optimizers
+from lightning_prune.core.channel.transaction import Undo
 
 ExpertCriterion = Literal["router_mass", "reap", "random"]
 EXPERT_CRITERIA: tuple[str, ...] = ("router_mass", "reap", "random")
@@ -381,23 +379,12 @@ def run_expert_event(
 ) -> ExpertStepResult:
     """:meth:`ExpertPruner.step`, then the optimizers' parameters and state follow and the model is re-wrapped;
     all or nothing (a failing step undoes the ones before and the error propagates)."""
-    from lightning_prune.core.channel.decoder_event import snapshot_configs
+    from lightning_prune.core.channel.decoder_event import transacted_step
 
-    tx = Transaction()
     state = pruner.state_dict()
-    tx.done(lambda: pruner.load_state_dict(state))
-    tx.done(snapshot_configs(model))
-    tx.done(_Snapshot(model).restore)
-    try:
-        result = pruner.step(model, ratio, scores)
-        tx.done(snapshot_optimizers(optimizers))
-        optim_ops.rebind_optimizers(optimizers, result.changes)
-        if rewrap is not None:
-            tx.done(rewrap())
-    except BaseException:
-        tx.rollback()
-        raise
-    return result
+    return transacted_step(
+        model, lambda: pruner.load_state_dict(state), lambda: pruner.step(model, ratio, scores), optimizers, rewrap
+    )
 
 
 __all__ = [
