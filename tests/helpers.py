@@ -18,6 +18,10 @@ from torch import nn
 
 from lightning_prune.models import LeNet
 
+import masking_mode
+
+masking_mode.apply_env()  # a script launched by a test (tests/scripts/*.py imports this module): the suite's --masking
+
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

@@ -201,3 +201,24 @@ def test_an_explicit_reparam_is_refused_under_fsdp2(monkeypatch):
     assert check_unstructured(UnstructuredPruning(0.5, masking="inplace"), trainer) is True
     with pytest.raises(ValueError, match=r"`masking`='reparam' is not supported under ModelParallelStrategy"):
         check_unstructured(UnstructuredPruning(0.5, masking="reparam"), trainer)
+
+
+# ----------------------------------------------------------------------------------------------- the suite's --masking
+def test_the_suites_masking_option_sets_the_default_only(masking, tmp_path):
+    """``--masking`` (tests/conftest.py) is the mode of a callback built without ``masking=``, in Python, in a
+    LightningCLI config and in a launched script's environment; an explicit ``masking=`` is kept."""
+    import os
+
+    import masking_mode
+    from lightning.pytorch.cli import LightningCLI
+
+    assert UnstructuredPruning(amount=0.5).masking == masking and os.environ[masking_mode.ENV] == masking
+    other = {"inplace": "reparam", "reparam": "inplace"}[masking]
+    assert UnstructuredPruning(amount=0.5, masking=other).masking == other
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_prune.UnstructuredPruning\n      init_args: {amount: 0.5}\n"
+    )
+    cli = LightningCLI(ImageClassifier, DigitsDataModule, args=["-c", str(cfg)], run=False)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, UnstructuredPruning)]
+    assert cb.masking == masking
