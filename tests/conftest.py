@@ -27,16 +27,26 @@ def pytest_addoption(parser):
     )
 
 
-LIBRARY_MASKING = masking_mode.library_default()  # read before any patch
+def _mode(config) -> str:
+    return config.getoption("--masking") or masking_mode.library_default()
 
 
 def pytest_configure(config):
+    """``--masking`` in the environment of the scripts the tests launch (``pytest_unconfigure`` removes it)."""
+    if config.getoption("--masking"):
+        os.environ[masking_mode.ENV] = config.getoption("--masking")
+
+
+def pytest_collection(session):
     """``--masking``: ``UnstructuredPruning``'s default for the whole session (its signature default, so LightningCLI
-    and YAML configs follow it, and callbacks built at collection too), and in the environment of the scripts the
-    tests launch. ``pytest_unconfigure`` restores it."""
-    mode = config.getoption("--masking") or LIBRARY_MASKING
-    config._masking_restore = masking_mode.set_default(mode)
-    os.environ[masking_mode.ENV] = mode
+    and YAML configs follow it, and callbacks built at collection too); ``pytest_unconfigure`` restores it. Here, not
+    in ``pytest_configure``: importing Lightning before pytest's log capture is in place turns off the propagation of
+    its logger (``lightning.pytorch/__init__``), and ``caplog`` would see nothing."""
+    config = session.config
+    if getattr(config, "_masking_restore", None) is None:
+        mode = _mode(config)
+        config._masking_restore = masking_mode.set_default(mode)
+        os.environ[masking_mode.ENV] = mode
 
 
 def pytest_unconfigure(config):
@@ -49,4 +59,4 @@ def pytest_unconfigure(config):
 @pytest.fixture
 def masking(request) -> str:
     """The ``masking`` of an ``UnstructuredPruning`` built without one in this run (``--masking``)."""
-    return request.config.getoption("--masking") or LIBRARY_MASKING
+    return _mode(request.config)

@@ -31,6 +31,7 @@ from lightning_prune.callbacks._unstructured_targets import counted_schedule, re
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice, check_int, plain
+from lightning_prune.core.bitpack import unpack_mask
 from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
@@ -209,6 +210,14 @@ class UnstructuredPruning(ScheduledPruning):
     def amount(self) -> float | int | dict[int, float]:
         """``amount`` as given: the final fraction, the count of weights, or the milestones."""
         return self._amount_repr
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """The keep-masks of the latest event, ``{parameter name: bool tensor}`` (``True``: kept; names as in the
+        module's ``state_dict``, e.g. ``"model.fc1.weight"``), on the CPU: the same in both ``masking`` modes (in place
+        there is no ``weight_mask``). Empty before the first event; kept after the end of ``fit``. Under FSDP2, this
+        rank's local slices."""
+        return {key: unpack_mask(packed) for key, packed in self._store.packed.items()}
 
     @property
     def state_key(self) -> str:
