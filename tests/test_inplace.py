@@ -68,6 +68,12 @@ def test_three_events_in_float32_give_equal_weights(tmp_path):
     assert [h["pruned"] for h in rp_cb.history] == [h["pruned"] for h in ip_cb.history]
     assert len(ip_cb.history) == 3 and ip_cb.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-4)
     assert not any(M.is_pruned(m) for m in ip.modules())
+    # `masks`: the same keep-masks in both modes, where the weights are zero, kept after fit
+    assert list(ip_cb.masks) == list(rp_cb.masks) == [f"model.{n}.weight" for n in ("conv1", "conv2", "fc1", "fc2", "fc3")]
+    for key, keep in ip_cb.masks.items():
+        assert keep.dtype == torch.bool and torch.equal(keep, rp_cb.masks[key]), key
+        assert torch.equal(keep, ip.get_parameter(key) != 0), key  # (no kept weight is exactly zero here)
+    assert UnstructuredPruning(amount=0.5).masks == {}  # before any event
 
 
 def _loader():
