@@ -81,7 +81,6 @@ def test_every_format_of_a_pruned_model_runs_and_matches(pruned, kind, fmt, tmp_
 @pytest.mark.parametrize("kind", ["channel-user", "unstructured-classifier"])
 def test_onnx_file_holds_the_pruned_weights_and_runs_in_onnxruntime(pruned, kind, tmp_path):
     module = pruned[kind]
-    net = module.model if isinstance(module, ImageClassifier) else module.backbone
     path = export(module, tmp_path / "m.onnx", example_input=X, verbose=False)
     graph = onnx.load(str(path)).graph
     assert not any(name.endswith(("_orig", "_mask")) for name in (i.name for i in graph.initializer))
