@@ -245,7 +245,8 @@ def run(method: str, args: argparse.Namespace, seed: int, data: tuple, init: dic
     end, start = make_tracers(data[2][:64])
     targets = UnstructuredPruning(amount=args.amount).targets(args.epochs)
     if method == "ours":
-        pruning = UnstructuredPruning(amount=args.amount, seed=seed, verbose=False)
+        # the trace reads `weight_orig`/`weight_mask`: the reparametrisation, as ModelPruning's
+        pruning = UnstructuredPruning(amount=args.amount, seed=seed, verbose=False, masking="reparam")
     else:
         pruning = model_pruning(model.net, targets, args.mp_counts)
     trainer = common.trainer(

@@ -5,7 +5,8 @@ The seed calls ``torch.nn.utils.prune.global_unstructured`` over LeNet's five we
 ``module.weight == 0``, and counts pruned weights from each module's ``weight_mask``. Here
 ``UnstructuredPruning(amount=0.2, norm="l1", scope="global")`` prunes LeNet while it trains on
 scikit-learn's digits (offline), keeping the ``torch.nn.utils.prune`` masks at the end
-(``make_pruning_permanent=False``), and the seed's printing code below runs unchanged on the result.
+(``make_pruning_permanent=False``, with ``masking="reparam"``: the default masks in place, with no
+``weight_mask``), and the seed's printing code below runs unchanged on the result.
 
     python examples/seed_lenet_global_l1.py            # 3 epochs on the digits, a few seconds on a CPU
     python examples/seed_lenet_global_l1.py --quick    # 2 batches an epoch (what the tests run)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     classifier = ImageClassifier("lenet", num_classes=10, in_channels=1)
     pruning = UnstructuredPruning(
         amount=0.2, norm="l1", scope="global", schedule="constant", start_epoch=1, end_epoch=1,
-        make_pruning_permanent=False
+        make_pruning_permanent=False, masking="reparam"  # torch.nn.utils.prune's `weight_mask`, read by the seed's code
     )
     budget = {"limit_train_batches": 2, "limit_val_batches": 1} if args.quick else {}
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", callbacks=[pruning], logger=False,

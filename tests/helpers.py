@@ -18,6 +18,10 @@ from torch import nn
 
 from lightning_prune.models import LeNet
 
+import masking_mode
+
+masking_mode.apply_env()  # a script launched by a test (tests/scripts/*.py imports this module): the suite's --masking
+
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -84,3 +88,12 @@ class UserClassifier(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
+
+
+def pruning_masks(trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+    """The keep-masks of the Trainer's ``UnstructuredPruning`` (``{parameter name: bool}``), in either ``masking`` mode
+    (in place there is no ``weight_mask``): its ``masks`` accessor."""
+    from lightning_prune import UnstructuredPruning
+
+    (cb,) = [c for c in trainer.callbacks if isinstance(c, UnstructuredPruning)]
+    return cb.masks

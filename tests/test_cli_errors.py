@@ -4,10 +4,10 @@ untrained weights, and checkpoints below their run's final pruning target."""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import masking_mode
 import pytest
 import torch
 import yaml
@@ -25,7 +25,7 @@ DENSE = ROOT / "examples" / "configs" / "lenet_digits.yaml"
 def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``lightning-prune ARGS`` as a user runs it (this checkout first on the path)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "lightning_prune.cli", *args]
+    cmd = [*masking_mode.cli_command(), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 

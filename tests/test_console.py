@@ -3,10 +3,10 @@
 import os
 import re
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
+import masking_mode
 import pytest
 
 from lightning_prune.cli import THIRD_PARTY_WARNINGS, quiet_third_party
@@ -20,7 +20,7 @@ def _run(args, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PYTHONWARNINGS", None)  # what a user sees by default
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_prune.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [*masking_mode.cli_command(), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr

@@ -68,6 +68,12 @@ def test_three_events_in_float32_give_equal_weights(tmp_path):
     assert [h["pruned"] for h in rp_cb.history] == [h["pruned"] for h in ip_cb.history]
     assert len(ip_cb.history) == 3 and ip_cb.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-4)
     assert not any(M.is_pruned(m) for m in ip.modules())
+    # `masks`: the same keep-masks in both modes, where the weights are zero, kept after fit
+    assert list(ip_cb.masks) == list(rp_cb.masks) == [f"model.{n}.weight" for n in ("conv1", "conv2", "fc1", "fc2", "fc3")]
+    for key, keep in ip_cb.masks.items():
+        assert keep.dtype == torch.bool and torch.equal(keep, rp_cb.masks[key]), key
+        assert torch.equal(keep, ip.get_parameter(key) != 0), key  # (no kept weight is exactly zero here)
+    assert UnstructuredPruning(amount=0.5).masks == {}  # before any event
 
 
 def _loader():
@@ -201,3 +207,24 @@ def test_an_explicit_reparam_is_refused_under_fsdp2(monkeypatch):
     assert check_unstructured(UnstructuredPruning(0.5, masking="inplace"), trainer) is True
     with pytest.raises(ValueError, match=r"`masking`='reparam' is not supported under ModelParallelStrategy"):
         check_unstructured(UnstructuredPruning(0.5, masking="reparam"), trainer)
+
+
+# ----------------------------------------------------------------------------------------------- the suite's --masking
+def test_the_suites_masking_option_sets_the_default_only(masking, tmp_path):
+    """``--masking`` (tests/conftest.py) is the mode of a callback built without ``masking=``, in Python, in a
+    LightningCLI config and in a launched script's environment; an explicit ``masking=`` is kept."""
+    import os
+
+    import masking_mode
+    from lightning.pytorch.cli import LightningCLI
+
+    assert UnstructuredPruning(amount=0.5).masking == masking and os.environ[masking_mode.ENV] == masking
+    other = {"inplace": "reparam", "reparam": "inplace"}[masking]
+    assert UnstructuredPruning(amount=0.5, masking=other).masking == other
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_prune.UnstructuredPruning\n      init_args: {amount: 0.5}\n"
+    )
+    cli = LightningCLI(ImageClassifier, DigitsDataModule, args=["-c", str(cfg)], run=False)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, UnstructuredPruning)]
+    assert cb.masking == masking

@@ -118,12 +118,13 @@ class _FailsInEpochOne(TinyLM):
 
 
 def test_the_input_hooks_are_removed_when_the_fit_fails(tmp_path):
-    module = _FailsInEpochOne()
+    module, cb = _FailsInEpochOne(), _callback(None)
     with pytest.raises(RuntimeError, match="failed step"):
-        _trainer(tmp_path, 3, [_callback(None)]).fit(module, loader())
+        _trainer(tmp_path, 3, [cb]).fit(module, loader())
     linears = [m for m in module.model.modules() if isinstance(m, nn.Linear)]
     hooks = [h for m in linears for h in m._forward_pre_hooks.values()]
-    assert hooks and all(isinstance(h, prune.BasePruningMethod) for h in hooks)  # the masks' hooks only
+    assert all(isinstance(h, prune.BasePruningMethod) for h in hooks)  # the masks' hooks only (reparam)
+    assert bool(hooks) == (cb.masking == "reparam") and cb.masks  # in place: no hook at all
 
 
 def test_step_events_rank_by_the_batches_since_the_previous_step_event(tmp_path):

@@ -107,8 +107,9 @@ def test_lottery_ticket_rewind_or_resample(tmp_path, resample_parameters):
             if trainer.current_epoch in (1, 2):
                 for name in ("mlp_1", "mlp_2", "mlp_3"):
                     layer = getattr(pl_module.layer, name)
-                    keep = layer.weight_mask.bool()
-                    same = torch.equal(layer.weight_orig[keep], init[f"layer.{name}.weight"][keep])
+                    keep = cb.masks[f"layer.{name}.weight"]  # either masking mode
+                    weight = layer.weight_orig if cb.masking == "reparam" else layer.weight  # the trained tensor
+                    same = torch.equal(weight[keep], init[f"layer.{name}.weight"][keep])
                     checked.append(same)
 
     _trainer(tmp_path, 3, [cb, Check()]).fit(model)

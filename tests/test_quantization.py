@@ -161,10 +161,14 @@ def test_starts_after_the_last_pruning_event_and_keeps_the_masks(tmp_path):
     assert trainer.callback_metrics["pruning/size_mb_int8"] < trainer.callback_metrics["pruning/size_mb"]
     layers = dict(fq.fake_quantized_layers(model.backbone))
     assert set(layers) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
-    for layer in layers.values():
-        assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)  # the masks keep being applied
+    for name, layer in layers.items():
+        pruned = ~pruning.masks[f"backbone.{name}.weight"]  # either masking mode
+        if pruning.masking == "reparam":
+            assert torch.equal(layer.weight_mask == 0, pruned)
+            assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)  # the masks keep being applied
+        assert pruned.any() and not layer.weight[pruned].any()
         q = fq.fake_quantize_weight(layer.weight)
-        assert not q[layer.weight_mask == 0].any()
+        assert not q[pruned].any()
     # a second fit of the same module continues quantized
     make_trainer(tmp_path, 4, [pruning, qat], limit_val_batches=0).fit(model, _loader())
     assert qat.active and len(dict(fq.fake_quantized_layers(model.backbone))) == 5

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import UserClassifier, make_trainer, run_ddp_script
+from helpers import UserClassifier, make_trainer, pruning_masks, run_ddp_script
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -118,7 +118,8 @@ class _Watch(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         targets = M.find_prunable(pl_module)
-        masks = M.get_masks(pl_module, targets)
+        keep = pruning_masks(trainer)  # either masking mode
+        masks = [keep.get(M.target_key(t)) for t in targets]
         if self.prev is not None and all(m is not None for m in masks):
             opt = trainer.optimizers[0]
             n = 0

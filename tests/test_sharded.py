@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import pruning_masks
 
 from lightning_prune import UnstructuredPruning
 from lightning_prune.core.unstructured.masks import compute_masks
@@ -107,7 +108,13 @@ def test_fsdp2_two_processes_events_equal_single_process_selection(tmp_path):
 
 class _Probe(pl.Callback):
     def on_train_start(self, trainer, pl_module):
-        self.masks = [m.weight_mask.bool().clone() for m in pl_module.net if hasattr(m, "weight_mask")]
+        """The masks in force (either masking mode: the callback's; reparam: ``weight_mask`` the same)."""
+        masks = pruning_masks(trainer)
+        self.masks = [masks[f"net.{i}.weight"].clone() for i in (0, 2, 4)]
+        for i, keep in zip((0, 2, 4), self.masks, strict=True):
+            module = pl_module.net[i]
+            assert not module.weight[~keep].any()
+            assert not hasattr(module, "weight_mask") or torch.equal(module.weight_mask.bool(), keep)
 
 
 @pytest.mark.rehearsal  # a 2-process launch of 20 s or more (the default run's 4-minute budget)

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import make_trainer, run_ddp_script
+from helpers import make_trainer, pruning_masks, run_ddp_script
 from lightning_prune import ImageClassifier, UnstructuredPruning
 from lightning_prune.core.unstructured import masks as M
 from lightning_prune.data import DigitsDataModule
@@ -56,11 +56,14 @@ class Probe(Callback):
         ]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        masks = pruning_masks(trainer)  # either masking mode (reparam: also `weight_mask`)
         for n in self.layers:
             m = pl_module.get_submodule(n)
-            if hasattr(m, "weight_mask"):
-                pruned = m.weight_mask == 0
-                assert (m.weight_orig[pruned] == 0).all(), n
+            if masks:
+                pruned = ~masks[n + ".weight"]
+                if hasattr(m, "weight_mask"):
+                    assert torch.equal(m.weight_mask == 0, pruned), n
+                    assert (m.weight_orig[pruned] == 0).all(), n
                 assert (m.weight[pruned] == 0).all(), n
                 self.steps_checked += 1
 
@@ -71,8 +74,9 @@ class Probe(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         # the seed's measurement code: weight_mask per layer, weight == 0 overall
         mods = [pl_module.get_submodule(n) for n in self.layers]
-        if all(hasattr(m, "weight_mask") for m in mods):
-            per_layer = [float(torch.sum(m.weight_mask == 0)) / m.weight_mask.nelement() for m in mods]
+        masks = pruning_masks(trainer)
+        if masks:
+            per_layer = [float(torch.sum(~masks[n + ".weight"])) / masks[n + ".weight"].nelement() for n in self.layers]
             zeros = sum(float(torch.sum(m.weight == 0)) for m in mods)
             total = sum(float(m.weight.nelement()) for m in mods)
             self.seed_measure[trainer.current_epoch] = (per_layer, zeros / total)
@@ -275,9 +279,15 @@ def test_resume_is_bit_exact_and_checkpoint_is_plain(tmp_path, interrupt):
 
 def test_without_permanent_model_stays_masked_and_saves_plain(tmp_path):
     model = ImageClassifier("lenet")
-    trainer = _trainer(tmp_path, 1, [UnstructuredPruning(0.5, start_epoch=0, make_pruning_permanent=False)])
+    cb = UnstructuredPruning(0.5, start_epoch=0, make_pruning_permanent=False)
+    trainer = _trainer(tmp_path, 1, [cb])
     trainer.fit(model, _data())
-    assert hasattr(model.model.fc1, "weight_mask") and hasattr(model.model.fc1, "weight_orig")
+    reparam = cb.masking == "reparam"  # in place the weights are plain tensors with zeros all along
+    assert hasattr(model.model.fc1, "weight_mask") == reparam and hasattr(model.model.fc1, "weight_orig") == reparam
+    pruned = int((~cb.masks["model.fc1.weight"]).sum())
+    assert pruned == int((model.model.fc1.weight == 0).sum())
+    if reparam:
+        assert pruned == int((model.model.fc1.weight_mask == 0).sum())
     path = tmp_path / "after.ckpt"
     trainer.save_checkpoint(path)
     trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)  # skips callbacks' hooks
@@ -285,11 +295,17 @@ def test_without_permanent_model_stays_masked_and_saves_plain(tmp_path):
         sd = torch.load(p, weights_only=True)["state_dict"]
         fresh = ImageClassifier("lenet")
         fresh.load_state_dict(sd, strict=True)
-        assert int((fresh.model.fc1.weight == 0).sum()) == int((model.model.fc1.weight_mask == 0).sum())
+        assert int((fresh.model.fc1.weight == 0).sum()) == pruned
     # resuming into the same (still masked) model object also loads the plain weights
-    trainer2 = _trainer(tmp_path, 2, [UnstructuredPruning(0.5, start_epoch=0, make_pruning_permanent=False)])
+    cb2 = UnstructuredPruning(0.5, start_epoch=0, make_pruning_permanent=False)
+    trainer2 = _trainer(tmp_path, 2, [cb2])
     trainer2.fit(model, _data(), ckpt_path=str(path))
-    assert M.mask_sparsity(M.get_masks(model, M.find_prunable(model))) == pytest.approx(0.5, abs=1e-4)
+    assert M.mask_sparsity(cb2.masks.values()) == pytest.approx(0.5, abs=1e-4)
+    if reparam:
+        assert M.mask_sparsity(M.get_masks(model, M.find_prunable(model))) == pytest.approx(0.5, abs=1e-4)
+    for key, keep in cb2.masks.items():  # the model's weights (either mode) hold the masks' zeros
+        mod, _, name = key.rpartition(".")
+        assert not getattr(model.get_submodule(mod), name)[~keep].any(), key
 
 
 def test_rewinding_resets_survivors_to_initial_values(tmp_path):

@@ -365,7 +365,7 @@ def test_layer_amounts_per_layer_targets(tmp_path):
 def test_structured_zeroing_along_a_dim_keeps_shapes(tmp_path):
     """`structured_dim` (ln_structured-like): whole output rows/channels zeroed, round(target x slices) per tensor,
     pruned slices stay pruned through the schedule, shapes unchanged."""
-    from helpers import UserClassifier
+    from helpers import UserClassifier, pruning_masks
 
     from lightning_prune.core.unstructured.structured import compute_structured_masks
     from lightning_prune.data import DigitsDataModule
@@ -376,7 +376,7 @@ def test_structured_zeroing_along_a_dim_keeps_shapes(tmp_path):
 
     class Watch(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            seen.append(pl_module.backbone.fc1.weight_mask.clone())
+            seen.append(pruning_masks(trainer)["backbone.fc1.weight"].clone())  # either masking mode
 
     cb = UnstructuredPruning(0.5, norm="l2", structured_dim=0, schedule="linear", start_epoch=0, end_epoch=1,
                              verbose=False)

@@ -28,7 +28,7 @@ __all__ = ["MASKINGS", "MaskStore", "plain_weights", "resampled_weights", "targe
 Target = mask_ops.Target
 
 #: the values of ``UnstructuredPruning(masking=...)``
-MASKINGS = ("reparam", "inplace")
+MASKINGS = ("inplace", "reparam")
 
 #: the ``version`` of the callback state (its mask part)
 STATE_VERSION = 1
@@ -37,8 +37,8 @@ STATE_VERSION = 1
 class MaskStore:
     """The masks of one callback, from the targets found at the first fit to the last event."""
 
-    def __init__(self, masking: str = "reparam") -> None:
-        self.masking = masking  # "reparam" or "inplace" (FSDP2 masks in place whatever it says)
+    def __init__(self, masking: str = "inplace") -> None:
+        self.masking = masking  # "inplace" or "reparam" (FSDP2 masks in place whatever it says)
         self.inplace: InplaceMasks | None = None  # the masks enforced in place (FSDP2: `shard`)
         self.targets: list[Target] = []
         self.ties: dict[Target, list[Target]] = {}

@@ -89,7 +89,7 @@ def check_unstructured(cb: Any, trainer: pl.Trainer) -> bool:
     from lightning.pytorch.callbacks import WeightAveraging
 
     averaging = [type(c).__name__ for c in compat.trainer_callbacks(trainer) if isinstance(c, WeightAveraging)]
-    given = getattr(cb, "_options", {}).get("masking")  # the default masks in place here; a "reparam" asked for cannot
+    given = getattr(cb, "_options", {}).get("masking")  # the default masks in place; a "reparam" asked for cannot
     return check_strategy(
         trainer,
         "UnstructuredPruning",

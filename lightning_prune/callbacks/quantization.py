@@ -37,7 +37,8 @@ class QuantizationAware(Callback):
     At the start of epoch ``start_epoch`` every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of the module becomes
     fake-quantized in place (:mod:`lightning_prune.core.quantize`): weights int8, symmetric, per output channel
     (zero stays exactly zero: pruned weights, 2:4 patterns and removed channels survive, and the pruning masks
-    keep being applied, since the layer quantizes the weight it computes with, ``weight_orig * weight_mask``);
+    keep being applied, since the layer quantizes the weight it computes with: in place the zeros themselves, under
+    ``masking="reparam"`` ``weight_orig * weight_mask``);
     inputs int8, affine, per tensor, with a range observed on the training batches. Parameters, ``state_dict``
     keys and hooks are unchanged; the model stays fake-quantized after fit (``core.quantize.detach`` undoes it).
     Layers with weights of other types (transposed convolutions, embeddings, attention, RNNs) are named once

@@ -31,6 +31,7 @@ from lightning_prune.callbacks._unstructured_targets import counted_schedule, re
 from lightning_prune.callbacks._wanda import WandaInputs
 from lightning_prune.callbacks.support import record_options, refuse_unsupported
 from lightning_prune.core._validation import check_bool, check_choice, check_int, plain
+from lightning_prune.core.bitpack import unpack_mask
 from lightning_prune.core.patterns import compile_patterns
 from lightning_prune.core.schedules import Schedule
 from lightning_prune.core.unstructured import masks as mask_ops
@@ -44,9 +45,11 @@ class UnstructuredPruning(ScheduledPruning):
     At the **start** of each pruning epoch the selected weights are pruned to exactly the scheduled target:
     ``round(target * total)`` of them are zero afterwards (``scope="global"``), or ``round(target * numel)`` of
     each tensor (``scope="layerwise"``). Targets are absolute, so earlier events count towards later ones and
-    pruned weights never grow back. Masks are applied through ``torch.nn.utils.prune`` (``module.weight_mask``
-    and ``module.weight_orig`` exist during training, and pruned weights stay exactly zero through every
-    optimizer step); at the end of ``fit`` the pruning is made permanent (plain ``weight`` tensors with zeros).
+    pruned weights never grow back. Between events the masks hold in place (``masking="inplace"``, the default):
+    the callback keeps them as bool tensors (``masks``), zeroes the pruned weights at each event and their gradients
+    before every optimizer step, so they stay exactly zero and the weights stay plain tensors. ``masking="reparam"``
+    applies them through ``torch.nn.utils.prune`` instead (``module.weight_mask`` and ``module.weight_orig`` during
+    training). At the end of ``fit`` the pruning is made permanent (plain ``weight`` tensors with exact zeros).
 
     Checkpoints hold a plain ``state_dict`` (zeros, no ``weight_orig``/``weight_mask``); the masks and the schedule
     progress are this callback's state, so ``trainer.fit(ckpt_path=...)`` resumes exactly. It logs
@@ -88,7 +91,8 @@ class UnstructuredPruning(ScheduledPruning):
         max_layer_sparsity: global scope only: no single tensor is pruned beyond this fraction (``None``: no cap).
         min_kept_per_layer: the floor against layer collapse: no selected tensor is left with fewer than this many
             weights (default 1; 0: no floor). A tensor that an event leaves with no weight is named in a warning.
-        make_pruning_permanent: remove the ``torch.nn.utils.prune`` reparametrisation at the end of ``fit``.
+        make_pruning_permanent: at the end of ``fit``, remove the ``torch.nn.utils.prune`` reparametrisation
+            (``masking="reparam"``), or (in place) write exact ``+0.0`` where pruned and free the masks.
         rewind_epoch: lottery-ticket rewinding: save the selected weights at the start of this epoch (0 = the
             initialisation) and, after every later event, reset the surviving weights to those values.
             Must not be after the first event. ``None`` (default): no rewinding.
@@ -112,11 +116,12 @@ class UnstructuredPruning(ScheduledPruning):
             ``norm`` (``l1``, ``l2`` or ``random``); ``scope`` is not used.
         every_n_steps: prune every this many optimizer steps (same window and shape) instead of at epoch starts
             (``None``); see docs/unstructured.md. Not with milestones, ``every_n_epochs``, rewinding or FSDP2.
-        masking: how the masks hold between events: ``"reparam"`` (``torch.nn.utils.prune``'s reparametrisation, as
-            described above) or ``"inplace"`` (no reparametrisation: bool masks kept by the callback, the pruned
-            weights zeroed at each event and their gradients before each optimizer step; about 1 byte per weight
-            instead of a mask, a product and its saved copy; FSDP2 always masks in place). Same weights in float32;
-            the differences: docs/unstructured.md.
+        masking: how the masks hold between events: ``"inplace"`` (default: no reparametrisation; bool masks kept by
+            the callback, the pruned weights zeroed at each event and their gradients before each optimizer step;
+            about 1 byte per weight) or ``"reparam"`` (``torch.nn.utils.prune``'s reparametrisation: ``weight_orig``,
+            ``weight_mask`` and a forward hook, so ``prune.is_pruned`` is true; a mask in the weight's dtype, a
+            product and its saved copy: about 4x the weights' memory). Same weights in float32, same checkpoints;
+            FSDP2 always masks in place. The differences: docs/unstructured.md.
         regrow_fraction: regrowth (RigL, GraNet) in [0, 1): after each event, this fraction of each tensor's kept
             weights (decaying to 0 at the last event, cosine) is swapped: as many pruned weights with the largest
             gradient magnitude since the previous event grow back at zero, with zero optimizer state, and the
@@ -164,7 +169,7 @@ class UnstructuredPruning(ScheduledPruning):
         layer_amounts: dict[str, float] | None = None,
         structured_dim: int | None = None,
         every_n_steps: int | None = None,
-        masking: str = "reparam",  # "reparam" or "inplace"
+        masking: str = "inplace",  # "inplace" or "reparam"
         regrow_fraction: float = 0.0,
     ) -> None:
         amount, modules, exclude, module_types, parameters, layer_amounts = plain(  # Hydra's containers too
@@ -209,6 +214,14 @@ class UnstructuredPruning(ScheduledPruning):
     def amount(self) -> float | int | dict[int, float]:
         """``amount`` as given: the final fraction, the count of weights, or the milestones."""
         return self._amount_repr
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """The keep-masks of the latest event, ``{parameter name: bool tensor}`` (``True``: kept; names as in the
+        module's ``state_dict``, e.g. ``"model.fc1.weight"``), on the CPU: the same in both ``masking`` modes (in place
+        there is no ``weight_mask``). Empty before the first event; kept after the end of ``fit``. Under FSDP2, this
+        rank's local slices."""
+        return {key: unpack_mask(packed) for key, packed in self._store.packed.items()}
 
     @property
     def state_key(self) -> str:

@@ -29,9 +29,18 @@ class RecordMasks(Callback):
             self.on_train_epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.masks.append(
-            {n: m.weight_mask.clone() for n, m in pl_module.named_modules() if hasattr(m, "weight_mask")}
-        )
+        """The masks in force, ``{module name: float mask}`` (either masking mode: the callback's ``masks``; the
+        weights hold their zeros, and under the reparametrisation ``weight_mask`` is the same)."""
+        (pruning,) = [c for c in trainer.callbacks if isinstance(c, UnstructuredPruning)]
+        masks = {}
+        for key, keep in pruning.masks.items():
+            name = key.rsplit(".", 1)[0]
+            module = pl_module.get_submodule(name)
+            if hasattr(module, "weight_mask"):
+                assert torch.equal(module.weight_mask.bool(), keep), key
+            assert not module.weight[~keep].any(), key
+            masks[name] = keep.float()
+        self.masks.append(masks)
 
 
 def main(out_dir: str, steps: bool = False) -> None:
