@@ -236,12 +236,13 @@ same dense baseline in every process of a configuration, with the fixed mmap thr
 masks (1 byte per selected weight, 48 MiB on the MLP) and little else, +60-65 MiB on the MLP against +456-489 MiB
 for the reparametrisation and +579 MiB for `ModelPruning` (whose event peaks at +2.2 GiB). The step times of the
 Lightning runs (3 steps per run, one run per variant) are dominated by the load and say nothing; the step-alone
-table (re-run with `--steps-only` at load 2-4, while other jobs ran), interleaved step by step, is the one to read:
-in place costs one masking pass over the gradients per step (a read and a write of every gradient), 9-17% of this
-memory-bound CPU step: with SGD and momentum the step is within 5% of dense (1.03-1.04), with momentum-free SGD, the
-cheapest update, it is not (1.08 at batch 64, 1.18 at batch 8). `torch.optim.Adam`'s default (foreach) update is
-slow in both modes because torch's CPU `sqrt` is several times slower on exact zeros (the pruned second moments);
-its fused CPU kernel (`fused=True`) has no such slowdown, and with it in place costs 1.14-1.15.
+table (re-run with `--steps-only` on a quiet machine, load 1.2), interleaved step by step, is the one to read:
+in place costs one masking pass over the gradients per step (a read and a write of every gradient), 10-18% of this
+memory-bound CPU step; the in-place step is 1.09-1.22x dense with SGD (with or without momentum) and fused Adam, so
+SGD is not within 5% of dense (an earlier run under load gave 1.03-1.04 with momentum: the ratios move by about
+0.1 between runs). `torch.optim.Adam`'s default (foreach) update is slow in both modes because torch's CPU `sqrt`
+is several times slower on exact zeros (the pruned second moments); its fused CPU kernel (`fused=True`) has no such
+slowdown.
 """
 RUNS = common.RESULTS_DIR / "masking_runs.jsonl"
 STEPS = common.RESULTS_DIR / "masking_steps.txt"  # the table of `step_worker`, kept for --table  # one line per worker run, so a long run can be tabled part-way
