@@ -44,7 +44,7 @@ METHODS = [
 REGROW = 0.3  # ``regrow`` in a row's name; ``regrow0.1`` names another fraction
 # The candidate recommendation for extreme targets (issue 36), one named setting: LAMP scores, about 8 step events an
 # epoch, the final target at 3/4 of training from scratch *and* from a trained model (fasterai's window), regrowth.
-EXTREME = "ours lamp steps late regrow0.1"
+EXTREME = "ours lamp steps late regrow0.5"
 ALIASES = {"ours extreme": EXTREME}
 
 
