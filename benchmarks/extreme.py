@@ -1,12 +1,14 @@
-"""Extreme sparsity (issue 36): 95 / 98 / 99% of LeNet's weights pruned, with and without regrowth
-(``UnstructuredPruning(regrow_fraction=0.3)``), on digits and Fashion-MNIST, two budgets, several seeds.
+"""Extreme sparsity (issue 36): 95 / 98 / 99% of LeNet's or Caffe's LeNet-5's weights pruned, with and without
+regrowth (``UnstructuredPruning(regrow_fraction=...)``), on digits and Fashion-MNIST, two budgets, several seeds.
 
-Protocol (the data, budgets, model, pretraining cache and the ``ModelPruning`` / fasterai rows are
+Protocol (the data, budgets, models, pretraining cache and the ``ModelPruning`` / fasterai rows are
 ``heldout.py``'s, reused as they are):
 - data: ``digits`` (train 1,079 / val 359 / test 359) and ``fashion`` (val 2,000 from the training part, training
   on the next ``--train-size`` images, test 10,000 touched once per run, at its end);
-- budgets: ``scratch`` (digits 12 epochs, Fashion-MNIST 10) and ``trained`` (the seed's dense model trained
-  30 / 10 epochs, then 15 / 5 epochs with a fresh Adam);
+- budgets: ``scratch`` (digits 12 epochs, Fashion-MNIST 10; ``--epochs`` for a longer run) and ``trained`` (the
+  seed's dense model trained 30 / 10 epochs, then 15 / 5 epochs with a fresh Adam);
+- models: ``lenet`` (61k prunable weights) and ``lenet5caffe`` (Caffe's LeNet-5, DNS's model: conv 20 / 50, fc 500,
+  655k prunable weights);
 - rows: ``dense``; ``ModelPruning`` (global L1, the same cubic absolute targets as ``ours``, one hook earlier from
   scratch as in ``heldout.py``); ``fasterai`` (0.4.1's ``SparsifyCallback`` logic: cubic ``sched_agp`` updated at
   every step over 10%..75% of training from scratch, 0%..75% from trained); ``ours`` (the library's defaults: global
@@ -14,13 +16,18 @@ Protocol (the data, budgets, model, pretraining cache and the ``ModelPruning`` /
   (``norm="lamp"``, ``every_n_steps`` about 8 events an epoch); ``ours geometric`` (``schedule="geometric"``: a
   schedule with a longer tail near the end than the cubic one, issue 36 item 2); ``ours regrow`` and
   ``ours lamp steps regrow`` (the same plus ``regrow_fraction=0.3``, cosine-decayed to 0 at the last event);
+  ``late`` in a row's name puts the final target at 3/4 of training from a trained model too (from scratch it is
+  there already), ``regrowF`` asks for ``regrow_fraction=F``; ``ours extreme`` is the candidate recommendation
+  ``EXTREME`` = ``ours lamp steps late regrow0.5`` (chosen on digits validation among regrowth 0 / 0.1 / 0.3 / 0.5);
 - fasterai 0.4.1 must be importable (measured here with ``pip install --no-deps --target DIR fasterai==0.4.1`` and
-  the few modules it imports, ``DIR`` on ``PYTHONPATH``);
-- every run is one line of ``benchmarks/results/extreme_runs.jsonl``; ``--table`` writes the RESULTS.md part.
+  the modules it imports: fastcore, fastai, fasttransform, fastprogress 1.0.3, fastdownload, einops, pandas, pytz,
+  tzdata, plum-dispatch, beartype; ``DIR`` on ``PYTHONPATH``);
+- every run is one line of ``benchmarks/results/extreme_runs.jsonl`` (keyed by data, budget, epochs, training
+  size, model, seed, row, target: an interrupted run resumes); ``--table`` writes the RESULTS.md part.
   Decisions on the validation accuracy; the test accuracy beside it.
 
-Run: ``python benchmarks/extreme.py --data digits --budget scratch`` (``--quick`` for a smoke run), then
-``python benchmarks/extreme.py --table``.
+Run: ``python benchmarks/extreme.py --data digits --budget scratch --model lenet5caffe`` (``--quick`` for a smoke
+run; ``--data-dir`` where Fashion-MNIST lies), then ``python benchmarks/extreme.py --table``.
 """
 
 from __future__ import annotations
