@@ -59,7 +59,7 @@ def _title(group: tuple) -> str:
 
 def _section(group: tuple, rows: dict) -> tuple[str, dict]:
     """A group's table and, per target, its rows' mean validation accuracy."""
-    targets = sorted({t for m, by in rows.items() if m != "dense" for t in by}, key=lambda t: (t != 0.98, t))
+    targets = sorted({t for m, by in rows.items() if m != "dense" for t in by}, key=lambda t: (t < 0.975, t))
     head = ["row"] + [f"{100 * t:g}% {k}" for t in targets for k in ("val", "test")]
     body = []
     for m in [m for m in ORDER if m in rows] + sorted(m for m in rows if m not in ORDER):
@@ -94,7 +94,7 @@ def done_when(group: tuple, rows: dict, setting: str) -> list[list[str]]:
         return out
     dense_t = next(iter(rows["dense"]))
     data, budget, model, epochs, size = group
-    for t in sorted(rows[setting]):
+    for t in sorted(t for t in rows[setting] if t >= 0.975):  # the issue's test is for 98% and 99%
         to_dense = _paired(rows, setting, "dense", t, dense_t)
         close = common.mean_std(to_dense)[0] >= -0.5
         cells = [
