@@ -1,12 +1,14 @@
-"""Extreme sparsity (issue 36): 95 / 98 / 99% of LeNet's weights pruned, with and without regrowth
-(``UnstructuredPruning(regrow_fraction=0.3)``), on digits and Fashion-MNIST, two budgets, several seeds.
+"""Extreme sparsity (issue 36): 95 / 98 / 99% of LeNet's or Caffe's LeNet-5's weights pruned, with and without
+regrowth (``UnstructuredPruning(regrow_fraction=...)``), on digits and Fashion-MNIST, two budgets, several seeds.
 
-Protocol (the data, budgets, model, pretraining cache and the ``ModelPruning`` / fasterai rows are
+Protocol (the data, budgets, models, pretraining cache and the ``ModelPruning`` / fasterai rows are
 ``heldout.py``'s, reused as they are):
 - data: ``digits`` (train 1,079 / val 359 / test 359) and ``fashion`` (val 2,000 from the training part, training
   on the next ``--train-size`` images, test 10,000 touched once per run, at its end);
-- budgets: ``scratch`` (digits 12 epochs, Fashion-MNIST 10) and ``trained`` (the seed's dense model trained
-  30 / 10 epochs, then 15 / 5 epochs with a fresh Adam);
+- budgets: ``scratch`` (digits 12 epochs, Fashion-MNIST 10; ``--epochs`` for a longer run) and ``trained`` (the
+  seed's dense model trained 30 / 10 epochs, then 15 / 5 epochs with a fresh Adam);
+- models: ``lenet`` (61k prunable weights) and ``lenet5caffe`` (Caffe's LeNet-5, DNS's model: conv 20 / 50, fc 500,
+  655k prunable weights);
 - rows: ``dense``; ``ModelPruning`` (global L1, the same cubic absolute targets as ``ours``, one hook earlier from
   scratch as in ``heldout.py``); ``fasterai`` (0.4.1's ``SparsifyCallback`` logic: cubic ``sched_agp`` updated at
   every step over 10%..75% of training from scratch, 0%..75% from trained); ``ours`` (the library's defaults: global
@@ -14,13 +16,18 @@ Protocol (the data, budgets, model, pretraining cache and the ``ModelPruning`` /
   (``norm="lamp"``, ``every_n_steps`` about 8 events an epoch); ``ours geometric`` (``schedule="geometric"``: a
   schedule with a longer tail near the end than the cubic one, issue 36 item 2); ``ours regrow`` and
   ``ours lamp steps regrow`` (the same plus ``regrow_fraction=0.3``, cosine-decayed to 0 at the last event);
+  ``late`` in a row's name puts the final target at 3/4 of training from a trained model too (from scratch it is
+  there already), ``regrowF`` asks for ``regrow_fraction=F``; ``ours extreme`` is the candidate recommendation
+  ``EXTREME`` = ``ours lamp steps late regrow0.5`` (chosen on digits validation among regrowth 0 / 0.1 / 0.3 / 0.5);
 - fasterai 0.4.1 must be importable (measured here with ``pip install --no-deps --target DIR fasterai==0.4.1`` and
-  the few modules it imports, ``DIR`` on ``PYTHONPATH``);
-- every run is one line of ``benchmarks/results/extreme_runs.jsonl``; ``--table`` writes the RESULTS.md part.
+  the modules it imports: fastcore, fastai, fasttransform, fastprogress 1.0.3, fastdownload, einops, pandas, pytz,
+  tzdata, plum-dispatch, beartype; ``DIR`` on ``PYTHONPATH``);
+- every run is one line of ``benchmarks/results/extreme_runs.jsonl`` (keyed by data, budget, epochs, training
+  size, model, seed, row, target: an interrupted run resumes); ``--table`` writes the RESULTS.md part.
   Decisions on the validation accuracy; the test accuracy beside it.
 
-Run: ``python benchmarks/extreme.py --data digits --budget scratch`` (``--quick`` for a smoke run), then
-``python benchmarks/extreme.py --table``.
+Run: ``python benchmarks/extreme.py --data digits --budget scratch --model lenet5caffe`` (``--quick`` for a smoke
+run; ``--data-dir`` where Fashion-MNIST lies), then ``python benchmarks/extreme.py --table``.
 """
 
 from __future__ import annotations
@@ -41,13 +48,29 @@ TARGETS = [0.98, 0.99, 0.95]  # in run order: a cut-short run has the extreme ce
 METHODS = [
     "ModelPruning", "fasterai", "ours", "ours lamp steps", "ours regrow", "ours lamp steps regrow", "ours geometric",
 ]  # fmt: skip
-REGROW = 0.3
+REGROW = 0.3  # ``regrow`` in a row's name; ``regrow0.1`` names another fraction
+# The candidate recommendation for extreme targets (issue 36), one named setting: LAMP scores, about 8 step events an
+# epoch, the final target at 3/4 of training from scratch *and* from a trained model (fasterai's window), regrowth.
+EXTREME = "ours lamp steps late regrow0.5"
+ALIASES = {"ours extreme": EXTREME}
+
+
+def regrow_of(method: str) -> float:
+    """The ``regrow_fraction`` a row's name asks for (0: none)."""
+    if "regrow" not in method:
+        return 0.0
+    tail = method.split("regrow", 1)[1].split(" ")[0]
+    return float(tail) if tail else REGROW
 
 
 def callbacks_for(model, method: str, target: float, seed: int, epochs: int, trained: bool, steps: int):
+    """A row's callbacks: ``ours`` rows read their options from the name (``lamp``, ``steps``, ``geometric``,
+    ``late`` = the 3/4 end from a trained model too, ``regrow[F]``); ``ours extreme`` is :data:`EXTREME`."""
     from lightning_prune import UnstructuredPruning
 
-    end = common.late_end(epochs, trained) if not trained else common.halfway_end(epochs, trained)
+    method = ALIASES.get(method, method)
+    late = not trained or " late" in method
+    end = common.late_end(epochs, trained) if late else common.halfway_end(epochs, trained)
     if method == "dense":
         return [], {}
     if method == "fasterai":
@@ -63,8 +86,8 @@ def callbacks_for(model, method: str, target: float, seed: int, epochs: int, tra
         kwargs["every_n_steps"] = extra["every_n_steps"] = max(1, steps // 8)
     if "geometric" in method:
         kwargs["schedule"] = extra["schedule"] = "geometric"
-    if "regrow" in method:
-        kwargs["regrow_fraction"] = extra["regrow_fraction"] = REGROW
+    if regrow_of(method) > 0:
+        kwargs["regrow_fraction"] = extra["regrow_fraction"] = regrow_of(method)
     return [UnstructuredPruning(**kwargs)], extra
 
 
@@ -74,6 +97,7 @@ def run_one(args, dm, seed: int, method: str, target: float) -> dict:
     from lightning_prune.core.measure import sparsity as measure_sparsity
 
     pre, epochs = heldout.BUDGETS[args.data][args.budget]
+    epochs = args.epochs or epochs
     if args.quick:
         pre, epochs = min(pre, 1), 3
     trained = args.budget == "trained"
@@ -92,14 +116,19 @@ def run_one(args, dm, seed: int, method: str, target: float) -> dict:
         "val": common.accuracy(model, dm.val_dataloader()), "test": common.accuracy(model, dm.test_dataloader()),
         "sparsity": measure_sparsity(model), "epochs": epochs, "pretrain": pre, "train_size": len(dm.train_set),
         "model": args.model, "seconds": round(time.time() - t0, 1), "library": common.library_version(), **extra,
+        **({"setting": ALIASES[method]} if method in ALIASES else {}),
     }  # fmt: skip
+
+
+def key(r: dict) -> tuple:
+    """A run's identity: data, budget, epochs, training images, model, seed, row, target."""
+    return (r["data"], r["budget"], r["epochs"], r["train_size"], r["model"], r["seed"], r["method"], r["target"])
 
 
 def done_keys() -> set:
     if not RUNS.exists():
         return set()
-    rows = [json.loads(line) for line in RUNS.read_text().splitlines()]
-    return {(r["data"], r["budget"], r["model"], r["seed"], r["method"], r["target"]) for r in rows}
+    return {key(json.loads(line)) for line in RUNS.read_text().splitlines()}
 
 
 def plan(args) -> list[tuple[int, str, float]]:
@@ -118,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="only these rows (comma-separated); default: all")
     p.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")], default=TARGETS)
     p.add_argument("--model", choices=["lenet", "lenet5caffe"], default="lenet")
+    p.add_argument("--epochs", type=int, default=None, help="training (or fine-tuning) epochs; default: the budget's")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs of 3 batches, nothing written")
     p.add_argument("--table", action="store_true", help="write the RESULTS.md part from extreme_runs.jsonl")
     args = p.parse_args(argv)
@@ -125,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         import extreme_table
 
         return extreme_table.main(RUNS, __doc__.split("Protocol")[1].split("Run:")[0].strip())
-    args.epochs = None
     common.quiet()
     torch.set_num_threads(1)
     dm = heldout.datamodule(args.data, args.data_dir, args.train_size)
     done = set() if args.quick else done_keys()
+    epochs = args.epochs or heldout.BUDGETS[args.data][args.budget][1]
+    size = len(dm.train_set)
     for seed, method, target in plan(args):
-        if (args.data, args.budget, args.model, seed, method, target) in done:
+        if (args.data, args.budget, epochs, size, args.model, seed, method, target) in done:
             continue
         row = run_one(args, dm, seed, method, target)
         print(json.dumps(row), flush=True)
