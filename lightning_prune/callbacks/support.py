@@ -220,8 +220,9 @@ _U_OPTIONS = (
     "verbose pattern prune_frozen layer_amounts structured_dim every_n_steps masking regrow_fraction"
 ).split()
 _SPAWN_PERMANENT = no(
-    "ddp_spawn's main process loads rank 0's state_dict with strict=False: without the pruning made permanent its "
-    "`weight` is missing there and the main process's model stays unpruned; keep True, or use strategy='ddp'"
+    "ddp_spawn's main process gets rank 0's weights (strict=False) but not this callback's masks, so it cannot keep "
+    "the pruning open (with masking='reparam' its `weight` is missing and its model stays unpruned); keep True, or "
+    "use strategy='ddp'"
 )
 _COMPILED_NORM = only(
     "l1",
