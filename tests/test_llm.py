@@ -49,9 +49,9 @@ def make_lm(arch: str = "llama", seed: int = 0, **overrides):
 class Tokens(Dataset):
     """Fixed random token sequences as dict batches (``input_ids``, ``attention_mask``, ``labels``)."""
 
-    def __init__(self, n: int = 16, length: int = 12, seed: int = 0) -> None:
+    def __init__(self, n: int = 16, length: int = 12, seed: int = 0, vocab: int = TINY["vocab_size"]) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(0, TINY["vocab_size"], (n, length), generator=g)
+        self.ids = torch.randint(0, vocab, (n, length), generator=g)
 
     def __len__(self) -> int:
         return len(self.ids)

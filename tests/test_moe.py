@@ -9,9 +9,11 @@ import torch
 from helpers import make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 transformers = pytest.importorskip("transformers")
+
+from test_llm import Tokens  # noqa: E402  (the same token batches, with this vocabulary)
 
 from lightning_prune import (  # noqa: E402
     DecoderPrunedCheckpointMixin,
@@ -55,20 +57,8 @@ def make_moe(arch: str = "mixtral", seed: int = 0, **overrides):
     return getattr(transformers, model_cls)(config)
 
 
-class Tokens(Dataset):
-    def __init__(self, n: int = 8, length: int = 12) -> None:
-        self.ids = torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        ids = self.ids[i]
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-
-
 def loader() -> DataLoader:
-    return DataLoader(Tokens(), batch_size=4, shuffle=False)
+    return DataLoader(Tokens(n=8, vocab=VOCAB), batch_size=4, shuffle=False)
 
 
 class TinyMoE(DecoderPrunedCheckpointMixin, pl.LightningModule):
