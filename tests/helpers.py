@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import masking_mode
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.models import LeNet
-
-import masking_mode
 
 masking_mode.apply_env()  # a script launched by a test (tests/scripts/*.py imports this module): the suite's --masking
 
@@ -35,6 +34,20 @@ def run_ddp_script(name: str, tmp_path, timeout: int = 300) -> tuple[dict, dict]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tuple(torch.load(Path(tmp_path) / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+
+def save_resume_run(out_dir: str, rank: int, runs: tuple, state: Any) -> None:
+    """What a DDP resume script saves for :func:`run_ddp_script`: ``runs`` = ((callback, model) of the first fit,
+    (callback, model) of the fit resumed from a checkpoint); ``state``: the callback's part of that checkpoint."""
+    (cb, model), (cb2, resumed) = runs
+    result = {
+        "history": cb.history,
+        "resumed_history": cb2.history,
+        "state": state,
+        "weights": {k: v.clone() for k, v in model.state_dict().items()},
+        "resumed": {k: v.clone() for k, v in resumed.state_dict().items()},
+    }
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def make_trainer(tmp_path, max_epochs: int = 2, callbacks=(), **overrides: Any) -> pl.Trainer:

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
-from helpers import UserClassifier, make_trainer  # noqa: E402
+from helpers import UserClassifier, make_trainer, save_resume_run  # noqa: E402
 from test_regrow import _data, _net  # noqa: E402
 
 from lightning_prune import UnstructuredPruning  # noqa: E402
@@ -42,16 +42,7 @@ def main(out_dir: str) -> None:
     pl.seed_everything(0)
     resumed, cb2 = UserClassifier(_net()), callback()
     make_trainer(out_dir, 4, [cb2], **ddp).fit(resumed, _data(), ckpt_path=path)
-    torch.save(
-        {
-            "history": cb.history,
-            "resumed_history": cb2.history,
-            "state": state,
-            "weights": {k: v.clone() for k, v in model.state_dict().items()},
-            "resumed": {k: v.clone() for k, v in resumed.state_dict().items()},
-        },
-        os.path.join(out_dir, f"rank{trainer.global_rank}.pt"),
-    )
+    save_resume_run(out_dir, trainer.global_rank, ((cb, model), (cb2, resumed)), state)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from helpers import save_resume_run  # noqa: E402
 from test_llm import TinyLM, _trainer, loader  # noqa: E402
 
 from lightning_prune import UnstructuredPruning  # noqa: E402
@@ -38,16 +39,7 @@ def main(out_dir: str) -> None:
     state = torch.load(path, weights_only=True)["callbacks"][cb.state_key]["wanda"]
     resumed, cb2 = TinyLM("llama"), callback()
     _trainer(out_dir, 3, [cb2], devices=2, strategy="ddp").fit(resumed, loader(), ckpt_path=path)
-    torch.save(
-        {
-            "history": cb.history,
-            "resumed_history": cb2.history,
-            "state": state,
-            "weights": {k: v.clone() for k, v in model.state_dict().items()},
-            "resumed": {k: v.clone() for k, v in resumed.state_dict().items()},
-        },
-        os.path.join(out_dir, f"rank{trainer.global_rank}.pt"),
-    )
+    save_resume_run(out_dir, trainer.global_rank, ((cb, model), (cb2, resumed)), state)
 
 
 if __name__ == "__main__":
