@@ -113,6 +113,16 @@ def assemble_results() -> None:
     (BENCH_DIR / "RESULTS.md").write_text(parts.results_text())
 
 
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` as one JSON line to ``path`` (a run log: a crash loses one run, a long run can be tabled
+    part-way)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:

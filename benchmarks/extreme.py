@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_one(args, dm, seed, method, target)
         print(json.dumps(row), flush=True)
         if not args.quick:
-            RUNS.parent.mkdir(parents=True, exist_ok=True)
-            with RUNS.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            common.append_jsonl(RUNS, row)
     return 0
 
 

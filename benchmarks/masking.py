@@ -307,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         out = {**w, **common.run_worker(script, w)}
                         records.append(out)
                         if not args.quick:
-                            with RUNS.open("a") as f:
-                                f.write(json.dumps(out) + "\n")
+                            common.append_jsonl(RUNS, out)
                         print(f"{model} {dtype} {opt} {v} {a}: {time.time() - started:.0f} s", flush=True)
     sections = table(records)
     if args.steps_only or (not args.table and not args.quick):
