@@ -31,17 +31,12 @@ def _mode(config) -> str:
     return config.getoption("--masking") or masking_mode.library_default()
 
 
-def pytest_configure(config):
-    """``--masking`` in the environment of the scripts the tests launch (``pytest_unconfigure`` removes it)."""
-    if config.getoption("--masking"):
-        os.environ[masking_mode.ENV] = config.getoption("--masking")
-
-
 def pytest_collection(session):
     """``--masking``: ``UnstructuredPruning``'s default for the whole session (its signature default, so LightningCLI
-    and YAML configs follow it, and callbacks built at collection too); ``pytest_unconfigure`` restores it. Here, not
-    in ``pytest_configure``: importing Lightning before pytest's log capture is in place turns off the propagation of
-    its logger (``lightning.pytorch/__init__``), and ``caplog`` would see nothing."""
+    and YAML configs follow it, and callbacks built at collection too), and in the environment of the scripts the tests
+    launch; ``pytest_unconfigure`` restores both. Here, not in ``pytest_configure``: importing Lightning before
+    pytest's log capture is in place turns off the propagation of its logger (``lightning.pytorch/__init__``), and
+    ``caplog`` would see nothing."""
     config = session.config
     if getattr(config, "_masking_restore", None) is None:
         mode = _mode(config)
